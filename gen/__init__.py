@@ -1,0 +1,1 @@
+"""dpfpga gen package."""

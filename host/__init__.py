@@ -1,0 +1,1 @@
+"""dpfpga host package."""

@@ -1,0 +1,1 @@
+"""dpfpga model package: data, float DeePMD-style model, quantization, fixed-point reference."""

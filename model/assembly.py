@@ -1,0 +1,137 @@
+"""Host side of the contract: structure -> quantized neighbour records, and integer results -> physics.
+
+`quantize_records` turns a neighbour list into the pipeline's input words; anything that does not fit
+(a coordinate difference outside the input format, an unknown element, more neighbours than sel)
+raises an error naming the atom.  `assemble` turns per-atom energy words and per-record dE/dr_ij
+words into total energy, forces and virial *in exact integer arithmetic* and converts to float once
+at the end:
+
+    E     = sum_i (e_i + bias[type_i])
+    F_i   = sum_j dE/dr_ij  -  sum_j dE/dr_ji          (r_ij = x_j - x_i)
+    W     = - sum_ij r_ij (x) dE/dr_ij                 (r_ij as the quantized words the hardware saw)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fixedpoint import Fmt
+from .modelfile import QuantizedModel
+from .neighbors import NeighborBlocks, blocks, check_sel, count_by_type, edges
+from .reference import FLAG_R_BELOW_MIN, NeighborRecords, ReferenceResult, describe_flags, evaluate
+
+
+class InputRangeError(ValueError):
+    """A neighbour displacement does not fit the pipeline's input format."""
+
+
+class DeviceFlagError(RuntimeError):
+    """The pipeline (or reference) flagged atoms whose results must not be used."""
+
+
+def quantize_displacements(vec: np.ndarray, fmt: Fmt, atom_index: np.ndarray | None = None) -> np.ndarray:
+    q = np.floor(vec * 2.0 ** fmt.frac + 0.5)
+    bad = (q < fmt.lo) | (q > fmt.hi)
+    if bad.any():
+        k = np.argwhere(bad)[0]
+        where = f"atom {int(atom_index[tuple(k[:-1])])}" if atom_index is not None else f"record {tuple(k[:-1])}"
+        raise InputRangeError(
+            f"{where}: displacement component {vec[tuple(k)]:.6g} Å does not fit the input format "
+            f"{fmt.describe()} (|dx| <= {fmt.max_value:.4g} Å); {int(bad.any(axis=-1).sum())} record(s) affected")
+    return q.astype(np.int64)
+
+
+def quantize_records(qm: QuantizedModel, nb: NeighborBlocks) -> NeighborRecords:
+    atom = np.broadcast_to(np.arange(len(nb.center_type))[:, None], nb.nbr_type.shape)
+    d = quantize_displacements(nb.nbr_vec, qm.formats["coord"], atom)
+    d[nb.nbr_type < 0] = 0
+    return NeighborRecords(center_type=nb.center_type.copy(), nbr_type=nb.nbr_type.copy(), nbr_d=d)
+
+
+def map_types(symbols, type_map) -> np.ndarray:
+    lookup = {e: i for i, e in enumerate(type_map)}
+    out = np.empty(len(symbols), dtype=np.int64)
+    for k, e in enumerate(symbols):
+        if e not in lookup:
+            raise KeyError(f"atom {k}: element {e!r} is not in the model's type map {list(type_map)}")
+        out[k] = lookup[e]
+    return out
+
+
+def neighbor_blocks(qm: QuantizedModel, positions, cell, pbc, types) -> NeighborBlocks:
+    cfg = qm.config
+    types = np.asarray(types, dtype=np.int64)
+    if types.size and (types.min() < 0 or types.max() >= cfg.ntypes):
+        bad = int(np.argmax((types < 0) | (types >= cfg.ntypes)))
+        raise KeyError(f"atom {bad}: type {types[bad]} outside the model's type map {cfg.type_map}")
+    e = edges(np.asarray(positions, dtype=np.float64), np.asarray(cell, dtype=np.float64), pbc, cfg.rcut)
+    check_sel(count_by_type(e, types, len(types), cfg.ntypes), cfg.sel, cfg.type_map)
+    return blocks(e, types, len(types))
+
+
+@dataclass
+class Assembled:
+    energy: float
+    forces: np.ndarray  # (N, 3) eV/Å
+    virial: np.ndarray  # (3, 3) eV
+    atomic_energies: np.ndarray  # (N,) eV
+    energy_int: int  # total energy in format E (exact)
+    forces_int: np.ndarray  # (N, 3) int64 in format F
+    virial_int: np.ndarray  # (3, 3) Python-int object array, frac coord + F
+    flags: np.ndarray  # (N,)
+
+
+def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr_index: np.ndarray,
+             natoms: int | None = None) -> Assembled:
+    F = qm.formats
+    n = natoms if natoms is not None else len(rec)
+    valid = rec.nbr_type >= 0
+    e_atom = res.energy + qm.energy_bias[rec.center_type]
+    energy_int = int(e_atom.sum(dtype=np.int64)) if len(e_atom) < 2 ** 20 else sum(int(x) for x in e_atom)
+    g = res.dEdr[valid]  # (E, 3)
+    ci = np.broadcast_to(np.arange(len(rec))[:, None], valid.shape)[valid]
+    nj = nbr_index[valid]
+    forces = np.zeros((n, 3), dtype=np.int64)
+    np.add.at(forces, ci, g)
+    np.add.at(forces, nj, -g)
+    d = rec.nbr_d[valid]
+    # Sum r (x) dE/dr exactly: int64 partial sums over bounded blocks, then Python ints.
+    virial = np.zeros((3, 3), dtype=object)
+    step = 1 << 16
+    for lo in range(0, len(g), step):
+        part = np.einsum("ea,eb->ab", d[lo:lo + step], g[lo:lo + step])
+        virial -= part.astype(object)
+    scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
+    return Assembled(
+        energy=energy_int * 2.0 ** -F["E"].frac,
+        forces=forces * 2.0 ** -F["F"].frac,
+        virial=np.array([[float(x) * scale_v for x in row] for row in virial]),
+        atomic_energies=e_atom * 2.0 ** -F["E"].frac,
+        energy_int=energy_int, forces_int=forces, virial_int=virial, flags=res.flags)
+
+
+def check_flags(res: ReferenceResult, allow=FLAG_R_BELOW_MIN) -> None:
+    """Raise DeviceFlagError naming the first flagged atom (flags in `allow` only warn)."""
+    import warnings
+    bad = (res.flags & ~allow) != 0
+    if bad.any():
+        a = int(np.argmax(bad))
+        raise DeviceFlagError(f"atom {a}: {describe_flags(int(res.flags[a]))} "
+                              f"({int(bad.sum())} atom(s) flagged); results are not usable")
+    warn = (res.flags & allow) != 0
+    if warn.any():
+        a = int(np.argmax(warn))
+        warnings.warn(f"atom {a}: {describe_flags(int(res.flags[a]))} ({int(warn.sum())} atom(s)); "
+                      "the tables clamp such pairs to r_min", RuntimeWarning, stacklevel=3)
+
+
+def compute(qm: QuantizedModel, positions, cell, pbc: bool, types, strict: bool = True) -> Assembled:
+    """Energy, forces and virial of one structure through the bit-exact reference."""
+    nb = neighbor_blocks(qm, positions, cell, pbc, types)
+    rec = quantize_records(qm, nb)
+    res = evaluate(qm, rec)
+    if strict:
+        check_flags(res)
+    return assemble(qm, rec, res, nb.nbr_index, len(rec))

@@ -1,0 +1,203 @@
+"""`python -m model`: train, quantize, test and inspect DeePMD-style models for the dpfpga pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+EXAMPLE_MODEL = Path(__file__).resolve().parent / "examples" / "GeTe-example.npz"
+
+OVERVIEW = """\
+dpfpga model tools: a DeePMD-style potential (se_a descriptor, embedding 1x8x16x32, fitting 3x128,
+tanh4) trained in PyTorch, quantized to fixed point, and exported as one model file whose integers
+the hardware reproduces bit for bit.
+
+  python -m model train CONFIG.json [-o RUN_DIR]       train the float model (writes RUN_DIR/model.pt)
+  python -m model quantize RUN_DIR/model.pt -o M.npz   calibrate, build tables, fine-tune (QAT), export
+  python -m model test M.npz DATA... --json metrics.json --plot parity.png
+                                                       RMSE of float and quantized model vs labels
+  python -m model info M.npz                           formats, tables, provenance of a model file
+  python -m model example                              path of the bundled GeTe example model
+  python -m model demo [-o build/demo]                 the bundled model on a GeTe structure: bit-exact
+                                                       reference vs float model (and vs DFT if ../shared is there)
+
+DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
+Run `python -m model COMMAND --help` for the options of each command.
+"""
+
+
+def cmd_train(args):
+    from .train import load_json_config, train
+    mcfg, dcfg, tcfg = load_json_config(args.config)
+    if args.steps is not None:
+        tcfg = replace(tcfg, steps=args.steps)
+    out = Path(args.output or Path(args.config).with_suffix("").name + "-run")
+    train(mcfg, dcfg, tcfg, out)
+    print(f"float model: {out / 'model.pt'}")
+
+
+def cmd_quantize(args):
+    from .pipeline import quantize_and_finetune
+    report = quantize_and_finetune(args.checkpoint, args.output, config=args.config, steps=args.finetune_steps,
+                                   lr=args.lr, eval_frames=args.eval_frames, calib_frames=args.calib_frames)
+    print(json.dumps(report, indent=1))
+    print(f"model file: {Path(args.output).resolve()}")
+
+
+def cmd_test(args):
+    from . import modelfile
+    from .data import load_systems
+    from .metrics import test_model
+    from .quantize import float_model
+    qm = modelfile.load(args.model)
+    systems = [s.remap_types(qm.config.type_map) for s in load_systems(args.data)]
+    m = test_model(qm, float_model(qm), systems, max_frames=args.max_frames, seed=args.seed,
+                   json_path=args.json, plot_path=args.plot, csv_path=args.csv)
+    f, q = m["float"], m["quantized"]
+    print(f"frames: {m['frames']}")
+    for name, r in (("float", f), ("quantized", q)):
+        print(f"{name:>10}: energy RMSE {r.get('rmse_e', float('nan')) * 1e3:8.3f} meV/atom   "
+              f"force RMSE {r.get('rmse_f', float('nan')) * 1e3:8.2f} meV/Å")
+    d = m["quantized_vs_float"]
+    print(f"quantized - float: energy {d['rmse_e'] * 1e3:.4f} meV/atom, force {d['rmse_f'] * 1e3:.4f} meV/Å RMS")
+
+
+def cmd_info(args):
+    from . import modelfile
+    qm = modelfile.load(args.model)
+    cfg = qm.config
+    print(f"model: {Path(args.model).resolve()}\nhash: {qm.hash}")
+    print(f"type_map {cfg.type_map}  rcut {cfg.rcut}  rcut_smth {cfg.rcut_smth}  sel {cfg.sel}  r_min {cfg.r_min}")
+    print(f"norm_shift {cfg.norm_shift}  desc_shift {cfg.desc_shift}")
+    print("formats: " + "  ".join(f"{k}={v.describe()}" for k, v in sorted(qm.formats.items())))
+    for name, t in [("s(u)", qm.table_s), ("h(u)", qm.table_h)] + [(f"G[{cfg.type_map[k]}](s)", g)
+                                                                  for k, g in enumerate(qm.table_g)]:
+        print(f"table {name}: {t.nseg} segments of 2^-{t.seg_shift}, {t.nch} ch, coef {t.coef_fmt.describe()}")
+    for t, layers in enumerate(qm.fit):
+        print(f"fit[{cfg.type_map[t]}]: " + ", ".join(f"{l.W.shape[0]}x{l.W.shape[1]} W s{qm.formats['W'].bits}.{l.wfrac}"
+                                                    for l in layers) + f", out s{qm.formats['W'].bits}.{qm.out_wfrac[t]}")
+    if args.json:
+        print(json.dumps(qm.header(), indent=1))
+
+
+def cmd_example(args):
+    if not EXAMPLE_MODEL.exists():
+        sys.exit(f"error: bundled example model missing at {EXAMPLE_MODEL}")
+    print(EXAMPLE_MODEL)
+
+
+def cmd_demo(args):
+    """The README's main job: bundled model, generated GeTe structure, reference vs float, JSON out."""
+    import numpy as np
+    from ase.build import bulk
+
+    from . import modelfile
+    from .assembly import compute
+    from .data import System
+    from .metrics import predict_float
+    from .quantize import float_model
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    qm = modelfile.load(args.model or EXAMPLE_MODEL)
+    atoms = bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat((3, 3, 3))
+    atoms.positions += np.random.default_rng(0).normal(0.0, 0.08, atoms.positions.shape)
+    types = np.array([qm.config.type_map.index(e) for e in atoms.get_chemical_symbols()])
+    a = compute(qm, atoms.positions, atoms.cell.array, True, types)
+    system = System(name="rocksalt-216", type_map=qm.config.type_map, types=types, coords=atoms.positions[None],
+                    cells=atoms.cell.array[None], pbc=True)
+    e_f, f_f, v_f = predict_float(float_model(qm), system, 0)
+    report = {"model": str(Path(args.model or EXAMPLE_MODEL).resolve()), "model_hash": qm.hash,
+              "structure": "rock-salt GeTe 3x3x3 (216 atoms), a = 6.0 Å, 0.08 Å Gaussian displacements, seed 0",
+              "reference": {"energy_eV": a.energy, "energy_int": a.energy_int, "max_force_eV_per_A":
+                            float(np.abs(a.forces).max()), "flags": int(np.bitwise_or.reduce(a.flags))},
+              "float": {"energy_eV": e_f, "max_force_eV_per_A": float(np.abs(f_f).max())},
+              "reference_minus_float": {"energy_meV_per_atom": (a.energy - e_f) / len(atoms) * 1e3,
+                                        "force_rms_meV_per_A": float(np.sqrt(((a.forces - f_f) ** 2).mean())) * 1e3}}
+    print(f"model {report['model']}\n  hash {qm.hash}")
+    print(f"structure: {report['structure']}")
+    print(f"bit-exact reference: E = {a.energy:.6f} eV (integer {a.energy_int} x 2^-{qm.formats['E'].frac}), "
+          f"max |F| = {report['reference']['max_force_eV_per_A']:.4f} eV/Å, flags {report['reference']['flags']}")
+    d = report["reference_minus_float"]
+    print(f"float model:         E = {e_f:.6f} eV; reference - float: {d['energy_meV_per_atom']:.4f} meV/atom, "
+          f"force RMS {d['force_rms_meV_per_A']:.4f} meV/Å")
+    np.savetxt(out / "forces.csv", np.column_stack([types, a.forces, f_f]), delimiter=",",
+               header="type,fx_ref,fy_ref,fz_ref,fx_float,fy_float,fz_float", comments="", fmt="%.10g")
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench"
+    if shared.exists() and not args.no_dft:
+        from .data import load_systems
+        from .metrics import test_model
+        systems = [s.remap_types(qm.config.type_map) for s in load_systems(shared)]
+        m = test_model(qm, float_model(qm), systems, max_frames=args.frames, json_path=out / "dft-metrics.json",
+                       plot_path=out / "parity.png")
+        report["vs_dft"] = m
+        print(f"vs DFT ({m['frames']} random AIMD frames from {shared}):")
+        for name in ("float", "quantized"):
+            r = m[name]
+            print(f"  {name:>9}: energy RMSE {r['rmse_e'] * 1e3:.2f} meV/atom, force RMSE {r['rmse_f'] * 1e3:.1f} meV/Å")
+    else:
+        print(f"(no DFT comparison: {shared} not found)")
+    (out / "demo.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'demo.json'}, {out / 'forces.csv'}" + (f", {out / 'parity.png'}" if "vs_dft" in report else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model", description=OVERVIEW,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd")
+
+    t = sub.add_parser("train", help="train the float model from a JSON config")
+    t.add_argument("config")
+    t.add_argument("-o", "--output", help="run directory (default: <config name>-run)")
+    t.add_argument("--steps", type=int, help="override training.steps")
+    t.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("quantize", help="quantize a trained checkpoint, fine-tune, export the model file")
+    q.add_argument("checkpoint")
+    q.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    q.add_argument("--config", help="training config for data and split (default: train.json next to the checkpoint)")
+    q.add_argument("--finetune-steps", type=int, default=2000, help="quantization-aware fine-tuning steps (0: none)")
+    q.add_argument("--lr", type=float, default=1e-6, help="fine-tuning learning rate (constant)")
+    q.add_argument("--eval-frames", type=int, default=64, help="validation frames for the before/after RMSE")
+    q.add_argument("--calib-frames", type=int, default=16, help="frames used to calibrate formats")
+    q.set_defaults(fn=cmd_quantize)
+
+    e = sub.add_parser("test", help="RMSE of float and quantized models against labelled data")
+    e.add_argument("model")
+    e.add_argument("data", nargs="+")
+    e.add_argument("--json", help="write metrics JSON here")
+    e.add_argument("--plot", help="write parity plot PNG here")
+    e.add_argument("--csv", help="write per-frame energies CSV here")
+    e.add_argument("--max-frames", type=int, help="evaluate a random subset of this many frames")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(fn=cmd_test)
+
+    i = sub.add_parser("info", help="describe a model file")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="also print the whole header")
+    i.set_defaults(fn=cmd_info)
+
+    x = sub.add_parser("example", help="print the path of the bundled example model")
+    x.set_defaults(fn=cmd_example)
+
+    d = sub.add_parser("demo", help="run the bundled model end to end on a generated GeTe structure")
+    d.add_argument("--model", help="model file (default: the bundled example)")
+    d.add_argument("-o", "--output", default="build/demo")
+    d.add_argument("--frames", type=int, default=16, help="AIMD frames for the DFT comparison")
+    d.add_argument("--no-dft", action="store_true", help="skip the comparison with ../shared/data")
+    d.set_defaults(fn=cmd_demo)
+
+    args = p.parse_args(argv)
+    if not args.cmd:
+        print(OVERVIEW)
+        return 0
+    from .data import DataError
+    from .modelfile import ModelFileError
+    try:
+        args.fn(args)
+    except (ModelFileError, DataError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,281 @@
+"""The one model file: everything the reference, the RTL generator and the host need, and nothing else.
+
+Layout: a NumPy `.npz` (zip) archive holding
+
+* `header`: UTF-8 JSON (stored as a uint8 array) with `@class`, `@version`, the model configuration
+  (type map, rcut, rcut_smth, sel, ...), every fixed-point format, the table geometries, the per-layer
+  weight fraction bits, provenance (training/quantization metrics), and `hash`;
+* `int/...`: the integer weights, biases and table coefficients (int64 arrays) that the hardware bakes in;
+* `float/...`: the float64 weights of the trained model they came from (float32-exact values).
+
+`hash` is the SHA-256 of the header without its `hash` field (canonical JSON) followed by every array's
+name, dtype, shape and bytes in sorted name order: any change to any constant changes the hash, and the
+host refuses to talk to hardware built from another model.
+
+`load` validates everything and raises `ModelFileError` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .fixedpoint import Fmt
+
+MODEL_CLASS = "dpfpga.QuantizedDeepPot"
+MODEL_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, with the reason and the file named."""
+
+
+@dataclass
+class Table:
+    """Piecewise-quadratic table y(x) over uniform segments of width 2**-seg_shift.
+
+    Input x is an integer with `x_frac` fraction bits.  Segment index = x >> (x_frac - seg_shift);
+    xi = the next `xi_bits` bits of x (the position inside the segment, in [0, 1)).
+    Per segment and channel the coefficients (a, b, c) give y = a + xi (b + c xi) and the
+    derivative dy/dx = (b + 2 c xi) * 2**seg_shift, all in `coef_fmt`.
+    Inputs below `x_min` are clamped to it (and flagged); segments past the end give y = dy = 0.
+    """
+
+    x_frac: int
+    seg_shift: int
+    xi_bits: int
+    x_min: int
+    coef: np.ndarray  # (nseg, nch, 3) int64
+    coef_fmt: Fmt
+    out_fmt: Fmt
+    dout_fmt: Fmt
+
+    @property
+    def nseg(self) -> int:
+        return self.coef.shape[0]
+
+    @property
+    def nch(self) -> int:
+        return self.coef.shape[1]
+
+    @property
+    def index_shift(self) -> int:
+        return self.x_frac - self.seg_shift
+
+    def meta(self) -> dict:
+        return {"x_frac": self.x_frac, "seg_shift": self.seg_shift, "xi_bits": self.xi_bits, "x_min": self.x_min,
+                "nseg": self.nseg, "nch": self.nch, "coef_fmt": self.coef_fmt.to_dict(),
+                "out_fmt": self.out_fmt.to_dict(), "dout_fmt": self.dout_fmt.to_dict()}
+
+
+@dataclass
+class Layer:
+    """One fitting layer: y = phi(round(x @ W * 2**-wfrac) + b), W integer (n_in, n_out)."""
+
+    W: np.ndarray  # (n_in, n_out) int64
+    b: np.ndarray  # (n_out,) int64 in the Z format
+    wfrac: int
+    resnet: bool
+
+
+@dataclass
+class QuantizedModel:
+    config: ModelConfig
+    formats: dict[str, Fmt]
+    table_s: Table  # u = r^2 -> s(r)
+    table_h: Table  # u = r^2 -> h(r) = s / r
+    table_g: list[Table]  # per neighbour type: s -> G(s), 32 channels
+    fit: list[list[Layer]]  # per centre type: hidden layers
+    out_w: list[np.ndarray]  # per centre type: (n_hidden,) int64
+    out_wfrac: list[int]
+    energy_bias: np.ndarray  # (ntypes,) int64 in formats['E'] (added by the host, not the hardware)
+    float_state: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    hash: str = ""
+
+    # -- serialization ----------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {
+            "@class": MODEL_CLASS,
+            "@version": MODEL_VERSION,
+            "config": self.config.to_dict(),
+            "formats": {k: v.to_dict() for k, v in sorted(self.formats.items())},
+            "tables": {"s": self.table_s.meta(), "h": self.table_h.meta(),
+                       "g": [t.meta() for t in self.table_g]},
+            "fit": [[{"wfrac": l.wfrac, "resnet": l.resnet, "shape": list(l.W.shape)} for l in layers]
+                    for layers in self.fit],
+            "out_wfrac": list(self.out_wfrac),
+            "provenance": self.provenance,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        a = {"int/table_s": self.table_s.coef, "int/table_h": self.table_h.coef,
+             "int/energy_bias": self.energy_bias}
+        for t, tab in enumerate(self.table_g):
+            a[f"int/table_g/{t}"] = tab.coef
+        for t, layers in enumerate(self.fit):
+            for k, l in enumerate(layers):
+                a[f"int/fit/{t}/{k}/W"] = l.W
+                a[f"int/fit/{t}/{k}/b"] = l.b
+            a[f"int/fit/{t}/out"] = self.out_w[t]
+        for k, v in self.float_state.items():
+            a[f"float/{k}"] = v
+        return a
+
+
+def compute_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    hd = {k: v for k, v in header.items() if k != "hash"}
+    h.update(json.dumps(hd, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def save(qm: QuantizedModel, path: str | Path) -> str:
+    """Write the model file; returns its content hash (also stored in the header)."""
+    arrays = {k: np.asarray(v) for k, v in qm.arrays().items()}
+    for k, v in arrays.items():
+        if k.startswith("int/"):
+            arrays[k] = v.astype(np.int64)
+        else:
+            arrays[k] = v.astype(np.float64)
+    header = qm.header()
+    qm.hash = header["hash"] = compute_hash(header, arrays)
+    buf = {"header": np.frombuffer(json.dumps(header, indent=1).encode(), dtype=np.uint8)}
+    buf.update(arrays)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **buf)
+    return qm.hash
+
+
+# ---- loading and validation ---------------------------------------------------------------------
+
+def _fail(path, msg):
+    raise ModelFileError(f"{path}: {msg}")
+
+
+def load(path: str | Path) -> QuantizedModel:
+    path = Path(path)
+    if not path.exists():
+        _fail(path, "no such model file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        npz = np.load(io.BytesIO(raw), allow_pickle=False)
+        arrays = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        _fail(path, f"not a readable model archive (corrupt or truncated): {e}")
+    if "header" not in arrays:
+        _fail(path, "missing 'header' entry: not a dpfpga model file")
+    try:
+        header = json.loads(arrays.pop("header").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        _fail(path, f"header is not valid JSON: {e}")
+    if header.get("@class") != MODEL_CLASS:
+        _fail(path, f"@class is {header.get('@class')!r}, expected {MODEL_CLASS!r}")
+    if header.get("@version") != MODEL_VERSION:
+        _fail(path, f"@version is {header.get('@version')!r}; this dpfpga reads version {MODEL_VERSION} "
+                    "(re-export the model with this version)")
+    stored = header.get("hash")
+    actual = compute_hash(header, arrays)
+    if stored != actual:
+        _fail(path, f"content hash mismatch (header says {stored}, content gives {actual}): "
+                    "the file was modified or damaged")
+    try:
+        qm = _from_parts(header, arrays)
+    except (KeyError, TypeError, ValueError) as e:
+        _fail(path, f"inconsistent content: {e}")
+    qm.hash = actual
+    try:
+        validate(qm)
+    except ValueError as e:
+        _fail(path, str(e))
+    return qm
+
+
+def _need(arrays, name):
+    if name not in arrays:
+        raise KeyError(f"missing array {name!r}")
+    return arrays[name]
+
+
+def _table(meta: dict, coef: np.ndarray, name: str) -> Table:
+    t = Table(x_frac=int(meta["x_frac"]), seg_shift=int(meta["seg_shift"]), xi_bits=int(meta["xi_bits"]),
+              x_min=int(meta["x_min"]), coef=coef.astype(np.int64), coef_fmt=Fmt.from_dict(meta["coef_fmt"]),
+              out_fmt=Fmt.from_dict(meta["out_fmt"]), dout_fmt=Fmt.from_dict(meta["dout_fmt"]))
+    if coef.ndim != 3 or coef.shape[2] != 3 or coef.shape[0] != meta["nseg"] or coef.shape[1] != meta["nch"]:
+        raise ValueError(f"table {name}: coefficient array shape {coef.shape} does not match "
+                         f"(nseg={meta['nseg']}, nch={meta['nch']}, 3)")
+    return t
+
+
+def _from_parts(header: dict, arrays: dict) -> QuantizedModel:
+    cfg = ModelConfig.from_dict(header["config"])
+    formats = {k: Fmt.from_dict(v) for k, v in header["formats"].items()}
+    tabs = header["tables"]
+    table_g = [_table(m, _need(arrays, f"int/table_g/{t}"), f"g[{t}]") for t, m in enumerate(tabs["g"])]
+    fit, out_w = [], []
+    for t, layers in enumerate(header["fit"]):
+        fit.append([Layer(W=_need(arrays, f"int/fit/{t}/{k}/W").astype(np.int64),
+                          b=_need(arrays, f"int/fit/{t}/{k}/b").astype(np.int64),
+                          wfrac=int(m["wfrac"]), resnet=bool(m["resnet"])) for k, m in enumerate(layers)])
+        out_w.append(_need(arrays, f"int/fit/{t}/out").astype(np.int64))
+    float_state = {k[len("float/"):]: v for k, v in arrays.items() if k.startswith("float/")}
+    return QuantizedModel(
+        config=cfg, formats=formats,
+        table_s=_table(tabs["s"], _need(arrays, "int/table_s"), "s"),
+        table_h=_table(tabs["h"], _need(arrays, "int/table_h"), "h"),
+        table_g=table_g, fit=fit, out_w=out_w, out_wfrac=[int(x) for x in header["out_wfrac"]],
+        energy_bias=_need(arrays, "int/energy_bias").astype(np.int64), float_state=float_state,
+        provenance=header.get("provenance", {}))
+
+
+REQUIRED_FORMATS = ("coord", "W", "s", "h", "ds", "dh", "R", "G", "dG", "GR", "D", "Z", "A", "E",
+                    "GA", "DELTA", "dD", "dGR", "dR", "dGj", "dS", "dH", "dU", "F")
+
+
+def validate(qm: QuantizedModel) -> None:
+    """Structural checks a generator or reference relies on; raises ValueError naming the problem."""
+    cfg = qm.config
+    cfg.validate()
+    missing = [k for k in REQUIRED_FORMATS if k not in qm.formats]
+    if missing:
+        raise ValueError(f"formats missing: {missing}")
+    nt = cfg.ntypes
+    if len(qm.table_g) != nt or len(qm.fit) != nt or len(qm.out_w) != nt or qm.energy_bias.shape != (nt,):
+        raise ValueError(f"per-type sections do not match ntypes={nt}")
+    for name, tab in [("s", qm.table_s), ("h", qm.table_h)] + [(f"g[{t}]", g) for t, g in enumerate(qm.table_g)]:
+        if tab.xi_bits < 1 or tab.index_shift < tab.xi_bits:
+            raise ValueError(f"table {name}: xi_bits={tab.xi_bits} must be in [1, x_frac - seg_shift]")
+        lo, hi = tab.coef_fmt.lo, tab.coef_fmt.hi
+        if tab.coef.min() < lo or tab.coef.max() > hi:
+            raise ValueError(f"table {name}: coefficient outside {tab.coef_fmt.describe()}")
+    for t, g in enumerate(qm.table_g):
+        if g.nch != cfg.m1:
+            raise ValueError(f"table g[{t}] has {g.nch} channels, embedding width is {cfg.m1}")
+        if g.x_frac != qm.formats["s"].frac:
+            raise ValueError(f"table g[{t}] input frac {g.x_frac} != s format frac {qm.formats['s'].frac}")
+    for t, layers in enumerate(qm.fit):
+        n_in = cfg.descriptor_dim
+        for k, l in enumerate(layers):
+            if l.W.ndim != 2 or l.W.shape[0] != n_in or l.b.shape != (l.W.shape[1],):
+                raise ValueError(f"fit[{t}] layer {k}: weight shape {l.W.shape} / bias {l.b.shape} "
+                                 f"do not chain from input width {n_in}")
+            wf = Fmt(qm.formats["W"].bits, l.wfrac)
+            if l.W.min() < wf.lo or l.W.max() > wf.hi:
+                raise ValueError(f"fit[{t}] layer {k}: weight outside {wf.describe()}")
+            n_in = l.W.shape[1]
+        if qm.out_w[t].shape != (n_in,):
+            raise ValueError(f"fit[{t}] output weights shape {qm.out_w[t].shape}, expected ({n_in},)")

@@ -1,0 +1,178 @@
+"""The float DeePMD-style potential in PyTorch: se_a descriptor, embedding nets, fitting nets.
+
+Per atom i with neighbours j (r_ij = x_j - x_i, r = |r_ij| < rcut):
+
+    s(r)  = sw(r) / r                       DeePMD's smooth 1/r with a quintic switch on [rcut_smth, rcut)
+    R_j   = (s, s x/r, s y/r, s z/r) = (s, h x, h y, h z),   h = s / r
+    G_j   = embed[type_j]((s - s_mean) / s_std)           1 -> 8 -> 16 -> 32, tanh, resnet doubling
+    GR_i  = 2**-norm_shift * sum_j R_j^T G_j              (4 x 32)
+    D_i   = 2**desc_shift * GR_i^T GR_i[:, :M2]            (32 x 4 -> 128)
+    E_i   = fit[type_i](D_i) + bias[type_i]               128 -> 128 -> 128 -> 128 -> 1, tanh4, resnet
+
+Forces and the virial come from autograd through the pair vectors: dE/dr_ij is the quantity the
+hardware produces, so the float model computes its forces and virial the same way the host assembles
+them from hardware output (F_i += dE/dr_ij, F_j -= dE/dr_ij, W = -sum r_ij (x) dE/dr_ij).
+
+The fitting net uses NVNMD's tanh4 polynomial so that float training and hardware agree; the
+embedding net may use true tanh because the hardware replaces it by tables anyway.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import ModelConfig
+
+
+def tanh4(x: torch.Tensor) -> torch.Tensor:
+    """NVNMD's hardware activation: sign(x) (|x| - |x|^3/4 + |x|^4/16) for |x| < 2, else sign(x).
+
+    C1 at |x| = 2 with phi'(0) = 1; a handful of multiplies in fixed point instead of a tanh table.
+    """
+    xa = torch.clamp(torch.abs(x), max=2.0)
+    xx = xa * xa
+    return torch.sign(x) * (xa + xx * (xx / 16.0 - xa / 4.0))
+
+
+def switch(r: torch.Tensor, rcut_smth: float, rcut: float) -> torch.Tensor:
+    """DeePMD's smooth switch: 1 below rcut_smth, 0 above rcut, quintic in between (C2)."""
+    u = torch.clamp((r - rcut_smth) / (rcut - rcut_smth), 0.0, 1.0)
+    return u * u * u * (-6.0 * u * u + 15.0 * u - 10.0) + 1.0
+
+
+def s_of_r(r: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    return switch(r, cfg.rcut_smth, cfg.rcut) / r
+
+
+class EmbeddingNet(nn.Module):
+    """1 -> n1 -> n2 -> ... with tanh and DeePMD's resnet: y = [x, x] + tanh(Wx + b) when widths double."""
+
+    def __init__(self, neurons: list[int], generator: torch.Generator | None = None):
+        super().__init__()
+        sizes = [1] + list(neurons)
+        self.layers = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64) for a, b in zip(sizes, sizes[1:]))
+        for lin, (a, b) in zip(self.layers, zip(sizes, sizes[1:])):
+            nn.init.normal_(lin.weight, std=1.0 / math.sqrt(a + b), generator=generator)
+            nn.init.normal_(lin.bias, std=1.0, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for lin in self.layers:
+            y = torch.tanh(lin(x))
+            if lin.out_features == 2 * lin.in_features:
+                y = y + torch.cat([x, x], dim=-1)
+            elif lin.out_features == lin.in_features:
+                y = y + x
+            x = y
+        return x
+
+
+class FittingNet(nn.Module):
+    """D (128) -> 128 -> 128 -> 128 -> 1, tanh4; resnet y += phi(Wy + b) on layers with equal width
+    after the first (DeePMD's rule), linear output."""
+
+    def __init__(self, n_in: int, neurons: list[int], generator: torch.Generator | None = None):
+        super().__init__()
+        sizes = [n_in] + list(neurons)
+        self.hidden = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64) for a, b in zip(sizes, sizes[1:]))
+        self.out = nn.Linear(sizes[-1], 1, dtype=torch.float64)
+        for lin in list(self.hidden) + [self.out]:
+            nn.init.normal_(lin.weight, std=1.0 / math.sqrt(lin.in_features + lin.out_features), generator=generator)
+            nn.init.normal_(lin.bias, std=1.0, generator=generator)
+        nn.init.zeros_(self.out.bias)
+
+    def resnet(self, k: int) -> bool:
+        lin = self.hidden[k]
+        return k >= 1 and lin.in_features == lin.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k, lin in enumerate(self.hidden):
+            y = tanh4(lin(x))
+            x = x + y if self.resnet(k) else y
+        return self.out(x).squeeze(-1)
+
+
+class DeepPot(nn.Module):
+    """The whole potential; `forward` maps a batch of edges to per-atom energies."""
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(seed)
+        self.embed = nn.ModuleList(EmbeddingNet(cfg.embed_neurons, g) for _ in range(cfg.ntypes))
+        self.fit = nn.ModuleList(FittingNet(cfg.descriptor_dim, cfg.fit_neurons, g) for _ in range(cfg.ntypes))
+        self.register_buffer("bias_atom_e", torch.zeros(cfg.ntypes, dtype=torch.float64))
+
+    # ---- the per-pair path (what the hardware tabulates) -------------------------------------
+    def pair_features(self, rij: torch.Tensor, tj: torch.Tensor):
+        """Environment rows R (E, 4) and embeddings G (E, M1) for pair vectors rij of neighbour types tj."""
+        cfg = self.cfg
+        r = torch.linalg.norm(rij, dim=-1)
+        s = s_of_r(r, cfg)
+        h = s / r
+        R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
+        G = self.embedding(s, tj)
+        return R, G
+
+    def embedding(self, s: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        x = ((s - cfg.s_mean) / cfg.s_std)[:, None]
+        G = x.new_zeros((len(s), cfg.m1))
+        for t in range(cfg.ntypes):
+            m = tj == t
+            if m.any():
+                G = G.index_put((m.nonzero().squeeze(-1),), self.embed[t](x[m]))
+        return G
+
+    # ---- per-atom path -----------------------------------------------------------------------
+    def descriptor(self, R, G, center: torch.Tensor, natoms: int) -> torch.Tensor:
+        cfg = self.cfg
+        outer = (R[:, :, None] * G[:, None, :]).reshape(len(R), -1)
+        GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer)
+        GR = GR.reshape(natoms, 4, cfg.m1) * 2.0 ** (-cfg.norm_shift)
+        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]) * 2.0 ** cfg.desc_shift
+        return D.reshape(natoms, -1)
+
+    def atomic_energy(self, D: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
+        E = D.new_zeros(len(D))
+        for t in range(self.cfg.ntypes):
+            m = atype == t
+            if m.any():
+                E = E.index_put((m.nonzero().squeeze(-1),), self.fit[t](D[m]) + self.bias_atom_e[t])
+        return E
+
+    def forward(self, rij: torch.Tensor, center: torch.Tensor, tj: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
+        R, G = self.pair_features(rij, tj)
+        D = self.descriptor(R, G, center, len(atype))
+        return self.atomic_energy(D, atype)
+
+
+def evaluate(model: DeepPot, rij: torch.Tensor, center: torch.Tensor, neighbor: torch.Tensor,
+             atype: torch.Tensor, frame_of_atom: torch.Tensor, nframes: int, create_graph: bool = False):
+    """Energies per frame, forces per atom, virials per frame, atomic energies.
+
+    rij must not require grad yet; it is made a leaf here so that dE/dr_ij is available exactly as
+    the hardware produces it.
+    """
+    rij = rij.detach().requires_grad_(True)
+    tj = atype[neighbor]
+    e_atom = model(rij, center, tj, atype)
+    energy = e_atom.new_zeros(nframes).index_add(0, frame_of_atom, e_atom)
+    (dEdr,) = torch.autograd.grad(energy.sum(), rij, create_graph=create_graph)
+    # r_ij = x_j - x_i, so dE/dx_i = -sum_j dE/dr_ij and dE/dx_j += dE/dr_ij.
+    forces = dEdr.new_zeros((len(atype), 3)).index_add(0, center, dEdr).index_add(0, neighbor, -dEdr)
+    frame_of_edge = frame_of_atom[center]
+    pair_virial = -(rij[:, :, None] * dEdr[:, None, :]).reshape(-1, 9)
+    virial = pair_virial.new_zeros((nframes, 9)).index_add(0, frame_of_edge, pair_virial).reshape(nframes, 3, 3)
+    if not create_graph:
+        return energy.detach(), forces, virial.detach(), e_atom.detach()
+    return energy, forces, virial, e_atom
+
+
+def fit_energy_bias(type_counts: np.ndarray, energies: np.ndarray) -> np.ndarray:
+    """Per-type atomic energy by least squares: E_frame ~ sum_t n_t b_t (minimum-norm if rank deficient)."""
+    b, *_ = np.linalg.lstsq(type_counts.astype(np.float64), energies.astype(np.float64), rcond=None)
+    return b

@@ -1,0 +1,349 @@
+"""Float model -> quantized model: fixed-point formats, interpolation tables, integer weights.
+
+Steps (`quantize`):
+
+1. **Calibrate**: run the float model on sample frames and record the largest magnitude of every
+   tensor the hardware stores, forward and backward (R, G, GR, D, activations, every gradient...).
+2. **Formats** (`choose_formats`): widths are fixed by the hardware (18-bit words where a value feeds the
+   18-bit port of a DSP48E2 27x18 multiplier, 27-bit where it feeds the 27-bit port, 32-bit outputs);
+   fraction bits follow from each tensor's range, with headroom.  Where a hard bound exists
+   (s <= s(r_min), GR <= sum(sel) max|R| max|G| / 2**norm_shift) it is used instead of data, so that
+   value can never saturate.
+3. **Tables**: u = r^2 -> s, h and s -> G (per neighbour type) as piecewise quadratics through the float
+   functions at both ends and the middle of each segment (continuous values; the derivative is the
+   quadratic's own, so forces and energy come from the same curve).
+4. **Weights**: per layer one power-of-two scale: W_int = round(W * 2**wfrac) in 18 bits; biases in the
+   pre-activation format; per-type energy bias (with the output bias) as a host-side integer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .batch import make_batch
+from .config import ModelConfig
+from .fixedpoint import Fmt, fmt_for_range
+from .modelfile import Layer, QuantizedModel, Table
+from .network import DeepPot, s_of_r, tanh4
+
+#: Word widths per tensor (see module docstring).  Keys match `modelfile.REQUIRED_FORMATS`.
+WIDTHS = {
+    "coord": 18, "s": 18, "h": 18, "ds": 18, "dh": 18, "R": 18, "G": 18, "dG": 18,
+    "GR": 27, "D": 27, "Z": 27, "A": 27, "W": 18, "E": 32,
+    "GA": 27, "DELTA": 27, "dD": 27, "dGR": 27, "dR": 27, "dGj": 27, "dS": 27, "dH": 27, "dU": 27, "F": 32,
+}
+#: Headroom factor over the largest calibrated magnitude, for data-derived formats.
+HEADROOM = {"D": 8.0, "E": 16.0, "F": 16.0, "GA": 8.0, "DELTA": 8.0, "dD": 8.0, "dGR": 8.0, "dR": 8.0,
+            "dGj": 8.0, "dS": 8.0, "dH": 8.0, "dU": 8.0}
+COORD_FRAC = 13  # s18.13: |dx| < 16 Å at 1.2e-4 Å resolution
+ACT_FRAC = 23  # s27.23 for pre-activations and activations: range +-8, tanh4 needs +-2
+U_SEG_SHIFT = 4  # u-table segments of 1/16 Å^2
+U_XI_BITS = 17
+G_SEG_SHIFT = 10  # G-table segments of 1/1024 in s
+TABLE_GUARD = 8  # coefficient fraction bits beyond the output's
+COEF_BITS = 27
+
+
+# ---- float functions the tables approximate -----------------------------------------------------
+
+def s_and_h_of_u(u: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    r = torch.sqrt(torch.as_tensor(u, dtype=torch.float64))
+    s = s_of_r(r, cfg)
+    return s.numpy(), (s / r).numpy()
+
+
+def embedding_of_s(model: DeepPot, s: np.ndarray, t: int) -> np.ndarray:
+    with torch.no_grad():
+        st = torch.as_tensor(s, dtype=torch.float64)
+        return model.embedding(st, torch.full(st.shape, t, dtype=torch.long)).numpy()
+
+
+# ---- calibration -----------------------------------------------------------------------------------
+
+def calibrate(model: DeepPot, systems, nframes: int = 8, seed: int = 0) -> dict[str, float]:
+    """Largest |value| of every stored tensor over sample frames (forward and backward)."""
+    cfg = model.cfg
+    rng = np.random.default_rng(seed)
+    items = [(s, f) for s in systems for f in range(s.nframes)]
+    picks = [items[k] for k in rng.choice(len(items), size=min(nframes, len(items)), replace=False)]
+    out: dict[str, float] = {}
+
+    def note(name, v):
+        if v is not None and v.numel():
+            out[name] = max(out.get(name, 0.0), float(v.detach().abs().max()))
+
+    for item in picks:
+        b = make_batch([item], cfg.rcut)
+        rij = b.rij.clone().requires_grad_(True)
+        tj = b.atype[b.neighbor]
+        u = (rij * rij).sum(-1)
+        u.retain_grad()
+        r = torch.sqrt(u)
+        s = s_of_r(r, cfg)
+        s.retain_grad()
+        h = s / r
+        h.retain_grad()
+        R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
+        R.retain_grad()
+        G = model.embedding(s, tj)
+        G.retain_grad()
+        n = len(b.atype)
+        outer = (R[:, :, None] * G[:, None, :]).reshape(len(R), -1)
+        GR = outer.new_zeros((n, 4 * cfg.m1)).index_add(0, b.center, outer).reshape(n, 4, cfg.m1)
+        GR = GR * 2.0 ** (-cfg.norm_shift)
+        GR.retain_grad()
+        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]).reshape(n, -1) * 2.0 ** cfg.desc_shift
+        D.retain_grad()
+        energy = 0.0
+        keep = []
+        for t in range(cfg.ntypes):
+            m = b.atype == t
+            if not m.any():
+                continue
+            x = D[m]
+            fit = model.fit[t]
+            for k, lin in enumerate(fit.hidden):
+                z = lin(x)
+                z.retain_grad()
+                y = tanh4(z)
+                x = x + y if fit.resnet(k) else y
+                x.retain_grad()
+                keep += [("Z", z), ("A", x)]
+            e_nn = fit.out(x).squeeze(-1) - fit.out.bias
+            note("E", e_nn)
+            energy = energy + (fit.out(x).squeeze(-1)).sum()
+        energy.backward()
+        for name, v in (("R", R), ("G", G), ("GR", GR), ("D", D)):
+            note(name, v)
+        note("dD", D.grad)
+        note("dGR", GR.grad)
+        note("dR", R.grad)
+        note("dGj", G.grad)
+        note("dS", s.grad)
+        note("dH", h.grad)
+        note("dU", u.grad)
+        note("F", rij.grad)
+        for name, v in keep:
+            note(name, v)
+            if name == "Z":
+                note("DELTA", v.grad)
+            else:
+                note("GA", v.grad)
+    return out
+
+
+# ---- tables -------------------------------------------------------------------------------------------
+
+def fit_quadratics(f_left: np.ndarray, f_mid: np.ndarray, f_right: np.ndarray):
+    """Per segment y = a + b xi + c xi^2 through xi = 0, 1/2, 1."""
+    a = f_left
+    b = -3.0 * f_left + 4.0 * f_mid - f_right
+    c = 2.0 * f_left - 4.0 * f_mid + 2.0 * f_right
+    return np.stack([a, b, c], axis=-1)
+
+
+def make_table(coef_float: np.ndarray, x_frac: int, seg_shift: int, xi_bits: int, x_min: int,
+               out_fmt: Fmt, dout_fmt: Fmt, name: str) -> Table:
+    """Quantize float coefficients (nseg, nch, 3) into a Table with a coefficient format that fits."""
+    frac = max(out_fmt.frac + TABLE_GUARD, dout_fmt.frac + seg_shift + 2)
+    m = float(np.abs(coef_float).max())
+    while frac > 0 and m * 2.0 ** frac >= 2 ** (COEF_BITS - 1) - 1:
+        frac -= 1
+    cf = Fmt(COEF_BITS, frac)
+    return Table(x_frac=x_frac, seg_shift=seg_shift, xi_bits=xi_bits, x_min=x_min,
+                 coef=cf.quantize(coef_float, f"table {name} coefficients"), coef_fmt=cf,
+                 out_fmt=out_fmt, dout_fmt=dout_fmt)
+
+
+def u_tables(cfg: ModelConfig, F: dict[str, Fmt]) -> tuple[Table, Table]:
+    u_frac = 2 * F["coord"].frac
+    du = 2.0 ** -U_SEG_SHIFT
+    nseg = math.ceil(cfg.rcut ** 2 / du)
+    left = np.arange(nseg) * du
+    u_min_int = math.ceil(cfg.r_min ** 2 * 2.0 ** u_frac)
+    u_min = u_min_int * 2.0 ** -u_frac
+    if u_min < du:
+        raise ValueError(f"r_min={cfg.r_min} Å is below the u-table's first segment (needs r_min^2 >= {du} Å^2)")
+    # Segments wholly below u_min are never read (inputs are clamped to u_min): give them the value
+    # at u_min so their coefficients stay small.  Every other segment follows the true function.
+    unread = (left + du) <= u_min
+    pts = lambda x: np.where(unread, u_min, x)
+    s_l, h_l = s_and_h_of_u(pts(left), cfg)
+    s_m, h_m = s_and_h_of_u(pts(left + du / 2), cfg)
+    s_r, h_r = s_and_h_of_u(pts(left + du), cfg)
+    ts = make_table(fit_quadratics(s_l, s_m, s_r)[:, None, :], u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
+                    F["s"], F["ds"], "s")
+    th = make_table(fit_quadratics(h_l, h_m, h_r)[:, None, :], u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
+                    F["h"], F["dh"], "h")
+    return ts, th
+
+
+def g_tables(model: DeepPot, F: dict[str, Fmt], s_max: float) -> list[Table]:
+    ds = 2.0 ** -G_SEG_SHIFT
+    nseg = math.ceil(s_max / ds) + 1
+    left = np.arange(nseg) * ds
+    xi_bits = F["s"].frac - G_SEG_SHIFT
+    tables = []
+    for t in range(model.cfg.ntypes):
+        f = [embedding_of_s(model, x, t) for x in (left, left + ds / 2, left + ds)]
+        tables.append(make_table(fit_quadratics(*f), F["s"].frac, G_SEG_SHIFT, xi_bits, 0, F["G"], F["dG"], f"g[{t}]"))
+    return tables
+
+
+def function_ranges(model: DeepPot) -> dict[str, float]:
+    """Hard bounds from the functions themselves over the tables' domains (dense grids)."""
+    cfg = model.cfg
+    u = np.linspace(cfg.r_min ** 2, cfg.rcut ** 2, 20001)
+    s, h = s_and_h_of_u(u, cfg)
+    ut = torch.tensor(u, requires_grad=True)
+    r = torch.sqrt(ut)
+    sv = s_of_r(r, cfg)
+    ds, dh = (torch.autograd.grad(f.sum(), ut, retain_graph=True)[0] for f in (sv, sv / r))
+    s_max = float(s.max())
+    grid = np.linspace(0.0, s_max * 1.01, 20001)
+    g_max, dg_max = 0.0, 0.0
+    for t in range(cfg.ntypes):
+        st = torch.as_tensor(grid, dtype=torch.float64)
+        tj = torch.full(st.shape, t, dtype=torch.long)
+        with torch.no_grad():
+            G, dG = torch.func.jvp(lambda x: model.embedding(x, tj), (st,), (torch.ones_like(st),))
+        g_max = max(g_max, float(G.abs().max()))
+        dg_max = max(dg_max, float(dG.abs().max()))
+    return {"s": s_max, "h": float(h.max()), "ds": float(ds.abs().max()), "dh": float(dh.abs().max()),
+            "R": s_max, "G": g_max, "dG": dg_max}
+
+
+def choose_formats(model: DeepPot, ranges: dict[str, float]) -> dict[str, Fmt]:
+    cfg = model.cfg
+    fr = function_ranges(model)
+    F: dict[str, Fmt] = {"coord": Fmt(WIDTHS["coord"], COORD_FRAC)}
+    for k in ("s", "h", "ds", "dh", "R", "G", "dG"):
+        F[k] = fmt_for_range(fr[k], WIDTHS[k], headroom=1.1)
+    gr_bound = sum(cfg.sel) * fr["R"] * fr["G"] * 2.0 ** -cfg.norm_shift
+    F["GR"] = fmt_for_range(gr_bound, WIDTHS["GR"], headroom=1.0)
+    F["Z"] = Fmt(WIDTHS["Z"], ACT_FRAC)
+    F["A"] = Fmt(WIDTHS["A"], ACT_FRAC)
+    F["W"] = Fmt(WIDTHS["W"], 0)  # width only: each layer carries its own fraction bits
+    for k, head in HEADROOM.items():
+        if k not in ranges:
+            raise ValueError(f"calibration produced no range for {k}")
+        F[k] = fmt_for_range(ranges[k], WIDTHS[k], headroom=head)
+    return F
+
+
+# ---- weights -------------------------------------------------------------------------------------
+
+def quantize_weight(w: np.ndarray, bits: int, what: str) -> tuple[np.ndarray, int]:
+    """One power-of-two scale per matrix: the largest frac whose rounding still fits `bits`."""
+    m = float(np.abs(w).max())
+    frac = bits - 1 - (math.floor(math.log2(m)) + 1) if m > 0 else bits - 1
+    for f in (frac, frac - 1):
+        try:
+            return Fmt(bits, f).quantize(w, what), f
+        except OverflowError:
+            continue
+    raise OverflowError(f"{what}: cannot fit weights in {bits} bits")
+
+
+def float32_state(model: DeepPot) -> dict[str, np.ndarray]:
+    """The trained weights as stored in the model file (float32-exact float64 values)."""
+    return {k: v.detach().numpy().astype(np.float32).astype(np.float64) for k, v in model.state_dict().items()}
+
+
+def quantize_fitting(model: DeepPot, F: dict[str, Fmt]):
+    cfg = model.cfg
+    fit, out_w, out_wfrac, ebias = [], [], [], []
+    for t in range(cfg.ntypes):
+        net = model.fit[t]
+        layers = []
+        for k, lin in enumerate(net.hidden):
+            W, wf = quantize_weight(lin.weight.detach().numpy().T, F["W"].bits, f"fit[{t}] layer {k} weights")
+            b = F["Z"].quantize(lin.bias.detach().numpy(), f"fit[{t}] layer {k} bias")
+            layers.append(Layer(W=W, b=b, wfrac=wf, resnet=net.resnet(k)))
+        w, wf = quantize_weight(net.out.weight.detach().numpy()[0], F["W"].bits, f"fit[{t}] output weights")
+        fit.append(layers)
+        out_w.append(w)
+        out_wfrac.append(wf)
+        e0 = float(net.out.bias.detach()) + float(model.bias_atom_e[t])
+        ebias.append(int(math.floor(e0 * 2.0 ** F["E"].frac + 0.5)))
+    return fit, out_w, out_wfrac, np.array(ebias, dtype=np.int64)
+
+
+def model_from_state(cfg: ModelConfig, state: dict[str, np.ndarray]) -> DeepPot:
+    model = DeepPot(cfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    return model
+
+
+def build(model: DeepPot, formats: dict[str, Fmt], provenance: dict | None = None) -> QuantizedModel:
+    """Tables and integer weights for given formats (used for the first export and after fine-tuning)."""
+    state = float32_state(model)
+    model = model_from_state(model.cfg, state)  # quantize exactly what the file stores
+    ts, th = u_tables(model.cfg, formats)
+    fr = function_ranges(model)
+    tg = g_tables(model, formats, fr["s"] * 1.01)
+    fit, out_w, out_wfrac, ebias = quantize_fitting(model, formats)
+    return QuantizedModel(config=model.cfg, formats=formats, table_s=ts, table_h=th, table_g=tg, fit=fit,
+                          out_w=out_w, out_wfrac=out_wfrac, energy_bias=ebias, float_state=state,
+                          provenance=provenance or {})
+
+
+def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0) -> QuantizedModel:
+    ranges = calibrate(model, calib_systems, nframes=nframes, seed=seed)
+    formats = choose_formats(model, ranges)
+    return build(model, formats, {"calibration_ranges": ranges})
+
+
+def float_model(qm: QuantizedModel) -> DeepPot:
+    """The float model a quantized model file came from."""
+    return model_from_state(qm.config, qm.float_state)
+
+
+# ---- table error -------------------------------------------------------------------------------------
+
+def table_errors(qm: QuantizedModel, model: DeepPot | None = None, points: int = 200001) -> dict:
+    """Largest |table - float function| over each table's whole input range, in units and in LSBs.
+
+    The float functions are evaluated at the *quantized* inputs, so this is the error the tables
+    add on top of input quantization (interpolation + coefficient and output rounding).
+    """
+    from .reference import table_lookup
+    model = model or model_from_state(qm.config, qm.float_state)
+    cfg = qm.config
+    out = {}
+    u_frac = qm.table_s.x_frac
+    u = np.unique(np.linspace(qm.table_s.x_min, int(cfg.rcut ** 2 * 2 ** u_frac), points).astype(np.int64))
+    uf = u * 2.0 ** -u_frac
+    r = torch.tensor(np.sqrt(uf), requires_grad=True)
+    s_ref = s_of_r(r, cfg)
+    h_ref = s_ref / r
+    # d/du = d/dr / (2r)
+    ds_ref = (torch.autograd.grad(s_ref.sum(), r, retain_graph=True)[0] / (2 * r)).detach().numpy()
+    dh_ref = (torch.autograd.grad(h_ref.sum(), r)[0] / (2 * r)).detach().numpy()
+    for name, tab, ref, dref in (("s", qm.table_s, s_ref.detach().numpy(), ds_ref),
+                                 ("h", qm.table_h, h_ref.detach().numpy(), dh_ref)):
+        y, dy, *_ = table_lookup(tab, u)
+        e = np.abs(tab.out_fmt.to_float(y[:, 0]) - ref)
+        de = np.abs(tab.dout_fmt.to_float(dy[:, 0]) - dref)
+        out[name] = {"max_abs": float(e.max()), "max_lsb": float(e.max() / tab.out_fmt.resolution),
+                     "max_rel": float(e.max() / np.abs(ref).max())}
+        out["d" + name] = {"max_abs": float(de.max()), "max_lsb": float(de.max() / tab.dout_fmt.resolution),
+                           "max_rel": float(de.max() / np.abs(dref).max())}
+    for t, tab in enumerate(qm.table_g):
+        s_int = np.arange(0, (tab.nseg - 1) << tab.index_shift, max(1, ((tab.nseg - 1) << tab.index_shift) // points))
+        sf = torch.tensor(s_int * 2.0 ** -tab.x_frac)
+        tj = torch.full(sf.shape, t, dtype=torch.long)
+        with torch.no_grad():
+            G, dG = torch.func.jvp(lambda x: model.embedding(x, tj), (sf,), (torch.ones_like(sf),))
+        y, dy, *_ = table_lookup(tab, s_int)
+        e = np.abs(tab.out_fmt.to_float(y) - G.numpy())
+        de = np.abs(tab.dout_fmt.to_float(dy) - dG.numpy())
+        key = cfg.type_map[t]
+        out[f"G[{key}]"] = {"max_abs": float(e.max()), "max_lsb": float(e.max() / tab.out_fmt.resolution),
+                            "max_rel": float(e.max() / np.abs(G.numpy()).max())}
+        out[f"dG[{key}]"] = {"max_abs": float(de.max()), "max_lsb": float(de.max() / tab.dout_fmt.resolution),
+                             "max_rel": float(de.max() / np.abs(dG.numpy()).max())}
+    return out

@@ -1,0 +1,251 @@
+"""The bit-exact fixed-point reference: the integers the hardware must produce, and nothing else.
+
+Input, per centre atom (exactly what the pipeline receives): its type and its neighbour records
+(type, dx, dy, dz) with r_ij = (dx, dy, dz) = x_j - x_i in the `coord` format.  Output, per atom:
+the atomic energy word (format `E`, *without* the per-type energy bias, which the host adds), one
+dE/dr_ij word triple per record (format `F`), and status flags.
+
+The stages below are the hardware's stages, in order; each docstring says which integer operation
+it performs.  Arithmetic rules (rounding half up, saturation with a flag, exact products) are in
+`fixedpoint`.  Everything is vectorized over atoms and records (no Python loop per atom or pair);
+atoms are processed in chunks so that memory stays bounded for any system size.
+
+Accumulations are exact integer sums, so results do not depend on the order of the records; records
+may come in any order and with any mix of types, as long as no type has more records than `sel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fixedpoint import Fmt, imatmul, requant, saturate, shift_round
+from .modelfile import QuantizedModel, Table
+
+# Per-atom status flags (a bit mask; the hardware sends the same bits with each atom).
+FLAG_NEIGHBOR_OVERFLOW = 1  #: more records of some type than sel: results zeroed
+FLAG_SATURATED = 2  #: some fixed-point value was clipped to its format's range
+FLAG_R_BELOW_MIN = 4  #: some pair was closer than the tables' r_min (clamped to r_min)
+FLAG_BAD_TYPE = 8  #: centre or neighbour type outside the model's type map: results zeroed
+
+FLAG_NAMES = {FLAG_NEIGHBOR_OVERFLOW: "neighbour count above sel", FLAG_SATURATED: "fixed-point saturation",
+              FLAG_R_BELOW_MIN: "pair distance below the table's r_min", FLAG_BAD_TYPE: "type outside the type map"}
+
+
+def describe_flags(flags: int) -> str:
+    return ", ".join(name for bit, name in FLAG_NAMES.items() if flags & bit) or "none"
+
+
+@dataclass
+class NeighborRecords:
+    """The pipeline's input: per atom its type and up to M records (type -1 marks an empty slot)."""
+
+    center_type: np.ndarray  # (N,) int64
+    nbr_type: np.ndarray  # (N, M) int64, -1 = empty slot
+    nbr_d: np.ndarray  # (N, M, 3) int64, coord format
+
+    def __len__(self) -> int:
+        return len(self.center_type)
+
+    def take(self, sl) -> "NeighborRecords":
+        return NeighborRecords(self.center_type[sl], self.nbr_type[sl], self.nbr_d[sl])
+
+
+@dataclass
+class ReferenceResult:
+    energy: np.ndarray  # (N,) int64, format E, excluding the per-type bias
+    dEdr: np.ndarray  # (N, M, 3) int64, format F, zero in empty slots
+    flags: np.ndarray  # (N,) int64 bit mask
+
+
+# ---- stage helpers ---------------------------------------------------------------------------------
+
+class _Saturation:
+    """Collects per-atom saturation from every requantization of a chunk."""
+
+    def __init__(self, n: int):
+        self.any = np.zeros(n, dtype=bool)
+
+    def add(self, mask: np.ndarray):
+        m = np.asarray(mask)
+        self.any |= m.reshape(len(self.any), -1).any(axis=1) if m.ndim > 1 else m
+        return self
+
+    def rq(self, v, from_frac: int, fmt: Fmt):
+        out, bad = requant(v, from_frac, fmt)
+        self.add(bad)
+        return out
+
+
+def table_lookup(tab: Table, x: np.ndarray):
+    """Piecewise-quadratic table: returns (y, dy/dx, below_min, past_end, saturated).
+
+    idx = x >> index_shift; xi = next xi_bits bits;  t = c xi, v = b + t, y = a + v xi (each product
+    rounded back to the coefficient format); dy/dx = (b + 2t) * 2**seg_shift.
+    """
+    below = x < tab.x_min
+    x = np.maximum(x, tab.x_min)
+    idx = x >> tab.index_shift
+    xi = (x >> (tab.index_shift - tab.xi_bits)) & ((1 << tab.xi_bits) - 1)
+    past = idx >= tab.nseg
+    coef = tab.coef[np.minimum(idx, tab.nseg - 1)]  # (..., nch, 3)
+    a, b, c = coef[..., 0], coef[..., 1], coef[..., 2]
+    xi = xi[..., None]
+    t = shift_round(c * xi, tab.xi_bits)
+    y_c = a + shift_round((b + t) * xi, tab.xi_bits)
+    y, sat_y = requant(y_c, tab.coef_fmt.frac, tab.out_fmt)
+    dy, sat_d = requant(b + 2 * t, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt)
+    keep = ~past[..., None]
+    return y * keep, dy * keep, below, past, (sat_y | sat_d) & keep
+
+
+def tanh4(z: np.ndarray, f: int):
+    """Integer tanh4 and its derivative, both with f fraction bits (|z| >= 2 gives +-1 and 0).
+
+    phi(z)  = sign(z) (za + xx (xx/16 - za/4)),  za = min(|z|, 2), xx = za^2
+    phi'(z) = 1 + xx (za/4 - 3/4)  for |z| < 2, else 0
+    """
+    one, two = 1 << f, 2 << f
+    za = np.minimum(np.abs(z), two)
+    xx = shift_round(za * za, f)
+    q = shift_round(xx * (shift_round(xx, 4) - shift_round(za, 2)), f)
+    ya = za + q
+    y = np.where(z < 0, -ya, ya)
+    dq = shift_round(xx * (shift_round(za, 2) - 3 * (1 << (f - 2))), f)
+    dphi = np.where(np.abs(z) >= two, 0, one + dq)
+    return y, dphi
+
+
+# ---- the pipeline ------------------------------------------------------------------------------------
+
+def evaluate(qm: QuantizedModel, rec: NeighborRecords, chunk: int = 1024) -> ReferenceResult:
+    """Run the reference over all atoms, `chunk` atoms at a time."""
+    n, m = rec.nbr_type.shape
+    energy = np.zeros(n, dtype=np.int64)
+    dEdr = np.zeros((n, m, 3), dtype=np.int64)
+    flags = np.zeros(n, dtype=np.int64)
+    for lo in range(0, n, chunk):
+        sl = slice(lo, min(n, lo + chunk))
+        r = _evaluate_chunk(qm, rec.take(sl))
+        energy[sl], dEdr[sl], flags[sl] = r.energy, r.dEdr, r.flags
+    return ReferenceResult(energy, dEdr, flags)
+
+
+def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords) -> ReferenceResult:
+    cfg, F = qm.config, qm.formats
+    ct, nt, d = rec.center_type.astype(np.int64), rec.nbr_type.astype(np.int64), rec.nbr_d.astype(np.int64)
+    n, m = nt.shape
+    sat = _Saturation(n)
+
+    # -- stream checks: types and neighbour counts ---------------------------------------------------
+    bad_type = (ct < 0) | (ct >= cfg.ntypes) | ((nt < -1) | (nt >= cfg.ntypes)).any(axis=1)
+    counts = np.stack([(nt == t).sum(axis=1) for t in range(cfg.ntypes)], axis=1)
+    overflow = (counts > np.asarray(cfg.sel)[None, :]).any(axis=1)
+    dropped = bad_type | overflow
+    valid = (nt >= 0) & ~dropped[:, None]  # (n, m) records that take part
+    ct = np.where(dropped, 0, ct)
+    d = d * valid[..., None]
+
+    # -- stage 1: r^2, exact --------------------------------------------------------------------------
+    u = (d * d).sum(axis=-1)  # frac 2 * coord.frac
+
+    # -- stage 2: u -> s, h and their derivatives (tables) ----------------------------------------
+    s, ds, below, _, sat_s = table_lookup(qm.table_s, u)
+    h, dh, _, _, sat_h = table_lookup(qm.table_h, u)
+    s, ds, h, dh = s[..., 0], ds[..., 0], h[..., 0], dh[..., 0]
+    s, ds, h, dh = s * valid, ds * valid, h * valid, dh * valid
+    sat.add((sat_s[..., 0] | sat_h[..., 0]) & valid)
+    r_small = (below & valid).any(axis=1)
+
+    # -- stage 3: environment rows R = (s, h dx, h dy, h dz) --------------------------------------------
+    R = np.empty((n, m, 4), dtype=np.int64)
+    R[..., 0] = sat.rq(s, F["s"].frac, F["R"])
+    R[..., 1:] = sat.rq(h[..., None] * d, F["h"].frac + F["coord"].frac, F["R"])
+
+    # -- stage 4: s -> G(s), G'(s) per neighbour type (tables) ---------------------------------------
+    G = np.zeros((n, m, cfg.m1), dtype=np.int64)
+    dG = np.zeros_like(G)
+    for t, tab in enumerate(qm.table_g):
+        sel_t = valid & (nt == t)
+        if sel_t.any():
+            g, dg, _, past, st = table_lookup(tab, s[sel_t])
+            G[sel_t], dG[sel_t] = g, dg
+            sat_rec = np.zeros((n, m), dtype=bool)
+            sat_rec[sel_t] = st.any(axis=-1) | past
+            sat.add(sat_rec)
+
+    # -- stage 5: GR = 2**-norm_shift sum_j R_j^T G_j ---------------------------------------------
+    acc = imatmul(R.transpose(0, 2, 1), G)  # (n, 4, M1)
+    GR = sat.rq(acc, F["R"].frac + F["G"].frac + cfg.norm_shift, F["GR"])
+
+    # -- stage 6: D = 2**desc_shift GR^T GR[:, :M2] -------------------------------------------------
+    m2 = cfg.axis_neurons
+    accD = imatmul(GR.transpose(0, 2, 1), GR[:, :, :m2])  # (n, M1, M2)
+    D = sat.rq(accD, 2 * F["GR"].frac - cfg.desc_shift, F["D"]).reshape(n, -1)
+
+    # -- stages 7-8: fitting net forward and backward, per centre type ---------------------------
+    energy = np.zeros(n, dtype=np.int64)
+    dD = np.zeros_like(D)
+    for t in range(cfg.ntypes):
+        at = np.flatnonzero(ct == t)
+        if len(at):
+            energy[at], dD[at] = _fitting(qm, t, D[at], sat, at)
+
+    # -- stage 9: dE/dGR --------------------------------------------------------------------------------
+    dDm = dD.reshape(n, cfg.m1, m2)
+    acc = imatmul(GR[:, :, :m2], dDm.transpose(0, 2, 1))  # (n, 4, M1): sum_b GR[k,b] dD[c,b]
+    acc[:, :, :m2] += imatmul(GR, dDm)  # (n, 4, M2): sum_a GR[k,a] dD[a,c]
+    dGR = sat.rq(acc, F["GR"].frac + F["dD"].frac - cfg.desc_shift, F["dGR"])
+
+    # -- stage 10: per-record backward pass -> dE/dr_ij ------------------------------------------
+    ns = cfg.norm_shift
+    dR = sat.rq(imatmul(G, dGR.transpose(0, 2, 1)), F["G"].frac + F["dGR"].frac + ns, F["dR"])  # (n, m, 4)
+    dGj = sat.rq(imatmul(R, dGR), F["R"].frac + F["dGR"].frac + ns, F["dGj"])  # (n, m, M1)
+    dS_g = shift_round((dGj * dG).sum(axis=-1), F["dGj"].frac + F["dG"].frac - F["dS"].frac)
+    dS = sat.rq(shift_round(dR[..., 0], F["dR"].frac - F["dS"].frac) + dS_g, F["dS"].frac, F["dS"])
+    dH = sat.rq((dR[..., 1:] * d).sum(axis=-1), F["dR"].frac + F["coord"].frac, F["dH"])
+    dU = sat.rq(shift_round(dS * ds, F["dS"].frac + F["ds"].frac - F["dU"].frac)
+                + shift_round(dH * dh, F["dH"].frac + F["dh"].frac - F["dU"].frac), F["dU"].frac, F["dU"])
+    ff = F["F"].frac
+    force = (shift_round(dR[..., 1:] * h[..., None], F["dR"].frac + F["h"].frac - ff)
+             # d(r^2)/dx = 2 dx: the factor 2 is one less bit of shift
+             + shift_round(dU[..., None] * d, F["dU"].frac + F["coord"].frac - 1 - ff))
+    dEdr = sat.rq(force, ff, F["F"]) * valid[..., None]
+
+    flags = (np.where(overflow, FLAG_NEIGHBOR_OVERFLOW, 0) | np.where(bad_type, FLAG_BAD_TYPE, 0)
+             | np.where(sat.any & ~dropped, FLAG_SATURATED, 0) | np.where(r_small, FLAG_R_BELOW_MIN, 0))
+    energy = np.where(dropped, 0, energy)
+    return ReferenceResult(energy=energy, dEdr=dEdr, flags=flags.astype(np.int64))
+
+
+def _fitting(qm: QuantizedModel, t: int, x: np.ndarray, sat: _Saturation, rows: np.ndarray):
+    """Forward (energy) and backward (dE/dD) through centre type t's fitting net."""
+    F = qm.formats
+    fz, fa = F["Z"].frac, F["A"].frac
+    local = _Saturation(len(x))
+    xfrac = F["D"].frac
+    cache = []
+    for layer in qm.fit[t]:
+        acc = imatmul(x, layer.W)
+        # Saturating z is exact: tanh4 is flat (+-1, derivative 0) far below the Z range limit.
+        z, _ = saturate(shift_round(acc, xfrac + layer.wfrac - fz) + layer.b, F["Z"])
+        y, dphi = tanh4(z, fz)
+        y = shift_round(y, fz - fa)
+        x = local.rq(x + y, fa, F["A"]) if layer.resnet else y
+        cache.append(dphi)
+        xfrac = fa
+    energy = local.rq(imatmul(x, qm.out_w[t][:, None])[:, 0], fa + qm.out_wfrac[t], F["E"])
+
+    g = local.rq(np.broadcast_to(qm.out_w[t], x.shape), qm.out_wfrac[t], F["GA"])
+    for k in range(len(qm.fit[t]) - 1, -1, -1):
+        layer = qm.fit[t][k]
+        delta = local.rq(cache[k] * g, fz + F["GA"].frac, F["DELTA"])
+        back = imatmul(delta, layer.W.T)  # frac DELTA + wfrac
+        if k == 0:
+            dD = local.rq(back, F["DELTA"].frac + layer.wfrac, F["dD"])
+        else:
+            back = local.rq(back, F["DELTA"].frac + layer.wfrac, F["GA"])
+            g = local.rq(g + back, F["GA"].frac, F["GA"]) if layer.resnet else back
+    sat.any[rows] |= local.any
+    return energy, dD

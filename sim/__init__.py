@@ -1,0 +1,1 @@
+"""dpfpga sim package."""

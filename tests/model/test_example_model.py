@@ -1,0 +1,28 @@
+"""The bundled GeTe model on held-out AIMD frames: quantized accuracy stays with the float model's."""
+
+from __future__ import annotations
+
+import pytest
+
+from model import modelfile
+from model.cli import EXAMPLE_MODEL
+from model.data import load_systems, split_frames
+from model.metrics import test_model as run_metrics
+from model.quantize import float_model
+from support import GETE_216, require_shared
+
+pytestmark = pytest.mark.shared_data
+
+
+def test_quantized_force_rmse_within_20_percent_of_float():
+    require_shared(GETE_216)
+    qm = modelfile.load(EXAMPLE_MODEL)
+    data = qm.provenance["data"]
+    systems = [s.remap_types(qm.config.type_map) for s in load_systems(GETE_216)]
+    _, valid = split_frames(systems, data["valid_fraction"], data["seed"])  # the frames training never saw
+    m = run_metrics(qm, float_model(qm), valid, max_frames=6, seed=1)
+    f, q = m["float"], m["quantized"]
+    assert q["rmse_f"] <= 1.2 * f["rmse_f"]
+    # Quantization noise itself is tiny next to the model error (measured: ~1e-4 of it).
+    assert m["quantized_vs_float"]["rmse_f"] < 0.01 * f["rmse_f"]
+    assert m["quantized_vs_float"]["rmse_e"] < 1e-4  # eV/atom

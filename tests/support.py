@@ -1,0 +1,76 @@
+"""Helpers shared by the tests: where the third-party data lives, and small generated models."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: ../shared/data next to the checkout (present in CI); DPFPGA_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("DPFPGA_SHARED_DATA", REPO.parent / "shared" / "data"))
+GETE_216 = SHARED_DATA / "GeTe-aimd" / "216atom-melt-quench"
+
+
+def require_shared(path: Path = SHARED_DATA) -> Path:
+    if not path.exists():
+        pytest.skip(f"third-party data not available at {path} (it lives in ../shared/data next to the checkout)")
+    return path
+
+
+def random_structure(natoms=40, box=10.0, ntypes=2, dmin=2.2, seed=0, triclinic=True):
+    """Random periodic structure with no pair closer than dmin (rejection sampling)."""
+    rng = np.random.default_rng(seed)
+    cell = np.eye(3) * box
+    if triclinic:
+        cell = cell + rng.uniform(-0.15, 0.15, (3, 3)) * box * np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    inv = np.linalg.inv(cell)
+    pos, tries = [], 0
+    while len(pos) < natoms:
+        tries += 1
+        if tries > 200 * natoms:
+            raise RuntimeError(f"cannot place {natoms} atoms {dmin} Å apart in a {box} Å box")
+        p = rng.random(3) @ cell
+        ok = True
+        for q in pos:
+            d = p - q
+            d = d - np.round(d @ inv) @ cell
+            if d @ d < dmin * dmin:
+                ok = False
+                break
+        if ok:
+            pos.append(p)
+    types = np.arange(natoms) % ntypes
+    rng.shuffle(types)
+    return np.array(pos), cell, types
+
+
+def as_system(pos, cell, types, type_map=("Ge", "Te"), name="random"):
+    from model.data import System
+    return System(name=name, type_map=list(type_map), types=types, coords=pos[None], cells=cell[None], pbc=True)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model(seed: int = 3):
+    """A randomly initialised float model with the default architecture, calibrated on random structures."""
+    import torch
+    from model.config import ModelConfig
+    from model.network import DeepPot
+    from model.train import choose_desc_shift
+    cfg = ModelConfig(sel=[40, 40], r_min=1.6, s_mean=0.1, s_std=0.1)
+    model = DeepPot(cfg, seed=seed)
+    systems = [as_system(*random_structure(seed=k)) for k in range(2)]
+    cfg.desc_shift = choose_desc_shift(model, systems)
+    with torch.no_grad():
+        model.bias_atom_e[:] = torch.tensor([-164.0, -165.0])
+    return model, systems
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_qm(seed: int = 3):
+    from model.quantize import quantize
+    model, systems = tiny_model(seed)
+    return quantize(model, systems, nframes=2)
