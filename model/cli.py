@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent / "examples" / "GeTe-example.npz"

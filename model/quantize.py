@@ -33,7 +33,7 @@ from .network import DeepPot, s_of_r, tanh4
 WIDTHS = {
     "coord": 18, "s": 18, "h": 18, "ds": 18, "dh": 18, "R": 18, "G": 18, "dG": 18,
     "GR": 27, "D": 27, "Z": 27, "A": 27, "W": 18, "E": 32,
-    "GA": 27, "DELTA": 27, "dD": 27, "dGR": 27, "dR": 27, "dGj": 27, "dS": 27, "dH": 27, "dU": 27, "F": 32,
+    "GA": 27, "DELTA": 27, "dD": 27, "dGR": 27, "dR": 27, "dGj": 27, "dS": 27, "dH": 27, "dU": 27, "F": 20,
 }
 #: Headroom factor over the largest calibrated magnitude, for data-derived formats.
 HEADROOM = {"D": 8.0, "E": 16.0, "F": 16.0, "GA": 8.0, "DELTA": 8.0, "dD": 8.0, "dGR": 8.0, "dR": 8.0,

@@ -119,20 +119,31 @@ def tanh4(z: np.ndarray, f: int):
 
 # ---- the pipeline ------------------------------------------------------------------------------------
 
-def evaluate(qm: QuantizedModel, rec: NeighborRecords, chunk: int = 1024) -> ReferenceResult:
-    """Run the reference over all atoms, `chunk` atoms at a time."""
+def evaluate(qm: QuantizedModel, rec: NeighborRecords, chunk: int = 1024, trace: dict | None = None) -> ReferenceResult:
+    """Run the reference over all atoms, `chunk` atoms at a time.
+
+    `trace`, if given, receives the per-atom intermediates (GR, D, dD, dGR, flags before the fitting
+    net) concatenated over chunks: the unit tests of the hardware stages compare against them.
+    """
     n, m = rec.nbr_type.shape
     energy = np.zeros(n, dtype=np.int64)
     dEdr = np.zeros((n, m, 3), dtype=np.int64)
     flags = np.zeros(n, dtype=np.int64)
     for lo in range(0, n, chunk):
         sl = slice(lo, min(n, lo + chunk))
-        r = _evaluate_chunk(qm, rec.take(sl))
+        part = {} if trace is not None else None
+        r = _evaluate_chunk(qm, rec.take(sl), part)
+        if trace is not None:
+            for k, v in part.items():
+                trace.setdefault(k, []).append(v)
         energy[sl], dEdr[sl], flags[sl] = r.energy, r.dEdr, r.flags
+    if trace is not None:
+        for k in list(trace):
+            trace[k] = np.concatenate(trace[k])
     return ReferenceResult(energy, dEdr, flags)
 
 
-def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords) -> ReferenceResult:
+def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None = None) -> ReferenceResult:
     cfg, F = qm.config, qm.formats
     ct, nt, d = rec.center_type.astype(np.int64), rec.nbr_type.astype(np.int64), rec.nbr_d.astype(np.int64)
     n, m = nt.shape
@@ -216,6 +227,8 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords) -> ReferenceResult
     flags = (np.where(overflow, FLAG_NEIGHBOR_OVERFLOW, 0) | np.where(bad_type, FLAG_BAD_TYPE, 0)
              | np.where(sat.any & ~dropped, FLAG_SATURATED, 0) | np.where(r_small, FLAG_R_BELOW_MIN, 0))
     energy = np.where(dropped, 0, energy)
+    if trace is not None:
+        trace.update(GR=GR, D=D, dD=dD, dGR=dGR)
     return ReferenceResult(energy=energy, dEdr=dEdr, flags=flags.astype(np.int64))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.assembly import (DeviceFlagError, InputRangeError, compute, map_types, neighbor_blocks,
-                            quantize_displacements, quantize_records)
+from model.assembly import (DeviceFlagError, InputRangeError, compute, map_types,
+                            quantize_displacements)
 from model.fixedpoint import Fmt
 from model.neighbors import NeighborOverflowError
 from model.reference import FLAG_NEIGHBOR_OVERFLOW, ReferenceResult

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import scalar_reference
 from model.assembly import assemble, neighbor_blocks, quantize_records
@@ -12,7 +11,7 @@ from model.batch import make_batch
 from model.network import evaluate as float_evaluate
 from model.reference import (FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED,
                              NeighborRecords, evaluate)
-from support import as_system, random_structure, tiny_model, tiny_qm
+from support import as_system, random_structure, tiny_qm
 
 
 def records_for(qm, seed=0, natoms=40):
