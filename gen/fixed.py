@@ -7,7 +7,7 @@ All expressions are combinational; stages put registers around them.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, Value, signed
+from amaranth.hdl import Const, Mux, Signal, Value, signed
 
 from model.fixedpoint import Fmt
 
@@ -26,17 +26,25 @@ def shift_round(v: Value, k: int) -> Value:
     return v
 
 
-def saturate(v: Value, fmt: Fmt) -> tuple[Value, Value]:
-    """(clipped value as a fmt-shaped expression, 1 if clipped)."""
+def saturate(m, v: Value, fmt: Fmt) -> tuple[Value, Value]:
+    """(clipped value as a fmt-shaped expression, 1 if clipped).
+
+    `v` is used three times; it is first given a name (a comb signal in module `m`) so that the
+    netlist computes it once, whatever expression it is.
+    """
     v = Value.cast(v)
+    if not isinstance(v, (Signal, Const)):
+        sig = Signal(v.shape())
+        m.d.comb += sig.eq(v)
+        v = sig
     hi, lo = Const(fmt.hi), Const(fmt.lo)
     over, under = v > hi, v < lo
     out = Mux(over, hi, Mux(under, lo, v))
     return out.as_signed()[: fmt.bits].as_signed() if fmt.signed else out[: fmt.bits], over | under
 
 
-def requant(v: Value, from_frac: int, fmt: Fmt) -> tuple[Value, Value]:
-    return saturate(shift_round(v, from_frac - fmt.frac), fmt)
+def requant(m, v: Value, from_frac: int, fmt: Fmt) -> tuple[Value, Value]:
+    return saturate(m, shift_round(v, from_frac - fmt.frac), fmt)
 
 
 def tree_sum(values):

@@ -36,6 +36,13 @@ def atom_out_layout(design):
                               "dGR": data.ArrayLayout(data.ArrayLayout(design.fmt_shape("dGR"), m1), 4)})
 
 
+def pick(m, values, index, shape, name):
+    """values[index] through one named signal: a single mux, however often the result is used."""
+    sig = Signal(shape, name=name)
+    m.d.comb += sig.eq(Array(values)[index])
+    return sig
+
+
 def to_signed(v):
     """Zero-extend an unsigned value by one bit and view it as signed (keeps its value)."""
     return Cat(v, Const(0, 1)).as_signed()
@@ -71,16 +78,18 @@ class DescriptorProduct(wiring.Component):
             m.d.sync += [step.eq(0), busy.eq(1), self.sat.eq(0), self.done.eq(0)]
         with m.Elif(busy):
             sats = []
-            for s in range(steps):
-                with m.If(step == s):
-                    for j in range(dp):
-                        a = s * dp + j
-                        for b in range(m2):
-                            acc = tree_sum(self.GR[k][a] * self.GR[k][b] for k in range(4))
-                            q, sat = requant(acc, 2 * F["GR"].frac - d.cfg.desc_shift, F["D"])
-                            sats.append(sat)
-                            m.d.sync += self.D[a * m2 + b].eq(q)
-                    m.d.sync += self.sat.eq(self.sat | any_of(sats[-dp * m2:]))
+            for j in range(dp):
+                # column a = step * dp + j, selected by a mux over the steps
+                col = [pick(m, [self.GR[k][s * dp + j] for s in range(steps)], step, self.GR[k][0].shape(),
+                            f"col{k}_{j}") for k in range(4)]
+                for b in range(m2):
+                    acc = tree_sum(col[k] * self.GR[k][b] for k in range(4))
+                    q, sat = requant(m, acc, 2 * F["GR"].frac - d.cfg.desc_shift, F["D"])
+                    sats.append(sat)
+                    for s in range(steps):
+                        with m.If(step == s):
+                            m.d.sync += self.D[(s * dp + j) * m2 + b].eq(q)
+            m.d.sync += self.sat.eq(self.sat | any_of(sats))
             m.d.sync += step.eq(step + 1)
             with m.If(step == steps - 1):
                 m.d.sync += [busy.eq(0), self.done.eq(1)]
@@ -117,22 +126,33 @@ class DescriptorGradient(wiring.Component):
                 for c in range(m2):
                     m.d.sync += acc2[k][c].eq(0)
         with m.Elif(busy):
-            for s in range(steps):
-                with m.If(step == s):
-                    for j in range(dp):
-                        col = s * dp + j  # c for the first term, a for the second
-                        for k in range(4):
-                            m.d.sync += acc1[k][col].eq(tree_sum(GR[k][b] * dD[col * m2 + b] for b in range(m2)))
-                    for k in range(4):
-                        for c in range(m2):
-                            part = tree_sum(GR[k][s * dp + j] * dD[(s * dp + j) * m2 + c] for j in range(dp))
-                            m.d.sync += acc2[k][c].eq(acc2[k][c] + part)
+            # Operands of this step's columns are selected first (one mux each), so the unit has
+            # 32 * desc_par multipliers whatever the number of steps.
+            sel = lambda vals, shape, name: pick(m, vals + [vals[-1]], step, shape, name)  # step == steps: idle
+            for j in range(dp):
+                col = [s * dp + j for s in range(steps)]  # c for the first term, a for the second
+                gr_a = [sel([GR[k][a] for a in col], GR[k][0].shape(), f"gra{k}_{j}") for k in range(4)]
+                dd_c = [sel([dD[a * m2 + b] for a in col], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
+                for k in range(4):
+                    first = tree_sum(GR[k][b] * dd_c[b] for b in range(m2))  # sum_b GR[k,b] dD[c,b]
+                    for s in range(steps):
+                        with m.If(step == s):
+                            m.d.sync += acc1[k][col[s]].eq(first)
+                self_parts = [[gr_a[k] * dd_c[c] for c in range(m2)] for k in range(4)]  # GR[k,a] dD[a,c]
+                if j == 0:
+                    parts = self_parts
+                else:
+                    parts = [[parts[k][c] + self_parts[k][c] for c in range(m2)] for k in range(4)]
+            with m.If(step < steps):
+                for k in range(4):
+                    for c in range(m2):
+                        m.d.sync += acc2[k][c].eq(acc2[k][c] + parts[k][c])
             with m.If(step == steps):
                 sats = []
                 for k in range(4):
                     for c in range(m1):
                         total = acc1[k][c] + (acc2[k][c] if c < m2 else 0)
-                        q, sat = requant(total, F["GR"].frac + F["dD"].frac - d.cfg.desc_shift, F["dGR"])
+                        q, sat = requant(m, total, F["GR"].frac + F["dD"].frac - d.cfg.desc_shift, F["dGR"])
                         sats.append(sat)
                         m.d.sync += self.dGR[k][c].eq(q)
                 m.d.sync += [busy.eq(0), self.done.eq(1), self.sat.eq(any_of(sats))]
@@ -196,38 +216,40 @@ class FittingEngine(wiring.Component):
                           "dD": Out(vec_layout(design.fmt_shape("dD"), n))})
 
     # -- ROM contents -----------------------------------------------------------------------------
-    def rom_rows(self, kind: str, layer: int):
+    def passes(self):
+        """(kind, layer) in execution order: forward layers, the energy dot product, backward layers."""
+        L = self.design.n_layers
+        return [("fwd", l) for l in range(L)] + [("out", 0)] + [("bwd", l) for l in range(L - 1, -1, -1)]
+
+    def pass_rows(self, kind: str) -> int:
+        return 1 if kind == "out" else self.design.n_hidden // self.design.knobs.fit_par
+
+    def rom_rows(self):
+        """One weight ROM for every pass.  Row = pass base + type * rows(pass) + step; a row holds
+        fit_par weight vectors (forward: columns of W, backward: rows of W, energy: out_w in slot 0),
+        each n_in x W-bits, then fit_par biases (forward passes only) in the Z format."""
         d = self.design
         qm, n, mp = d.qm, d.n_hidden, d.knobs.fit_par
         wbits, zb = d.F["W"].bits, d.F["Z"].bits
         wm, zm = (1 << wbits) - 1, (1 << zb) - 1
-        rows = []
-        for t in range(d.cfg.ntypes):
-            if kind == "fwd":
-                W, b = qm.fit[t][layer].W, qm.fit[t][layer].b
-                for s in range(n // mp):
+        rows, base = [], []
+        for kind, layer in self.passes():
+            base.append(len(rows))
+            for t in range(d.cfg.ntypes):
+                for s in range(self.pass_rows(kind)):
                     v = 0
-                    for i in range(mp):
-                        k = s * mp + i
+                    for i in range(mp if kind != "out" else 1):
+                        if kind == "fwd":
+                            vec = qm.fit[t][layer].W[:, s * mp + i]
+                            v |= (int(qm.fit[t][layer].b[s * mp + i]) & zm) << (mp * n * wbits + i * zb)
+                        elif kind == "bwd":
+                            vec = qm.fit[t][layer].W[s * mp + i, :]
+                        else:
+                            vec = qm.out_w[t]
                         for j in range(n):
-                            v |= (int(W[j, k]) & wm) << ((i * n + j) * wbits)
-                        v |= (int(b[k]) & zm) << (mp * n * wbits + i * zb)
+                            v |= (int(vec[j]) & wm) << ((i * n + j) * wbits)
                     rows.append(v)
-            elif kind == "bwd":
-                W = qm.fit[t][layer].W
-                for s in range(n // mp):
-                    v = 0
-                    for i in range(mp):
-                        jrow = s * mp + i
-                        for k in range(n):
-                            v |= (int(W[jrow, k]) & wm) << ((i * n + k) * wbits)
-                    rows.append(v)
-            else:  # out
-                v = 0
-                for j in range(n):
-                    v |= (int(qm.out_w[t][j]) & wm) << (j * wbits)
-                rows.append(v)
-        return rows
+        return rows, base
 
     def elaborate(self, platform):
         m = Module()
@@ -254,16 +276,12 @@ class FittingEngine(wiring.Component):
             g_out.append([int(x) for x in q])
             g_out_sat.append(int(bad.any()))
 
-        # Passes: (kind, layer).
-        passes = [("fwd", l) for l in range(L)] + [("out", 0)] + [("bwd", l) for l in range(L - 1, -1, -1)]
+        passes = self.passes()
         npass = len(passes)
-        roms = []
-        for p, (kind, l) in enumerate(passes):
-            rows = self.rom_rows(kind, l)
-            width = (mp * n * wbits + mp * zb) if kind == "fwd" else (mp * n * wbits if kind == "bwd" else n * wbits)
-            mem = Memory(shape=width, depth=len(rows), init=rows)
-            m.submodules[f"rom_{kind}{l}"] = mem
-            roms.append(mem.read_port())
+        rows, base = self.rom_rows()
+        rom = Memory(shape=mp * n * wbits + mp * zb, depth=len(rows), init=rows)
+        m.submodules.weights = rom
+        rp = rom.read_port()
 
         # ---- sequencer ----------------------------------------------------------------------------
         cur_pass = Signal(range(npass + 1))
@@ -271,13 +289,16 @@ class FittingEngine(wiring.Component):
         issuing, draining = Signal(), Signal()
         ctype = Signal(4)
         in_flight = Signal()  # any pipeline stage holds a valid step (driven below)
-        pass_steps = Array(Const(1 if k == "out" else steps) for k, _ in passes)
+        last_step = Signal(range(steps), name="last_step")  # steps in the current pass, minus one
+        for p, (kind, _) in enumerate(passes):
+            with m.If(cur_pass == p):
+                m.d.comb += last_step.eq(self.pass_rows(kind) - 1)
         with m.If(self.start):
             m.d.sync += [cur_pass.eq(0), step.eq(0), issuing.eq(1), draining.eq(0), ctype.eq(self.ctype),
                          self.done.eq(0), self.sat.eq(0)]
         with m.Elif(issuing):
             m.d.sync += step.eq(step + 1)
-            with m.If(step == pass_steps[cur_pass] - 1):
+            with m.If(step == last_step):
                 m.d.sync += [issuing.eq(0), draining.eq(1)]
         with m.Elif(draining & ~in_flight):
             with m.If(cur_pass == npass - 1):
@@ -286,9 +307,11 @@ class FittingEngine(wiring.Component):
                 m.d.sync += [cur_pass.eq(cur_pass + 1), step.eq(0), issuing.eq(1), draining.eq(0)]
 
         # ---- MAC pipeline: c0 issue -> c1 ROM data -> c2 products -> c3 partial sums -> c4 acc ------
-        for p, rp in enumerate(roms):
-            rows_per_type = 1 if passes[p][0] == "out" else steps
-            m.d.comb += [rp.addr.eq(ctype * rows_per_type + (0 if passes[p][0] == "out" else step)), rp.en.eq(1)]
+        row = Signal(range(len(rows)))
+        for p, (kind, _) in enumerate(passes):
+            with m.If(cur_pass == p):
+                m.d.comb += row.eq(base[p] + ctype * self.pass_rows(kind) + (0 if kind == "out" else step))
+        m.d.comb += [rp.addr.eq(row), rp.en.eq(1)]
         tag_layout = data.StructLayout({"v": 1, "p": range(npass + 1), "s": range(steps + 1)})
         t1, t2, t3, t4 = (Signal(tag_layout, name=f"tag{i}") for i in range(1, 5))
         m.d.sync += [t1.v.eq(issuing), t1.p.eq(cur_pass), t1.s.eq(step), t2.eq(t1), t3.eq(t2), t4.eq(t3)]
@@ -305,36 +328,51 @@ class FittingEngine(wiring.Component):
         partial = [[Signal(signed(64), name=f"part{i}_{g}") for g in range((n + GROUP - 1) // GROUP)] for i in range(mp)]
         acc = [Signal(signed(64), name=f"acc{i}") for i in range(mp)]
         bias = [[Signal(S("Z"), name=f"bias{i}_{st}") for i in range(mp)] for st in range(3)]
+        def decode(tag, name):
+            """One signal per pass: tag.p == p (named, so each comparison exists once)."""
+            sigs = [Signal(name=f"{name}_is{p}") for p in range(npass)]
+            m.d.comb += [sig.eq(tag.p == p) for p, sig in enumerate(sigs)]
+            return sigs
+        t1_is = decode(t1, "t1")
+
+        # The operand vector depends on the pass only: one mux per input element, shared by the units.
+        vsel = []
+        for j in range(n):
+            v = 0
+            for p, (kind, l) in enumerate(passes):
+                v = Mux(t1_is[p], vec_of(kind, l, j), v)
+            sig = Signal(signed(max(F[k].bits for k in ("D", "A", "DELTA"))), name=f"operand{j}")
+            m.d.comb += sig.eq(v)
+            vsel.append(sig)
         for i in range(mp):
             prods = []
             for j in range(n):
-                vsel, wsel = 0, 0
-                for p, (kind, l) in enumerate(passes):
-                    if kind == "out" and i > 0:
-                        continue
-                    w = roms[p].data[((i * n + j) * wbits):((i * n + j + 1) * wbits)].as_signed()
-                    vsel = Mux(t1.p == p, vec_of(kind, l, j), vsel)
-                    wsel = Mux(t1.p == p, w, wsel)
+                w = rp.data[((i * n + j) * wbits):((i * n + j + 1) * wbits)].as_signed()
                 pr = Signal(signed(46), name=f"prod{i}_{j}")
-                m.d.sync += pr.eq(vsel * wsel)
+                m.d.sync += pr.eq(vsel[j] * w)
                 prods.append(pr)
             for g in range(len(partial[i])):
                 grp = prods[g * GROUP:(g + 1) * GROUP]
                 m.d.sync += partial[i][g].eq(tree_sum(grp))
             m.d.sync += acc[i].eq(tree_sum(partial[i]))
-            # bias travels with the products (forward passes only)
-            bexpr = 0
-            for p, (kind, l) in enumerate(passes):
-                if kind == "fwd":
-                    bexpr = Mux(t1.p == p, roms[p].data[(mp * n * wbits + i * zb):(mp * n * wbits + (i + 1) * zb)].as_signed(), bexpr)
-            m.d.sync += [bias[0][i].eq(bexpr), bias[1][i].eq(bias[0][i]), bias[2][i].eq(bias[1][i])]
+            # bias travels with the products (zero in non-forward rows)
+            m.d.sync += [bias[0][i].eq(rp.data[(mp * n * wbits + i * zb):(mp * n * wbits + (i + 1) * zb)].as_signed()),
+                         bias[1][i].eq(bias[0][i]), bias[2][i].eq(bias[1][i])]
 
         # ---- output units: u1 .. u5 after the accumulator (tag t4 aligns with acc) -------------------
         u = [Signal(tag_layout, name=f"utag{i}") for i in range(1, 6)]
         m.d.sync += [u[0].eq(t4)] + [u[i].eq(u[i - 1]) for i in range(1, 5)]
-        pass_is = lambda tag, kinds: any_of(tag.p == p for p, (kd, _) in enumerate(passes) if kd in kinds)
+        t4_is = decode(t4, "t4")
+        u_is = [decode(u[k], f"u{k}") for k in range(4)]
+        pass_is = lambda dec, kinds: any_of(dec[p] for p, (kd, _) in enumerate(passes) if kd in kinds)
         m.d.comb += in_flight.eq(any_of(t.v for t in (t1, t2, t3, t4, *u)))
         sat_any = []
+        writes = {}
+        # Decoded write enables (pass, step) of the last unit stage, shared by all units.
+        write_at = [[Signal(name=f"we_p{p}_s{s}") for s in range(steps)] for p in range(npass)]
+        for p in range(npass):
+            for s in range(steps):
+                m.d.comb += write_at[p][s].eq(u[3].v & u_is[3][p] & (u[3].s == s))
         for i in range(mp):
             # index of this unit's output in stage tags
             kidx = lambda tag: tag.s * mp + i
@@ -347,18 +385,18 @@ class FittingEngine(wiring.Component):
             for p, (kind, l) in enumerate(passes):
                 if kind == "fwd":
                     xfrac = F["D"].frac if l == 0 else fa
-                    z_t = [saturate(shift_round(acc[i], xfrac + qm.fit[t][l].wfrac - fz) + bias[2][i], F["Z"])[0]
+                    z_t = [saturate(m, shift_round(acc[i], xfrac + qm.fit[t][l].wfrac - fz) + bias[2][i], F["Z"])[0]
                            for t in range(nt)]
-                    zsel = Mux(t4.p == p, per_type(ctype, z_t), zsel)
+                    zsel = Mux(t4_is[p], per_type(ctype, z_t), zsel)
                 elif kind == "out" and i == 0:
-                    e_t = [requant(acc[i], fa + qm.out_wfrac[t], F["E"]) for t in range(nt)]
-                    esel = Mux(t4.p == p, per_type(ctype, [e for e, _ in e_t]), esel)
-                    ssel = Mux(t4.p == p, per_type(ctype, [s for _, s in e_t]), ssel)
+                    e_t = [requant(m, acc[i], fa + qm.out_wfrac[t], F["E"]) for t in range(nt)]
+                    esel = Mux(t4_is[p], per_type(ctype, [e for e, _ in e_t]), esel)
+                    ssel = Mux(t4_is[p], per_type(ctype, [s for _, s in e_t]), ssel)
                 elif kind == "bwd":
                     fmt = F["GA"] if l > 0 else F["dD"]
-                    b_t = [requant(acc[i], F["DELTA"].frac + qm.fit[t][l].wfrac, fmt) for t in range(nt)]
-                    bsel = Mux(t4.p == p, per_type(ctype, [b for b, _ in b_t]), bsel)
-                    ssel = Mux(t4.p == p, per_type(ctype, [s for _, s in b_t]), ssel)
+                    b_t = [requant(m, acc[i], F["DELTA"].frac + qm.fit[t][l].wfrac, fmt) for t in range(nt)]
+                    bsel = Mux(t4_is[p], per_type(ctype, [b for b, _ in b_t]), bsel)
+                    ssel = Mux(t4_is[p], per_type(ctype, [s for _, s in b_t]), ssel)
             m.d.sync += [z1.eq(zsel), e1.eq(esel), b1.eq(bsel), s1.eq(ssel & t4.v)]
 
             # forward path: tanh4 (3 stages: u2..u4)
@@ -376,12 +414,12 @@ class FittingEngine(wiring.Component):
             for p, (kind, l) in enumerate(passes):
                 if kind == "bwd" and l > 0:
                     k2 = kidx(u[1])
-                    gprev = (per_type(ctype, [Array(Const(g_out[t][k], S("GA")) for k in range(n))[k2]
-                                              for t in range(nt)])
-                             if l == L - 1 else Array(G)[k2])
-                    gv, gsat = saturate(gprev + b2, F["GA"])
-                    gsel = Mux(u[1].p == p, gv, gsel)
-                    gs = Mux(u[1].p == p, gsat, gs)
+                    gprev = (pick(m, [Const(g_out[t][k], S("GA")) for t in range(nt) for k in range(n)],
+                                  ctype * n + k2, S("GA"), f"gout2_{i}")
+                             if l == L - 1 else pick(m, G, k2, S("GA"), f"gprev{l}_{i}"))
+                    gv, gsat = saturate(m, gprev + b2, F["GA"])
+                    gsel = Mux(u_is[1][p], gv, gsel)
+                    gs = Mux(u_is[1][p], gsat, gs)
             m.d.sync += [gnew3.eq(gsel), s2.eq(s1), s3.eq(s2 | (gs & u[1].v)), s4.eq(s3)]
             # u4: delta_next = rq(dphi[l-1] * g_new) for backward l > 0;  forward: y, phi' ready (th)
             dn4 = Signal(S("DELTA"), name=f"dn4_{i}")
@@ -389,10 +427,10 @@ class FittingEngine(wiring.Component):
             dphi_sel = 0
             for p, (kind, l) in enumerate(passes):
                 if kind == "bwd" and l > 0:
-                    dphi_sel = Mux(u[2].p == p, Array(DPHI[l - 1])[kidx(u[2])], dphi_sel)
-            dsel, dsat_c = requant(dphi_sel * gnew3, fz + F["GA"].frac, F["DELTA"])
+                    dphi_sel = Mux(u_is[2][p], pick(m, DPHI[l - 1], kidx(u[2]), S("Z"), f"dphi{l}_{i}"), dphi_sel)
+            dsel, dsat_c = requant(m, dphi_sel * gnew3, fz + F["GA"].frac, F["DELTA"])
             dsat = Signal(name=f"dsat4_{i}")
-            m.d.sync += dsat.eq(dsat_c & pass_is(u[2], ("bwd",)) & u[2].v)
+            m.d.sync += dsat.eq(dsat_c & pass_is(u_is[2], ("bwd",)) & u[2].v)
             m.d.sync += [dn4.eq(dsel), gnew4.eq(gnew3)]
             # u4 (forward): resnet sum with the layer input
             y4 = Signal(S("A"), name=f"y4_{i}")
@@ -403,37 +441,48 @@ class FittingEngine(wiring.Component):
                     k3 = kidx(u[3])
                     y = shift_round(th.y, fz - fa)
                     if l > 0:
-                        yv, ys = saturate(Array(X[(l - 1) % 2])[k3] + y, F["A"])
+                        yv, ys = saturate(m, pick(m, X[(l - 1) % 2], k3, S("A"), f"xin{l}_{i}") + y, F["A"])
                     else:
                         yv, ys = y, 0
-                    ysel = Mux(u[3].p == p, yv, ysel)
-                    ysat = Mux(u[3].p == p, ys, ysat)
+                    ysel = Mux(u_is[3][p], yv, ysel)
+                    ysat = Mux(u_is[3][p], ys, ysat)
             m.d.comb += [y4.eq(ysel), dphi4.eq(th.dphi)]
             # u5: forward last layer seeds the backward pass: delta = rq(phi' * g_out); then write.
             k4 = kidx(u[3])
-            g_seed = per_type(ctype, [Array(Const(g_out[t][k], S("GA")) for k in range(n))[k4] for t in range(nt)])
-            seed, seed_sat = requant(dphi4 * g_seed, fz + F["GA"].frac, F["DELTA"])
-            is_last_fwd = u[3].p == L - 1
-            stage_sat = (s4 | (ysat & pass_is(u[3], ("fwd",))) | dsat
+            g_seed = pick(m, [Const(g_out[t][k], S("GA")) for t in range(nt) for k in range(n)], ctype * n + k4,
+                          S("GA"), f"gseed_{i}")
+            seed_v, seed_sat = requant(m, dphi4 * g_seed, fz + F["GA"].frac, F["DELTA"])
+            seed = Signal(S("DELTA"), name=f"seed_{i}")
+            m.d.comb += seed.eq(seed_v)
+            is_last_fwd = u_is[3][L - 1]
+            stage_sat = (s4 | (ysat & pass_is(u_is[3], ("fwd",))) | dsat
                          | (seed_sat & is_last_fwd))
             sat_any.append(stage_sat & u[3].v)
-            with m.If(u[3].v):
-                for p, (kind, l) in enumerate(passes):
-                    with m.If(u[3].p == p):
-                        for s in range(steps):
-                            with m.If(u[3].s == s):
-                                k = s * mp + i
-                                if kind == "fwd":
-                                    m.d.sync += [X[l % 2][k].eq(y4), DPHI[l][k].eq(dphi4)]
-                                    if l == L - 1:
-                                        m.d.sync += DL[0][k].eq(seed)
-                                elif kind == "bwd":
-                                    if l > 0:
-                                        m.d.sync += [G[k].eq(gnew4), DL[(L - l) % 2][k].eq(dn4)]
-                                    else:
-                                        m.d.sync += X[L % 2][k].eq(b4)
-                                elif kind == "out" and i == 0 and s == 0:
-                                    m.d.sync += self.energy.eq(e4)
+            # Writes: collect (condition, value) per target register, emitted flat below so that each
+            # register gets one enable and one small mux (not a copy of the whole pass/step decode).
+            for p, (kind, l) in enumerate(passes):
+                for s in range(steps):
+                    k = s * mp + i
+                    cond = write_at[p][s]
+                    if kind == "fwd":
+                        writes.setdefault(("X", l % 2, k), []).append((cond, y4))
+                        writes.setdefault(("DPHI", l, k), []).append((cond, dphi4))
+                        if l == L - 1:
+                            writes.setdefault(("DL", 0, k), []).append((cond, seed))
+                    elif kind == "bwd" and l > 0:
+                        writes.setdefault(("G", 0, k), []).append((cond, gnew4))
+                        writes.setdefault(("DL", (L - l) % 2, k), []).append((cond, dn4))
+                    elif kind == "bwd":
+                        writes.setdefault(("X", L % 2, k), []).append((cond, b4))
+                    elif kind == "out" and i == 0 and s == 0:
+                        writes.setdefault(("E", 0, 0), []).append((cond, e4))
+        regs = {"X": X, "DPHI": DPHI, "DL": DL, "G": [G], "E": [[self.energy]]}
+        for (name, b, k), pairs in writes.items():
+            value = pairs[-1][1]
+            for cond, v in reversed(pairs[:-1]):
+                value = Mux(cond, v, value)
+            with m.If(any_of(c for c, _ in pairs)):
+                m.d.sync += regs[name][b][k].eq(value)
         with m.If(~self.start):
             m.d.sync += self.sat.eq(self.sat | any_of(sat_any) | (per_type(ctype, [Const(x) for x in g_out_sat]) & issuing))
         return m

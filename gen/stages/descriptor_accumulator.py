@@ -64,7 +64,7 @@ class DescriptorAccumulator(wiring.Component):
                 with m.If(last1):
                     for k in range(4):
                         for c in range(m1):
-                            q, s = requant(acc[k][c] + prod[k][c], F["R"].frac + F["G"].frac + d.cfg.norm_shift,
+                            q, s = requant(m, acc[k][c] + prod[k][c], F["R"].frac + F["G"].frac + d.cfg.norm_shift,
                                            F["GR"])
                             gr_sat.append(s)
                             m.d.sync += [out.GR[k][c].eq(q), acc[k][c].eq(0)]

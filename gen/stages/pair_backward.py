@@ -84,12 +84,12 @@ class PairBackward(wiring.Component):
             sat2 = []
             dR = []
             for k in range(4):
-                q, s = requant(tree_sum(pr_dR[k]), F["G"].frac + F["dGR"].frac + ns, F["dR"])
+                q, s = requant(m, tree_sum(pr_dR[k]), F["G"].frac + F["dGR"].frac + ns, F["dR"])
                 dR.append(reg(q))
                 sat2.append(s)
             dGj = []
             for c in range(m1):
-                q, s = requant(tree_sum(pr_dG[c]), F["R"].frac + F["dGR"].frac + ns, F["dGj"])
+                q, s = requant(m, tree_sum(pr_dG[c]), F["R"].frac + F["dGR"].frac + ns, F["dGj"])
                 dGj.append(q)
                 sat2.append(s)
             dGj = [reg(x) for x in dGj]
@@ -99,8 +99,8 @@ class PairBackward(wiring.Component):
             # s3: dS, dH
             dS_g = shift_round(tree_sum(dGj[c] * keep2["dG"][c] for c in range(m1)),
                                F["dGj"].frac + F["dG"].frac - F["dS"].frac)
-            dS, sat_s = saturate(shift_round(dR[0], F["dR"].frac - F["dS"].frac) + dS_g, F["dS"])
-            dH, sat_h = requant(tree_sum(dR[1 + a] * keep2["d"][a] for a in range(3)), F["dR"].frac + F["coord"].frac,
+            dS, sat_s = saturate(m, shift_round(dR[0], F["dR"].frac - F["dS"].frac) + dS_g, F["dS"])
+            dH, sat_h = requant(m, tree_sum(dR[1 + a] * keep2["d"][a] for a in range(3)), F["dR"].frac + F["coord"].frac,
                                 F["dH"])
             dS3, dH3 = reg(dS), reg(dH)
             dR3 = [reg(x) for x in dR[1:]]
@@ -108,7 +108,7 @@ class PairBackward(wiring.Component):
             s3 = reg(s2 | ((sat_s | sat_h) & valid2))
             keep3 = {k: reg(keep2[k]) for k in ("d", "h", "ds", "dh")}
             # s4: dU
-            dU, sat_u = saturate(shift_round(dS3 * keep3["ds"], F["dS"].frac + F["ds"].frac - F["dU"].frac)
+            dU, sat_u = saturate(m, shift_round(dS3 * keep3["ds"], F["dS"].frac + F["ds"].frac - F["dU"].frac)
                                  + shift_round(dH3 * keep3["dh"], F["dH"].frac + F["dh"].frac - F["dU"].frac), F["dU"])
             dU4 = reg(dU)
             dR4 = [reg(x) for x in dR3]
@@ -119,7 +119,7 @@ class PairBackward(wiring.Component):
             ff = F["F"].frac
             fs, sat_f = [], []
             for ax in range(3):
-                fv, sf = saturate(shift_round(dR4[ax] * keep4["h"], F["dR"].frac + F["h"].frac - ff)
+                fv, sf = saturate(m, shift_round(dR4[ax] * keep4["h"], F["dR"].frac + F["h"].frac - ff)
                                   + shift_round(dU4 * keep4["d"][ax], F["dU"].frac + F["coord"].frac - 1 - ff), F["F"])
                 fs.append(fv)
                 sat_f.append(sf)

@@ -75,10 +75,10 @@ class EnvRow(SlotStage):
 
     def slot_datapath(self, m, slot, lane, out):
         F = self.design.F
-        r0, sat0 = requant(slot.s, F["s"].frac, F["R"])
+        r0, sat0 = requant(m, slot.s, F["s"].frac, F["R"])
         rs, sats = [r0], [sat0]
         for a in range(3):
-            r, s = requant(slot.h * slot.d[a], F["h"].frac + F["coord"].frac, F["R"])
+            r, s = requant(m, slot.h * slot.d[a], F["h"].frac + F["coord"].frac, F["R"])
             rs.append(r)
             sats.append(s)
         for name in ("valid", "type", "d", "s", "ds", "h", "dh", "below"):

@@ -71,8 +71,8 @@ def evaluate(stage, m, mem: Memory, tab: Table, x, type_index=0, nseg=None, chan
     below3, past3 = stage.reg(below2), stage.reg(past2)
     outs, sats = [], []
     for (yc, dyc), (ctab, fo, fd) in zip(stage3, chans):
-        y, sy = requant(yc, ctab.coef_fmt.frac, fo)
-        dy, sd = requant(dyc, ctab.coef_fmt.frac - ctab.seg_shift, fd)
+        y, sy = requant(m, yc, ctab.coef_fmt.frac, fo)
+        dy, sd = requant(m, dyc, ctab.coef_fmt.frac - ctab.seg_shift, fd)
         outs.append((stage.reg(Mux(past3, 0, y)), stage.reg(Mux(past3, 0, dy))))
         sats.append((sy | sd) & ~past3)
     sat = 0
