@@ -225,30 +225,33 @@ class FittingEngine(wiring.Component):
         return 1 if kind == "out" else self.design.n_hidden // self.design.knobs.fit_par
 
     def rom_rows(self):
-        """One weight ROM for every pass.  Row = pass base + type * rows(pass) + step; a row holds
-        fit_par weight vectors (forward: columns of W, backward: rows of W, energy: out_w in slot 0),
-        each n_in x W-bits, then fit_par biases (forward passes only) in the Z format."""
+        """Weight ROMs, one per MAC unit i (narrow rows map to block RAM).  Row = pass base +
+        type * rows(pass) + step; unit i's row holds one weight vector of n_in W-bit words (forward:
+        column s*fit_par+i of W, backward: row s*fit_par+i of W, energy: out_w for unit 0, zeros for the
+        others), then that output's bias in the Z format (forward passes, zero otherwise)."""
         d = self.design
         qm, n, mp = d.qm, d.n_hidden, d.knobs.fit_par
         wbits, zb = d.F["W"].bits, d.F["Z"].bits
         wm, zm = (1 << wbits) - 1, (1 << zb) - 1
-        rows, base = [], []
+        rows, base = [[] for _ in range(mp)], []
         for kind, layer in self.passes():
-            base.append(len(rows))
+            base.append(len(rows[0]))
             for t in range(d.cfg.ntypes):
                 for s in range(self.pass_rows(kind)):
-                    v = 0
-                    for i in range(mp if kind != "out" else 1):
+                    for i in range(mp):
+                        v = 0
+                        vec = None
                         if kind == "fwd":
                             vec = qm.fit[t][layer].W[:, s * mp + i]
-                            v |= (int(qm.fit[t][layer].b[s * mp + i]) & zm) << (mp * n * wbits + i * zb)
+                            v |= (int(qm.fit[t][layer].b[s * mp + i]) & zm) << (n * wbits)
                         elif kind == "bwd":
                             vec = qm.fit[t][layer].W[s * mp + i, :]
-                        else:
+                        elif i == 0:
                             vec = qm.out_w[t]
-                        for j in range(n):
-                            v |= (int(vec[j]) & wm) << ((i * n + j) * wbits)
-                    rows.append(v)
+                        if vec is not None:
+                            for j in range(n):
+                                v |= (int(vec[j]) & wm) << (j * wbits)
+                        rows[i].append(v)
         return rows, base
 
     def elaborate(self, platform):
@@ -279,9 +282,12 @@ class FittingEngine(wiring.Component):
         passes = self.passes()
         npass = len(passes)
         rows, base = self.rom_rows()
-        rom = Memory(shape=mp * n * wbits + mp * zb, depth=len(rows), init=rows)
-        m.submodules.weights = rom
-        rp = rom.read_port()
+        rps = []
+        for i in range(mp):
+            rom = Memory(shape=n * wbits + zb, depth=len(rows[i]), init=rows[i])
+            m.submodules[f"weights{i}"] = rom
+            rps.append(rom.read_port())
+        depth = len(rows[0])
 
         # ---- sequencer ----------------------------------------------------------------------------
         cur_pass = Signal(range(npass + 1))
@@ -307,11 +313,11 @@ class FittingEngine(wiring.Component):
                 m.d.sync += [cur_pass.eq(cur_pass + 1), step.eq(0), issuing.eq(1), draining.eq(0)]
 
         # ---- MAC pipeline: c0 issue -> c1 ROM data -> c2 products -> c3 partial sums -> c4 acc ------
-        row = Signal(range(len(rows)))
+        row = Signal(range(depth))
         for p, (kind, _) in enumerate(passes):
             with m.If(cur_pass == p):
                 m.d.comb += row.eq(base[p] + ctype * self.pass_rows(kind) + (0 if kind == "out" else step))
-        m.d.comb += [rp.addr.eq(row), rp.en.eq(1)]
+        m.d.comb += [rp.addr.eq(row) for rp in rps] + [rp.en.eq(1) for rp in rps]
         tag_layout = data.StructLayout({"v": 1, "p": range(npass + 1), "s": range(steps + 1)})
         t1, t2, t3, t4 = (Signal(tag_layout, name=f"tag{i}") for i in range(1, 5))
         m.d.sync += [t1.v.eq(issuing), t1.p.eq(cur_pass), t1.s.eq(step), t2.eq(t1), t3.eq(t2), t4.eq(t3)]
@@ -347,7 +353,7 @@ class FittingEngine(wiring.Component):
         for i in range(mp):
             prods = []
             for j in range(n):
-                w = rp.data[((i * n + j) * wbits):((i * n + j + 1) * wbits)].as_signed()
+                w = rps[i].data[(j * wbits):((j + 1) * wbits)].as_signed()
                 pr = Signal(signed(46), name=f"prod{i}_{j}")
                 m.d.sync += pr.eq(vsel[j] * w)
                 prods.append(pr)
@@ -356,7 +362,7 @@ class FittingEngine(wiring.Component):
                 m.d.sync += partial[i][g].eq(tree_sum(grp))
             m.d.sync += acc[i].eq(tree_sum(partial[i]))
             # bias travels with the products (zero in non-forward rows)
-            m.d.sync += [bias[0][i].eq(rp.data[(mp * n * wbits + i * zb):(mp * n * wbits + (i + 1) * zb)].as_signed()),
+            m.d.sync += [bias[0][i].eq(rps[i].data[(n * wbits):(n * wbits + zb)].as_signed()),
                          bias[1][i].eq(bias[0][i]), bias[2][i].eq(bias[1][i])]
 
         # ---- output units: u1 .. u5 after the accumulator (tag t4 aligns with acc) -------------------
