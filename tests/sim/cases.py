@@ -147,3 +147,28 @@ def concat(parts: list[Case]) -> Case:
     expected = ReferenceResult(energy=np.concatenate([c.expected.energy for c in parts]), dEdr=dEdr,
                                flags=np.concatenate([c.expected.flags for c in parts]))
     return Case(np.concatenate(beats), expected, sum(c.n_atoms for c in parts), m)
+
+
+def gete_stream(qm, lanes: int, target_records: int) -> Case:
+    """At least `target_records` neighbour records of real GeTe (216-atom melt-quench frames, quench
+    and melt stages in turn), every atom of each frame in order."""
+    from model.data import load_deepmd
+    stages = [GETE_216 / "s3-quench-300K", GETE_216 / "s2-melt-1000K"]
+    systems = [load_deepmd(p).remap_types(qm.config.type_map) for st in stages for p in sorted(st.iterdir())]
+    parts, total, frame = [], 0, 0
+    while total < target_records:
+        s = systems[frame % len(systems)]
+        f = (frame // len(systems)) % s.nframes
+        rec = quantize_records(qm, neighbor_blocks(qm, s.coords[f], s.cells[f], True, s.types))
+        parts.append(rec)
+        total += int((rec.nbr_type >= 0).sum())
+        frame += 1
+    m = max(r.nbr_type.shape[1] for r in parts)
+
+    def pad(a, v):
+        return np.concatenate([a, np.full(a.shape[:1] + (m - a.shape[1],) + a.shape[2:], v, dtype=a.dtype)], axis=1)
+
+    rec = NeighborRecords(np.concatenate([r.center_type for r in parts]),
+                          np.concatenate([pad(r.nbr_type, -1) for r in parts]),
+                          np.concatenate([pad(r.nbr_d, 0) for r in parts]))
+    return from_records(qm, rec, lanes)

@@ -1,14 +1,14 @@
 """The generated Verilog under cocotb on Icarus and Verilator, checked integer for integer against the
 NumPy reference (sim/bench/pipeline_bench.py does the driving and the comparison).
 
-Every stream runs without stalls, with random idle cycles and with random backpressure.  The long
-mode (`pytest tests/sim -m slow --records 1000000`) streams real GeTe neighbour records through
-Verilator and reports records, seconds and mismatches.
+Every stream runs without stalls, with random idle cycles and with random backpressure.  Icarus
+simulates this design at about 100 cycles/s, so the default run gives it one case per kind of stream
+(edges and errors without stalls; random atoms with idle and backpressure; a GeTe frame) and leaves
+the rest to `-m slow`; Verilator runs everything.  The long regression (`--records N`) uses the
+standalone Verilator harness: tests/sim/test_standalone.py.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -21,6 +21,12 @@ from support import GETE_216, REPO, require_shared, tiny_qm
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 SIMS = [pytest.param("icarus", marks=pytest.mark.icarus), pytest.param("verilator", marks=pytest.mark.verilator)]
+
+
+def sims(icarus_slow: bool):
+    """Both simulators; Icarus only under -m slow when `icarus_slow` (it runs ~100 cycles/s here)."""
+    marks = [pytest.mark.icarus] + ([pytest.mark.slow] if icarus_slow else [])
+    return [pytest.param("icarus", marks=marks), pytest.param("verilator", marks=pytest.mark.verilator)]
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +47,8 @@ def run_case(sim, verilog, case: cases.Case, name: str, idle: float, backpressur
     return result
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("sim", SIMS)
+@pytest.mark.parametrize("sim,mode", [pytest.param(*p.values, mode, marks=p.marks)
+                                      for mode in MODES for p in sims(icarus_slow=mode != "plain")])
 def test_mixed_stream_seed0(sim, mode, verilog):
     """Random atoms, edge records (no neighbours, exactly sel, r at rcut and r_min, extreme words,
     type overflow, bad types) and stream errors with recovery, in one stream."""
@@ -52,8 +58,8 @@ def test_mixed_stream_seed0(sim, mode, verilog):
     run_case(sim, verilog, case, f"mixed-seed0-{mode}", *MODES[mode], seed=0)
 
 
-@pytest.mark.parametrize("sim", SIMS)
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("sim,seed", [pytest.param(*p.values, seed, marks=p.marks, id=f"{p.values[0]}-seed{seed}")
+                                      for seed in (1, 2) for p in sims(icarus_slow=seed != 1)])
 def test_random_atoms(sim, seed, verilog):
     case = cases.random_atoms(tiny_qm(), 1, seed, n_atoms=4)
     run_case(sim, verilog, case, f"random-seed{seed}", 0.2, 0.3, seed)
@@ -65,39 +71,3 @@ def test_gete_frame(sim, verilog):
     require_shared(GETE_216)
     case = cases.gete_atoms(tiny_qm(), 1, n_atoms=4)
     run_case(sim, verilog, case, "gete-frame0", 0.1, 0.2, 4)
-
-
-@pytest.mark.slow
-@pytest.mark.verilator
-def test_long_verilator_regression(request, verilog):
-    """--records N real GeTe neighbour records through Verilator, zero mismatches; figures to JSON."""
-    target = request.config.getoption("--records") or 20000
-    require_shared(GETE_216)
-    from model.assembly import neighbor_blocks, quantize_records
-    from model.data import load_deepmd
-    from model.reference import NeighborRecords
-    qm = tiny_qm()
-    parts, total, frame = [], 0, 0
-    systems = [load_deepmd(p).remap_types(qm.config.type_map)
-               for p in sorted((GETE_216 / "s3-quench-300K").iterdir()) + sorted((GETE_216 / "s2-melt-1000K").iterdir())]
-    while total < target:
-        s = systems[frame % len(systems)]
-        f = (frame // len(systems)) % s.nframes
-        rec = quantize_records(qm, neighbor_blocks(qm, s.coords[f], s.cells[f], True, s.types))
-        parts.append(rec)
-        total += int((rec.nbr_type >= 0).sum())
-        frame += 1
-    m = max(r.nbr_type.shape[1] for r in parts)
-    pad = lambda a, v: np.concatenate([a, np.full(a.shape[:1] + (m - a.shape[1],) + a.shape[2:], v)], axis=1)
-    rec = NeighborRecords(np.concatenate([r.center_type for r in parts]),
-                          np.concatenate([pad(r.nbr_type, -1) for r in parts]),
-                          np.concatenate([pad(r.nbr_d, 0) for r in parts]))
-    case = cases.from_records(qm, rec, KNOBS.lanes)
-    result = run_case("verilator", verilog, case, f"long-{total}", 0.05, 0.1, 11)
-    out = REPO / "build" / "benchmarks" / "long_verilator.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"records": result["records_in"], "atoms": result["atoms"],
-                               "seconds": result["wall_seconds"], "cycles": result["cycles"],
-                               "mismatches": result["mismatches"], "knobs": KNOBS.__dict__}, indent=1))
-    print(f"long run: {result['records_in']} records, {result['atoms']} atoms, {result['cycles']} cycles, "
-          f"{result['wall_seconds']:.0f} s, {result['mismatches']} mismatches")
