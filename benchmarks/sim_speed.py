@@ -1,4 +1,5 @@
-"""Simulation speed of the generated pipeline (cocotb on Verilator and Icarus) and cycles/atom vs lanes.
+"""Simulation speed of the generated pipeline (cocotb on Verilator and Icarus, and the standalone
+Verilator harness) and cycles/atom vs lanes.
 
     python benchmarks/sim_speed.py [--model M.npz] [--records 2000] [--icarus-records 300]
                                    [--fit-par 2] [--desc-par 4] [--json OUT.json]
@@ -29,7 +30,7 @@ from model import modelfile  # noqa: E402
 from model.assembly import neighbor_blocks, quantize_records  # noqa: E402
 from model.cli import EXAMPLE_MODEL  # noqa: E402
 from model.reference import NeighborRecords, evaluate  # noqa: E402
-from sim import runner  # noqa: E402
+from sim import runner, standalone  # noqa: E402
 
 GETE = REPO.parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench" / "s3-quench-300K" / "temp-300K"
 
@@ -68,11 +69,30 @@ def run(sim, qm, knobs, rec, name):
     return r
 
 
+def run_standalone(qm, knobs, rec):
+    verilog = runner.pipeline_verilog(qm, knobs)
+    t = time.time()
+    exe = standalone.build_harness(verilog)
+    build_s = time.time() - t
+    res = evaluate(qm, rec)
+    beats = wire.encode_atoms(rec.center_type, rec.nbr_type, rec.nbr_d, knobs.lanes)
+    out, stats = standalone.run_harness(exe, beats, knobs.lanes, idle=0.1, backpressure=0.1, seed=1)
+    energy, dEdr, flags, _ = wire.decode_results(out, len(rec), rec.nbr_type.shape[1])
+    mism = int((energy != res.energy).sum() + (flags != res.flags).sum()
+               + (dEdr != res.dEdr[:, :dEdr.shape[1]]).any(-1).sum())
+    records = int((rec.nbr_type >= 0).sum())
+    return {"records_in": records, "atoms": len(rec), "cycles": stats["cycles"], "wall_seconds": stats["wall_seconds"],
+            "cycles_per_second": stats["cycles"] / stats["wall_seconds"],
+            "records_per_second": records / stats["wall_seconds"], "mismatches": mism,
+            "steady_cycles_per_atom": stats["cycles"] / len(rec), "build_seconds_incl_cache": build_s}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(EXAMPLE_MODEL))
     p.add_argument("--records", type=int, default=2000)
     p.add_argument("--icarus-records", type=int, default=300)
+    p.add_argument("--standalone-records", type=int, default=100000)
     p.add_argument("--fit-par", type=int, default=2)
     p.add_argument("--desc-par", type=int, default=4)
     p.add_argument("--json", default=str(REPO / "build" / "benchmarks" / "sim_speed.json"))
@@ -95,6 +115,12 @@ def main(argv=None):
               f"{r['wall_seconds']:.1f} s -> {r['records_per_second']:.0f} records/s, "
               f"{r['cycles_per_second']:.0f} cycles/s; mismatches {r['mismatches']}; "
               f"steady {r['steady_cycles_per_atom']} cycles/atom")
+    rec = gete_records(qm, args.standalone_records)
+    r = run_standalone(qm, knobs, rec)
+    result["simulators"]["verilator-standalone"] = r
+    print(f"verilator standalone: {r['records_in']} records, {r['atoms']} atoms, {r['cycles']} cycles in "
+          f"{r['wall_seconds']:.1f} s -> {r['records_per_second']:.0f} records/s, {r['cycles_per_second']:.0f} "
+          f"cycles/s; mismatches {r['mismatches']}; {r['steady_cycles_per_atom']:.1f} cycles/atom (incl. fill)")
     ns = (gete_records(qm, 5000).nbr_type >= 0).sum(axis=1)
     shape = cycles.Shape(n_layers=len(qm.fit[0]), n_hidden=qm.fit[0][0].W.shape[1], m1=qm.config.m1)
     table = []

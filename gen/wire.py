@@ -62,10 +62,10 @@ def input_record(rtype, d) -> np.ndarray:
     d = np.asarray(d, dtype=np.int64)
     if d.size and (d.min() < -(1 << 17) or d.max() >= (1 << 17)):
         raise OverflowError("record displacement does not fit 18 bits")
-    w = (_u64(RECORD) << np.uint64(62)) | (_u64(rtype) << np.uint64(54))
-    for a in range(3):
-        w = w | (_u64(d[..., a] & MASK18) << np.uint64(18 * a))
-    return w
+    # Fields in int64 (bits 0..57), the kind bits (62..63) after viewing as uint64: fewer passes.
+    w = (d[..., 0] & MASK18) | ((d[..., 1] & MASK18) << 18) | ((d[..., 2] & MASK18) << 36) \
+        | (np.asarray(rtype, dtype=np.int64) << 54)
+    return np.asarray(w).view(np.uint64) | np.uint64(RECORD << 62)
 
 
 def decode_input_record(word):
@@ -119,15 +119,24 @@ def encode_atoms(center_type, nbr_type, nbr_d, lanes: int, tags=None) -> np.ndar
     start = np.concatenate([[0], np.cumsum(beats_per_atom)[:-1]])
     out = np.zeros((int(beats_per_atom.sum()), lanes), dtype=np.uint64)
     out[start, 0] = input_header(center_type, count, tags)
-    # Compact each atom's valid records to the front, keeping their order.
-    order = np.argsort(~valid, axis=1, kind="stable")
-    t = np.take_along_axis(nbr_type, order, 1)
-    d = np.take_along_axis(np.asarray(nbr_d, dtype=np.int64), order[..., None], 1)
     slot = np.broadcast_to(np.arange(m), (n_atoms, m))
     keep = slot < count[:, None]
-    atom_idx = np.broadcast_to(np.arange(n_atoms)[:, None], (n_atoms, m))[keep]
-    k = slot[keep]
+    t, d = nbr_type, np.asarray(nbr_d, dtype=np.int64)
+    if not np.array_equal(valid, keep):
+        # Compact each atom's valid records to the front, keeping their order (neighbour blocks
+        # from host.neighbors are compact already and skip this).
+        order = np.argsort(~valid, axis=1, kind="stable")
+        t = np.take_along_axis(t, order, 1)
+        d = np.take_along_axis(d, order[..., None], 1)
     words = input_record(t[keep], d[keep])
+    if lanes == 1:
+        # One word per beat: headers interleave with the records at known offsets.
+        rec_rows = np.ones(len(out), dtype=bool)
+        rec_rows[start] = False
+        out[rec_rows, 0] = words
+        return out
+    atom_idx = np.repeat(np.arange(n_atoms), count)
+    k = slot[keep]
     out[start[atom_idx] + 1 + k // lanes, k % lanes] = words
     return out
 
@@ -171,3 +180,62 @@ def decode_results(beats: np.ndarray, n_atoms: int, max_records: int):
     from model.reference import FLAG_SATURATED
     flags = flags | np.where(sat_atom, FLAG_SATURATED, 0)
     return energy, dEdr, flags, tag
+
+
+def decode_atoms(beats: np.ndarray):
+    """Inverse of encode_atoms for a well-formed stream: (beats, lanes) input words ->
+    center_type (N,), nbr_type (N, M) (-1 padding), nbr_d (N, M, 3), tags (N,).
+
+    Used by devices that consume the wire format without hardware (the reference device).
+    Raises ValueError naming the first beat that breaks the framing.
+    """
+    beats = np.asarray(beats, dtype=np.uint64)
+    k = kind(beats)
+    heads = np.flatnonzero(k[:, 0] == HEADER)
+    if len(beats) and (not len(heads) or heads[0] != 0):
+        raise ValueError("input stream does not start with a header")
+    ctype, count, tag = decode_input_header(beats[heads, 0])
+    if (k[heads, 1:] != PAD).any():
+        raise ValueError(f"header beat {int(heads[np.argmax((k[heads, 1:] != PAD).any(axis=1))])} has non-pad words")
+    rec_mask = k == RECORD
+    rec_mask[heads] = False
+    atom_of_beat = np.searchsorted(heads, np.arange(len(beats)), side="right") - 1
+    b, lane = np.nonzero(rec_mask)  # row-major: records in stream order
+    atom = atom_of_beat[b]
+    got = np.bincount(atom, minlength=len(heads))
+    if (got != count).any():
+        a = int(np.argmax(got != count))
+        raise ValueError(f"atom {a} (tag {int(tag[a])}): header announces {int(count[a])} records, stream has {int(got[a])}")
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    idx = np.arange(len(atom)) - start[atom]
+    m = int(count.max()) if len(count) else 0
+    nbr_type = np.full((len(heads), m), -1, dtype=np.int64)
+    nbr_d = np.zeros((len(heads), m, 3), dtype=np.int64)
+    rtype, d = decode_input_record(beats[b, lane])
+    nbr_type[atom, idx] = rtype
+    nbr_d[atom, idx] = d
+    return ctype, nbr_type, nbr_d, tag
+
+
+def encode_results(energy, dEdr, flags, count, tags, lanes: int, saturated=None) -> np.ndarray:
+    """What the pipeline sends back for N atoms: (beats, lanes) output words (vectorized).
+
+    energy (N,), dEdr (N, M, 3), flags (N,), count (N,) records returned per atom (0 for an atom
+    dropped before the pipeline), tags (N,); saturated (N, M) per-record bit 61 (default: none).
+    """
+    energy = np.asarray(energy, dtype=np.int64)
+    count = np.asarray(count, dtype=np.int64)
+    n_atoms = len(energy)
+    dEdr = np.asarray(dEdr, dtype=np.int64)
+    m = dEdr.shape[1] if dEdr.ndim == 3 else 0
+    rec_beats = -(-count // lanes)
+    start = np.concatenate([[0], np.cumsum(1 + rec_beats)[:-1]]).astype(np.int64)
+    out = np.zeros((int((1 + rec_beats).sum()), lanes), dtype=np.uint64)
+    out[start, 0] = output_header(tags, count, flags, energy)
+    slot = np.broadcast_to(np.arange(m), (n_atoms, m))
+    keep = slot < count[:, None]
+    atom = np.broadcast_to(np.arange(n_atoms)[:, None], (n_atoms, m))[keep]
+    k = slot[keep]
+    sat = np.zeros(len(k), dtype=np.int64) if saturated is None else np.asarray(saturated)[keep].astype(np.int64)
+    out[start[atom] + 1 + k // lanes, k % lanes] = output_record(dEdr[keep], sat)
+    return out

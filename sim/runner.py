@@ -1,7 +1,7 @@
 """Build the pipeline's Verilog and run cocotb benches on Icarus or Verilator (cocotb_tools.runner).
 
 `pipeline_verilog(qm, knobs)` writes (and caches, keyed by the model hash, the knobs and the generator's
-source hash) the Verilog of
+source hash; stored by content) the Verilog of
 `gen.pipeline.Pipeline`; `run_bench(...)` compiles it for a simulator (cached as well) and runs the
 cocotb bench `sim/bench/pipeline_bench.py` on a case file written by `write_case`.
 
@@ -70,24 +70,35 @@ def design_key(qm, knobs) -> str:
 
 
 def pipeline_verilog(qm, knobs) -> Path:
-    """Generate (once) the pipeline's Verilog for this model and knobs; returns its path."""
+    """Generate (once) the pipeline's Verilog for this model and knobs; returns its path.
+
+    The Verilog lives in a directory named by its own content hash, so simulator builds next to it
+    survive generator changes that do not change the hardware; `keys/` maps (model, knobs, generator
+    sources) to it, so elaboration runs once per such triple.
+    """
     import gen  # noqa: F401  (raises the int->str limit for wide ROMs)
     from amaranth.back import verilog
 
     from gen.ir import Design
     from gen.pipeline import Pipeline
-    out = BUILD / design_key(qm, knobs)
-    path = out / "pipeline.v"
-    if path.exists():
-        return path
-    out.mkdir(parents=True, exist_ok=True)
+    pointer = BUILD / "keys" / f"{design_key(qm, knobs)}.txt"
+    if pointer.exists():
+        path = Path(pointer.read_text())
+        if path.exists():
+            return path
     t = time.time()
     text = verilog.convert(Pipeline(Design(qm, knobs)), name=TOP, emit_src=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.rename(path)
-    (out / "design.json").write_text(json.dumps({"model_hash": qm.hash, "knobs": knobs.__dict__,
-                                                 "convert_seconds": time.time() - t}))
+    out = BUILD / hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = out / "pipeline.v"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(path)
+        (out / "design.json").write_text(json.dumps({"model_hash": qm.hash, "knobs": knobs.__dict__,
+                                                     "convert_seconds": time.time() - t}))
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(str(path))
     return path
 
 

@@ -77,7 +77,11 @@ struct Input {
 
 struct Output {
     std::vector<uint64_t> pending;
-    void push(const uint64_t* w, int lanes) { pending.insert(pending.end(), w, w + lanes); }
+    // The reader on the other side of the pipe consumes concurrently, so large batches go out early.
+    void push(const uint64_t* w, int lanes) {
+        pending.insert(pending.end(), w, w + lanes);
+        if (pending.size() >= (1u << 16)) flush();
+    }
     void flush() {
         if (pending.empty()) return;
         fwrite(pending.data(), 8, pending.size(), stdout);

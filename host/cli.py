@@ -1,0 +1,119 @@
+"""`python -m host`: serve a device to several clients, list the devices.
+
+Adding a command is one function and its registration:
+
+    @command("name", "one-line help", arg("--flag", help="..."), ...)
+    def cmd_name(args) -> int: ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+
+from .devices import DEVICE_HELP
+
+_COMMANDS: list[tuple[str, str, tuple, object]] = []
+
+
+def arg(*flags, **options):
+    """An argument of a command, as given to ArgumentParser.add_argument."""
+    return flags, options
+
+
+def command(name: str, help: str, *arguments):
+    """Register `fn(args) -> exit code` as the subcommand `name`; its docstring is its --help text."""
+    def register(fn):
+        _COMMANDS.append((name, help, arguments, fn))
+        return fn
+    return register
+
+
+#: What clients accept besides the devices a service can open.
+CLIENT_ONLY = {"socket:PATH": "(clients only) a running `python -m host serve --socket PATH`"}
+
+
+def devices_text(extra: dict | None = None) -> str:
+    items = {**DEVICE_HELP, **(extra or {})}
+    width = max(map(len, items))
+    return "devices (--device):\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in items.items())
+
+
+OVERVIEW = """\
+dpfpga host tools: run the quantized model on a device and share one device between processes.
+
+  python -m host serve --socket PATH [--model M.npz] [--device NAME] [--lanes N]
+        own one device and serve it to many clients (e.g. one per MPI rank of LAMMPS) over a Unix
+        socket; clients use host.service.SocketDevice or host.ase.Calculator(device="socket:PATH")
+  python -m host devices      list the devices
+"""
+
+
+@command("serve", "own one device and serve it to many clients over a Unix socket",
+         arg("--socket", required=True, help="Unix socket path to listen at (created owner-only, mode 0600)"),
+         arg("--model", help="model file (default: the bundled example model)"),
+         arg("--device", default="reference", help="device to open (default: reference); see `python -m host devices`"),
+         arg("--lanes", type=int, default=1, help="64-bit words per beat (default: 1)"),
+         arg("--device-timeout", type=float, default=600.0,
+             help="seconds a chunk may take on the device (default: 600)"),
+         arg("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]))
+def cmd_serve(args) -> int:
+    """Open the device, listen at --socket, serve until SIGTERM or SIGINT (then exit 0). One log line per
+    connection, disconnection and error goes to stderr."""
+    from model import modelfile
+    from model.cli import EXAMPLE_MODEL
+
+    from .devices import open_device
+    from .service import Service, ServiceError
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s dpfpga-service %(levelname)s %(message)s")
+    model_path = args.model or EXAMPLE_MODEL
+    qm = modelfile.load(model_path)
+    service = Service(lambda: open_device(args.device, qm, lanes=args.lanes), qm.hash, args.socket,
+                      model_label=str(model_path), device_timeout=args.device_timeout)
+    service.install_signal_handlers()
+    try:
+        service.serve_forever()
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+@command("devices", "list the devices")
+def cmd_devices(args) -> int:
+    """Print the device names that --device (and host.ase.Calculator(device=...)) accept."""
+    print(devices_text(CLIENT_ONLY))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m host", description=OVERVIEW, epilog=devices_text(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for name, help, arguments, fn in _COMMANDS:
+        c = sub.add_parser(name, help=help, description=inspect.cleandoc(fn.__doc__ or help), epilog=devices_text(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        for flags, options in arguments:
+            c.add_argument(*flags, **options)
+        c.set_defaults(fn=fn)
+    return p
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.cmd:
+        p.print_help()
+        return 0
+    from model.modelfile import ModelFileError
+
+    from .devices import DeviceError
+    try:
+        return args.fn(args)
+    except (ModelFileError, DeviceError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

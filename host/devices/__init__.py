@@ -1,0 +1,39 @@
+"""Devices: one small interface, several implementations of the pipeline behind the wire format.
+
+    reference   the NumPy fixed-point reference (model.reference), in a worker thread
+    rtl         the generated Verilog in the standalone Verilator harness (sim/standalone.py)
+    xdma:DIR    a PCIe card through the Linux XDMA driver's character devices under DIR (see xdma.py)
+
+`open_device(spec, qm, lanes=...)` turns a device string into an opened Device.
+"""
+
+from __future__ import annotations
+
+from .base import Device, DeviceError, DeviceTimeout
+
+DEVICE_HELP = {
+    "reference": "bit-exact NumPy reference (no hardware); the default",
+    "rtl": "generated RTL compiled by Verilator into a standalone simulator (first use compiles: minutes)",
+    "xdma:PATH": "PCIe card via the XDMA driver; PATH is the device prefix, e.g. /dev/xdma0",
+}
+
+
+def open_device(spec: str, qm, lanes: int = 1, **options) -> Device:
+    """'reference' | 'rtl' | 'xdma:/dev/xdma0' -> an opened device for model `qm`."""
+    name, _, arg = spec.partition(":")
+    if name == "reference":
+        from .reference import ReferenceDevice
+        dev = ReferenceDevice(qm, lanes=lanes, **options)
+    elif name == "rtl":
+        from .rtl import RtlDevice
+        dev = RtlDevice(qm, lanes=lanes, **options)
+    elif name == "xdma":
+        from .xdma import XdmaDevice
+        dev = XdmaDevice(qm, prefix=arg or "/dev/xdma0", **options)
+    else:
+        raise DeviceError(f"unknown device {spec!r}; choose from {', '.join(DEVICE_HELP)}")
+    dev.open()
+    return dev
+
+
+__all__ = ["Device", "DeviceError", "DeviceTimeout", "open_device", "DEVICE_HELP"]

@@ -1,0 +1,157 @@
+"""Structure -> device -> energy, forces, virial: chunked, pipelined, exact.
+
+`Evaluator.compute(positions, cell, pbc, types)` walks the structure in chunks of centre atoms
+(host.neighbors), quantizes and encodes each chunk into wire words (gen.wire), keeps up to
+`device.depth` chunks in flight (chunk k+1 is built while the device works on chunk k), and folds
+each chunk's results into the totals in exact integer arithmetic:
+
+    E    = sum_i (e_i + bias[type_i])                         format E, Python int
+    F_i  = sum_j dE/dr_ij - sum_j dE/dr_ji                    format F, int64
+    W    = - sum_ij r_ij (x) dE/dr_ij                         frac(coord) + frac(F), Python ints
+    W_i  = - 1/2 sum_j r_ij (x) dE/dr_ij  (per-atom virial, half to each atom of a pair; float)
+
+converting to float only at the end, so the result does not depend on the chunking, the device or
+the order in which chunks come back: it equals `model.assembly.compute` bit for bit.
+Memory: the structure's own arrays (positions, forces) plus `depth` chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gen import wire
+from model.assembly import DeviceFlagError, quantize_displacements
+from model.neighbors import check_sel, count_by_type
+from model.reference import FLAG_R_BELOW_MIN, describe_flags
+
+from .neighbors import NeighborChunks
+
+
+@dataclass
+class Result:
+    energy: float  # eV
+    forces: np.ndarray  # (N, 3) eV/Å
+    virial: np.ndarray  # (3, 3) eV
+    atomic_energies: np.ndarray  # (N,) eV
+    atomic_virial: np.ndarray | None  # (N, 3, 3) eV (only when asked for)
+    energy_int: int
+    forces_int: np.ndarray
+    virial_int: np.ndarray  # (3, 3) Python ints
+    flags: np.ndarray  # (N,)
+    timings: dict = field(default_factory=dict)
+
+
+class Evaluator:
+    def __init__(self, qm, device, chunk_atoms: int = 4096, strict: bool = True, timeout: float | None = 600.0,
+                 progress: bool = False):
+        self.qm, self.device = qm, device
+        self.chunk_atoms, self.strict, self.timeout, self.progress = chunk_atoms, strict, timeout, progress
+        self.lanes = device.lanes
+
+    def compute(self, positions, cell, pbc, types, atomic_virial: bool = False) -> Result:
+        qm, cfg, F = self.qm, self.qm.config, self.qm.formats
+        types = np.asarray(types, dtype=np.int64)
+        n = len(types)
+        if n and (types.min() < 0 or types.max() >= cfg.ntypes):
+            bad = int(np.argmax((types < 0) | (types >= cfg.ntypes)))
+            raise KeyError(f"atom {bad}: type {types[bad]} outside the model's type map {cfg.type_map}")
+        t0 = time.perf_counter()
+        chunks = NeighborChunks(positions, cell, pbc, cfg.rcut, types, self.chunk_atoms)
+        forces = np.zeros((n, 3), dtype=np.int64)
+        e_atom = np.zeros(n, dtype=np.int64)
+        flags = np.zeros(n, dtype=np.int64)
+        virial = np.zeros((3, 3), dtype=object)
+        w_atom = np.zeros((n, 3, 3)) if atomic_virial else None
+        in_flight: deque = deque()
+        timing = {"neighbors_encode": 0.0, "device_wait": 0.0, "assemble": 0.0}
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=n, unit="atom", desc=f"{self.device.name}", leave=False)
+
+        def finish_one():
+            ch, rec_d = in_flight.popleft()
+            t = time.perf_counter()
+            out = self.device.collect(self.timeout)
+            timing["device_wait"] += time.perf_counter() - t
+            t = time.perf_counter()
+            self._fold(ch, rec_d, out, forces, e_atom, flags, virial, w_atom)
+            timing["assemble"] += time.perf_counter() - t
+            if bar is not None:
+                bar.update(len(ch.centers))
+
+        it = iter(chunks)
+        while True:
+            t = time.perf_counter()
+            ch = next(it, None)
+            if ch is None:
+                break
+            b = ch.blocks
+            check_sel(count_by_type(ch.edges, types, len(ch.centers), cfg.ntypes), cfg.sel, cfg.type_map)
+            # Name atoms by their global index in errors.
+            atom = np.broadcast_to(ch.centers[:, None], b.nbr_type.shape)
+            d = quantize_displacements(b.nbr_vec, F["coord"], atom)
+            d[b.nbr_type < 0] = 0
+            beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers & 0xFFF)
+            timing["neighbors_encode"] += time.perf_counter() - t
+            while len(in_flight) >= self.device.depth:
+                finish_one()
+            self.device.submit(beats, len(ch.centers))
+            in_flight.append((ch, d))
+        while in_flight:
+            finish_one()
+        if bar is not None:
+            bar.close()
+        if self.strict:
+            self._check_flags(flags)
+        e_atom += qm.energy_bias[types]
+        energy_int = int(e_atom.sum(dtype=np.int64)) if n < 2 ** 20 else sum(int(x) for x in e_atom)
+        scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
+        timing["total"] = time.perf_counter() - t0
+        return Result(
+            energy=energy_int * 2.0 ** -F["E"].frac, forces=forces * 2.0 ** -F["F"].frac,
+            virial=np.array([[float(x) * scale_v for x in row] for row in virial]),
+            atomic_energies=e_atom * 2.0 ** -F["E"].frac,
+            atomic_virial=None if w_atom is None else w_atom * scale_v,
+            energy_int=energy_int, forces_int=forces, virial_int=virial, flags=flags, timings=timing)
+
+    def _fold(self, ch, d, out, forces, e_atom, flags, virial, w_atom):
+        b = ch.blocks
+        k, m = b.nbr_type.shape
+        energy, dEdr, fl, tags = wire.decode_results(out, k, m)
+        if (tags != (ch.centers & 0xFFF)).any():
+            a = int(np.argmax(tags != (ch.centers & 0xFFF)))
+            raise DeviceFlagError(f"{self.device.name}: results out of order at atom {int(ch.centers[a])} "
+                                  f"(tag {int(tags[a])}, expected {int(ch.centers[a]) & 0xFFF})")
+        e_atom[ch.centers] = energy
+        flags[ch.centers] = fl
+        valid = b.nbr_type >= 0
+        g = dEdr[valid]
+        ci = ch.centers[np.nonzero(valid)[0]]
+        nj = b.nbr_index[valid]
+        np.add.at(forces, ci, g)
+        np.add.at(forces, nj, -g)
+        dv = d[valid]
+        step = 1 << 16
+        for lo in range(0, len(g), step):
+            virial -= np.einsum("ea,eb->ab", dv[lo:lo + step], g[lo:lo + step]).astype(object)
+        if w_atom is not None:
+            w = -0.5 * np.einsum("ea,eb->eab", dv, g).astype(np.float64)
+            np.add.at(w_atom, ci, w)
+            np.add.at(w_atom, nj, w)
+
+    def _check_flags(self, flags):
+        bad = (flags & ~FLAG_R_BELOW_MIN) != 0
+        if bad.any():
+            a = int(np.argmax(bad))
+            raise DeviceFlagError(f"atom {a}: {describe_flags(int(flags[a]))} ({int(bad.sum())} atom(s) flagged); "
+                                  "results are not usable")
+        if (flags & FLAG_R_BELOW_MIN).any():
+            import warnings
+            a = int(np.argmax((flags & FLAG_R_BELOW_MIN) != 0))
+            warnings.warn(f"atom {a}: {describe_flags(int(flags[a]))}; the tables clamp such pairs to r_min",
+                          RuntimeWarning, stacklevel=3)

@@ -1,0 +1,170 @@
+"""Neighbour lists in bounded memory: centre atoms in spatially compact chunks, candidates from a
+cell list, periodic along any subset of the three cell vectors (orthorhombic or triclinic).
+
+    for chunk in NeighborChunks(positions, cell, pbc, rcut, chunk_atoms=4096):
+        chunk.centers          # (K,) global indices of this chunk's centre atoms
+        chunk.blocks           # model.neighbors.NeighborBlocks of those centres (global nbr_index)
+
+A chunk is a block of cells (about chunk_atoms atoms, cube-like); its pairs come from vesin run on the
+block's atoms plus a halo one cutoff thick (periodic images included), so memory per chunk is
+bounded by the chunk and its halo, never by the whole system's pair list; the only arrays of system
+size are the positions and the cell list's permutation.  Cells are at least rcut wide (more images
+along periodic axes shorter than rcut).  Along non-periodic axes of a box with a
+cell, atoms must lie inside the cell extended by rcut on each side (an atom beyond that is an
+error naming it: a structure that has blown up, or one given in the wrong units); with pbc all False
+and no cell, the atoms' bounding box is used.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from vesin import NeighborList
+
+from model.neighbors import Edges, NeighborBlocks, blocks
+
+
+class StructureError(ValueError):
+    """The structure cannot be evaluated as given (atom outside a non-periodic box, bad cell...)."""
+
+
+@dataclass
+class Chunk:
+    centers: np.ndarray  # (K,) global atom indices
+    blocks: NeighborBlocks  # per-centre neighbour blocks (nbr_index global)
+    edges: Edges  # the same pairs as an edge list (i = position in `centers`, j global)
+
+
+def _as_pbc(pbc) -> np.ndarray:
+    p = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    return p.copy()
+
+
+class NeighborChunks:
+    def __init__(self, positions, cell, pbc, rcut: float, types: np.ndarray, chunk_atoms: int = 4096):
+        pos = np.ascontiguousarray(positions, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 3:
+            raise StructureError(f"positions must be (N, 3), got {pos.shape}")
+        if not np.isfinite(pos).all():
+            a = int(np.argmax(~np.isfinite(pos).all(axis=1)))
+            raise StructureError(f"atom {a}: position {pos[a].tolist()} is not finite")
+        self.pbc = _as_pbc(pbc)
+        self.rcut, self.types, self.chunk_atoms = float(rcut), np.asarray(types, dtype=np.int64), int(chunk_atoms)
+        self.natoms = len(pos)
+        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        self.origin = np.zeros(3)
+        if abs(np.linalg.det(cell)) < 1e-9:
+            if self.pbc.any():
+                raise StructureError(f"periodic along {np.flatnonzero(self.pbc).tolist()} but the cell is singular")
+            # An open cluster: a box around the atoms, one cutoff of vacuum on every side.
+            lo, hi = (pos.min(axis=0), pos.max(axis=0)) if len(pos) else (np.zeros(3), np.ones(3))
+            self.origin = lo - self.rcut
+            cell = np.diag(hi - lo + 2 * self.rcut)
+        self.cell = cell
+        inv = np.linalg.inv(cell)
+        frac = (pos - self.origin) @ inv
+        # Fractional width of one cutoff along each axis (distance between lattice planes).
+        self.delta = self.rcut * np.linalg.norm(inv, axis=0)
+        for a in np.flatnonzero(~self.pbc):
+            bad = (frac[:, a] < -self.delta[a]) | (frac[:, a] >= 1 + self.delta[a])
+            if bad.any():
+                k = int(np.argmax(bad))
+                raise StructureError(
+                    f"atom {k} at {pos[k].round(3).tolist()} Å lies outside the non-periodic box along cell "
+                    f"vector {a} (fractional coordinate {frac[k, a]:.3f}, allowed {-self.delta[a]:.3f} .. "
+                    f"{1 + self.delta[a]:.3f}); {int(bad.sum())} atom(s) affected")
+        self.wrap = np.where(self.pbc, np.floor(frac), 0.0)
+        frac = frac - self.wrap
+        self.pos = pos
+        # Cell list: n cells per axis, each at least one cutoff wide (non-periodic axes are padded by
+        # a cutoff on each side, so their cells span [-delta, 1 + delta)).
+        span = np.where(self.pbc, 1.0, 1.0 + 2 * self.delta)
+        lo = np.where(self.pbc, 0.0, -self.delta)
+        self.ncell = np.maximum(1, np.floor(span / self.delta).astype(np.int64))
+        self.cell_lo, self.cell_w = lo, span / self.ncell
+        c3 = np.clip(np.floor((frac - lo) / self.cell_w).astype(np.int64), 0, self.ncell - 1)
+        cid = (c3[:, 0] * self.ncell[1] + c3[:, 1]) * self.ncell[2] + c3[:, 2]
+        self.order = np.argsort(cid, kind="stable")
+        ncells = int(np.prod(self.ncell))
+        self.cell_count = np.bincount(cid, minlength=ncells)
+        self.cell_start = np.concatenate([[0], np.cumsum(self.cell_count)[:-1]])
+        self.c3 = c3
+        # Offsets to visit: enough cells each way to cover one cutoff (more when a cell is narrower
+        # than the cutoff, i.e. a periodic box shorter than rcut along that axis).
+        reach = np.ceil(self.delta / self.cell_w).astype(np.int64)
+
+        # Chunks are blocks of cells, about chunk_atoms atoms each, as cube-like as the grid allows
+        # so that the halo (one cutoff around the block) stays small.
+        per_cell = max(self.natoms / ncells, 1e-9)
+        side = max(1.0, (self.chunk_atoms / per_cell) ** (1 / 3))
+        self.block = np.minimum(self.ncell, np.maximum(1, np.floor(side).astype(np.int64)))
+        self.nblock = -(-self.ncell // self.block)
+        self.reach = reach
+        self.nlist = NeighborList(cutoff=self.rcut, full_list=True)
+
+    def __len__(self):
+        return int(np.prod(self.nblock))
+
+    def __iter__(self):
+        for b in itertools.product(*[range(n) for n in self.nblock]):
+            lo = np.array(b) * self.block
+            hi = np.minimum(lo + self.block, self.ncell)
+            ch = self.chunk(lo, hi)
+            if len(ch.centers):
+                yield ch
+
+    def _atoms_in_cells(self, lo, hi):
+        """(atom, shift) for every atom in the cells lo..hi-1 (unwrapped cell coordinates), periodic
+        axes wrapped with the matching lattice shift, open axes clipped."""
+        axes = []
+        for a in range(3):
+            c = np.arange(lo[a], hi[a])
+            if not self.pbc[a]:
+                c = c[(c >= 0) & (c < self.ncell[a])]
+            axes.append(c)
+        cc = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        shift = np.floor_divide(cc, self.ncell)
+        cw = cc - shift * self.ncell
+        cid = (cw[:, 0] * self.ncell[1] + cw[:, 1]) * self.ncell[2] + cw[:, 2]
+        cnt = self.cell_count[cid]
+        rep = np.repeat(np.arange(len(cid)), cnt)
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+        atom = self.order[self.cell_start[cid][rep] + (np.arange(len(rep)) - first)]
+        return atom, shift[rep]
+
+    def chunk(self, lo, hi) -> Chunk:
+        """Neighbours of the atoms in the block of cells [lo, hi): vesin over the block and its halo."""
+        centers, _ = self._atoms_in_cells(lo, hi)
+        k = len(centers)
+        # Local points: the centres first, then every atom image within reach of the block.
+        # (A centre reappears in the halo only as a different image, i.e. with a nonzero shift.)
+        halo, hshift = self._atoms_in_cells(lo - self.reach, hi + self.reach)
+        inner = ((self.c3[halo] + hshift * self.ncell >= lo) & (self.c3[halo] + hshift * self.ncell < hi)).all(axis=1)
+        halo, hshift = halo[~inner], hshift[~inner]
+        atom = np.concatenate([centers, halo])
+        shift = np.concatenate([np.zeros((k, 3), dtype=np.int64), hshift])
+        wrapped = self.pos - self.wrap @ self.cell
+        pts = wrapped[atom] + shift @ self.cell
+        if k == 0:
+            i = j = np.zeros(0, dtype=np.int64)
+        else:
+            i, j = self.nlist.compute(points=pts, box=np.zeros((3, 3)), periodic=False, quantities="ij")
+            i, j = i.astype(np.int64), j.astype(np.int64)
+        keep = i < k
+        i_local, jl = i[keep], j[keep]
+        j = atom[jl]
+        # Local points are wrapped positions; in the original positions the image is
+        # r_ij = x_j - x_i + (S - wrap_j + wrap_i) @ cell.
+        S_tot = (shift[jl] - self.wrap[j] + self.wrap[centers[i_local]]).astype(np.int64)
+        vec = self.pos[j] - self.pos[centers[i_local]] + S_tot @ self.cell
+        # vesin decided "inside rcut" on shifted copies; decide again on the vectors we hand out.
+        ok = np.einsum("ij,ij->i", vec, vec) < self.rcut * self.rcut
+        i_local, j, S_tot, vec = i_local[ok], j[ok], S_tot[ok], vec[ok]
+        order = np.lexsort((S_tot[:, 2], S_tot[:, 1], S_tot[:, 0], j, i_local))
+        e = Edges(i=i_local[order], j=j[order], shift=S_tot[order], vec=vec[order])
+        b = blocks(e, self.types, k)
+        b.center_type = self.types[centers]
+        return Chunk(centers=centers, blocks=b, edges=e)

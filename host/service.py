@@ -1,0 +1,615 @@
+"""The device service: one process owns one device and serves many clients over a Unix socket.
+
+    python -m host serve --model M.npz --device rtl --socket /tmp/dpfpga.sock      # the service
+    Evaluator(qm, SocketDevice(qm, "/tmp/dpfpga.sock"))                            # a client
+    host.ase.Calculator(device="socket:/tmp/dpfpga.sock")                          # the same, via ASE
+
+A card (or a Verilator model) can be opened by one process only, while LAMMPS runs one process per MPI
+rank: the service is that one process.  Clients send chunks of input beats (the wire format of
+docs/ARCHITECTURE.md) and get the output beats back; the host-side work (neighbour lists, encoding,
+folding results into forces) stays in each client.
+
+Protocol (version `PROTOCOL_VERSION`).  Every message is a frame: a 16-byte header, then the payload.
+
+    header = struct "<4sHHQ": magic b"DPFG" · protocol version u16 · message type u16 · payload length u64
+
+| type | code | direction | payload |
+|---|---|---|---|
+| HELLO   | 1 | client → service | JSON {protocol: int, model_hash: str, pid: int} |
+| WELCOME | 2 | service → client | JSON {device: str, lanes: int, model_hash: str, pid: int, client_id: int} |
+| CHUNK   | 3 | client → service | u64 n_atoms (little-endian), then n × lanes beats as little-endian uint64 |
+| RESULT  | 4 | service → client | the chunk's output beats, little-endian uint64 (a multiple of lanes words) |
+| ERROR   | 5 | either way       | JSON {message: str} (human-readable) |
+| BYE     | 6 | client → service | empty: the client is done |
+
+A connection starts with HELLO; the service answers WELCOME, or ERROR and closes the connection when
+the protocol version or the model hash differ (the message names both).  Then the client sends CHUNKs,
+and may send the next one before reading the previous RESULT (pipelining, `SocketDevice.depth` = 2):
+the service handles a connection's messages in order and answers each CHUNK with one RESULT, or with
+one ERROR when that chunk failed (the connection stays usable).  A frame with a bad magic, a payload
+over `MAX_PAYLOAD` (checked before anything is allocated), a truncated frame or an unexpected type gets
+an ERROR (when the peer still listens) and the connection is closed.  The device is shared: chunks of
+all connections go to it one at a time, and each RESULT goes back on the connection that sent its chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .devices.base import Device, DeviceError, DeviceTimeout
+
+PROTOCOL_VERSION = 1
+MAGIC = b"DPFG"
+HEADER = struct.Struct("<4sHHQ")
+HELLO, WELCOME, CHUNK, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6
+MESSAGE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CHUNK: "CHUNK", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE"}
+#: Largest payload either side accepts (a 4096-atom GeTe chunk is about 2 MB).
+MAX_PAYLOAD = 1 << 28
+#: Once the first byte of a frame has arrived, the rest must arrive (or be taken by the peer) within this.
+FRAME_TIMEOUT = 60.0
+#: Socket timeout used as a polling period, so that waits notice deadlines and a service shutdown.
+_POLL = 0.25
+
+log = logging.getLogger("host.service")
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol (bad magic, oversize or truncated frame, unexpected message)."""
+
+
+class _Stopped(Exception):
+    """The service is shutting down while a connection waited for data."""
+
+
+# ---- framing (both sides) ----------------------------------------------------------------------
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None, stop: threading.Event | None,
+                what: str) -> bytearray:
+    """n bytes from a socket whose timeout is a polling period.  EOFError on end of stream before the
+    first byte; ProtocolError when it ends later; TimeoutError past `deadline` (monotonic; None = never)."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:])
+        except socket.timeout:
+            if stop is not None and stop.is_set():
+                raise _Stopped from None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: {got} of {n} bytes after the deadline") from None
+            continue
+        if k == 0:
+            if got == 0:
+                raise EOFError(what)
+            raise ProtocolError(f"truncated {what}: the stream ended after {got} of {n} bytes")
+        got += k
+    return buf
+
+
+def _send_all(sock: socket.socket, data, deadline: float, stop: threading.Event | None = None) -> None:
+    """Like sendall, but with a deadline over the whole frame although the socket's timeout is a poll
+    period (sendall's own timeout would cut a large frame to a slow but live reader)."""
+    view, sent = _byte_view(data), 0
+    while sent < len(view):
+        try:
+            sent += sock.send(view[sent:])
+        except socket.timeout:
+            if stop is not None and stop.is_set():
+                raise _Stopped from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the peer took no data for {FRAME_TIMEOUT} s") from None
+
+
+def _byte_view(data) -> memoryview:
+    m = memoryview(data)
+    return m.cast("B") if m.nbytes else memoryview(b"")  # cast() refuses zero-size shapes
+
+
+def send_frame(sock, mtype: int, payload=b"", stop=None, timeout: float = FRAME_TIMEOUT) -> None:
+    """One frame; `payload` is a bytes-like object or a list of them (sent one after the other, uncopied)."""
+    parts = [_byte_view(p) for p in (payload if isinstance(payload, list) else [payload])]
+    deadline = time.monotonic() + timeout
+    _send_all(sock, HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, sum(len(p) for p in parts)), deadline, stop)
+    for p in parts:
+        if len(p):
+            _send_all(sock, p, deadline, stop)
+
+
+def send_json(sock, mtype: int, obj: dict, stop=None) -> None:
+    send_frame(sock, mtype, json.dumps(obj).encode(), stop)
+
+
+def recv_frame(sock, wait_deadline: float | None = None, stop=None, max_payload: int = MAX_PAYLOAD
+               ) -> tuple[int, int, bytearray]:
+    """One frame -> (version, type, payload).  Waits for its first byte until `wait_deadline` (None: as
+    long as it takes), then gives the rest FRAME_TIMEOUT.  The length is checked before allocating."""
+    first = _recv_exact(sock, 1, wait_deadline, stop, "frame header")
+    deadline = time.monotonic() + FRAME_TIMEOUT
+    head = bytes(first) + _recv_exact(sock, HEADER.size - 1, deadline, stop, "frame header")
+    magic, version, mtype, length = HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a dpfpga peer")
+    if length > max_payload:
+        raise ProtocolError(f"{MESSAGE_NAMES.get(mtype, mtype)} announces {length} payload bytes, "
+                            f"more than the {max_payload} accepted")
+    payload = _recv_exact(sock, length, deadline, stop, f"{MESSAGE_NAMES.get(mtype, mtype)} payload")
+    return version, mtype, payload
+
+
+def _json(payload) -> dict:
+    try:
+        obj = json.loads(bytes(payload).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"payload is not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("JSON payload is not an object")
+    return obj
+
+
+def encode_chunk(beats: np.ndarray, n_atoms: int) -> list:
+    """CHUNK payload, as parts for send_frame (the beats are not copied when already little-endian)."""
+    return [struct.pack("<Q", n_atoms), np.ascontiguousarray(beats, dtype="<u8")]
+
+
+def decode_chunk(payload: bytearray, lanes: int) -> tuple[np.ndarray, int]:
+    """CHUNK payload -> (beats (n, lanes) uint64, n_atoms), checked against the wire format so that a
+    malformed chunk never reaches the device (a device that cuts its output by n_atoms would wait forever)."""
+    if len(payload) < 8 or (len(payload) - 8) % (8 * lanes):
+        raise ValueError(f"CHUNK payload of {len(payload)} bytes is not 8 + a multiple of {8 * lanes} "
+                         f"(lanes = {lanes})")
+    (n_atoms,) = struct.unpack_from("<Q", payload)
+    beats = np.frombuffer(payload, dtype="<u8", offset=8).astype(np.uint64, copy=False).reshape(-1, lanes)
+    headers = int(np.count_nonzero((beats >> np.uint64(62)) == 1))
+    if headers != n_atoms:
+        raise ValueError(f"malformed chunk: it announces {n_atoms} atoms but holds {headers} atom headers")
+    return beats, n_atoms
+
+
+# ---- the service -------------------------------------------------------------------------------
+
+class ServiceError(RuntimeError):
+    """The service cannot start (socket path taken, not a socket, ...)."""
+
+
+class Service:
+    """Serves the device that `open_device()` returns (an opened Device) at `socket_path`.
+
+    One thread per connection runs its chunks on the device, one at a time across all connections (a
+    lock); a second thread per connection reads that connection's frames ahead into a short queue, so
+    that a client blocked sending chunk k+1 never deadlocks with the service sending result k.  After a
+    device failure the device is closed and opened afresh on the next chunk: its state is unknown (a
+    timed-out chunk's late result must never reach another client).
+    """
+
+    def __init__(self, open_device: Callable[[], Device], model_hash: str, socket_path, *,
+                 model_label: str = "", device_timeout: float = 600.0, max_clients: int = 64,
+                 max_payload: int = MAX_PAYLOAD):
+        self._open_device = open_device
+        self.model_hash, self.model_label = model_hash, model_label
+        self.path = Path(socket_path)
+        self.device_timeout, self.max_clients, self.max_payload = device_timeout, max_clients, max_payload
+        self.device: Device | None = None
+        self._device_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopped_by = None  # the signal that stopped the service, for the log
+        self._listener: socket.socket | None = None
+        self._inode = None
+        self._clients: dict[int, tuple[socket.socket, threading.Thread]] = {}
+        self._clients_lock = threading.Lock()
+        self._next_id = 1
+
+    # -- life cycle --
+    def serve_forever(self) -> None:
+        """Open the device, listen, serve until `stop()`; then shut down cleanly (always)."""
+        self._check_path()  # fail fast, before a device that may take minutes to open
+        self.device = self._open_device()
+        self.lanes, self.device_name = self.device.lanes, self.device.name
+        try:
+            self._listen()
+            log.info("serving device %s (lanes %d), model %s%s at %s (pid %d, protocol %d)",
+                     self.device_name, self.lanes, self.model_hash[:12],
+                     f" ({self.model_label})" if self.model_label else "", self.path, os.getpid(), PROTOCOL_VERSION)
+            while not self._stop.is_set():
+                try:
+                    sock, _ = self._listener.accept()
+                except socket.timeout:
+                    continue
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    raise
+                self._start_client(sock)
+        finally:
+            self._shutdown()
+
+    def stop(self, signum=None, _frame=None) -> None:
+        """Ask the accept loop and every connection to end (safe from a signal handler: no logging here)."""
+        self._stopped_by = signum
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+
+    def _check_path(self) -> None:
+        """Replace a stale socket left by a dead service; refuse a path where a live one listens."""
+        p = self.path
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ServiceError(f"{p} exists and is not a socket; choose another --socket path")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(p))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing stale socket %s (no service listens there)", p)
+            p.unlink(missing_ok=True)
+            return
+        except OSError as e:
+            raise ServiceError(f"cannot check the existing socket {p}: {e}") from None
+        finally:
+            probe.close()
+        raise ServiceError(f"a service already listens at {p}; stop it first or choose another --socket path")
+
+    def _listen(self) -> None:
+        self._check_path()  # again: the device may have taken minutes to open
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket file is created owner-only (0600): no window where others connect
+        try:
+            s.bind(str(self.path))
+        except OSError as e:
+            s.close()
+            raise ServiceError(f"cannot bind {self.path}: {e}") from None
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._inode = os.stat(self.path).st_ino
+        s.listen(64)
+        s.settimeout(_POLL)
+        self._listener = s
+
+    def _shutdown(self) -> None:
+        if self._stopped_by is not None:
+            log.info("stopping on %s", signal.Signals(self._stopped_by).name)
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            try:  # remove our socket file, not one that another service has put there since
+                if os.stat(self.path).st_ino == self._inode:
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+        with self._clients_lock:
+            clients = list(self._clients.values())
+        for sock, _ in clients:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, thread in clients:
+            thread.join(timeout=10)
+        if self._device_lock.acquire(timeout=self.device_timeout):
+            try:
+                self._close_device()
+            finally:
+                self._device_lock.release()
+        else:
+            log.error("device still busy after %s s; exiting without closing it", self.device_timeout)
+        log.info("service stopped")
+
+    # -- connections --
+    def _start_client(self, sock: socket.socket) -> None:
+        cid, self._next_id = self._next_id, self._next_id + 1
+        sock.settimeout(_POLL)
+        peer = _peer(sock)
+        with self._clients_lock:
+            busy = len(self._clients) >= self.max_clients
+            if not busy:
+                t = threading.Thread(target=self._serve_client, args=(sock, cid, peer), daemon=True,
+                                     name=f"client-{cid}")
+                self._clients[cid] = (sock, t)
+        if busy:
+            log.warning("client %d (%s) refused: %d clients already connected", cid, peer, self.max_clients)
+            self._send_error_quietly(sock, f"service busy: {self.max_clients} clients already connected")
+            sock.close()
+            return
+        log.info("client %d connected (%s)", cid, peer)
+        t.start()
+
+    def _serve_client(self, sock: socket.socket, cid: int, peer: str) -> None:
+        chunks = atoms = 0
+        why = "closed the connection"
+        reader = None
+        try:
+            hello = self._handshake(sock, cid)
+            if hello is None:
+                why = "was refused"
+                return
+            frames: queue.Queue = queue.Queue(maxsize=4)  # a well-behaved client has at most 2 chunks in flight
+            reader = threading.Thread(target=self._read_ahead, args=(sock, frames), daemon=True,
+                                      name=f"client-{cid}-reader")
+            reader.start()
+            while True:
+                item = frames.get()
+                if isinstance(item, BaseException):
+                    raise item
+                version, mtype, payload = item
+                if mtype == BYE:
+                    why = "said bye"
+                    return
+                if mtype != CHUNK or version != PROTOCOL_VERSION:
+                    raise ProtocolError(f"unexpected {MESSAGE_NAMES.get(mtype, f'message type {mtype}')} "
+                                        f"(protocol {version}) after the handshake")
+                n = self._chunk(sock, cid, payload)
+                chunks, atoms = chunks + 1, atoms + n
+        except EOFError:
+            pass
+        except ProtocolError as e:
+            why = f"was disconnected: {e}"
+            log.warning("client %d: protocol error: %s", cid, e)
+            self._send_error_quietly(sock, f"protocol error: {e}")
+        except _Stopped:
+            why = "was disconnected: service stopping"
+        except OSError as e:  # peer gone while we sent, or stopped reading (TimeoutError)
+            why = f"went away ({type(e).__name__}: {e})"
+        except Exception as e:  # noqa: BLE001 (a bug here must not take the service down)
+            why = f"was disconnected after an internal error: {e}"
+            log.exception("client %d: internal error", cid)
+            self._send_error_quietly(sock, f"internal service error: {type(e).__name__}: {e}")
+        finally:
+            if self._stop.is_set() and not why.startswith("was"):
+                why = "was disconnected: service stopping"  # our shutdown() is what ended its stream
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # also ends the reader thread
+            except OSError:
+                pass
+            if reader is not None:
+                reader.join(timeout=5)
+            sock.close()
+            with self._clients_lock:
+                self._clients.pop(cid, None)
+            log.info("client %d disconnected: %s after %d chunk(s), %d atom(s)", cid, why, chunks, atoms)
+
+    def _handshake(self, sock, cid) -> dict | None:
+        """HELLO -> WELCOME, or ERROR (and None) on a protocol or model mismatch."""
+        version, mtype, payload = recv_frame(sock, time.monotonic() + FRAME_TIMEOUT, self._stop, 1 << 16)
+        if mtype != HELLO:
+            raise ProtocolError(f"expected HELLO, got {MESSAGE_NAMES.get(mtype, f'message type {mtype}')}")
+        hello = _json(payload)
+        theirs = hello.get("protocol", version)
+        if version != PROTOCOL_VERSION or theirs != PROTOCOL_VERSION:
+            msg = f"protocol mismatch: the client speaks version {theirs}, this service {PROTOCOL_VERSION}"
+        elif hello.get("model_hash") != self.model_hash:
+            msg = (f"model mismatch: the client loaded model {str(hello.get('model_hash'))[:12]}, the service "
+                   f"runs model {self.model_hash[:12]}{f' ({self.model_label})' if self.model_label else ''}; "
+                   "load the same model file on both sides")
+        else:
+            send_json(sock, WELCOME, {"device": self.device_name, "lanes": self.lanes, "model_hash": self.model_hash,
+                                      "pid": os.getpid(), "client_id": cid}, self._stop)
+            log.debug("client %d: hello from pid %s", cid, hello.get("pid"))
+            return hello
+        log.warning("client %d refused: %s", cid, msg)
+        self._send_error_quietly(sock, msg)
+        return None
+
+    def _read_ahead(self, sock, frames: queue.Queue) -> None:
+        """Reader thread: frames in order into `frames`, then the exception that ended the stream."""
+        while True:
+            try:
+                item = recv_frame(sock, None, self._stop, self.max_payload)
+            except BaseException as e:  # noqa: BLE001 (handed to the connection thread, which re-raises it)
+                item = e
+            while True:
+                try:
+                    frames.put(item, timeout=_POLL)
+                    break
+                except queue.Full:
+                    if self._stop.is_set():
+                        return
+            if isinstance(item, BaseException) or item[1] == BYE:
+                return
+
+    def _chunk(self, sock, cid, payload) -> int:
+        """One CHUNK: RESULT, or ERROR for this chunk only.  Returns its atom count."""
+        try:
+            beats, n_atoms = decode_chunk(payload, self.lanes)
+            out = self._run(beats, n_atoms)
+        except (DeviceError, ValueError) as e:
+            log.warning("client %d: chunk failed: %s", cid, e)
+            send_json(sock, ERROR, {"message": str(e)}, self._stop)
+            return 0
+        send_frame(sock, RESULT, np.ascontiguousarray(out, dtype="<u8"), self._stop)
+        return n_atoms
+
+    def _run(self, beats, n_atoms) -> np.ndarray:
+        if n_atoms == 0:
+            return np.zeros((0, self.lanes), np.uint64)
+        with self._device_lock:
+            if self._stop.is_set():
+                raise DeviceError("the service is shutting down")
+            if self.device is None:
+                log.info("reopening device %s", self.device_name)
+                self.device = self._open_device()
+            try:
+                return self.device.run(beats, n_atoms, self.device_timeout)
+            except Exception as e:
+                log.error("device %s failed (%s: %s); it will be reopened for the next chunk",
+                          self.device_name, type(e).__name__, e)
+                self._close_device()
+                if isinstance(e, DeviceError):
+                    raise
+                raise DeviceError(f"{self.device_name}: {type(e).__name__}: {e}") from e
+
+    def _close_device(self) -> None:
+        dev, self.device = self.device, None
+        if dev is not None:
+            try:
+                dev.close()
+            except Exception as e:  # noqa: BLE001 (closing a failed device: report, go on)
+                log.error("closing device %s: %s", self.device_name, e)
+
+    def _send_error_quietly(self, sock, message: str) -> None:
+        """ERROR to a peer that may already be gone."""
+        try:
+            send_json(sock, ERROR, {"message": message}, None)
+        except (OSError, TimeoutError):
+            pass
+
+
+def _peer(sock: socket.socket) -> str:
+    """'pid P, uid U' of the connecting process (Linux SO_PEERCRED), for the log."""
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return f"pid {pid}, uid {uid}"
+    except (AttributeError, OSError):
+        return "peer unknown"
+
+
+# ---- the client --------------------------------------------------------------------------------
+
+class SocketDevice(Device):
+    """A Device whose chunks run in a dpfpga service (`python -m host serve`) at `path`.
+
+    `open()` connects and checks the model hash; it is optional: reading `lanes` or submitting a chunk
+    connects too.  Every wait is bounded: `collect(timeout)` (None: this device's `timeout`) raises
+    DeviceTimeout when no reply comes in time, DeviceError when the service is absent, refuses the
+    model, fails the chunk or dies.  After any failure the connection is dropped (so that a late reply
+    can never be taken for a later chunk's) and the next submit connects afresh.  Like every Device, it
+    is used from one thread at a time; threads that compute at once each open their own.
+    """
+
+    depth = 2
+
+    def __init__(self, qm, path, timeout: float = 600.0, connect_timeout: float = 10.0):
+        # Not Device.__init__: `lanes` is the service's, known once connected.
+        self.qm, self.model_hash = qm, qm.hash
+        self.path, self.timeout, self.connect_timeout = str(path), timeout, connect_timeout
+        self.name = f"socket:{self.path}"
+        self.remote: dict = {}
+        self._sock: socket.socket | None = None
+        self._in_flight = 0
+
+    @property
+    def lanes(self) -> int:
+        if not self.remote:
+            self.open()
+        return int(self.remote["lanes"])
+
+    def describe(self) -> str:
+        if not self.remote:
+            return f"{self.name} (not connected)"
+        return (f"{self.remote['device']} via {self.path} (service pid {self.remote['pid']}, lanes "
+                f"{self.remote['lanes']}, model {self.model_hash[:12]})")
+
+    def open(self) -> None:
+        if self._sock is not None:
+            return
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.connect_timeout)
+        try:
+            s.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            s.close()
+            raise DeviceError(f"no dpfpga service listening at {self.path} (start one with: python -m host serve "
+                              f"--model MODEL --device reference --socket {self.path})") from None
+        except OSError as e:
+            s.close()
+            raise DeviceError(f"cannot connect to the dpfpga service at {self.path}: {e}") from None
+        s.settimeout(_POLL)
+        self._sock = s
+        try:
+            send_json(s, HELLO, {"protocol": PROTOCOL_VERSION, "model_hash": self.model_hash, "pid": os.getpid()})
+            mtype, payload = self._recv(self.connect_timeout, "WELCOME")
+            if mtype != WELCOME:
+                raise DeviceError(f"{self.name}: expected WELCOME, got {MESSAGE_NAMES.get(mtype, mtype)}")
+            self.remote = _json(payload)
+        except ProtocolError as e:
+            self._drop()
+            raise DeviceError(f"{self.name}: protocol error: {e}") from None
+        except BaseException:
+            self._drop()
+            raise
+        self._in_flight = 0
+
+    def submit(self, beats, n_atoms) -> None:
+        self.open()
+        beats = np.asarray(beats)
+        if beats.ndim != 2 or beats.shape[1] != self.lanes:
+            raise DeviceError(f"{self.name}: beats must be (n, {self.lanes}) words, got shape {beats.shape}")
+        try:
+            send_frame(self._sock, CHUNK, encode_chunk(beats, int(n_atoms)), timeout=self.timeout)
+        except TimeoutError:
+            self._drop()
+            raise DeviceTimeout(f"{self.name}: the service took no data for {self.timeout} s") from None
+        except OSError as e:
+            self._drop()
+            raise DeviceError(f"{self.name}: the service closed the connection ({e}); did it stop? "
+                              "see its log") from None
+        self._in_flight += 1
+
+    def collect(self, timeout=None) -> np.ndarray:
+        if self._sock is None or self._in_flight == 0:
+            raise DeviceError(f"{self.name}: collect() without a chunk in flight")
+        timeout = self.timeout if timeout is None else timeout
+        mtype, payload = self._recv(timeout, "RESULT")
+        if mtype != RESULT:
+            self._drop()
+            raise DeviceError(f"{self.name}: expected RESULT, got {MESSAGE_NAMES.get(mtype, mtype)}")
+        self._in_flight -= 1
+        if len(payload) % (8 * self.lanes):
+            self._drop()
+            raise DeviceError(f"{self.name}: RESULT of {len(payload)} bytes is not whole beats of {self.lanes} words")
+        return np.frombuffer(payload, dtype="<u8").astype(np.uint64, copy=False).reshape(-1, self.lanes)
+
+    def _recv(self, timeout, expected: str) -> tuple[int, bytearray]:
+        """The next frame; ERROR, EOF, timeouts and protocol errors become DeviceError (connection dropped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            _, mtype, payload = recv_frame(self._sock, deadline)
+        except TimeoutError:
+            self._drop()
+            raise DeviceTimeout(f"{self.name}: no {expected} within {timeout} s") from None
+        except (EOFError, ProtocolError, OSError) as e:
+            in_flight = self._in_flight
+            self._drop()
+            detail = "" if isinstance(e, EOFError) else f" ({e})"
+            raise DeviceError(f"{self.name}: the dpfpga service closed the connection while {in_flight} chunk(s) "
+                              f"were in flight{detail}; did it die? see its log") from None
+        if mtype == ERROR:
+            self._drop()
+            try:
+                message = _json(payload).get("message", "(no message)")
+            except ProtocolError:
+                message = bytes(payload[:200]).decode(errors="replace")
+            raise DeviceError(f"dpfpga service at {self.path}: {message}")
+        return mtype, payload
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._in_flight = None, 0
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                send_frame(self._sock, BYE, b"", timeout=1.0)
+            except (OSError, TimeoutError):
+                pass
+        self._drop()
