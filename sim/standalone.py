@@ -12,6 +12,7 @@ beats on stdout; see the C++ file for its streaming contract and exit codes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -51,6 +52,16 @@ def build_harness(verilog_path: Path, jobs: int | None = None) -> Path:
     if exe.exists() and stamp.exists() and stamp.read_text() == key:
         return exe
     out.mkdir(parents=True, exist_ok=True)
+    # Two processes building into one folder corrupt each other's objects: one builds, the other
+    # waits for the lock and then finds the stamp.
+    with open(out / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if exe.exists() and stamp.exists() and stamp.read_text() == key:
+            return exe
+        return _build(verilog_path, out, exe, stamp, key, jobs)
+
+
+def _build(verilog_path: Path, out: Path, exe: Path, stamp: Path, key: str, jobs: int | None) -> Path:
     stamp.unlink(missing_ok=True)
     jobs = jobs or max(1, os.cpu_count() or 1)
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(jobs), *VERILATOR_ARGS, "--top-module", TOP,

@@ -29,6 +29,7 @@ def open_device(spec: str, qm, lanes: int = 1, **options) -> Device:
         dev = RtlDevice(qm, lanes=lanes, **options)
     elif name == "xdma":
         from .xdma import XdmaDevice
+        # The card reports its own lane count (LANES register); `lanes` is not a choice there.
         dev = XdmaDevice(qm, prefix=arg or "/dev/xdma0", **options)
     else:
         raise DeviceError(f"unknown device {spec!r}; choose from {', '.join(DEVICE_HELP)}")
