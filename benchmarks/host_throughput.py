@@ -150,7 +150,7 @@ def rtl_speed(n_records: int) -> dict:
     from support import random_structure, tiny_qm
     qm = tiny_qm()
     knobs = Knobs(lanes=1, fit_par=2, desc_par=4)
-    pos, cell, types = random_structure(natoms=64, seed=3)
+    pos, cell, types = random_structure(natoms=64, box=13.0, seed=3)
     nc = NeighborChunks(pos, cell, True, qm.config.rcut, types, chunk_atoms=64)
     ch = next(iter(nc))
     d = quantize_displacements(ch.blocks.nbr_vec, qm.formats["coord"])
