@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gen import wire
-from model.assembly import DeviceFlagError, quantize_displacements
+from model.assembly import DeviceFlagError, add_pair_terms, check_flags, check_types, quantize_displacements
 from model.neighbors import check_sel, count_by_type
-from model.reference import FLAG_R_BELOW_MIN, describe_flags
 
 from .neighbors import NeighborChunks
 
@@ -54,11 +53,8 @@ class Evaluator:
 
     def compute(self, positions, cell, pbc, types, atomic_virial: bool = False) -> Result:
         qm, cfg, F = self.qm, self.qm.config, self.qm.formats
-        types = np.asarray(types, dtype=np.int64)
+        types = check_types(types, cfg)
         n = len(types)
-        if n and (types.min() < 0 or types.max() >= cfg.ntypes):
-            bad = int(np.argmax((types < 0) | (types >= cfg.ntypes)))
-            raise KeyError(f"atom {bad}: type {types[bad]} outside the model's type map {cfg.type_map}")
         t0 = time.perf_counter()
         chunks = NeighborChunks(positions, cell, pbc, cfg.rcut, types, self.chunk_atoms)
         forces = np.zeros((n, 3), dtype=np.int64)
@@ -107,7 +103,7 @@ class Evaluator:
         if bar is not None:
             bar.close()
         if self.strict:
-            self._check_flags(flags)
+            check_flags(flags)
         e_atom += qm.energy_bias[types]
         energy_int = int(e_atom.sum(dtype=np.int64)) if n < 2 ** 20 else sum(int(x) for x in e_atom)
         scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
@@ -133,25 +129,9 @@ class Evaluator:
         g = dEdr[valid]
         ci = ch.centers[np.nonzero(valid)[0]]
         nj = b.nbr_index[valid]
-        np.add.at(forces, ci, g)
-        np.add.at(forces, nj, -g)
         dv = d[valid]
-        step = 1 << 16
-        for lo in range(0, len(g), step):
-            virial -= np.einsum("ea,eb->ab", dv[lo:lo + step], g[lo:lo + step]).astype(object)
+        add_pair_terms(forces, virial, ci, nj, dv, g)
         if w_atom is not None:
             w = -0.5 * np.einsum("ea,eb->eab", dv, g).astype(np.float64)
             np.add.at(w_atom, ci, w)
             np.add.at(w_atom, nj, w)
-
-    def _check_flags(self, flags):
-        bad = (flags & ~FLAG_R_BELOW_MIN) != 0
-        if bad.any():
-            a = int(np.argmax(bad))
-            raise DeviceFlagError(f"atom {a}: {describe_flags(int(flags[a]))} ({int(bad.sum())} atom(s) flagged); "
-                                  "results are not usable")
-        if (flags & FLAG_R_BELOW_MIN).any():
-            import warnings
-            a = int(np.argmax((flags & FLAG_R_BELOW_MIN) != 0))
-            warnings.warn(f"atom {a}: {describe_flags(int(flags[a]))}; the tables clamp such pairs to r_min",
-                          RuntimeWarning, stacklevel=3)

@@ -60,12 +60,18 @@ def map_types(symbols, type_map) -> np.ndarray:
     return out
 
 
-def neighbor_blocks(qm: QuantizedModel, positions, cell, pbc, types) -> NeighborBlocks:
-    cfg = qm.config
+def check_types(types, cfg) -> np.ndarray:
+    """Types as int64; a type outside the model's type map is a KeyError naming the atom."""
     types = np.asarray(types, dtype=np.int64)
     if types.size and (types.min() < 0 or types.max() >= cfg.ntypes):
         bad = int(np.argmax((types < 0) | (types >= cfg.ntypes)))
         raise KeyError(f"atom {bad}: type {types[bad]} outside the model's type map {cfg.type_map}")
+    return types
+
+
+def neighbor_blocks(qm: QuantizedModel, positions, cell, pbc, types) -> NeighborBlocks:
+    cfg = qm.config
+    types = check_types(types, cfg)
     e = edges(np.asarray(positions, dtype=np.float64), np.asarray(cell, dtype=np.float64), pbc, cfg.rcut)
     check_sel(count_by_type(e, types, len(types), cfg.ntypes), cfg.sel, cfg.type_map)
     return blocks(e, types, len(types))
@@ -83,6 +89,16 @@ class Assembled:
     flags: np.ndarray  # (N,)
 
 
+def add_pair_terms(forces: np.ndarray, virial: np.ndarray, ci, nj, d, g) -> None:
+    """Fold pair results into the totals, exactly: F_ci += g, F_nj -= g (int64), and
+    virial -= sum d (x) g (Python ints; int64 partial sums over bounded blocks cannot overflow)."""
+    np.add.at(forces, ci, g)
+    np.add.at(forces, nj, -g)
+    step = 1 << 16
+    for lo in range(0, len(g), step):
+        virial -= np.einsum("ea,eb->ab", d[lo:lo + step], g[lo:lo + step]).astype(object)
+
+
 def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr_index: np.ndarray,
              natoms: int | None = None) -> Assembled:
     F = qm.formats
@@ -90,19 +106,10 @@ def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr
     valid = rec.nbr_type >= 0
     e_atom = res.energy + qm.energy_bias[rec.center_type]
     energy_int = int(e_atom.sum(dtype=np.int64)) if len(e_atom) < 2 ** 20 else sum(int(x) for x in e_atom)
-    g = res.dEdr[valid]  # (E, 3)
-    ci = np.broadcast_to(np.arange(len(rec))[:, None], valid.shape)[valid]
-    nj = nbr_index[valid]
     forces = np.zeros((n, 3), dtype=np.int64)
-    np.add.at(forces, ci, g)
-    np.add.at(forces, nj, -g)
-    d = rec.nbr_d[valid]
-    # Sum r (x) dE/dr exactly: int64 partial sums over bounded blocks, then Python ints.
     virial = np.zeros((3, 3), dtype=object)
-    step = 1 << 16
-    for lo in range(0, len(g), step):
-        part = np.einsum("ea,eb->ab", d[lo:lo + step], g[lo:lo + step])
-        virial -= part.astype(object)
+    ci = np.broadcast_to(np.arange(len(rec))[:, None], valid.shape)[valid]
+    add_pair_terms(forces, virial, ci, nbr_index[valid], rec.nbr_d[valid], res.dEdr[valid])
     scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
     return Assembled(
         energy=energy_int * 2.0 ** -F["E"].frac,
@@ -112,18 +119,19 @@ def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr
         energy_int=energy_int, forces_int=forces, virial_int=virial, flags=res.flags)
 
 
-def check_flags(res: ReferenceResult, allow=FLAG_R_BELOW_MIN) -> None:
+def check_flags(flags: np.ndarray, allow=FLAG_R_BELOW_MIN) -> None:
     """Raise DeviceFlagError naming the first flagged atom (flags in `allow` only warn)."""
     import warnings
-    bad = (res.flags & ~allow) != 0
+    flags = np.asarray(flags)
+    bad = (flags & ~allow) != 0
     if bad.any():
         a = int(np.argmax(bad))
-        raise DeviceFlagError(f"atom {a}: {describe_flags(int(res.flags[a]))} "
+        raise DeviceFlagError(f"atom {a}: {describe_flags(int(flags[a]))} "
                               f"({int(bad.sum())} atom(s) flagged); results are not usable")
-    warn = (res.flags & allow) != 0
+    warn = (flags & allow) != 0
     if warn.any():
         a = int(np.argmax(warn))
-        warnings.warn(f"atom {a}: {describe_flags(int(res.flags[a]))} ({int(warn.sum())} atom(s)); "
+        warnings.warn(f"atom {a}: {describe_flags(int(flags[a]))} ({int(warn.sum())} atom(s)); "
                       "the tables clamp such pairs to r_min", RuntimeWarning, stacklevel=3)
 
 
@@ -133,5 +141,5 @@ def compute(qm: QuantizedModel, positions, cell, pbc: bool, types, strict: bool 
     rec = quantize_records(qm, nb)
     res = evaluate(qm, rec)
     if strict:
-        check_flags(res)
+        check_flags(res.flags)
     return assemble(qm, rec, res, nb.nbr_index, len(rec))

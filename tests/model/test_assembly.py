@@ -61,4 +61,4 @@ def test_flag_check_raises():
     res = ReferenceResult(energy=np.zeros(3, dtype=np.int64), dEdr=np.zeros((3, 1, 3), dtype=np.int64),
                           flags=np.array([0, FLAG_NEIGHBOR_OVERFLOW, 0]))
     with pytest.raises(DeviceFlagError, match="atom 1: neighbour count above sel"):
-        check_flags(res)
+        check_flags(res.flags)
