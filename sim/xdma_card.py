@@ -52,7 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gen import wire
 from host.devices import regmap as rm
+from model.modelfile import content_hash
 
 log = logging.getLogger("sim.xdma_card")
 
@@ -61,14 +63,6 @@ POLL_S = 0.2  # the longest a pump sleeps before looking at its stop flag again
 CONTROL_POLL_S = 0.02
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20  # ask the kernel for 1 MiB pipes (default 64 KiB): fewer wake-ups per chunk
-KIND_HEADER, KIND_RECORD = 1, 2
-
-
-def _model_hash(qm) -> str:
-    if qm.hash:
-        return qm.hash
-    from model.modelfile import compute_hash
-    return compute_hash(qm.header(), qm.arrays())
 
 
 def _wait(fd: int, event: int, timeout_s: float = POLL_S) -> bool:
@@ -111,8 +105,8 @@ class _Session:
             except BlockingIOError:
                 continue
             w, rest = _words(rest, data)
-            kind = w >> np.uint64(62)
-            card.count(atoms_in=int((kind == KIND_HEADER).sum()), records_in=int((kind == KIND_RECORD).sum()))
+            kind = wire.kind(w)
+            card.count(atoms_in=int((kind == wire.HEADER).sum()), records_in=int((kind == wire.RECORD).sum()))
             try:
                 view = memoryview(data)
                 while view:  # blocking: the harness takes input as fast as it can compute
@@ -132,10 +126,10 @@ class _Session:
             if card.stall:
                 continue  # test hook: a card that stops answering
             w, rest = _words(rest, data)
-            kind = w >> np.uint64(62)
-            heads, recs = w[kind == KIND_HEADER], w[kind == KIND_RECORD]
-            flags = int(np.bitwise_or.reduce((heads >> np.uint64(32)) & np.uint64(0xFF))) if len(heads) else 0
-            if ((recs >> np.uint64(61)) & np.uint64(1)).any():
+            kind = wire.kind(w)
+            heads, recs = w[kind == wire.HEADER], w[kind == wire.RECORD]
+            flags = int(np.bitwise_or.reduce(wire.decode_output_header(heads)[2])) if len(heads) else 0
+            if wire.decode_output_record(recs)[1].any():
                 flags |= FLAG_SATURATED  # an atom's flags include its records' saturation bits
             card.count(atoms_out=len(heads), flags=flags)
             view = memoryview(data)
@@ -181,7 +175,7 @@ class XdmaCard:
         self.lanes = self.knobs.lanes
         self.prefix = str(prefix)
         self.regmap = rm.load(regmap)
-        self.model_hash = _model_hash(qm)
+        self.model_hash = content_hash(qm)
         self.stall, self.stall_cycles, self.exe = stall, stall_cycles, exe
         self.paths = {"h2c": f"{self.prefix}_h2c_0", "c2h": f"{self.prefix}_c2h_0", "user": f"{self.prefix}_user"}
         self.fds: dict[str, int] = {}
