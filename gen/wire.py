@@ -96,6 +96,13 @@ def decode_output_header(word):
     return field(word, 50, 12), field(word, 40, 10), field(word, 32, 8), signed_field(word, 0, 32)
 
 
+def result_beats(header_word: int, lanes: int) -> int:
+    """Beats an atom's results take on the output stream: its header beat and ceil(n / lanes) record
+    beats (how a reader cuts the stream into atoms)."""
+    n = (int(header_word) >> 40) & 0x3FF
+    return 1 + -(-n // lanes)
+
+
 def decode_output_record(word):
     """(dE/dr (..., 3), saturated)"""
     return np.stack([signed_field(word, 20 * a, 20) for a in range(3)], axis=-1), field(word, 61, 1)

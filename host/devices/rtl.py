@@ -70,10 +70,9 @@ class RtlDevice(Device):
                     head = self._read_beats(1)
                     if wire.kind(head[0, 0]) != wire.HEADER:
                         raise DeviceError(f"rtl: expected a result header, got word {int(head[0, 0]):#018x}")
-                    n = int(wire.decode_output_header(head[0, 0])[1])
                     parts.append(head)
-                    if n:
-                        parts.append(self._read_beats(-(-n // self.lanes)))
+                    if (more := wire.result_beats(head[0, 0], self.lanes) - 1):
+                        parts.append(self._read_beats(more))
                 self._done.put(np.concatenate(parts) if parts else np.zeros((0, self.lanes), np.uint64))
         except EOFError:
             self.proc.wait(timeout=10)

@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from gen import wire
+from model.modelfile import content_hash
 
 from . import regmap as rm
 from .base import Device, DeviceError, DeviceTimeout
@@ -42,13 +43,6 @@ MAX_TRANSFER = 4 << 20  # bytes per h2c write(): bounds the driver's pinned page
 READ_SIZE = 1 << 20  # bytes per c2h read()
 POLL_S = 0.2  # the longest a thread sleeps before it looks at the stop flag again
 SUPPORTED_VERSIONS = (1,)
-
-
-def _model_hash(qm) -> str:
-    if qm.hash:
-        return qm.hash
-    from model.modelfile import compute_hash  # an unsaved model: the hash its file would carry
-    return compute_hash(qm.header(), qm.arrays())
 
 
 class XdmaDevice(Device):
@@ -60,7 +54,7 @@ class XdmaDevice(Device):
         `collect(None)` and the bound on open()'s soft reset.  `self.lanes` is the card's only after
         open(), so build an Evaluator on an opened device (open_device("xdma:PREFIX", qm) does)."""
         super().__init__(qm, lanes=lanes or 1)
-        self.model_hash = _model_hash(qm)
+        self.model_hash = content_hash(qm)
         self.prefix = str(prefix)
         self.regmap = rm.load(regmap)
         self.timeout = timeout
@@ -207,7 +201,7 @@ class XdmaDevice(Device):
                     if head >> wire.KIND_SHIFT != wire.HEADER:
                         raise DeviceError(f"{self.prefix}: stream broken: expected a result header, got word "
                                           f"{head:#018x}; {self._state()}")
-                    size = beat * (1 + -(-((head >> 40) & 0x3FF) // self.lanes))  # header + record beats
+                    size = beat * wire.result_beats(head, self.lanes)
                     if len(buf) - pos < size:
                         break
                     pos += size
