@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import write_json  # noqa: E402
+
 
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
@@ -84,10 +86,7 @@ def main(argv=None):
         print(f"{r['atoms']:9,d} atoms: baseline {r['baseline_rss_mb']:7.0f} MB, peak {r['peak_rss_mb']:7.0f} MB, "
               f"extra {r['extra_bytes_per_atom']:6.0f} B/atom, peak {r['peak_bytes_per_atom']:6.0f} B/atom; "
               f"{r['seconds']:.0f} s ({r['s_per_atom']:.2e} s/atom, reference device, 1 thread)")
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": "host_memory", "runs": runs}, indent=1))
-    print(f"JSON: {path}")
+    write_json({"benchmark": "host_memory", "runs": runs}, args.json)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import timed_median, write_json  # noqa: E402
 from gen import wire  # noqa: E402
 from host.neighbors import NeighborChunks  # noqa: E402
 from model import modelfile  # noqa: E402
@@ -52,15 +51,6 @@ def gete_box(n_atoms: int, seed: int = 0):
     atoms = bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat((reps, reps, reps))
     atoms.rattle(0.15, seed=seed)
     return atoms
-
-
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, statistics.median(times)
 
 
 def main(argv=None):
@@ -86,10 +76,10 @@ def main(argv=None):
     d[b.nbr_type < 0] = 0
     k = len(ch.centers)
     records = int((b.nbr_type >= 0).sum())
-    beats, t_enc = timed(lambda: wire.encode_atoms(b.center_type, b.nbr_type, d, 1, tags=ch.centers & 0xFFF), args.repeat)
+    beats, t_enc = timed_median(lambda: wire.encode_atoms(b.center_type, b.nbr_type, d, 1, tags=ch.centers & 0xFFF), args.repeat)
     res = evaluate(qm, NeighborRecords(b.center_type, b.nbr_type, d))
     out = wire.encode_results(res.energy, res.dEdr, res.flags, (b.nbr_type >= 0).sum(1), ch.centers & 0xFFF, 1)
-    _, t_dec = timed(lambda: wire.decode_results(out, k, b.nbr_type.shape[1]), args.repeat)
+    _, t_dec = timed_median(lambda: wire.decode_results(out, k, b.nbr_type.shape[1]), args.repeat)
     mean_n = records / k
     bytes_in, bytes_out = beats.size * 8 / k, out.size * 8 / k
     result["encoder"] = {"atoms": k, "records": records, "seconds": t_enc, "atoms_per_s": k / t_enc,
@@ -107,7 +97,7 @@ def main(argv=None):
     for n in args.sizes:
         atoms = gete_box(n)
         types = map_types(atoms.get_chemical_symbols(), qm.config.type_map)
-        _, t_nl = timed(lambda: sum(len(c.centers) for c in NeighborChunks(
+        _, t_nl = timed_median(lambda: sum(len(c.centers) for c in NeighborChunks(
             atoms.positions, atoms.cell.array, True, qm.config.rcut, types, chunk_atoms=args.chunk)), args.repeat)
         calc = Calculator(model=args.model, device="reference", chunk_atoms=args.chunk)
 
@@ -116,7 +106,7 @@ def main(argv=None):
             calc.calculate(atoms, ["energy", "forces", "stress"])
             return calc.last_result.timings
 
-        timings, t_step = timed(step, args.repeat)
+        timings, t_step = timed_median(step, args.repeat)
         calc.close()
         na = len(atoms)
         result["sizes"][na] = {"neighbour_list_atoms_per_s": na / t_nl, "ase_step_seconds": t_step,
@@ -136,10 +126,7 @@ def main(argv=None):
         result["rtl"] = {"skipped": str(e)}
         print(f"rtl device: skipped ({e})")
 
-    out_path = Path(args.json)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1, default=str))
-    print(f"JSON: {out_path}")
+    write_json(result, args.json)
 
 
 def rtl_speed(n_records: int) -> dict:

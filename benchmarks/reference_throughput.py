@@ -15,11 +15,9 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"  # single thread, before NumPy loads BLAS
 
 import argparse
-import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import timed, write_json  # noqa: E402
 from model import modelfile  # noqa: E402
 from model.assembly import assemble, neighbor_blocks, quantize_records  # noqa: E402
 from model.cli import EXAMPLE_MODEL  # noqa: E402
@@ -50,15 +49,6 @@ def gete_4096():
         atoms.positions += np.random.default_rng(0).normal(0, 0.1, atoms.positions.shape)
         source = "rock-salt GeTe 8x8x8, a=6.0 Å, 0.1 Å random displacements (shared data absent)"
     return atoms, source
-
-
-def timed(fn, repeat):
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return out, times
 
 
 def main(argv=None):
@@ -112,10 +102,7 @@ def main(argv=None):
     print(f"  reference end to end (nl+quantize+reference+assembly): "
           f"{result['reference_end_to_end_atoms_per_s']:,.0f} atoms/s")
     print(f"  reference / float-model time: {result['reference_over_float_time']:.2f}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"JSON: {out}")
+    write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ simulated steady-state cycles/atom of the configuration run here.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import write_json  # noqa: E402
 from gen import cycles, wire  # noqa: E402
 from gen.ir import Knobs  # noqa: E402
 from model import modelfile  # noqa: E402
@@ -138,10 +138,7 @@ def main(argv=None):
         sim: {"simulated": r.get("steady_cycles_per_atom"),
               "model": cycles.cycles_per_atom((gete_records(qm, r["records_in"]).nbr_type >= 0).sum(axis=1), knobs, shape)}
         for sim, r in result["simulators"].items() if "records_in" in r}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"JSON: {out}")
+    write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ PCIe is full duplex: the link bound is the larger direction divided by the bandw
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import write_json  # noqa: E402
 from model import modelfile  # noqa: E402
 from model.cli import EXAMPLE_MODEL  # noqa: E402
 from model.neighbors import edges  # noqa: E402
@@ -74,10 +74,7 @@ def main(argv=None):
         print(f"{name:48s} {f['in']:10.1f} {f['out']:10.1f}  "
               + "  ".join(f"{v:17.2e} s" for v in f["link_bound_s_per_atom"].values()))
     print(f"seed: {SEED_S_PER_ATOM:.1e} s/step/atom (GeTe)")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"JSON: {out}")
+    write_json(result, args.json)
 
 
 if __name__ == "__main__":
