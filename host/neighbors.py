@@ -168,3 +168,65 @@ class NeighborChunks:
         b = blocks(e, self.types, k)
         b.center_type = self.types[centers]
         return Chunk(centers=centers, blocks=b, edges=e)
+
+
+class GivenNeighbors:
+    """Chunks from a neighbour list someone else built (LAMMPS): local atoms first, then ghosts.
+
+        GivenNeighbors(x, types, nlocal, numneigh, neighbors, rcut, chunk_atoms)
+
+    x (nall, 3) positions of local and ghost atoms (ghosts are periodic images or other ranks'
+    atoms, already placed where they are seen from here); centre atoms are the local ones, 0..nlocal-1;
+    numneigh (nlocal,) and neighbors (sum numneigh,) the full list in CSR form (indices into x), in
+    any order and possibly with extra pairs beyond rcut (a skin).  r_ij = x_j - x_i, and pairs are kept
+    with the same test as NeighborChunks (|r_ij|^2 < rcut^2 on those vectors), so one structure gives
+    the same records whichever class found the pairs.  Chunks are runs of consecutive centres.
+    """
+
+    def __init__(self, x, types, nlocal: int, numneigh, neighbors, rcut: float, chunk_atoms: int = 4096):
+        self.x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, 3)
+        self.types = np.asarray(types, dtype=np.int64)
+        self.nlocal, self.natoms = int(nlocal), len(self.x)
+        self.numneigh = np.asarray(numneigh, dtype=np.int64)
+        self.neighbors = np.asarray(neighbors, dtype=np.int64)
+        self.rcut, self.chunk_atoms = float(rcut), max(1, int(chunk_atoms))
+        if len(self.types) != self.natoms:
+            raise StructureError(f"{len(self.types)} types for {self.natoms} atoms")
+        if not 0 <= self.nlocal <= self.natoms or len(self.numneigh) != self.nlocal:
+            raise StructureError(f"neighbour counts for {len(self.numneigh)} centres, {self.nlocal} local atoms, "
+                                 f"{self.natoms} atoms in all")
+        if (self.numneigh < 0).any() or int(self.numneigh.sum()) != len(self.neighbors):
+            raise StructureError(f"neighbour counts sum to {int(self.numneigh.sum())}, the list holds "
+                                 f"{len(self.neighbors)} entries")
+        if len(self.neighbors) and (self.neighbors.min() < 0 or self.neighbors.max() >= self.natoms):
+            k = int(np.argmax((self.neighbors < 0) | (self.neighbors >= self.natoms)))
+            raise StructureError(f"neighbour list entry {k} = {int(self.neighbors[k])} is not an atom index "
+                                 f"(0 .. {self.natoms - 1})")
+        if not np.isfinite(self.x).all():
+            a = int(np.argmax(~np.isfinite(self.x).all(axis=1)))
+            raise StructureError(f"atom {a}: position {self.x[a].tolist()} is not finite")
+        self.start = np.concatenate([[0], np.cumsum(self.numneigh)]).astype(np.int64)
+
+    def __len__(self):
+        return -(-self.nlocal // self.chunk_atoms)
+
+    def __iter__(self):
+        for lo in range(0, self.nlocal, self.chunk_atoms):
+            yield self.chunk(lo, min(lo + self.chunk_atoms, self.nlocal))
+
+    def chunk(self, lo: int, hi: int) -> Chunk:
+        centers = np.arange(lo, hi, dtype=np.int64)
+        k = hi - lo
+        i_local = np.repeat(np.arange(k, dtype=np.int64), self.numneigh[lo:hi])
+        j = self.neighbors[self.start[lo]:self.start[hi]]
+        vec = self.x[j] - self.x[lo + i_local]
+        ok = np.einsum("ij,ij->i", vec, vec) < self.rcut * self.rcut
+        i_local, j, vec = i_local[ok], j[ok], vec[ok]
+        if (j == lo + i_local).any():
+            a = int(lo + i_local[np.argmax(j == lo + i_local)])
+            raise StructureError(f"atom {a} is listed as its own neighbour")
+        order = np.lexsort((j, i_local))
+        e = Edges(i=i_local[order], j=j[order], shift=np.zeros((len(order), 3), dtype=np.int64), vec=vec[order])
+        b = blocks(e, self.types, k)
+        b.center_type = self.types[centers]
+        return Chunk(centers=centers, blocks=b, edges=e)

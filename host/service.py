@@ -5,9 +5,15 @@
     host.ase.Calculator(device="socket:/tmp/dpfpga.sock")                          # the same, via ASE
 
 A card (or a Verilator model) can be opened by one process only, while LAMMPS runs one process per MPI
-rank: the service is that one process.  Clients send chunks of input beats (the wire format of
-docs/ARCHITECTURE.md) and get the output beats back; the host-side work (neighbour lists, encoding,
-folding results into forces) stays in each client.
+rank: the service is that one process.  Clients speak to it at one of two levels:
+
+* beats (Python clients, `SocketDevice`): chunks of input beats in the wire format of
+  docs/ARCHITECTURE.md in, output beats back; the host-side work (neighbour lists, encoding, folding
+  results into forces) stays in each client;
+* structures (the LAMMPS plugin, host/lammps/): a rank's local and ghost atoms and its neighbour list
+  in, energy, forces, virial (and per-atom energies and virials) back; the service does the host-side
+  work with `Evaluator.compute_neighbors`, so the C++ plugin holds no copy of the quantization or
+  assembly rules and its numbers are the ASE calculator's, bit for bit.
 
 Protocol (version `PROTOCOL_VERSION`).  Every message is a frame: a 16-byte header, then the payload.
 
@@ -15,18 +21,25 @@ Protocol (version `PROTOCOL_VERSION`).  Every message is a frame: a 16-byte head
 
 | type | code | direction | payload |
 |---|---|---|---|
-| HELLO   | 1 | client → service | JSON {protocol: int, model_hash: str, pid: int} |
-| WELCOME | 2 | service → client | JSON {device: str, lanes: int, model_hash: str, pid: int, client_id: int} |
+| HELLO   | 1 | client → service | JSON {protocol: int, model_hash: str *or* model_file: str, pid: int} |
+| WELCOME | 2 | service → client | JSON {device: str, lanes: int, model_hash: str, pid: int, client_id: int, type_map: [str], rcut: float, sel: [int]} |
 | CHUNK   | 3 | client → service | u64 n_atoms (little-endian), then n × lanes beats as little-endian uint64 |
 | RESULT  | 4 | service → client | the chunk's output beats, little-endian uint64 (a multiple of lanes words) |
 | ERROR   | 5 | either way       | JSON {message: str} (human-readable) |
 | BYE     | 6 | client → service | empty: the client is done |
+| STRUCTURE | 7 | client → service | `STRUCTURE_HEADER` (nlocal, nall, npairs, want) then x f64[nall,3], atom id i64[nall], model type i32[nall], numneigh i32[nlocal], neighbours i32[npairs] |
+| FORCES  | 8 | service → client | `FORCES_HEADER` (nall, nlocal, have) then energy f64, virial f64[6] (xx yy zz xy xz yz), timings f64[4], forces f64[nall,3], per-atom energy f64[nlocal] (have & 1), per-atom virial f64[nall,6] (have & 2) |
+
+A client that knows no model hash (the C++ plugin cannot hash an .npz) names its model file instead:
+the service loads that file and compares hashes, so a mismatch is refused all the same.  All numbers
+are little-endian.  FORCES carries the fixed-point results converted to float64 once (exact: they
+are integers times a power of two); `want` bit 0 asks for per-atom energies, bit 1 for per-atom virials.
 
 A connection starts with HELLO; the service answers WELCOME, or ERROR and closes the connection when
 the protocol version or the model hash differ (the message names both).  Then the client sends CHUNKs,
 and may send the next one before reading the previous RESULT (pipelining, `SocketDevice.depth` = 2):
-the service handles a connection's messages in order and answers each CHUNK with one RESULT, or with
-one ERROR when that chunk failed (the connection stays usable).  A frame with a bad magic, a payload
+the service handles a connection's messages in order and answers each CHUNK with one RESULT (each
+STRUCTURE with one FORCES), or with one ERROR when that request failed (the connection stays usable).  A frame with a bad magic, a payload
 over `MAX_PAYLOAD` (checked before anything is allocated), a truncated frame or an unexpected type gets
 an ERROR (when the peer still listens) and the connection is closed.  The device is shared: chunks of
 all connections go to it one at a time, and each RESULT goes back on the connection that sent its chunk.
@@ -34,6 +47,7 @@ all connections go to it one at a time, and each RESULT goes back on the connect
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -51,11 +65,17 @@ import numpy as np
 
 from .devices.base import Device, DeviceError, DeviceTimeout
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"DPFG"
 HEADER = struct.Struct("<4sHHQ")
-HELLO, WELCOME, CHUNK, RESULT, ERROR, BYE = 1, 2, 3, 4, 5, 6
-MESSAGE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CHUNK: "CHUNK", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE"}
+HELLO, WELCOME, CHUNK, RESULT, ERROR, BYE, STRUCTURE, FORCES = 1, 2, 3, 4, 5, 6, 7, 8
+MESSAGE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CHUNK: "CHUNK", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE",
+                 STRUCTURE: "STRUCTURE", FORCES: "FORCES"}
+#: STRUCTURE: nlocal, nall, npairs (u64), want (u32: bit 0 per-atom energy, bit 1 per-atom virial), 0 (u32).
+STRUCTURE_HEADER = struct.Struct("<QQQII")
+#: FORCES: nall, nlocal (u64), have (u32, as `want`), 0 (u32).
+FORCES_HEADER = struct.Struct("<QQII")
+WANT_EATOM, WANT_VATOM = 1, 2
 #: Largest payload either side accepts (a 4096-atom GeTe chunk is about 2 MB).
 MAX_PAYLOAD = 1 << 28
 #: Once the first byte of a frame has arrived, the rest must arrive (or be taken by the peer) within this.
@@ -178,6 +198,90 @@ def decode_chunk(payload: bytearray, lanes: int) -> tuple[np.ndarray, int]:
     return beats, n_atoms
 
 
+@dataclasses.dataclass
+class StructureRequest:
+    """One MD domain: local atoms 0..nlocal-1, then ghosts; the local atoms' full neighbour list (CSR)."""
+
+    nlocal: int
+    x: np.ndarray  # (nall, 3) float64
+    ids: np.ndarray  # (nall,) int64 the MD code's atom ids (for messages)
+    types: np.ndarray  # (nall,) int32 model types
+    numneigh: np.ndarray  # (nlocal,) int32
+    neighbors: np.ndarray  # (npairs,) int32 indices into x
+    want: int = 0
+
+
+def encode_structure(req: StructureRequest) -> list:
+    """STRUCTURE payload parts (what the C++ plugin writes; the Python twin is for tests and tools)."""
+    nall = len(req.x)
+    return [STRUCTURE_HEADER.pack(req.nlocal, nall, len(req.neighbors), req.want, 0),
+            np.ascontiguousarray(req.x, dtype="<f8"), np.ascontiguousarray(req.ids, dtype="<i8"),
+            np.ascontiguousarray(req.types, dtype="<i4"), np.ascontiguousarray(req.numneigh, dtype="<i4"),
+            np.ascontiguousarray(req.neighbors, dtype="<i4")]
+
+
+def decode_structure(payload) -> StructureRequest:
+    """STRUCTURE payload -> request; sizes are checked before any array is read (ValueError names them)."""
+    if len(payload) < STRUCTURE_HEADER.size:
+        raise ValueError(f"STRUCTURE payload of {len(payload)} bytes is shorter than its header")
+    nlocal, nall, npairs, want, _ = STRUCTURE_HEADER.unpack_from(payload)
+    if nlocal > nall:
+        raise ValueError(f"STRUCTURE announces {nlocal} local atoms but only {nall} atoms in all")
+    expect = STRUCTURE_HEADER.size + 36 * nall + 4 * nlocal + 4 * npairs
+    if len(payload) != expect:
+        raise ValueError(f"STRUCTURE payload of {len(payload)} bytes; nlocal {nlocal}, nall {nall}, npairs {npairs} "
+                         f"need {expect}")
+    off = STRUCTURE_HEADER.size
+
+    def take(dtype, count):
+        nonlocal off
+        a = np.frombuffer(payload, dtype=dtype, count=count, offset=off)
+        off += a.nbytes
+        return a
+
+    x = take("<f8", 3 * nall).reshape(nall, 3)
+    return StructureRequest(nlocal=nlocal, x=x, ids=take("<i8", nall), types=take("<i4", nall),
+                            numneigh=take("<i4", nlocal), neighbors=take("<i4", npairs), want=want)
+
+
+def voigt6(w: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) -> (..., 6) in LAMMPS's order xx yy zz xy xz yz (W_ab = -sum r_a (dE/dr)_b)."""
+    return np.stack([w[..., 0, 0], w[..., 1, 1], w[..., 2, 2], w[..., 0, 1], w[..., 0, 2], w[..., 1, 2]], axis=-1)
+
+
+def encode_forces(res, nlocal: int, want: int) -> list:
+    """FORCES payload parts from an Evaluator Result."""
+    nall = len(res.forces)
+    t = res.timings
+    head = np.concatenate([[res.energy], voigt6(res.virial),
+                           [t.get("neighbors_encode", 0.0), t.get("device_wait", 0.0), t.get("assemble", 0.0),
+                            t.get("total", 0.0)]])
+    parts = [FORCES_HEADER.pack(nall, nlocal, want, 0), head.astype("<f8"),
+             np.ascontiguousarray(res.forces, dtype="<f8")]
+    if want & WANT_EATOM:
+        parts.append(np.ascontiguousarray(res.atomic_energies, dtype="<f8"))
+    if want & WANT_VATOM:
+        parts.append(np.ascontiguousarray(voigt6(res.atomic_virial), dtype="<f8"))
+    return parts
+
+
+def decode_forces(payload) -> dict:
+    """FORCES payload -> {energy, virial (6,), timings (4,), forces (nall, 3), eatom?, vatom?}."""
+    nall, nlocal, have, _ = FORCES_HEADER.unpack_from(payload)
+    expect = FORCES_HEADER.size + 8 * (11 + 3 * nall + (nlocal if have & WANT_EATOM else 0)
+                                       + (6 * nall if have & WANT_VATOM else 0))
+    if len(payload) != expect:
+        raise ProtocolError(f"FORCES payload of {len(payload)} bytes, expected {expect}")
+    a = np.frombuffer(payload, dtype="<f8", offset=FORCES_HEADER.size)
+    out = {"energy": float(a[0]), "virial": a[1:7], "timings": a[7:11], "forces": a[11:11 + 3 * nall].reshape(nall, 3)}
+    k = 11 + 3 * nall
+    if have & WANT_EATOM:
+        out["eatom"], k = a[k:k + nlocal], k + nlocal
+    if have & WANT_VATOM:
+        out["vatom"] = a[k:k + 6 * nall].reshape(nall, 6)
+    return out
+
+
 # ---- the service -------------------------------------------------------------------------------
 
 class ServiceError(RuntimeError):
@@ -196,9 +300,18 @@ class Service:
 
     def __init__(self, open_device: Callable[[], Device], model_hash: str, socket_path, *,
                  model_label: str = "", device_timeout: float = 600.0, max_clients: int = 64,
-                 max_payload: int = MAX_PAYLOAD):
+                 max_payload: int = MAX_PAYLOAD, qm=None, chunk_atoms: int = 4096, owner_pid: int | None = None,
+                 private_dir=None):
+        """`qm` (the loaded model) enables STRUCTURE requests; `owner_pid`: stop when that process is gone
+        (a private service started by the LAMMPS plugin must not outlive a LAMMPS that was killed), and
+        then also remove `private_dir` (the folder its owner made for its socket and log) with its files."""
         self._open_device = open_device
         self.model_hash, self.model_label = model_hash, model_label
+        self.qm, self.chunk_atoms, self.owner_pid = qm, chunk_atoms, owner_pid
+        self.private_dir = Path(private_dir) if private_dir else None
+        self._owner_gone = False
+        self._owner_is_parent = owner_pid is not None and owner_pid == os.getppid()
+        self._model_files: dict[str, tuple] = {}  # path -> (mtime_ns, size, hash): HELLOs naming a file
         self.path = Path(socket_path)
         self.device_timeout, self.max_clients, self.max_payload = device_timeout, max_clients, max_payload
         self.device: Device | None = None
@@ -226,6 +339,10 @@ class Service:
                 try:
                     sock, _ = self._listener.accept()
                 except socket.timeout:
+                    if self.owner_pid is not None and not self._owner_alive():
+                        log.warning("owner process %d is gone; stopping", self.owner_pid)
+                        self._owner_gone = True
+                        self._stop.set()
                     continue
                 except OSError:
                     if self._stop.is_set():
@@ -234,6 +351,17 @@ class Service:
                 self._start_client(sock)
         finally:
             self._shutdown()
+
+    def _owner_alive(self) -> bool:
+        if self._owner_is_parent:  # a dead parent's pid may be reused; being re-parented is unambiguous
+            return os.getppid() == self.owner_pid
+        try:
+            os.kill(self.owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
     def stop(self, signum=None, _frame=None) -> None:
         """Ask the accept loop and every connection to end (safe from a signal handler: no logging here)."""
@@ -313,6 +441,11 @@ class Service:
         else:
             log.error("device still busy after %s s; exiting without closing it", self.device_timeout)
         log.info("service stopped")
+        if self._owner_gone and self.private_dir is not None:
+            # Nobody is left to read the log: the owner (which would have removed the folder) died.
+            for f in self.private_dir.iterdir():
+                f.unlink(missing_ok=True)
+            self.private_dir.rmdir()
 
     # -- connections --
     def _start_client(self, sock: socket.socket) -> None:
@@ -354,10 +487,10 @@ class Service:
                 if mtype == BYE:
                     why = "said bye"
                     return
-                if mtype != CHUNK or version != PROTOCOL_VERSION:
+                if mtype not in (CHUNK, STRUCTURE) or version != PROTOCOL_VERSION:
                     raise ProtocolError(f"unexpected {MESSAGE_NAMES.get(mtype, f'message type {mtype}')} "
                                         f"(protocol {version}) after the handshake")
-                n = self._chunk(sock, cid, payload)
+                n = self._chunk(sock, cid, payload) if mtype == CHUNK else self._structure(sock, cid, payload)
                 chunks, atoms = chunks + 1, atoms + n
         except EOFError:
             pass
@@ -394,20 +527,80 @@ class Service:
             raise ProtocolError(f"expected HELLO, got {MESSAGE_NAMES.get(mtype, f'message type {mtype}')}")
         hello = _json(payload)
         theirs = hello.get("protocol", version)
+        ours = f"{self.model_hash[:12]}{f' ({self.model_label})' if self.model_label else ''}"
         if version != PROTOCOL_VERSION or theirs != PROTOCOL_VERSION:
             msg = f"protocol mismatch: the client speaks version {theirs}, this service {PROTOCOL_VERSION}"
+        elif "model_file" in hello and "model_hash" not in hello:
+            their_hash, msg = self._model_file_hash(str(hello["model_file"]))
+            if msg is None and their_hash != self.model_hash:
+                msg = (f"model mismatch: the client loaded {hello['model_file']} (model {their_hash[:12]}), the "
+                       f"service runs model {ours}; use the same model file on both sides")
         elif hello.get("model_hash") != self.model_hash:
             msg = (f"model mismatch: the client loaded model {str(hello.get('model_hash'))[:12]}, the service "
-                   f"runs model {self.model_hash[:12]}{f' ({self.model_label})' if self.model_label else ''}; "
-                   "load the same model file on both sides")
+                   f"runs model {ours}; load the same model file on both sides")
         else:
-            send_json(sock, WELCOME, {"device": self.device_name, "lanes": self.lanes, "model_hash": self.model_hash,
-                                      "pid": os.getpid(), "client_id": cid}, self._stop)
+            msg = None
+        if msg is None:
+            welcome = {"device": self.device_name, "lanes": self.lanes, "model_hash": self.model_hash,
+                       "pid": os.getpid(), "client_id": cid}
+            if self.qm is not None:
+                cfg = self.qm.config
+                welcome.update(type_map=list(cfg.type_map), rcut=float(cfg.rcut), sel=[int(k) for k in cfg.sel])
+            send_json(sock, WELCOME, welcome, self._stop)
             log.debug("client %d: hello from pid %s", cid, hello.get("pid"))
             return hello
         log.warning("client %d refused: %s", cid, msg)
         self._send_error_quietly(sock, msg)
         return None
+
+    def _model_file_hash(self, path: str) -> tuple[str | None, str | None]:
+        """(hash, None) of the model file a client names, or (None, why it cannot be used).  Cached by
+        path, size and mtime: every MPI rank of a run names the same file."""
+        from model import modelfile
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return None, f"the client's model file {path} cannot be read: {e.strerror}"
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._model_files.get(path)
+        if cached is not None and cached[:2] == key:
+            return cached[2], None
+        try:
+            h = modelfile.load(path).hash
+        except (modelfile.ModelFileError, OSError) as e:
+            return None, f"the client's model file is not usable: {e}"
+        self._model_files[path] = (*key, h)
+        return h, None
+
+    def _structure(self, sock, cid, payload) -> int:
+        """One STRUCTURE: the host-side work here (neighbour records, encoding, exact assembly), the chunks
+        on the shared device; FORCES back, or ERROR naming the atom (by the client's atom id) when the
+        structure cannot be evaluated.  Returns its local atom count."""
+        from model.assembly import DeviceFlagError, InputRangeError
+        from model.neighbors import NeighborOverflowError
+
+        from .evaluate import Evaluator
+        from .neighbors import StructureError
+        try:
+            if self.qm is None:
+                raise ValueError("this service was started without its model object and serves beats only")
+            req = decode_structure(payload)
+            ev = Evaluator(self.qm, _ServiceDevice(self), chunk_atoms=self.chunk_atoms, strict=True,
+                           timeout=self.device_timeout)
+            res = ev.compute_neighbors(req.x, req.types, req.nlocal, req.numneigh, req.neighbors,
+                                       atomic_virial=bool(req.want & WANT_VATOM), atom_ids=req.ids)
+        except (DeviceError, ValueError, KeyError, DeviceFlagError) as e:
+            # InputRangeError, NeighborOverflowError and StructureError are ValueErrors: name them all.
+            kind = type(e).__name__
+            what = {InputRangeError: "input out of range", NeighborOverflowError: "too many neighbours",
+                    StructureError: "bad structure", DeviceFlagError: "pipeline flags"}.get(type(e), kind)
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            log.warning("client %d: structure failed: %s", cid, msg)
+            send_json(sock, ERROR, {"message": f"{what}: {msg} (atoms are named by the client's atom ids)"},
+                      self._stop)
+            return 0
+        send_frame(sock, FORCES, encode_forces(res, req.nlocal, req.want), self._stop)
+        return req.nlocal
 
     def _read_ahead(self, sock, frames: queue.Queue) -> None:
         """Reader thread: frames in order into `frames`, then the exception that ended the stream."""
@@ -471,6 +664,32 @@ class Service:
             send_json(sock, ERROR, {"message": message}, None)
         except (OSError, TimeoutError):
             pass
+
+
+class _ServiceDevice(Device):
+    """The service's one device as an Evaluator inside a connection thread sees it: each chunk runs
+    synchronously under the service's device lock, between other connections' chunks."""
+
+    depth = 1
+
+    def __init__(self, service: "Service"):
+        self.service, self.lanes, self.name = service, service.lanes, service.device_name
+        self.model_hash = service.model_hash
+        self._pending = None
+
+    def open(self) -> None:
+        pass
+
+    def submit(self, beats, n_atoms) -> None:
+        self._pending = (beats, int(n_atoms))
+
+    def collect(self, timeout=None) -> np.ndarray:
+        beats, n_atoms = self._pending
+        self._pending = None
+        return self.service._run(beats, n_atoms)
+
+    def close(self) -> None:
+        pass
 
 
 def _peer(sock: socket.socket) -> str:
@@ -553,8 +772,31 @@ class SocketDevice(Device):
         beats = np.asarray(beats)
         if beats.ndim != 2 or beats.shape[1] != self.lanes:
             raise DeviceError(f"{self.name}: beats must be (n, {self.lanes}) words, got shape {beats.shape}")
+        self._send(CHUNK, encode_chunk(beats, int(n_atoms)))
+        self._in_flight += 1
+
+    def structure(self, req: StructureRequest, timeout=None) -> dict:
+        """Energy, forces and virial of one MD domain, evaluated in the service: the Python twin of what
+        the LAMMPS plugin sends (decode_forces gives the fields)."""
+        self.open()
+        if self._in_flight:
+            raise DeviceError(f"{self.name}: structure() while {self._in_flight} chunk(s) are in flight")
+        self._send(STRUCTURE, encode_structure(req))
+        self._in_flight = 1  # so that a failure while waiting reports it
+        mtype, payload = self._recv(self.timeout if timeout is None else timeout, "FORCES")
+        self._in_flight = 0
+        if mtype != FORCES:
+            self._drop()
+            raise DeviceError(f"{self.name}: expected FORCES, got {MESSAGE_NAMES.get(mtype, mtype)}")
         try:
-            send_frame(self._sock, CHUNK, encode_chunk(beats, int(n_atoms)), timeout=self.timeout)
+            return decode_forces(payload)
+        except ProtocolError as e:
+            self._drop()
+            raise DeviceError(f"{self.name}: {e}") from None
+
+    def _send(self, mtype: int, parts) -> None:
+        try:
+            send_frame(self._sock, mtype, parts, timeout=self.timeout)
         except TimeoutError:
             self._drop()
             raise DeviceTimeout(f"{self.name}: the service took no data for {self.timeout} s") from None
@@ -562,7 +804,6 @@ class SocketDevice(Device):
             self._drop()
             raise DeviceError(f"{self.name}: the service closed the connection ({e}); did it stop? "
                               "see its log") from None
-        self._in_flight += 1
 
     def collect(self, timeout=None) -> np.ndarray:
         if self._sock is None or self._in_flight == 0:

@@ -119,19 +119,21 @@ def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr
         energy_int=energy_int, forces_int=forces, virial_int=virial, flags=res.flags)
 
 
-def check_flags(flags: np.ndarray, allow=FLAG_R_BELOW_MIN) -> None:
-    """Raise DeviceFlagError naming the first flagged atom (flags in `allow` only warn)."""
+def check_flags(flags: np.ndarray, allow=FLAG_R_BELOW_MIN, names=None) -> None:
+    """Raise DeviceFlagError naming the first flagged atom (flags in `allow` only warn); `names[k]` is
+    how atom k is called in messages (default: k)."""
     import warnings
     flags = np.asarray(flags)
     bad = (flags & ~allow) != 0
     if bad.any():
         a = int(np.argmax(bad))
-        raise DeviceFlagError(f"atom {a}: {describe_flags(int(flags[a]))} "
+        raise DeviceFlagError(f"atom {a if names is None else names[a]}: {describe_flags(int(flags[a]))} "
                               f"({int(bad.sum())} atom(s) flagged); results are not usable")
     warn = (flags & allow) != 0
     if warn.any():
         a = int(np.argmax(warn))
-        warnings.warn(f"atom {a}: {describe_flags(int(flags[a]))} ({int(warn.sum())} atom(s)); "
+        warnings.warn(f"atom {a if names is None else names[a]}: {describe_flags(int(flags[a]))} "
+                      f"({int(warn.sum())} atom(s)); "
                       "the tables clamp such pairs to r_min", RuntimeWarning, stacklevel=3)
 
 

@@ -64,15 +64,16 @@ def count_by_type(e: Edges, types: np.ndarray, natoms: int, ntypes: int) -> np.n
     return counts
 
 
-def check_sel(counts: np.ndarray, sel, type_map, where: str = "") -> None:
-    """Raise NeighborOverflowError naming the first atom whose neighbour count exceeds sel."""
+def check_sel(counts: np.ndarray, sel, type_map, where: str = "", names=None) -> None:
+    """Raise NeighborOverflowError naming the first atom whose neighbour count exceeds sel.
+    `names[row]` is how row `row` of `counts` is called in the message (default: the row number)."""
     sel = np.asarray(sel)
     over = counts > sel[None, :]
     if over.any():
         a, t = np.argwhere(over)[0]
         n_bad = int(over.any(axis=1).sum())
         raise NeighborOverflowError(
-            f"{where}atom {a} has {counts[a, t]} neighbours of type {type_map[t]} inside rcut, "
+            f"{where}atom {a if names is None else names[a]} has {counts[a, t]} neighbours of type {type_map[t]} inside rcut, "
             f"more than sel[{t}]={sel[t]} ({n_bad} atom(s) affected); the hardware holds at most sel "
             "neighbours per type and never truncates: increase sel and re-export the model")
 

@@ -3,6 +3,7 @@
     reference   the NumPy fixed-point reference (model.reference), in a worker thread
     rtl         the generated Verilog in the standalone Verilator harness (sim/standalone.py)
     xdma:DIR    a PCIe card through the Linux XDMA driver's character devices under DIR (see xdma.py)
+    zero        answers zeros: measures everything but the pipeline (transport, encoding, assembly)
 
 `open_device(spec, qm, lanes=...)` turns a device string into an opened Device.
 """
@@ -15,6 +16,7 @@ DEVICE_HELP = {
     "reference": "bit-exact NumPy reference (no hardware); the default",
     "rtl": "generated RTL compiled by Verilator into a standalone simulator (first use compiles: minutes)",
     "xdma:PATH": "PCIe card via the XDMA driver; PATH is the device prefix, e.g. /dev/xdma0",
+    "zero": "answers zero energy and forces: measures transport and host cost only (benchmarks)",
 }
 
 
@@ -31,6 +33,9 @@ def open_device(spec: str, qm, lanes: int = 1, **options) -> Device:
         from .xdma import XdmaDevice
         # The card reports its own lane count (LANES register); `lanes` is not a choice there.
         dev = XdmaDevice(qm, prefix=arg or "/dev/xdma0", **options)
+    elif name == "zero":
+        from .zero import ZeroDevice
+        dev = ZeroDevice(qm, lanes=lanes, **options)
     else:
         raise DeviceError(f"unknown device {spec!r}; choose from {', '.join(DEVICE_HELP)}")
     dev.open()

