@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gen import wire
-from model.assembly import DeviceFlagError, add_pair_terms, check_flags, check_types, quantize_displacements
+from model.assembly import (DeviceFlagError, add_pair_terms, check_flags, check_types, quantize_displacements,
+                            scatter_add)
 from model.neighbors import check_sel, count_by_type
 
 from .neighbors import GivenNeighbors, NeighborChunks
@@ -151,5 +152,5 @@ class Evaluator:
         add_pair_terms(forces, virial, ci, nj, dv, g)
         if w_atom is not None:
             w = -0.5 * np.einsum("ea,eb->eab", dv, g).astype(np.float64)
-            np.add.at(w_atom, ci, w)
-            np.add.at(w_atom, nj, w)
+            scatter_add(w_atom, ci, w)
+            scatter_add(w_atom, nj, w)

@@ -331,6 +331,7 @@ class Service:
         self.device = self._open_device()
         self.lanes, self.device_name = self.device.lanes, self.device.name
         try:
+            self._warm_up()
             self._listen()
             log.info("serving device %s (lanes %d), model %s%s at %s (pid %d, protocol %d)",
                      self.device_name, self.lanes, self.model_hash[:12],
@@ -351,6 +352,16 @@ class Service:
                 self._start_client(sock)
         finally:
             self._shutdown()
+
+    def _warm_up(self) -> None:
+        """One tiny structure through the whole STRUCTURE path before the first client: the lazy imports
+        and first-use set-up (about a second) then do not land in a client's first MD step."""
+        if self.qm is None:
+            return
+        from .evaluate import Evaluator
+        x = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5 * (self.qm.config.rcut + self.qm.config.r_min)]])
+        Evaluator(self.qm, _ServiceDevice(self), timeout=self.device_timeout).compute_neighbors(
+            x, np.zeros(2, dtype=np.int64), 2, [1, 1], [1, 0])
 
     def _owner_alive(self) -> bool:
         if self._owner_is_parent:  # a dead parent's pid may be reused; being re-parented is unambiguous

@@ -89,11 +89,25 @@ class Assembled:
     flags: np.ndarray  # (N,)
 
 
+def scatter_add(out: np.ndarray, index, values) -> None:
+    """out[index[k]] += values[k], several times faster than np.add.at.  bincount sums in float64: for
+    int64 arrays that is exact while every partial sum stays below 2**53 in magnitude, which is checked
+    (pipeline results are 20-bit words, so it holds for any realistic atom); float arrays (per-atom
+    virials) are summed in float64 as np.add.at would."""
+    values = np.asarray(values)
+    if values.size and float(np.abs(values).max()) * len(values) >= 2.0 ** 53:
+        np.add.at(out, index, values)
+        return
+    flat_out, flat_v = out.reshape(len(out), -1), values.reshape(len(values), -1)
+    for c in range(flat_out.shape[1]):
+        flat_out[:, c] += np.bincount(index, weights=flat_v[:, c], minlength=len(out)).astype(out.dtype)
+
+
 def add_pair_terms(forces: np.ndarray, virial: np.ndarray, ci, nj, d, g) -> None:
     """Fold pair results into the totals, exactly: F_ci += g, F_nj -= g (int64), and
     virial -= sum d (x) g (Python ints; int64 partial sums over bounded blocks cannot overflow)."""
-    np.add.at(forces, ci, g)
-    np.add.at(forces, nj, -g)
+    scatter_add(forces, ci, g)
+    scatter_add(forces, nj, -g)
     step = 1 << 16
     for lo in range(0, len(g), step):
         virial -= np.einsum("ea,eb->ab", d[lo:lo + step], g[lo:lo + step]).astype(object)

@@ -23,6 +23,8 @@ the hardware reproduces bit for bit.
   python -m model example                              path of the bundled GeTe example model
   python -m model demo [-o build/demo]                 the bundled model on a GeTe structure: bit-exact
                                                        reference vs float model (and vs DFT if ../shared is there)
+  python -m model rdf TRAJ -o OUT [--altbc]            g(r), coordination numbers (and ALTBC) of a trajectory,
+                                                       compared with the AIMD reference curves of a-GeTe
 
 DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
 Run `python -m model COMMAND --help` for the options of each command.
@@ -143,6 +145,88 @@ def cmd_demo(args):
     print(f"wrote {out / 'demo.json'}, {out / 'forces.csv'}" + (f", {out / 'parity.png'}" if "vs_dft" in report else ""))
 
 
+def cmd_rdf(args):
+    """Structure of a trajectory (g(r), coordination numbers, optionally ALTBC) against the AIMD curves."""
+    from tqdm import tqdm
+
+    from . import analysis as an
+    type_map = [t.strip() for t in args.type_map.split(",")] if args.type_map else None
+    if args.reference == "none":
+        reference = None
+    elif args.reference is None:  # the shared data if it is there, silently nothing otherwise
+        folder = an.default_reference_folder()
+        reference = an.load_reference(folder) if folder.is_dir() else None
+    else:
+        reference = an.load_reference(args.reference)
+    lo, hi = (float(x) for x in args.compare_range.split(","))
+
+    acc = an.RDFAccumulator(args.rmax, args.bins, type_map)
+    alt = None
+    if args.altbc:
+        bonds = args.altbc_bonds.split(",") if args.altbc_bonds else None
+        alt = an.ALTBCAccumulator(args.altbc_cutoff, args.altbc_angle, bonds=bonds)
+    # One pass over the trajectory feeds both measurements; frames are read lazily.
+    for atoms in tqdm(an.read_frames(args.trajectory, args.skip, args.every, type_map, args.format),
+                      desc="frames", unit="frame"):
+        acc.add(atoms)
+        if alt is not None:
+            alt.add(atoms)
+    result = acc.result()
+    metrics = an.compare_rdf(result, reference, (lo, hi))
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = {"csv": Path(f"{out}-rdf.csv"), "json": Path(f"{out}-rdf.json"), "png": Path(f"{out}-rdf.png")}
+    an.write_rdf_csv(files["csv"], result)
+    an.plot_rdf(files["png"], result, reference, title=Path(args.trajectory).name)
+    report = {"source": str(Path(args.trajectory).resolve()), "frames": result.nframes,
+              "parameters": {"skip": args.skip, "every": args.every, "rmax": args.rmax, "bins": args.bins,
+                             "type_map": type_map, "format": args.format, "compare_range": [lo, hi]},
+              "elements": result.elements, "composition": result.composition, "mean_volume": result.mean_volume,
+              "reference": str(reference.folder) if reference else None, "rdf": metrics}
+
+    print(f"{args.trajectory}: {result.nframes} frames (skip {args.skip}, every {args.every}), "
+          f"{sum(result.composition.values())} atoms {result.composition}, mean volume {result.mean_volume:.1f} Å^3")
+    print(f"reference: {reference.folder if reference else 'none'}")
+    print(f"{'g(r)':<8} {'first peak r (g)':>18} {'reference r (g)':>18} {'shift':>8} {'∫|Δg|dr':>9} {'RMS':>7}")
+
+    def peak_text(peak):
+        return f"{peak['position']:.3f} ({peak['height']:.2f})" if peak else "none"
+
+    for name, m in metrics.items():
+        line = f"{name:<8} {peak_text(m['first_peak']):>18}"
+        if "l1" in m:
+            shift = f"{m['peak_shift']:+.3f}" if m["peak_shift"] is not None else "n/a"
+            line += f" {peak_text(m['reference_first_peak']):>18} {shift:>8} {m['l1']:9.3f} {m['rms']:7.3f}"
+        print(line)
+    if reference is not None:
+        print(f"(differences over {lo:g}-{hi:g} Å; peaks: parabola through the highest bin of the first shell g > 1)")
+
+    if alt is not None:
+        a = alt.result()
+        written = an.write_altbc(Path(f"{out}-altbc"), a)
+        an.plot_altbc(Path(f"{out}-altbc.png"), a, reference.altbc if reference else None,
+                      title=Path(args.trajectory).name)
+        files.update({"altbc_npy": written[0], "altbc_csv": written[1], "altbc_png": Path(f"{out}-altbc.png")})
+        pairs_per_atom = float(a.counts.sum()) / (a.nframes * a.natoms)
+        report["altbc"] = {"edges": a.edges.tolist(), "cutoff": a.cutoff, "angle_tolerance": a.angle_tolerance,
+                           "bonds": a.bonds, "pairs_per_atom": pairs_per_atom, "peak": list(a.peak())}
+        if reference is not None and reference.altbc is not None:
+            report["altbc"]["reference"] = an.compare_altbc(a, reference.altbc)
+        cmp = report["altbc"].get("reference")
+        print(f"ALTBC (cutoff {a.cutoff:g} Å, 180±{a.angle_tolerance:g}°, bonds {a.bonds or 'all'}): "
+              f"peak at ({a.peak()[0]:.3f}, {a.peak()[1]:.3f}) Å, {pairs_per_atom:.2f} bond pairs per atom"
+              + (f"; reference peak ({cmp['reference_peak'][0]:.3f}, {cmp['reference_peak'][1]:.3f}) Å, "
+                 f"shape L1 {cmp['shape_l1']:.3f}" if cmp and cmp["shape_l1"] is not None else ""))
+        if cmp and a.bonds is None:
+            print("(the reference's ALTBC criteria are undocumented; its map is matched far better with "
+                  "--altbc-bonds Ge-Te: see model.analysis.altbc)")
+
+    report["files"] = {k: str(v) for k, v in files.items()}
+    files["json"].write_text(json.dumps(report, indent=1))
+    print("wrote " + ", ".join(str(v) for v in files.values()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=OVERVIEW,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +272,25 @@ def main(argv=None) -> int:
     d.add_argument("--frames", type=int, default=16, help="AIMD frames for the DFT comparison")
     d.add_argument("--no-dft", action="store_true", help="skip the comparison with ../shared/data")
     d.set_defaults(fn=cmd_demo)
+
+    r = sub.add_parser("rdf", help="g(r), coordination numbers and ALTBC of a trajectory, against AIMD")
+    r.add_argument("trajectory", help="LAMMPS dump, extxyz, ... (anything ASE reads) or a DeePMD npy system")
+    r.add_argument("-o", "--output", required=True, help="output prefix: writes PREFIX-rdf.csv/.json/.png")
+    r.add_argument("--skip", type=int, default=0, help="leave out the first K frames (equilibration)")
+    r.add_argument("--every", type=int, default=1, help="use every N-th frame after that")
+    r.add_argument("--rmax", type=float, default=8.0, help="largest r of g(r), Å (may exceed half the box)")
+    r.add_argument("--bins", type=int, default=160, help="number of g(r) bins over [0, rmax]")
+    r.add_argument("--type-map", help="element order, e.g. Ge,Te; also names LAMMPS types 1, 2, ... when a "
+                                      "dump has no element column")
+    r.add_argument("--format", help="ASE format name when the file's own is not recognised")
+    r.add_argument("--reference", help="folder of AIMD reference curves, or 'none' (default: "
+                                       "../shared/data/GeTe-aimd-reference or $DPFPGA_SHARED_DATA/..., if present)")
+    r.add_argument("--compare-range", default="2,8", help="r range LO,HI of the g(r) differences, Å")
+    r.add_argument("--altbc", action="store_true", help="also the ALTBC map (PREFIX-altbc.npy/.csv/.png)")
+    r.add_argument("--altbc-cutoff", type=float, help="ALTBC bond cutoff, Å (default: 4.5, the reference grid's top)")
+    r.add_argument("--altbc-angle", type=float, default=25.0, help="ALTBC angle tolerance around 180°, degrees")
+    r.add_argument("--altbc-bonds", help="element pairs that count as ALTBC bonds, e.g. Ge-Te (default: all)")
+    r.set_defaults(fn=cmd_rdf)
 
     args = p.parse_args(argv)
     if not args.cmd:

