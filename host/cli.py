@@ -61,6 +61,8 @@ dpfpga host tools: run the quantized model on a device and share one device betw
          arg("--lanes", type=int, default=1, help="64-bit words per beat (default: 1)"),
          arg("--device-timeout", type=float, default=600.0,
              help="seconds a chunk may take on the device (default: 600)"),
+         arg("--max-payload-mb", type=float, default=1024.0,
+             help="largest request accepted, in MB (default 1024: a STRUCTURE of ~3M local atoms)"),
          arg("--chunk-atoms", type=int, default=4096,
              help="centre atoms per device chunk for structure requests (LAMMPS clients; default: 4096)"),
          arg("--owner-pid", type=int, help="stop when this process is gone (used by the LAMMPS plugin's private "
@@ -83,7 +85,8 @@ def cmd_serve(args) -> int:
     qm = modelfile.load(model_path)
     service = Service(lambda: open_device(args.device, qm, lanes=args.lanes), qm.hash, args.socket,
                       model_label=str(model_path), device_timeout=args.device_timeout, qm=qm,
-                      chunk_atoms=args.chunk_atoms, owner_pid=args.owner_pid, private_dir=args.private_dir)
+                      chunk_atoms=args.chunk_atoms, owner_pid=args.owner_pid, private_dir=args.private_dir,
+                      max_payload=int(args.max_payload_mb * 1e6))
     service.install_signal_handlers()
     try:
         service.serve_forever()

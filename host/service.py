@@ -39,9 +39,10 @@ A connection starts with HELLO; the service answers WELCOME, or ERROR and closes
 the protocol version or the model hash differ (the message names both).  Then the client sends CHUNKs,
 and may send the next one before reading the previous RESULT (pipelining, `SocketDevice.depth` = 2):
 the service handles a connection's messages in order and answers each CHUNK with one RESULT (each
-STRUCTURE with one FORCES), or with one ERROR when that request failed (the connection stays usable).  A frame with a bad magic, a payload
-over `MAX_PAYLOAD` (checked before anything is allocated), a truncated frame or an unexpected type gets
-an ERROR (when the peer still listens) and the connection is closed.  The device is shared: chunks of
+STRUCTURE with one FORCES), or with one ERROR when that request failed (the connection stays usable).
+A frame with a bad magic, a payload over `MAX_PAYLOAD` (checked before anything is allocated), a
+truncated frame or an unexpected type gets an ERROR (when the peer still listens) and the connection
+is closed.  The device is shared: chunks of
 all connections go to it one at a time, and each RESULT goes back on the connection that sent its chunk.
 """
 
@@ -76,8 +77,9 @@ STRUCTURE_HEADER = struct.Struct("<QQQII")
 #: FORCES: nall, nlocal (u64), have (u32, as `want`), 0 (u32).
 FORCES_HEADER = struct.Struct("<QQII")
 WANT_EATOM, WANT_VATOM = 1, 2
-#: Largest payload either side accepts (a 4096-atom GeTe chunk is about 2 MB).
-MAX_PAYLOAD = 1 << 28
+#: Largest payload either side accepts by default (`python -m host serve --max-payload-mb`): a 4096-atom
+#: GeTe chunk is about 2 MB; a STRUCTURE about 300 B per local atom (1.7M atoms on one rank: ~0.5 GB).
+MAX_PAYLOAD = 1 << 30
 #: Once the first byte of a frame has arrived, the rest must arrive (or be taken by the peer) within this.
 FRAME_TIMEOUT = 60.0
 #: Socket timeout used as a polling period, so that waits notice deadlines and a service shutdown.
@@ -164,7 +166,8 @@ def recv_frame(sock, wait_deadline: float | None = None, stop=None, max_payload:
         raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a dpfpga peer")
     if length > max_payload:
         raise ProtocolError(f"{MESSAGE_NAMES.get(mtype, mtype)} announces {length} payload bytes, "
-                            f"more than the {max_payload} accepted")
+                            f"more than the {max_payload} accepted (a service takes more with "
+                            "--max-payload-mb; an MD run can also use more MPI ranks)")
     payload = _recv_exact(sock, length, deadline, stop, f"{MESSAGE_NAMES.get(mtype, mtype)} payload")
     return version, mtype, payload
 
