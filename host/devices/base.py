@@ -84,6 +84,16 @@ class WorkerDevice(Device):
     @abstractmethod
     def process(self, beats: np.ndarray, n_atoms: int) -> np.ndarray: ...
 
+    @staticmethod
+    def decode(beats: np.ndarray, n_atoms: int):
+        """A chunk's input words -> (centre types, neighbour types, displacements, tags, record counts),
+        checked against the atom count the chunk announced."""
+        from gen import wire
+        ctype, nbr_type, nbr_d, tags = wire.decode_atoms(beats)
+        if len(ctype) != n_atoms:
+            raise ValueError(f"chunk announces {n_atoms} atoms, stream has {len(ctype)}")
+        return ctype, nbr_type, nbr_d, tags, (nbr_type >= 0).sum(axis=1)
+
     def submit(self, beats, n_atoms):
         self._todo.put((self._submitted, np.asarray(beats, dtype=np.uint64), int(n_atoms)))
         self._submitted += 1

@@ -14,10 +14,7 @@ class ReferenceDevice(WorkerDevice):
     name = "reference"
 
     def process(self, beats, n_atoms):
-        ctype, nbr_type, nbr_d, tags = wire.decode_atoms(beats)
-        if len(ctype) != n_atoms:
-            raise ValueError(f"chunk announces {n_atoms} atoms, stream has {len(ctype)}")
-        count = (nbr_type >= 0).sum(axis=1)
+        ctype, nbr_type, nbr_d, tags, count = self.decode(beats, n_atoms)
         # The pipeline drops an atom with more records than it can buffer: no records come back.
         over = count > sum(self.qm.config.sel)
         res = evaluate(self.qm, NeighborRecords(ctype, np.where(over[:, None], -1, nbr_type), nbr_d))

@@ -20,10 +20,7 @@ class ZeroDevice(WorkerDevice):
     name = "zero"
 
     def process(self, beats, n_atoms):
-        ctype, nbr_type, _, tags = wire.decode_atoms(beats)
-        if len(ctype) != n_atoms:
-            raise ValueError(f"chunk announces {n_atoms} atoms, stream has {len(ctype)}")
-        count = (nbr_type >= 0).sum(axis=1)
+        _, nbr_type, _, tags, count = self.decode(beats, n_atoms)
         zeros = np.zeros(n_atoms, dtype=np.int64)
         return wire.encode_results(zeros, np.zeros(nbr_type.shape + (3,), dtype=np.int64), zeros, count, tags,
                                    self.lanes)
