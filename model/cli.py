@@ -25,6 +25,10 @@ the hardware reproduces bit for bit.
                                                        reference vs float model (and vs DFT if ../shared is there)
   python -m model rdf TRAJ -o OUT [--altbc]            g(r), coordination numbers (and ALTBC) of a trajectory,
                                                        compared with the AIMD reference curves of a-GeTe
+  python -m model recipe RECIPE.json -o RUN_DIR [--short]
+                                                       train, quantize + fine-tune, accuracy per phase: one command
+  python -m model phases M.npz [--config RECIPE.json]  float and quantized RMSE per phase (crystalline, liquid,
+                                                       amorphous) on the training's validation frames
 
 DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
 Run `python -m model COMMAND --help` for the options of each command.
@@ -227,6 +231,65 @@ def cmd_rdf(args):
     print("wrote " + ", ".join(str(v) for v in files.values()))
 
 
+def _threads(n):
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
+def cmd_recipe(args):
+    from .recipe import load_recipe, run
+    _threads(args.threads)
+    recipe = load_recipe(args.recipe, short=args.short)
+    out = args.output or ("runs/" + Path(args.recipe).stem + ("-short" if args.short else ""))
+    run(recipe, out, fresh=args.fresh)
+
+
+def cmd_phases(args):
+    from . import modelfile
+    from .recipe import EVALUATION_DEFAULTS, evaluate_model, load_recipe
+    from .train import DataConfig, load_json_config
+    _threads(args.threads)
+    evaluation = dict(EVALUATION_DEFAULTS)
+    if args.config:
+        raw = json.loads(Path(args.config).read_text())
+        if "recipe" in raw:
+            r = load_recipe(args.config)
+            data, evaluation = r.data, r.evaluation
+        else:
+            data = load_json_config(args.config)[1]
+    else:
+        prov = (modelfile.load(args.model).provenance or {}).get("data")
+        if not prov and not args.data:
+            raise ValueError(f"{args.model} records no training data: give --config or --data")
+        data = DataConfig(**prov) if prov else DataConfig()
+    if args.data:
+        data = replace(data, systems=[str(Path(p).resolve()) for p in args.data])
+    if args.valid_fraction is not None:
+        data = replace(data, valid_fraction=args.valid_fraction)
+    if args.split_seed is not None:
+        data = replace(data, seed=args.split_seed)
+    if args.test_data is not None:
+        evaluation["test_systems"] = [str(Path(p).resolve()) for p in args.test_data]
+    if args.max_frames_per_phase is not None:
+        evaluation["max_frames_per_phase"] = args.max_frames_per_phase or None
+    if args.amorphous_max_k is not None:
+        evaluation["amorphous_max_K"] = args.amorphous_max_k
+    evaluation["seed"] = args.seed if args.seed is not None else evaluation["seed"]
+    out = Path(args.output)
+    options = [("--config", args.config), ("--max-frames-per-phase", args.max_frames_per_phase),
+               ("--amorphous-max-k", args.amorphous_max_k), ("--seed", args.seed), ("--json", args.json),
+               ("--markdown", args.markdown), ("--figures", args.figures)]
+    command = f"python -m model phases {args.model}" + "".join(f" {k} {v}" for k, v in options if v is not None)
+    header = f"# Accuracy per phase: {Path(args.model).name}\n\nWritten by `{command}`.\n"
+    doc = evaluate_model(args.model, data, evaluation, args.json or out / "accuracy.json",
+                         args.markdown or out / "accuracy.md", args.figures or out / "parity", header,
+                         evidence=not args.no_evidence)
+    from .phases import markdown_table
+    print(markdown_table(doc["metrics"]))
+    print("wrote " + ", ".join(doc["files"].values()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=OVERVIEW,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,6 +354,38 @@ def main(argv=None) -> int:
     r.add_argument("--altbc-angle", type=float, default=25.0, help="ALTBC angle tolerance around 180°, degrees")
     r.add_argument("--altbc-bonds", help="element pairs that count as ALTBC bonds, e.g. Ge-Te (default: all)")
     r.set_defaults(fn=cmd_rdf)
+
+    c = sub.add_parser("recipe", help="train, quantize + fine-tune and evaluate per phase, from one recipe file")
+    c.add_argument("recipe", help="recipe JSON (e.g. examples/GeTe/recipe.json)")
+    c.add_argument("-o", "--output", help="run directory (default: runs/<recipe name>[-short])")
+    c.add_argument("--short", action="store_true", help="CI-sized run (the recipe's 'short' settings); its outputs "
+                                                        "say so and its numbers are not the model's accuracy")
+    c.add_argument("--fresh", action="store_true", help="redo every stage (default: reuse finished stages whose "
+                                                        "settings and outputs match stages.json)")
+    c.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default). 2 threads are 25%% "
+                                                           "faster on an idle 2-core machine, 20x slower on a busy one")
+    c.set_defaults(fn=cmd_recipe)
+
+    h = sub.add_parser("phases", help="float and quantized RMSE per phase on the training's validation frames")
+    h.add_argument("model")
+    h.add_argument("--config", help="recipe or training JSON: its data section gives the split (and a recipe's "
+                                    "evaluation section the test data); default: the model file's provenance")
+    h.add_argument("--data", nargs="+", help="training data paths (override)")
+    h.add_argument("--valid-fraction", type=float, help="override the split's validation fraction")
+    h.add_argument("--split-seed", type=int, help="override the split's seed")
+    h.add_argument("--test-data", nargs="*", help="extra data sets; their systems with a phase are evaluated whole")
+    h.add_argument("--max-frames-per-phase", type=int, help="random subset of at most this many frames per phase "
+                                                            "(0: all)")
+    h.add_argument("--amorphous-max-k", type=float, help="highest quench temperature counted as amorphous")
+    h.add_argument("--seed", type=int, help="seed of the frame subset")
+    h.add_argument("-o", "--output", default="build/phases", help="folder for accuracy.json/.md and parity-*.png")
+    h.add_argument("--json", help="metrics JSON path (default OUTPUT/accuracy.json)")
+    h.add_argument("--markdown", help="Markdown report path (default OUTPUT/accuracy.md)")
+    h.add_argument("--figures", help="figure path prefix: PREFIX-<phase>.png, PREFIX-all.png, PREFIX-phases.png "
+                                     "(default OUTPUT/parity)")
+    h.add_argument("--no-evidence", action="store_true", help="skip the phase-mapping evidence (MSD, order, g(r))")
+    h.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    h.set_defaults(fn=cmd_phases)
 
     args = p.parse_args(argv)
     if not args.cmd:
