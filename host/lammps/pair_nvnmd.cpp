@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mpi.h>
@@ -265,7 +264,7 @@ void PairNVNMD::compute(int eflag, int vflag)
       if (dx * dx + dy * dy + dz * dz < rc2) d.neighbors[at++] = j;
     }
   }
-  d.want = (eflag_atom ? dpfpga::WANT_EATOM : 0) | (vflag_atom ? dpfpga::WANT_VATOM : 0);
+  d.want = (eflag_atom ? uint32_t(dpfpga::WANT_EATOM) : 0u) | (vflag_atom ? uint32_t(dpfpga::WANT_VATOM) : 0u);
   double t1 = now();
   try {
     client_->evaluate(d, reply_);
