@@ -735,6 +735,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path, title: str) -> Path:
+    """Title, lay out, write the PNG and free the figure (every plot here ends this way)."""
+    plt = _pyplot()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_rdf(path: str | Path, result: RDF, reference: Reference | None = None, title: str = "") -> Path:
     """PNG: one panel for the total g(r) and one per partial, the reference dashed where it has one."""
     plt = _pyplot()
@@ -754,12 +765,7 @@ def plot_rdf(path: str | Path, result: RDF, reference: Reference | None = None, 
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title)
 
 
 def plot_altbc(path: str | Path, result: ALTBC, reference: ALTBC | None = None, title: str = "") -> Path:
@@ -777,9 +783,4 @@ def plot_altbc(path: str | Path, result: ALTBC, reference: ALTBC | None = None, 
         ax.set_ylabel("r2 (Å)")
         ax.set_title(label)
         fig.colorbar(mesh, ax=ax, fraction=0.046, label="counts / max")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title)
