@@ -312,14 +312,18 @@ void ServiceClient::recv_exact(char *buf, size_t n, double deadline, const char 
       bytes_received += uint64_t(k);
       continue;
     }
-    if (k == 0)
+    const int e = k < 0 ? errno : 0;
+    // A peer that exits with our request still unread in its buffer resets the
+    // connection instead of closing it: the same event for the user.
+    if (k == 0 || e == ECONNRESET || e == EPIPE)
       fail(std::string("the dpfpga service at ") + path_ + " closed the connection" +
-           (got ? " in the middle of " : " before sending ") + what + "; did it die? see its log");
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+           (got ? " in the middle of " : " before sending ") + what +
+           (e ? std::string(" (") + std::strerror(e) + ")" : std::string()) + "; did it die? see its log");
+    if (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
       wait_readable(deadline, what, got, n);
       continue;
     }
-    fail(std::string("reading ") + what + " from the dpfpga service at " + path_ + ": " + std::strerror(errno));
+    fail(std::string("reading ") + what + " from the dpfpga service at " + path_ + ": " + std::strerror(e));
   }
 }
 
