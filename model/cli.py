@@ -29,6 +29,8 @@ the hardware reproduces bit for bit.
                                                        train, quantize + fine-tune, accuracy per phase: one command
   python -m model phases M.npz [--config RECIPE.json]  float and quantized RMSE per phase (crystalline, liquid,
                                                        amorphous) on the training's validation frames
+  python -m model data melt-quench CONFIG.json -o DIR  labelled melt-quench data from a teacher potential
+                                                       (resumable; DeePMD npy + provenance.json)
 
 DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
 Run `python -m model COMMAND --help` for the options of each command.
@@ -290,6 +292,15 @@ def cmd_phases(args):
     print("wrote " + ", ".join(doc["files"].values()))
 
 
+def cmd_melt_quench(args):
+    from .meltquench import MeltQuench, load_config
+    _threads(args.threads)
+    cfg = load_config(args.config, short=args.short)
+    prov = MeltQuench(cfg, args.output, fresh=args.fresh, progress=not args.no_progress).run()
+    print(f"{args.output}: {prov['total_frames']} frames in {len(prov['frames'])} systems, "
+          f"teacher {prov['teacher']['spec']}, {prov['seconds']:.0f} s of MD; provenance.json written")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=OVERVIEW,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,6 +398,16 @@ def main(argv=None) -> int:
     h.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     h.set_defaults(fn=cmd_phases)
 
+    g = sub.add_parser("data", help="generate labelled data").add_subparsers(dest="data_cmd", required=True)
+    mq = g.add_parser("melt-quench", help="melt-quench MD with a teacher potential -> DeePMD npy + provenance")
+    mq.add_argument("config", help="melt-quench JSON (e.g. examples/Sb/melt-quench.json)")
+    mq.add_argument("-o", "--output", required=True, help="dataset folder (resumes if it holds a checkpoint)")
+    mq.add_argument("--short", action="store_true", help="the config's 'short' settings (CI-sized, not for training)")
+    mq.add_argument("--fresh", action="store_true", help="delete OUTPUT first instead of resuming")
+    mq.add_argument("--no-progress", action="store_true", help="no progress bar")
+    mq.add_argument("--threads", type=int, default=0, help="torch threads of the teacher (0: torch's default)")
+    mq.set_defaults(fn=cmd_melt_quench)
+
     args = p.parse_args(argv)
     if not args.cmd:
         print(OVERVIEW)
@@ -395,6 +416,8 @@ def main(argv=None) -> int:
     from .modelfile import ModelFileError
     try:
         args.fn(args)
+    except KeyboardInterrupt:
+        return 130
     except (ModelFileError, DataError, FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

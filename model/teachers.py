@@ -1,0 +1,125 @@
+"""Teachers: the ASE calculators that label generated data when no DFT data exists.
+
+A teacher is named by a short spec string, so that a dataset's provenance can say exactly which
+potential made its labels and a config file can ask for one:
+
+    sevenn:7net-0          SevenNet universal potential, weights shipped in the `sevenn` wheel
+    sevenn:7net-l3i5       (any checkpoint name `sevenn` knows, or a path to a checkpoint file)
+    mace:PATH              a MACE model file, e.g. ../shared/data/GST/GST-mace-swa.model (float64, CPU)
+    lj[:SIGMA:EPSILON]     Lennard-Jones (ASE), one parameter set for every element.  A *toy* for tests
+                           and dry runs of the protocol: its labels are not physics, never train on them
+                           for science.
+
+The physics teachers are optional (`pip install -e ".[teachers]"`): the core and the default tests
+never import them; asking for one that is not installed raises TeacherError naming the pip extra.
+Every teacher runs on the CPU in float64 and gives energy (eV), forces (eV/Å) and stress (eV/Å^3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXTRA = 'pip install -e ".[teachers]"'
+
+
+class TeacherError(ValueError):
+    """A teacher spec that cannot be honoured (unknown kind, missing package or model file)."""
+
+
+@dataclass
+class Teacher:
+    """An ASE calculator and what a provenance file needs to say about it."""
+
+    spec: str
+    calculator: object
+    provenance: dict = field(default_factory=dict)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _allow_slice_pickles() -> None:
+    """e3nn's constants (imported by sevenn and mace) and sevenn's checkpoints pickle `slice`
+    objects; torch >= 2.6 loads with weights_only by default and refuses them.  Allow exactly that
+    builtin rather than turning weights_only off."""
+    import torch
+    torch.serialization.add_safe_globals([slice])
+
+
+def make_teacher(spec: str) -> Teacher:
+    """The Teacher for a spec string (module docstring); TeacherError says what is wrong."""
+    kind, _, arg = spec.partition(":")
+    makers = {"sevenn": _sevenn, "mace": _mace, "lj": _lj}
+    if kind not in makers:
+        raise TeacherError(f"unknown teacher {spec!r}: expected one of sevenn:NAME, mace:PATH, lj[:SIGMA:EPSILON]")
+    return makers[kind](spec, arg)
+
+
+def _sevenn(spec: str, name: str) -> Teacher:
+    if not name:
+        raise TeacherError(f"teacher {spec!r}: name a SevenNet model, e.g. sevenn:7net-0")
+    _allow_slice_pickles()
+    try:
+        from sevenn.calculator import SevenNetCalculator
+    except ImportError as e:
+        raise TeacherError(f"teacher {spec!r} needs the `sevenn` package ({EXTRA}): {e}") from None
+    path = Path(name)
+    try:
+        calc = SevenNetCalculator(str(path) if path.is_file() else name, device="cpu")
+    except Exception as e:  # sevenn raises plain exceptions for unknown names
+        raise TeacherError(f"teacher {spec!r}: SevenNet cannot load {name!r}: {e}") from None
+    prov = {"package": "sevenn", "version": _version("sevenn"), "model": name}
+    if path.is_file():
+        prov["model_sha256"] = _sha256(path)
+    return Teacher(spec, calc, prov)
+
+
+def _mace(spec: str, name: str) -> Teacher:
+    path = Path(name)
+    if not name or not path.is_file():
+        raise TeacherError(f"teacher {spec!r}: MACE model file {name!r} not found")
+    _allow_slice_pickles()
+    try:
+        from mace.calculators import MACECalculator
+    except ImportError as e:
+        raise TeacherError(f"teacher {spec!r} needs the `mace-torch` package ({EXTRA}): {e}") from None
+    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    return Teacher(spec, calc, {"package": "mace-torch", "version": _version("mace-torch"),
+                                "model": str(path), "model_sha256": _sha256(path)})
+
+
+def _lj(spec: str, arg: str) -> Teacher:
+    from ase.calculators.lj import LennardJones
+
+    class LennardJones(LennardJones):
+        """ASE's LJ with its neighbour list rebuilt at every call.  The stock one keeps a list with a
+        skin between calls, so the order of its pair sums (and the last bits of the labels) would
+        depend on the positions it was built at: a resumed run would not repeat a straight one."""
+
+        def calculate(self, *args, **kwargs):
+            self.nl = None
+            super().calculate(*args, **kwargs)
+
+    try:
+        sigma, epsilon = (float(x) for x in arg.split(":")) if arg else (2.6, 0.2)
+    except ValueError:
+        raise TeacherError(f"teacher {spec!r}: expected lj:SIGMA:EPSILON (Å, eV)") from None
+    calc = LennardJones(sigma=sigma, epsilon=epsilon, rc=2.5 * sigma, smooth=True)
+    return Teacher(spec, calc, {"package": "ase", "version": _version("ase"), "model": "LennardJones",
+                                "sigma": sigma, "epsilon": epsilon, "rc": 2.5 * sigma,
+                                "note": "toy teacher: not physics"})
