@@ -31,6 +31,7 @@ the hardware reproduces bit for bit.
                                                        amorphous) on the training's validation frames
   python -m model data melt-quench CONFIG.json -o DIR  labelled melt-quench data from a teacher potential
                                                        (resumable; DeePMD npy + provenance.json)
+  python -m model data teacher-test SPEC DATA...       a teacher's own RMSE against labelled (DFT) frames
 
 DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
 Run `python -m model COMMAND --help` for the options of each command.
@@ -301,6 +302,21 @@ def cmd_melt_quench(args):
           f"teacher {prov['teacher']['spec']}, {prov['seconds']:.0f} s of MD; provenance.json written")
 
 
+def cmd_teacher_test(args):
+    from .data import load_systems
+    from .teachers import make_teacher, teacher_errors
+    _threads(args.threads)
+    metrics = teacher_errors(make_teacher(args.teacher), load_systems(args.data), args.max_frames, args.seed)
+    metrics["data"] = [str(p) for p in args.data]
+    print(f"teacher {args.teacher} on {metrics['frames']} frames: energy RMSE "
+          f"{metrics['energy_rmse_meV_per_atom']:.2f} meV/atom ({metrics['energy_rmse_offset_removed_meV_per_atom']:.2f}"
+          f" with the mean error removed), force RMSE {metrics['force_rmse_meV_per_A']:.1f} meV/Å")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=1))
+        print(f"wrote {args.json}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model", description=OVERVIEW,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,8 +421,17 @@ def main(argv=None) -> int:
     mq.add_argument("--short", action="store_true", help="the config's 'short' settings (CI-sized, not for training)")
     mq.add_argument("--fresh", action="store_true", help="delete OUTPUT first instead of resuming")
     mq.add_argument("--no-progress", action="store_true", help="no progress bar")
-    mq.add_argument("--threads", type=int, default=0, help="torch threads of the teacher (0: torch's default)")
+    mq.add_argument("--threads", type=int, default=1, help="torch threads of the teacher (default 1; 0: torch's "
+                                                            "default, much slower on a busy machine)")
     mq.set_defaults(fn=cmd_melt_quench)
+    tt = g.add_parser("teacher-test", help="RMSE of a teacher potential against labelled (e.g. DFT) frames")
+    tt.add_argument("teacher", help="teacher spec: sevenn:NAME, mace:PATH, lj[:SIGMA:EPSILON]")
+    tt.add_argument("data", nargs="+", help="DeePMD systems or ASE-readable files with energies and forces")
+    tt.add_argument("--max-frames", type=int, help="a seeded random subset of this many frames")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--json", help="write the metrics here")
+    tt.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
+    tt.set_defaults(fn=cmd_teacher_test)
 
     args = p.parse_args(argv)
     if not args.cmd:

@@ -249,3 +249,23 @@ def test_short_run_with_the_real_teacher(tmp_path, material):
     assert sum(s.nframes for s in systems) == prov["total_frames"] > 0
     e = np.concatenate([s.energies / s.natoms for s in systems])
     assert np.isfinite(e).all() and e.std() < 0.5  # one material, one energy scale
+
+
+def test_teacher_test_command_measures_the_teacher_against_labels(tmp_path, capsys):
+    """A teacher checked against its own labels has zero error; against shifted labels, the shift."""
+    from model.cli import main
+    out, _ = generate(tmp_path)
+    path = tmp_path / "m.json"
+    assert main(["data", "teacher-test", TOY["teacher"], str(out), "--json", str(path)]) == 0
+    m = json.loads(path.read_text())
+    assert m["frames"] == 24 and m["force_rmse_meV_per_A"] < 1e-6 and m["energy_rmse_meV_per_atom"] < 1e-6
+    systems = load_systems(out / "s3-quench-300K")
+    for s in systems:
+        s.energies = s.energies + 0.5 * s.natoms  # labels 0.5 eV/atom higher
+        s.forces = s.forces + 0.1
+    from model.teachers import teacher_errors
+    m = teacher_errors(make_teacher(TOY["teacher"]), systems, progress=False)
+    assert m["energy_rmse_meV_per_atom"] == pytest.approx(500, rel=1e-9)
+    assert m["energy_rmse_offset_removed_meV_per_atom"] < 1e-6
+    assert m["force_rmse_meV_per_A"] == pytest.approx(100, rel=1e-9)
+    assert m["energy_mean_error_meV_per_atom"] == pytest.approx(-500, rel=1e-9)
