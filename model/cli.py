@@ -296,7 +296,7 @@ def cmd_phases(args):
 def cmd_melt_quench(args):
     from .meltquench import MeltQuench, load_config
     _threads(args.threads)
-    cfg = load_config(args.config, short=args.short)
+    cfg = load_config(args.config, short=args.short, scale=args.scale)
     prov = MeltQuench(cfg, args.output, fresh=args.fresh, progress=not args.no_progress).run()
     print(f"{args.output}: {prov['total_frames']} frames in {len(prov['frames'])} systems, "
           f"teacher {prov['teacher']['spec']}, {prov['seconds']:.0f} s of MD; provenance.json written")
@@ -420,6 +420,7 @@ def main(argv=None) -> int:
     mq.add_argument("-o", "--output", required=True, help="dataset folder (resumes if it holds a checkpoint)")
     mq.add_argument("--short", action="store_true", help="the config's 'short' settings (CI-sized, not for training)")
     mq.add_argument("--fresh", action="store_true", help="delete OUTPUT first instead of resuming")
+    mq.add_argument("--scale", type=float, help="multiply every stage's steps (e.g. 0.3: a 3x faster protocol)")
     mq.add_argument("--no-progress", action="store_true", help="no progress bar")
     mq.add_argument("--threads", type=int, default=1, help="torch threads of the teacher (default 1; 0: torch's "
                                                             "default, much slower on a busy machine)")

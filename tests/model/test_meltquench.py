@@ -269,3 +269,12 @@ def test_teacher_test_command_measures_the_teacher_against_labels(tmp_path, caps
     assert m["energy_rmse_offset_removed_meV_per_atom"] < 1e-6
     assert m["force_rmse_meV_per_A"] == pytest.approx(100, rel=1e-9)
     assert m["energy_mean_error_meV_per_atom"] == pytest.approx(-500, rel=1e-9)
+
+
+def test_scale_multiplies_every_stage_and_changes_the_fingerprint(tmp_path):
+    path = write_config(tmp_path)
+    full, third = load_config(path), load_config(path, scale=1 / 3)
+    assert [s.steps for s in third.protocol.stages] == [13, 11, 17]
+    assert third.fingerprint() != full.fingerprint() and third.source["scale"] == 1 / 3
+    with pytest.raises(MeltQuenchError, match="scale must be > 0"):
+        load_config(path, scale=0)
