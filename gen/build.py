@@ -256,7 +256,8 @@ _ERROR = re.compile(r"^%Error", re.M)
 def run_lint(verilog: Path | list, out: Path, tool: dict, log, top: str = TOP) -> dict:
     """`verilator --lint-only -Wall`, width warnings off; passes with no error and only accepted warnings.
     `verilog`: one file or a list of files (a platform's top with its black-box stubs)."""
-    files = [verilog] if isinstance(verilog, (str, Path)) else list(verilog)
+    # Absolute: Verilator runs in `out`, and the CLI's default out (build/<stem>) is relative.
+    files = [Path(f).resolve() for f in ([verilog] if isinstance(verilog, (str, Path)) else verilog)]
     cmd = [tool["exe"], "--lint-only", "-Wall", "-Wno-fatal", *(f"-Wno-{w}" for w in LINT_DISABLED),
            "--top-module", top, *map(str, files)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=tool["env"], cwd=out)

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from amaranth.hdl import Module
@@ -187,6 +188,14 @@ def test_top_lints_with_the_stubs(project):
     lint = result["lint"]
     assert lint["passed"] is True, lint
     assert lint["errors"] == 0 and lint["unexpected"] == {}
+
+
+def test_project_lints_from_a_relative_output_folder(qm, project, tmp_path, monkeypatch):
+    """`python -m gen build` writes to build/<model> by default: a relative path."""
+    d, _, _ = project
+    monkeypatch.chdir(tmp_path)
+    _, result, _ = make_project(qm, Path(os.path.relpath(d.parent / "pipeline.v")), Path("rel"))
+    assert result["lint"]["passed"] is True and result["lint"]["errors"] == 0, result["lint"]
 
 
 def test_lint_fails_without_the_xdma_stub(project, tmp_path):
