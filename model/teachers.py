@@ -9,6 +9,10 @@ potential made its labels and a config file can ask for one:
     lj[:SIGMA:EPSILON]     Lennard-Jones (ASE), one parameter set for every element.  A *toy* for tests
                            and dry runs of the protocol: its labels are not physics, never train on them
                            for science.
+    dpfpga:MODEL.npz[@DEVICE]
+                           a dpfpga model file through the host's ASE calculator (device `reference` by
+                           default): not a teacher but the student, run through the same protocol so that
+                           its MD can be compared with the teacher's (g(r) of the same stages).
 
 The physics teachers are optional (`pip install -e ".[teachers]"`): the core and the default tests
 never import them; asking for one that is not installed raises TeacherError naming the pip extra.
@@ -64,9 +68,10 @@ def _allow_slice_pickles() -> None:
 def make_teacher(spec: str) -> Teacher:
     """The Teacher for a spec string (module docstring); TeacherError says what is wrong."""
     kind, _, arg = spec.partition(":")
-    makers = {"sevenn": _sevenn, "mace": _mace, "lj": _lj}
+    makers = {"sevenn": _sevenn, "mace": _mace, "lj": _lj, "dpfpga": _dpfpga}
     if kind not in makers:
-        raise TeacherError(f"unknown teacher {spec!r}: expected one of sevenn:NAME, mace:PATH, lj[:SIGMA:EPSILON]")
+        raise TeacherError(f"unknown teacher {spec!r}: expected one of sevenn:NAME, mace:PATH, "
+                           f"lj[:SIGMA:EPSILON], dpfpga:MODEL.npz[@DEVICE]")
     return makers[kind](spec, arg)
 
 
@@ -101,6 +106,23 @@ def _mace(spec: str, name: str) -> Teacher:
     calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
     return Teacher(spec, calc, {"package": "mace-torch", "version": _version("mace-torch"),
                                 "model": str(path), "model_sha256": _sha256(path)})
+
+
+def _dpfpga(spec: str, arg: str) -> Teacher:
+    name, _, device = arg.partition("@")
+    path = Path(name)
+    if not name or not path.is_file():
+        raise TeacherError(f"teacher {spec!r}: model file {name!r} not found")
+    from host.ase import Calculator
+
+    from .modelfile import ModelFileError, load
+    try:
+        qm = load(path)
+    except ModelFileError as e:
+        raise TeacherError(f"teacher {spec!r}: {e}") from None
+    calc = Calculator(model=str(path), device=device or "reference")
+    return Teacher(spec, calc, {"package": "dpfpga", "model": str(path), "model_hash": qm.hash,
+                                "device": device or "reference", "note": "the quantized student, not a teacher"})
 
 
 def _lj(spec: str, arg: str) -> Teacher:

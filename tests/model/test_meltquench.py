@@ -278,3 +278,30 @@ def test_scale_multiplies_every_stage_and_changes_the_fingerprint(tmp_path):
     assert third.fingerprint() != full.fingerprint() and third.source["scale"] == 1 / 3
     with pytest.raises(MeltQuenchError, match="scale must be > 0"):
         load_config(path, scale=0)
+
+
+def test_the_student_runs_the_same_protocol(tmp_path):
+    """dpfpga:MODEL runs the quantized model (reference device) through the protocol: its frames are the
+    host calculator's results, so teacher and student MD can be compared stage by stage."""
+    from host.ase import Calculator
+    from model.modelfile import save
+    from support import tiny_qm
+    model = tmp_path / "tiny.npz"
+    save(tiny_qm(), model)
+    cfg = {"structure": {"builder": "rocksalt", "anion": "Te", "cations": {"Ge": 1}, "a": 6.0,
+                         "repeat": [2, 2, 2]},
+           "teacher": f"dpfpga:{model}", "seed": 1, "type_map": ["Ge", "Te"],
+           "protocol": {"sample_every": 4, "checkpoint_every": 3,
+                        "stages": [{"folder": "s2-melt-1000K", "T": 1000, "steps": 8},
+                                   {"folder": "s3-quench-300K", "T": [1000, 300], "steps": 8}]}}
+    out, prov = generate(tmp_path, cfg=cfg)
+    assert prov["total_frames"] == 4 and prov["teacher"]["model_hash"] == tiny_qm().hash
+    calc = Calculator(model=str(model), device="reference")
+    for s in load_systems(out):
+        for f in range(s.nframes):
+            atoms = s.to_atoms(f)
+            atoms.calc = calc
+            assert atoms.get_potential_energy() == s.energies[f]
+            assert np.array_equal(atoms.get_forces(), s.forces[f])
+    with pytest.raises(TeacherError, match="not found"):
+        make_teacher(f"dpfpga:{tmp_path / 'none.npz'}")
