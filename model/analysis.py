@@ -615,6 +615,13 @@ class Reference:
     cn: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
+def reference_from_rdf(result: RDF, folder: str | Path = "") -> Reference:
+    """Another run's g(r) as the reference of :func:`compare_rdf` / :func:`plot_rdf` (e.g. a teacher
+    potential's MD against the student's)."""
+    return Reference(folder=Path(folder), rdf={name: (result.r, result.curve(name))
+                                               for name in ["total", *result.partials]})
+
+
 def _two_columns(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.loadtxt(path, ndmin=2)
     if data.shape[1] != 2:
@@ -746,7 +753,8 @@ def _save(fig, path, title: str) -> Path:
     return Path(path)
 
 
-def plot_rdf(path: str | Path, result: RDF, reference: Reference | None = None, title: str = "") -> Path:
+def plot_rdf(path: str | Path, result: RDF, reference: Reference | None = None, title: str = "",
+             label: str = "this run", reference_label: str = "AIMD reference") -> Path:
     """PNG: one panel for the total g(r) and one per partial, the reference dashed where it has one."""
     plt = _pyplot()
     names = ["total", *result.partials]
@@ -754,10 +762,10 @@ def plot_rdf(path: str | Path, result: RDF, reference: Reference | None = None, 
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.4 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        ax.plot(result.r, result.curve(name), lw=1.3, label=f"this run ({result.nframes} frames)")
+        ax.plot(result.r, result.curve(name), lw=1.3, label=f"{label} ({result.nframes} frames)")
         ref = _reference_curve(reference, name) if reference is not None else None
         if ref is not None:
-            ax.plot(ref[0], ref[1], "k--", lw=1.0, label="AIMD reference")
+            ax.plot(ref[0], ref[1], "k--", lw=1.0, label=reference_label)
         ax.axhline(1.0, color="0.7", lw=0.6)
         ax.set_xlim(0, result.rmax)
         ax.set_title(f"g(r) {name}")

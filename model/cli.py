@@ -32,6 +32,7 @@ the hardware reproduces bit for bit.
   python -m model data melt-quench CONFIG.json -o DIR  labelled melt-quench data from a teacher potential
                                                        (resumable; DeePMD npy + provenance.json)
   python -m model data teacher-test SPEC DATA...       a teacher's own RMSE against labelled (DFT) frames
+  python -m model data compare TEACHER STUDENT -o P    g(r) of the student's MD vs the teacher's, per hold
 
 DATA is a DeePMD npy system (or a folder of them) or any file ASE reads (extxyz with energies/forces).
 Run `python -m model COMMAND --help` for the options of each command.
@@ -244,6 +245,8 @@ def cmd_recipe(args):
     from .recipe import load_recipe, run
     _threads(args.threads)
     recipe = load_recipe(args.recipe, short=args.short)
+    if args.data:  # e.g. a dataset generated with another --scale or into another folder
+        recipe.data.systems = [str(Path(p).resolve()) for p in args.data]
     out = args.output or ("runs/" + Path(args.recipe).stem + ("-short" if args.short else ""))
     run(recipe, out, fresh=args.fresh)
 
@@ -296,7 +299,7 @@ def cmd_phases(args):
 def cmd_melt_quench(args):
     from .meltquench import MeltQuench, load_config
     _threads(args.threads)
-    cfg = load_config(args.config, short=args.short, scale=args.scale)
+    cfg = load_config(args.config, short=args.short, scale=args.scale, teacher=args.teacher)
     prov = MeltQuench(cfg, args.output, fresh=args.fresh, progress=not args.no_progress).run()
     print(f"{args.output}: {prov['total_frames']} frames in {len(prov['frames'])} systems, "
           f"teacher {prov['teacher']['spec']}, {prov['seconds']:.0f} s of MD; provenance.json written")
@@ -315,6 +318,16 @@ def cmd_teacher_test(args):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=1))
         print(f"wrote {args.json}")
+
+
+def cmd_compare(args):
+    from .meltquench import compare_structures
+    report = compare_structures(args.teacher_dir, args.student_dir, args.output, args.systems, skip=args.skip)
+    for name, entry in report["systems"].items():
+        tot = entry["rdf"]["total"]
+        print(f"{name}: {entry['frames']['student']} student / {entry['frames']['teacher']} teacher frames; total "
+              f"g(r) first peak shift {tot['peak_shift']:+.3f} Å, ∫|Δg| {tot['l1']:.3f} Å")
+    print(f"wrote {args.output}.json and the figures")
 
 
 def main(argv=None) -> int:
@@ -387,6 +400,7 @@ def main(argv=None) -> int:
     c.add_argument("-o", "--output", help="run directory (default: runs/<recipe name>[-short])")
     c.add_argument("--short", action="store_true", help="CI-sized run (the recipe's 'short' settings); its outputs "
                                                         "say so and its numbers are not the model's accuracy")
+    c.add_argument("--data", nargs="+", help="training data paths instead of the recipe's data.systems")
     c.add_argument("--fresh", action="store_true", help="redo every stage (default: reuse finished stages whose "
                                                         "settings and outputs match stages.json)")
     c.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default). 2 threads are 25%% "
@@ -420,11 +434,21 @@ def main(argv=None) -> int:
     mq.add_argument("-o", "--output", required=True, help="dataset folder (resumes if it holds a checkpoint)")
     mq.add_argument("--short", action="store_true", help="the config's 'short' settings (CI-sized, not for training)")
     mq.add_argument("--fresh", action="store_true", help="delete OUTPUT first instead of resuming")
+    mq.add_argument("--teacher", help="another teacher spec than the config's, e.g. dpfpga:MODEL.npz to run the "
+                                      "quantized student through the same protocol")
     mq.add_argument("--scale", type=float, help="multiply every stage's steps (e.g. 0.3: a 3x faster protocol)")
     mq.add_argument("--no-progress", action="store_true", help="no progress bar")
     mq.add_argument("--threads", type=int, default=1, help="torch threads of the teacher (default 1; 0: torch's "
                                                             "default, much slower on a busy machine)")
     mq.set_defaults(fn=cmd_melt_quench)
+    cp = g.add_parser("compare", help="g(r) of the student's melt-quench MD against the teacher's, per hold")
+    cp.add_argument("teacher_dir", help="dataset made by the teacher (python -m model data melt-quench)")
+    cp.add_argument("student_dir", help="the same protocol run with --teacher dpfpga:MODEL.npz")
+    cp.add_argument("-o", "--output", required=True, help="output prefix: PREFIX.json, PREFIX-<system>.png")
+    cp.add_argument("--systems", nargs="+", help="system folders (stage/temp-TK) to compare (default: the "
+                                                 "hottest melt and the coldest quench folder)")
+    cp.add_argument("--skip", type=int, default=0, help="leave out the first K frames of each system")
+    cp.set_defaults(fn=cmd_compare)
     tt = g.add_parser("teacher-test", help="RMSE of a teacher potential against labelled (e.g. DFT) frames")
     tt.add_argument("teacher", help="teacher spec: sevenn:NAME, mace:PATH, lj[:SIGMA:EPSILON]")
     tt.add_argument("data", nargs="+", help="DeePMD systems or ASE-readable files with energies and forces")

@@ -119,7 +119,8 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path, short: bool = False, scale: float | None = None) -> Config:
+def load_config(path: str | Path, short: bool = False, scale: float | None = None,
+                teacher: str | None = None) -> Config:
     """Read a melt-quench config; `short` applies its "short" overrides, `scale` multiplies every
     stage's step count (same rates of heating and cooling per step count: a faster quench).  Relative
     structure and teacher model files are taken relative to the config file."""
@@ -162,10 +163,15 @@ def load_config(path: str | Path, short: bool = False, scale: float | None = Non
         raise MeltQuenchError(f"{path}: bad protocol key: {e}") from None
     if protocol.sample_every < 1 or protocol.checkpoint_every < 1:
         raise MeltQuenchError(f"{path}: sample_every and checkpoint_every must be >= 1")
-    teacher = str(raw["teacher"])
-    kind, sep, arg = teacher.partition(":")
-    if sep and "/" in arg and not Path(arg).is_absolute():  # a model file named relative to the config
-        teacher = f"{kind}:{(path.parent / arg).resolve()}"
+    # A model file in the spec is relative to the config file, or to the working directory when the
+    # spec comes from the caller (`teacher`, e.g. dpfpga:MODEL.npz: the student through this protocol).
+    spec, base = (str(raw["teacher"]), path.parent) if teacher is None else (teacher, Path.cwd())
+    kind, sep, arg = spec.partition(":")
+    if sep and "/" in arg and not Path(arg).is_absolute():
+        spec = f"{kind}:{(base / arg).resolve()}"
+    if teacher is not None:
+        raw["teacher"] = spec  # the provenance and fingerprint name the teacher actually used
+    teacher = spec
     source = {**raw, "structure": st}
     return Config(st, teacher, protocol, int(raw.get("seed", 1)), raw.get("type_map"), source)
 
@@ -476,3 +482,59 @@ class MeltQuench:
                 "frames": dict(sorted(self.state["frames"].items())),
                 "total_frames": sum(self.state["frames"].values()),
                 "seconds": self.state["seconds"]}
+
+
+# ---- teacher vs student ----------------------------------------------------------------------------
+
+def hold_systems(root: str | Path) -> list[str]:
+    """The systems of a dataset that are thermostat holds worth comparing: the hottest folder of each
+    melt stage (the liquid) and the coldest of each quench stage (the glass), as `stage/temp-TK`."""
+    from .phases import parse_folders
+    root = Path(root)
+    by_stage: dict[str, list[tuple[int, str]]] = {}
+    for d in sorted(root.glob("*/temp-*K")):
+        _, stage, t = parse_folders(d)
+        if stage and t is not None:
+            by_stage.setdefault(stage, []).append((t, f"{d.parent.name}/{d.name}"))
+    out = []
+    for stage, items in sorted(by_stage.items()):
+        if "-melt" in stage:
+            out.append(max(items)[1])
+        elif "-quench" in stage:
+            out.append(min(items)[1])
+    return out
+
+
+def compare_structures(teacher_dir: str | Path, student_dir: str | Path, prefix: str | Path,
+                       systems: list[str] | None = None, rmax: float = 8.0, nbins: int = 160,
+                       skip: int = 0) -> dict:
+    """g(r) (total, partials) of the student's MD against the teacher's, system by system (the same
+    protocol run twice: `python -m model data melt-quench ... --teacher dpfpga:MODEL.npz`).
+
+    Writes PREFIX-<stage>-<temp>.png (student solid, teacher dashed) and PREFIX.json: per system and
+    curve the first peaks, the peak shift (student - teacher) and ∫|Δg| dr over 2-8 Å.
+    """
+    from . import analysis as an
+    from .data import load_deepmd
+    teacher_dir, student_dir, prefix = Path(teacher_dir), Path(student_dir), Path(prefix)
+    systems = systems or [s for s in hold_systems(teacher_dir) if (student_dir / s).is_dir()]
+    if not systems:
+        raise MeltQuenchError(f"no system folders common to {teacher_dir} and {student_dir} to compare")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    report = {"teacher": str(teacher_dir), "student": str(student_dir), "systems": {}}
+    for name in systems:
+        curves = {}
+        for who, root in (("teacher", teacher_dir), ("student", student_dir)):
+            if not (root / name).is_dir():
+                raise MeltQuenchError(f"{root / name} does not exist")
+            system = load_deepmd(root / name)
+            curves[who] = an.rdf(an.frames_from_system(system, skip=skip), rmax=rmax, nbins=nbins)
+        ref = an.reference_from_rdf(curves["teacher"], teacher_dir / name)
+        metrics = an.compare_rdf(curves["student"], ref)
+        png = prefix.parent / f"{prefix.name}-{name.replace('/', '-')}.png"
+        an.plot_rdf(png, curves["student"], ref, title=f"{name}: student vs teacher",
+                    label="student (quantized)", reference_label=f"teacher ({curves['teacher'].nframes} frames)")
+        report["systems"][name] = {"frames": {k: v.nframes for k, v in curves.items()}, "rdf": metrics,
+                                   "figure": str(png)}
+    _write_json(prefix.parent / f"{prefix.name}.json", report)
+    return report

@@ -305,3 +305,34 @@ def test_the_student_runs_the_same_protocol(tmp_path):
             assert np.array_equal(atoms.get_forces(), s.forces[f])
     with pytest.raises(TeacherError, match="not found"):
         make_teacher(f"dpfpga:{tmp_path / 'none.npz'}")
+
+
+def test_teacher_override_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(path, teacher="mace:models/x.model")
+    assert cfg.teacher == f"mace:{tmp_path / 'models' / 'x.model'}" and cfg.source["teacher"] == cfg.teacher
+    assert cfg.fingerprint() != load_config(path).fingerprint()
+    gst = load_config(REPO / "examples" / "GST" / "melt-quench.json")
+    assert gst.teacher == f"mace:{(REPO.parent / 'shared' / 'data' / 'GST' / 'GST-mace-swa.model').resolve()}"
+    assert gst.source["teacher"].startswith("mace:../")  # the fingerprint does not depend on the checkout's place
+
+
+def test_compare_finds_the_holds_and_measures_the_difference(tmp_path):
+    from model.cli import main
+    from model.meltquench import hold_systems
+    a, _ = generate(tmp_path, "a")
+    assert hold_systems(a) == ["s2-melt-1500K/temp-1500K", "s3-quench-300K/temp-300K"]
+    other = json.loads(json.dumps(TOY))
+    other["seed"] = 9
+    b, _ = generate(tmp_path, "b", other)
+    assert main(["data", "compare", str(a), str(a), "-o", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())["systems"]
+    assert all(e["rdf"]["total"]["l1"] == 0 and e["rdf"]["total"]["peak_shift"] == 0 for e in same.values())
+    assert (tmp_path / "same-s3-quench-300K-temp-300K.png").is_file()
+    assert main(["data", "compare", str(a), str(b), "-o", str(tmp_path / "diff")]) == 0
+    diff = json.loads((tmp_path / "diff.json").read_text())["systems"]
+    assert all(e["rdf"]["total"]["l1"] > 0 for e in diff.values())
+    assert set(diff["s2-melt-1500K/temp-1500K"]["rdf"]) == {"total", "Ge-Ge", "Ge-Sb", "Ge-Te", "Sb-Sb",
+                                                             "Sb-Te", "Te-Te"}
+    assert main(["data", "compare", str(a), str(tmp_path / "none"), "-o", str(tmp_path / "x")]) == 2
