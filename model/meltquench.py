@@ -254,6 +254,10 @@ class MeltQuench:
         self.cfg, self.out, self.log, self.progress = config, Path(outdir), log, progress
         self.p = config.protocol
         if fresh and self.out.exists():
+            # Only ever delete what this tool made: a folder without our checkpoint may be anything.
+            if not (self.out / "state.json").is_file() and any(self.out.iterdir()):
+                raise MeltQuenchError(f"--fresh: {self.out} holds no melt-quench checkpoint (state.json); "
+                                      f"refusing to delete a folder this tool did not make")
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_out()

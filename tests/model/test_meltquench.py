@@ -132,6 +132,8 @@ def test_another_config_or_a_foreign_folder_is_refused(tmp_path):
     (tmp_path / "junk" / "x.txt").write_text("mine")
     with pytest.raises(MeltQuenchError, match="not empty"):
         MeltQuench(load_config(tmp_path / "mq.json"), tmp_path / "junk", progress=False)
+    with pytest.raises(MeltQuenchError, match="refusing to delete"):
+        MeltQuench(load_config(tmp_path / "mq.json"), tmp_path / "junk", progress=False, fresh=True)
     assert (tmp_path / "junk" / "x.txt").read_text() == "mine"
     # --fresh starts over.
     _, prov = generate(tmp_path, "out", other, fresh=True)
