@@ -180,7 +180,6 @@ def load_config(path: str | Path, short: bool = False, scale: float | None = Non
 
 def build_structure(spec: dict, seed: int):
     """The starting crystal (ase.Atoms, periodic) for a structure spec (module docstring)."""
-    from ase.build import bulk
     from ase.spacegroup import crystal
     kind = spec.get("builder", "file" if "file" in spec else None)
     repeat = tuple(spec.get("repeat", (1, 1, 1)))

@@ -16,7 +16,7 @@ Latency: a beat's contribution is visible on the outputs one cycle after its han
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
