@@ -147,37 +147,32 @@ def _lj(spec: str, arg: str) -> Teacher:
                                 "note": "toy teacher: not physics"})
 
 
-def teacher_errors(teacher: Teacher, systems, max_frames: int | None = None, seed: int = 0,
-                   progress: bool = True) -> dict:
+def teacher_errors(teacher: Teacher, systems, max_frames: int | None = None, seed: int = 0) -> dict:
     """RMSE of a teacher against labelled frames (e.g. the GST DFT validation set): the teacher's own
     error, the yardstick for a student trained on its labels.
 
     Energies per atom, with and without the mean error removed (a teacher fitted to another DFT
     setup may sit on another energy reference); forces per component.  `max_frames`: a seeded
-    random subset of all frames.
+    random subset of all frames (model.metrics.select_frames, as `python -m model test` picks them).
     """
     import numpy as np
-    frames = [(s, f) for s in systems if s.energies is not None and s.forces is not None
-              for f in range(s.nframes)]
-    if not frames:
+
+    from .metrics import collect, rmse_of, select_frames
+    labelled = [s for s in systems if s.energies is not None and s.forces is not None]
+    if not labelled:
         raise TeacherError("no frames with energies and forces to compare with")
-    if max_frames is not None and max_frames < len(frames):
-        pick = np.sort(np.random.default_rng(seed).choice(len(frames), max_frames, replace=False))
-        frames = [frames[k] for k in pick]
-    if progress:
-        from tqdm import tqdm
-        frames = tqdm(frames, desc=f"teacher {teacher.spec}", unit="frame")
-    de, df, fref = [], [], []
-    for s, f in frames:
-        atoms = s.to_atoms(f)
+
+    def predict(system, frame):
+        atoms = system.to_atoms(frame)
         atoms.calc = teacher.calculator
-        de.append((atoms.get_potential_energy() - s.energies[f]) / s.natoms)
-        df.append(np.asarray(atoms.get_forces()) - s.forces[f])
-        fref.append(s.forces[f])
-    de, df, fref = np.array(de), np.concatenate(df).ravel(), np.concatenate(fref).ravel()
-    rms = lambda x: float(np.sqrt(np.mean(np.square(x))))
-    return {"teacher": teacher.spec, **teacher.provenance, "frames": len(de),
-            "energy_rmse_meV_per_atom": 1e3 * rms(de),
-            "energy_rmse_offset_removed_meV_per_atom": 1e3 * rms(de - de.mean()),
-            "energy_mean_error_meV_per_atom": 1e3 * float(de.mean()),
-            "force_rmse_meV_per_A": 1e3 * rms(df), "reference_force_rms_meV_per_A": 1e3 * rms(fref)}
+        # No virial: asking for stress would cost some teachers a second evaluation.
+        return atoms.get_potential_energy(), np.asarray(atoms.get_forces()), np.full(9, np.nan)
+
+    c = collect(predict, select_frames(labelled, max_frames, seed), f"teacher {teacher.spec}")
+    m = rmse_of(c)
+    return {"teacher": teacher.spec, **teacher.provenance, "frames": m["frames"],
+            "energy_rmse_meV_per_atom": 1e3 * m["rmse_e"],
+            "energy_rmse_offset_removed_meV_per_atom": 1e3 * m["rmse_e_offset_removed"],
+            "energy_mean_error_meV_per_atom": 1e3 * m["mean_error_e"],
+            "force_rmse_meV_per_A": 1e3 * m["rmse_f"],
+            "reference_force_rms_meV_per_A": 1e3 * float(np.sqrt(np.mean(c["f_ref"] ** 2)))}

@@ -266,7 +266,7 @@ def test_teacher_test_command_measures_the_teacher_against_labels(tmp_path, caps
         s.energies = s.energies + 0.5 * s.natoms  # labels 0.5 eV/atom higher
         s.forces = s.forces + 0.1
     from model.teachers import teacher_errors
-    m = teacher_errors(make_teacher(TOY["teacher"]), systems, progress=False)
+    m = teacher_errors(make_teacher(TOY["teacher"]), systems)
     assert m["energy_rmse_meV_per_atom"] == pytest.approx(500, rel=1e-9)
     assert m["energy_rmse_offset_removed_meV_per_atom"] < 1e-6
     assert m["force_rmse_meV_per_A"] == pytest.approx(100, rel=1e-9)
