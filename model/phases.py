@@ -142,7 +142,7 @@ def label_from_folders(name: str | Path, amorphous_max_k: float = AMORPHOUS_MAX_
             return PhaseLabel("amorphous", "glass", dataset, stage, t, f"quench, {t} K <= {amorphous_max_k:g} K")
         group = "supercooled" if t < T_MELT_K else "melt"
         return PhaseLabel("liquid", group, dataset, stage, t, f"quench, {t} K > {amorphous_max_k:g} K")
-    return PhaseLabel(None, "unknown stage", dataset, stage, t, f"temperature folder without a melt/quench stage")
+    return PhaseLabel(None, "unknown stage", dataset, stage, t, "temperature folder without a melt/quench stage")
 
 
 def _rock_salt_cells(system: System) -> int | None:
@@ -456,6 +456,17 @@ def _fmt(x, scale=1e3, digits=2):
     return "n/a" if x is None or not math.isfinite(x) else f"{x * scale:.{digits}f}"
 
 
+def _energy_cells(r: dict, mark: str = "") -> str:
+    """Table cells: energy RMSE float | quantized (meV/atom), each followed by `mark`."""
+    return f"{_fmt(r['float']['rmse_e'])}{mark} | {_fmt(r['quantized']['rmse_e'])}{mark}"
+
+
+def _force_cells(r: dict) -> str:
+    """Table cells: force RMSE float | quantized | RMS of the force labels (meV/Å)."""
+    return (f"{_fmt(r['float']['rmse_f'], digits=1)} | {_fmt(r['quantized']['rmse_f'], digits=1)} | "
+            f"{_fmt(r['dft_force_rms'], digits=0)}")
+
+
 def markdown_table(metrics: dict) -> str:
     """The accuracy table: energy (meV/atom) and force (meV/Å) RMSE, float and quantized, next to the
     seed paper's numbers; sub-rows for groups; a marker on rows whose energies are offset-removed."""
@@ -469,9 +480,7 @@ def markdown_table(metrics: dict) -> str:
         label = (f"&nbsp;&nbsp;{name.split(': ', 1)[1]}" if ": " in name else f"**{name}**") + temps
         if "test" in r["roles"] and "validation" not in r["roles"]:
             label += " (test set)"
-        lines.append(f"| {label} | {r['frames']} | {_fmt(r['float']['rmse_e'])}{mark} | "
-                     f"{_fmt(r['quantized']['rmse_e'])}{mark} | {_fmt(r['float']['rmse_f'], digits=1)} | "
-                     f"{_fmt(r['quantized']['rmse_f'], digits=1)} | {_fmt(r['dft_force_rms'], digits=0)} | "
+        lines.append(f"| {label} | {r['frames']} | {_energy_cells(r, mark)} | {_force_cells(r)} | "
                      f"{seed['rmse_e'] if seed else ''} | {seed['rmse_f'] if seed else ''} |")
     return "\n".join(lines) + "\n"
 
@@ -481,9 +490,7 @@ def markdown_per_temperature(metrics: dict) -> str:
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in metrics["per_temperature"]:
         lines.append(f"| {r['stage']} | {r['temperature_K']} | {r['phase'] or '-'} | {r['frames']} | "
-                     f"{_fmt(r['float']['rmse_e'])} | {_fmt(r['quantized']['rmse_e'])} | "
-                     f"{_fmt(r['float']['rmse_f'], digits=1)} | {_fmt(r['quantized']['rmse_f'], digits=1)} | "
-                     f"{_fmt(r['dft_force_rms'], digits=0)} |")
+                     f"{_energy_cells(r)} | {_force_cells(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -494,10 +501,8 @@ def markdown_per_system(metrics: dict) -> str:
     for r in metrics.get("per_system", []):
         mark = " †" if r["energy"] != "as labelled" else ""
         lines.append(f"| {Path(r['system']).name} | {r['phase'] or '-'} | {r['frames']} | "
-                     f"{_fmt(r['float']['mean_error_e'], digits=1)} | {_fmt(r['float']['rmse_e'])}{mark} | "
-                     f"{_fmt(r['quantized']['rmse_e'])}{mark} | {_fmt(r['float']['rmse_e_offset_removed'])} | "
-                     f"{_fmt(r['float']['rmse_f'], digits=1)} | {_fmt(r['quantized']['rmse_f'], digits=1)} | "
-                     f"{_fmt(r['dft_force_rms'], digits=0)} |")
+                     f"{_fmt(r['float']['mean_error_e'], digits=1)} | {_energy_cells(r, mark)} | "
+                     f"{_fmt(r['float']['rmse_e_offset_removed'])} | {_force_cells(r)} |")
     return "\n".join(lines) + "\n"
 
 
