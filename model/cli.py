@@ -299,7 +299,8 @@ def cmd_phases(args):
 def cmd_melt_quench(args):
     from .meltquench import MeltQuench, load_config
     _threads(args.threads)
-    cfg = load_config(args.config, short=args.short, scale=args.scale, teacher=args.teacher)
+    cfg = load_config(args.config, short=args.short, scale=args.scale, teacher=args.teacher,
+                      volume_per_atom=args.volume_per_atom)
     prov = MeltQuench(cfg, args.output, fresh=args.fresh, progress=not args.no_progress).run()
     print(f"{args.output}: {prov['total_frames']} frames in {len(prov['frames'])} systems, "
           f"teacher {prov['teacher']['spec']}, {prov['seconds']:.0f} s of MD; provenance.json written")
@@ -437,6 +438,9 @@ def main(argv=None) -> int:
     mq.add_argument("--teacher", help="another teacher spec than the config's, e.g. dpfpga:MODEL.npz to run the "
                                       "quantized student through the same protocol")
     mq.add_argument("--scale", type=float, help="multiply every stage's steps (e.g. 0.3: a 3x faster protocol)")
+    mq.add_argument("--volume-per-atom", type=float, metavar="A3",
+                    help="start from the config's crystal rescaled to this volume per atom (Å³): the NVT "
+                         "run's density (e.g. several datasets for a model that sees compression)")
     mq.add_argument("--no-progress", action="store_true", help="no progress bar")
     mq.add_argument("--threads", type=int, default=1, help="torch threads of the teacher (default 1; 0: torch's "
                                                             "default, much slower on a busy machine)")

@@ -120,9 +120,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_config(path: str | Path, short: bool = False, scale: float | None = None,
-                teacher: str | None = None) -> Config:
+                teacher: str | None = None, volume_per_atom: float | None = None) -> Config:
     """Read a melt-quench config; `short` applies its "short" overrides, `scale` multiplies every
-    stage's step count (same rates of heating and cooling per step count: a faster quench).  Relative
+    stage's step count (same rates of heating and cooling per step count: a faster quench),
+    `volume_per_atom` (Å³) rescales the starting cell, hence the whole NVT run's density.  Relative
     structure and teacher model files are taken relative to the config file."""
     path = Path(path)
     try:
@@ -135,6 +136,10 @@ def load_config(path: str | Path, short: bool = False, scale: float | None = Non
     for key in ("structure", "teacher", "protocol"):
         if key not in raw:
             raise MeltQuenchError(f"{path}: missing key {key!r}")
+    if volume_per_atom is not None:
+        if not volume_per_atom > 0:
+            raise MeltQuenchError(f"volume per atom must be > 0 Å³, got {volume_per_atom}")
+        raw["structure"] = dict(raw["structure"], volume_per_atom=float(volume_per_atom))
     st = dict(raw["structure"])
     if "file" in st:
         st["file"] = str((path.parent / st["file"]).resolve())

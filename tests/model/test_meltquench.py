@@ -282,6 +282,17 @@ def test_scale_multiplies_every_stage_and_changes_the_fingerprint(tmp_path):
         load_config(path, scale=0)
 
 
+def test_volume_per_atom_sets_the_density_and_changes_the_fingerprint(tmp_path):
+    path = write_config(tmp_path)
+    base, dense = load_config(path), load_config(path, volume_per_atom=27.5)
+    atoms = build_structure(dense.structure, dense.seed)
+    assert atoms.get_volume() / len(atoms) == pytest.approx(27.5, rel=1e-12)
+    assert len(atoms) == len(build_structure(base.structure, base.seed))
+    assert dense.fingerprint() != base.fingerprint() and dense.source["structure"]["volume_per_atom"] == 27.5
+    with pytest.raises(MeltQuenchError, match="volume per atom must be > 0"):
+        load_config(path, volume_per_atom=-1)
+
+
 def test_the_student_runs_the_same_protocol(tmp_path):
     """dpfpga:MODEL runs the quantized model (reference device) through the protocol: its frames are the
     host calculator's results, so teacher and student MD can be compared stage by stage."""
