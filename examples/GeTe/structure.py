@@ -819,7 +819,9 @@ def observations(report: dict) -> list[str]:
             obs.append("So the missing Peierls distortion is the model's, not the quench's: handed the AIMD's "
                        "short/long bond alternation, the quantized model relaxes it away towards its own melt-quench "
                        "structure, so a slower quench is not expected to produce it. The fix belongs in the model "
-                       "(its training or its quantization: this check does not tell which), not in the protocol.")
+                       "(its training or its quantization: this check alone does not tell which; "
+                       "examples/GeTe/experiments/group_model.py runs it with other weights, see "
+                       "docs/GeTe-accuracy.md), not in the protocol.")
     return obs
 
 

@@ -246,6 +246,8 @@ def check(every: int = 10):
            "per_system_F": {k: float(np.sqrt(np.mean(v[1] ** 2)) * 1e3) for k, v in rows.items()},
            "seconds": time.time() - t0}
     print(json.dumps(out, indent=1))
+    (REPO / "build" / "experiments").mkdir(parents=True, exist_ok=True)
+    (REPO / "build" / "experiments" / "group-check.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -301,7 +303,7 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
     out = {"model": which, "steps": steps, "wall_s": wall, "s_per_step": wall / steps,
            "T_mean": float(np.mean(temps)), "T_std": float(np.std(temps)), "windows": rows}
     print(json.dumps(out, indent=1))
-    Path(REPO / "build" / "experiments").mkdir(parents=True, exist_ok=True)
+    (REPO / "build" / "experiments").mkdir(parents=True, exist_ok=True)
     (REPO / "build" / "experiments" / f"aimd-start-{which}.json").write_text(json.dumps(out, indent=1))
     return out
 
