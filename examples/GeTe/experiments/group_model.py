@@ -22,6 +22,7 @@ rcut_smth 2.0, embedding 8/16/32 with type_one_side, fitting 3 x 128, tanh; 1e7 
     python examples/GeTe/experiments/group_model.py check            # step 2 (~1 min)
     python examples/GeTe/experiments/group_model.py md group 6000    # step 3, ~8 min per model
     python examples/GeTe/experiments/group_model.py md ours-float 6000
+    python examples/GeTe/experiments/group_model.py md runs/x/model.pt 6000   # any float weights
 
 The group's weights are third-party data: they are read from ../shared/data and never copied.
 The group model cannot run on our hardware as is: its embedding input is normalised per centre type
@@ -204,10 +205,14 @@ def load_group_model() -> GroupModel:
     return GroupModel(read_constants(PB))
 
 
-def load_ours_float():
+def load_ours_float(path: Path = REPO / "model" / "examples" / "GeTe-example.npz"):
+    """The float weights of a model file (.npz) or of a training checkpoint (.pt)."""
+    if Path(path).suffix == ".pt":
+        from model.train import load_checkpoint
+        return load_checkpoint(path)
     from model.modelfile import load
     from model.quantize import float_model
-    return float_model(load(REPO / "model" / "examples" / "GeTe-example.npz"))
+    return float_model(load(path))
 
 
 def energy_forces(model, atoms, rcut=7.0):
@@ -262,7 +267,8 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
     from model import analysis as an
     from model.data import load_deepmd
 
-    model = {"group": load_group_model, "ours-float": load_ours_float}[which]()
+    loaders = {"group": load_group_model, "ours-float": load_ours_float}
+    model = loaders[which]() if which in loaders else load_ours_float(Path(which))
 
     class Calc(Calculator):
         implemented_properties = ["energy", "forces", "free_energy"]
@@ -304,7 +310,8 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
            "T_mean": float(np.mean(temps)), "T_std": float(np.std(temps)), "windows": rows}
     print(json.dumps(out, indent=1))
     (REPO / "build" / "experiments").mkdir(parents=True, exist_ok=True)
-    (REPO / "build" / "experiments" / f"aimd-start-{which}.json").write_text(json.dumps(out, indent=1))
+    name = which if which in loaders else Path(which).parent.name + "-" + Path(which).stem
+    (REPO / "build" / "experiments" / f"aimd-start-{name}.json").write_text(json.dumps(out, indent=1))
     return out
 
 
