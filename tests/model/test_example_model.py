@@ -29,9 +29,11 @@ def test_quantized_force_rmse_within_20_percent_of_float():
 
 
 def test_gst_model_on_the_dft_frames_keeps_its_documented_accuracy():
-    """model/examples/GST-mace.npz against the GST DFT validation frames (docs/Sb-GST.md: 241 meV/Å on all
-    200): quantization stays negligible and the error does not regress (bound: the documented figure
-    with room for a 20-frame sample)."""
+    """model/examples/GST-mace.npz against the GST DFT validation frames (docs/Sb-GST.md, all 200: 54 meV/atom,
+    230 meV/Å, virial 0.14 eV/atom): quantization stays negligible and the error does not regress (bounds:
+    the documented figures with room for a 20-frame sample, which gives 53 / 242 / 0.15).  The energy and
+    virial bounds fail for the previous one-density model (81 meV/atom, 0.42 eV/atom): they hold the
+    three densities' gain."""
     gst = SHARED_DATA / "GST" / "GST-dft-validate.extxyz"
     require_shared(gst)
     qm = modelfile.load(EXAMPLE_MODEL.parent / "GST-mace.npz")
@@ -39,7 +41,9 @@ def test_gst_model_on_the_dft_frames_keeps_its_documented_accuracy():
     systems = load_systems(gst, type_map=qm.config.type_map)
     m = run_metrics(qm, float_model(qm), systems, max_frames=20, seed=0)
     assert m["quantized_vs_float"]["rmse_f"] < 0.01 * m["float"]["rmse_f"]
-    assert m["quantized"]["rmse_f"] < 0.30  # eV/Å
+    assert m["quantized"]["rmse_f"] < 0.28  # eV/Å
+    assert m["quantized"]["rmse_e"] < 0.07  # eV/atom
+    assert m["quantized"]["rmse_v"] < 0.25  # eV/atom
 
 
 def test_sb_model_quantized_follows_float_on_a7_antimony():
