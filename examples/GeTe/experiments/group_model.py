@@ -6,9 +6,9 @@ The bundled model loses the AIMD glass's short/long bond alternation within pico
 (docs/GeTe-structure.md, "--aimd-start").  Is that the architecture, our training, or our quantization?
 The seed group's own float DeePMD model of this very architecture (se_a, sel [60, 60], rcut 7.0,
 rcut_smth 2.0, embedding 8/16/32 with type_one_side, fitting 3 x 128, tanh; 1e7 training steps;
-`../shared/data/nvnmd-models/deepmd-GeTe-float.pb`) answers the first two questions, so this script
+`../shared/data/nvnmd-models/deepmd-GeTe-float.pb`) and our own float weights answer that, so this script
 
-1. reads that frozen TensorFlow graph's constants with a 40-line protobuf reader (no TensorFlow here),
+1. reads that frozen TensorFlow graph's constants with a small protobuf reader (no TensorFlow here),
 2. re-implements DeePMD-kit's se_a energy in PyTorch from them (per-centre-type normalisation of the
    environment matrix, padding slots included as DeePMD computes them), checked against the data
    README's measured RMSE of that model (6.10 meV/atom, 168 meV/Å on every 10th frame),
