@@ -236,6 +236,20 @@ def test_shipped_configs_load_and_build(material):
     assert max(temps) >= 1200 and temps[-1] == 300  # melt, then the glass at 300 K
 
 
+@pytest.mark.parametrize("config, liquid_K", [("Sb/liquid-1200K.json", 1200), ("GST/liquid-990K.json", 990)])
+def test_shipped_liquid_configs_end_in_a_hold_at_the_seeds_temperature(config, liquid_K):
+    """The liquid configs build the melt-quench configs' crystals and end in a melt-stage hold at the seed's
+    liquid temperature, filed where `data compare --systems` finds it."""
+    material = config.split("/")[0]
+    cfg = load_config(REPO / "examples" / config)
+    mq = load_config(REPO / "examples" / material / "melt-quench.json")
+    assert cfg.structure == mq.structure and cfg.teacher == mq.teacher
+    last = cfg.protocol.stages[-1]
+    assert last.t_start == last.t_end == liquid_K and "-melt" in last.folder
+    assert max(s.t_end for s in cfg.protocol.stages) >= 2000  # the crystal is melted first
+    assert liquid_K % cfg.protocol.bin_K == 0  # the hold's folder is temp-<liquid_K>K
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("material", ["Sb", "GST"])
 def test_short_run_with_the_real_teacher(tmp_path, material):
