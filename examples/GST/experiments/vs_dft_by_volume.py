@@ -1,0 +1,45 @@
+#!/usr/bin/env python3
+"""Error of a GST model file against the 200 DFT frames, binned by volume per atom and by DFT energy.
+(Issue 9; a measurement, not a recipe.)
+
+    python examples/GST/experiments/vs_dft_by_volume.py model/examples/GST-mace.npz
+
+Prints, per volume bin (Å³/atom), the number of frames, the mean energy error (model - DFT, meV/atom) and
+the force RMSE (meV/Å) of the quantized model (the bit-exact reference), then the mean energy error per
+quartile of the DFT energy per atom.  docs/Sb-GST.md and docs/figures/gst-vs-dft-by-volume.json hold the
+figures for the one-density and the three-density models.
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO))
+
+from model import modelfile  # noqa: E402
+from model.data import load_systems  # noqa: E402
+from model.metrics import predict_quantized  # noqa: E402
+
+DFT = REPO.parent / "shared" / "data" / "GST" / "GST-dft-validate.extxyz"
+BINS = [(25, 28), (28, 29.5), (29.5, 31), (31, 35)]
+
+qm = modelfile.load(sys.argv[1])
+rows = []  # volume per atom, energy error per atom, mean squared force error, DFT energy per atom
+for system in load_systems(DFT, type_map=qm.config.type_map):
+    for f in range(system.nframes):
+        e, forces, _ = predict_quantized(qm, system, f)
+        rows.append((abs(np.linalg.det(system.cells[f])) / system.natoms, (e - system.energies[f]) / system.natoms,
+                     np.mean((forces - system.forces[f].reshape(-1, 3)) ** 2), system.energies[f] / system.natoms))
+rows = np.array(rows)
+by_volume = {}
+for lo, hi in BINS:
+    m = (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+    by_volume[f"{lo}-{hi}"] = {"frames": int(m.sum()), "mean_E_error_meV_atom": float(rows[m, 1].mean() * 1e3),
+                               "F_rmse_meV_A": float(np.sqrt(rows[m, 2].mean()) * 1e3)}
+by_energy = [{"E_dft_eV_atom": [float(rows[q, 3].min()), float(rows[q, 3].max())],
+              "mean_E_error_meV_atom": float(rows[q, 1].mean() * 1e3)}
+             for q in np.array_split(np.argsort(rows[:, 3]), 4)]
+print(json.dumps({"model_hash": modelfile.content_hash(qm),
+                  "by_volume_per_atom": by_volume, "by_dft_energy_quartile": by_energy}, indent=1))
