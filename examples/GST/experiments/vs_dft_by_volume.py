@@ -20,19 +20,19 @@ sys.path.insert(0, str(REPO))
 
 from model import modelfile  # noqa: E402
 from model.data import load_systems  # noqa: E402
-from model.metrics import predict_quantized  # noqa: E402
+from model.metrics import collect, predict_quantized  # noqa: E402
 
 DFT = REPO.parent / "shared" / "data" / "GST" / "GST-dft-validate.extxyz"
 BINS = [(25, 28), (28, 29.5), (29.5, 31), (31, 35)]
 
 qm = modelfile.load(sys.argv[1])
-rows = []  # volume per atom, energy error per atom, mean squared force error, DFT energy per atom
-for system in load_systems(DFT, type_map=qm.config.type_map):
-    for f in range(system.nframes):
-        e, forces, _ = predict_quantized(qm, system, f)
-        rows.append((abs(np.linalg.det(system.cells[f])) / system.natoms, (e - system.energies[f]) / system.natoms,
-                     np.mean((forces - system.forces[f].reshape(-1, 3)) ** 2), system.energies[f] / system.natoms))
-rows = np.array(rows)
+items = [(s, f) for s in load_systems(DFT, type_map=qm.config.type_map) for f in range(s.nframes)]
+c = collect(lambda system, f: predict_quantized(qm, system, f), items, "quantized reference")
+per_frame_df = np.split(c["f_pred"] - c["f_ref"], np.cumsum(3 * c["natoms"])[:-1])
+# volume per atom, energy error per atom, mean squared force error, DFT energy per atom
+rows = np.stack([[abs(np.linalg.det(s.cells[f])) / s.natoms for s, f in items],
+                 (c["e_pred"] - c["e_ref"]) / c["natoms"], [np.mean(d ** 2) for d in per_frame_df],
+                 c["e_ref"] / c["natoms"]], axis=1)
 by_volume = {}
 for lo, hi in BINS:
     m = (rows[:, 0] >= lo) & (rows[:, 0] < hi)

@@ -37,6 +37,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -46,8 +47,8 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples" / "GeTe"))
 
-from model.network import evaluate  # noqa: E402
-from model.neighbors import edges  # noqa: E402
+from model.data import System  # noqa: E402
+from model.metrics import collect, predict_float, rmse_of  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 PB = SHARED / "nvnmd-models" / "deepmd-GeTe-float.pb"
@@ -146,6 +147,7 @@ class GroupModel(nn.Module):
         super().__init__()
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float64)
         self.sel, self.rcut_smth, self.rcut = list(sel), rcut_smth, rcut
+        self.cfg = SimpleNamespace(rcut=rcut, type_map=["Ge", "Te"])  # what model.metrics and md() read
         nnei = sum(sel)
         avg = c["descrpt_attr/t_avg"].reshape(2, nnei, 4)
         std = c["descrpt_attr/t_std"].reshape(2, nnei, 4)
@@ -215,40 +217,20 @@ def load_ours_float(path: Path = REPO / "model" / "examples" / "GeTe-example.npz
     return float_model(load(path))
 
 
-def energy_forces(model, atoms, rcut=7.0):
-    types = np.array([{"Ge": 0, "Te": 1}[s] for s in atoms.get_chemical_symbols()])
-    e = edges(atoms.positions, atoms.cell.array, True, rcut)
-    t = lambda a, dt=torch.float64: torch.as_tensor(a, dtype=dt)
-    at = t(types, torch.long)
-    E, F, _, _ = evaluate(model, t(e.vec), t(e.i, torch.long), t(e.j, torch.long), at,
-                          torch.zeros(len(at), dtype=torch.long), 1)
-    return float(E[0]), F.detach().numpy()
-
-
 # ---- step 2: the model against the AIMD labels ----------------------------------------------------
 
 def check(every: int = 10):
-    from ase import Atoms
     from model.data import load_systems
     model = load_group_model()
-    systems = load_systems([AIMD])
-    rows = {}
     t0 = time.time()
-    for s in systems:
-        de, df = [], []
-        for f in range(0, s.nframes, every):
-            atoms = Atoms(numbers=[32 if x == 0 else 52 for x in s.types], positions=s.coords[f], cell=s.cells[f],
-                          pbc=True)
-            atoms.wrap()
-            E, F = energy_forces(model, atoms)
-            de.append((E - s.energies[f]) / s.natoms)
-            df.append((F - s.forces[f].reshape(-1, 3)).ravel())
-        rows[s.name] = (np.array(de), np.concatenate(df))
-    de = np.concatenate([v[0] for v in rows.values()])
-    df = np.concatenate([v[1] for v in rows.values()])
-    out = {"frames": int(len(de)), "E_rmse_meV_atom": float(np.sqrt(np.mean(de ** 2)) * 1e3),
-           "E_rmse_offset_removed": float(np.std(de) * 1e3), "F_rmse_meV_A": float(np.sqrt(np.mean(df ** 2)) * 1e3),
-           "per_system_F": {k: float(np.sqrt(np.mean(v[1] ** 2)) * 1e3) for k, v in rows.items()},
+    per_system = {}
+    for s in load_systems([AIMD]):
+        per_system[s.name] = collect(lambda system, f: predict_float(model, system, f),
+                                     [(s, f) for f in range(0, s.nframes, every)], Path(s.name).name)
+    m = rmse_of({k: np.concatenate([c[k] for c in per_system.values()]) for k in next(iter(per_system.values()))})
+    out = {"frames": m["frames"], "E_rmse_meV_atom": m["rmse_e"] * 1e3,
+           "E_rmse_offset_removed": m["rmse_e_offset_removed"] * 1e3, "F_rmse_meV_A": m["rmse_f"] * 1e3,
+           "per_system_F": {k: rmse_of(c)["rmse_f"] * 1e3 for k, c in per_system.items()},
            "seconds": time.time() - t0}
     print(json.dumps(out, indent=1))
     (REPO / "build" / "experiments").mkdir(parents=True, exist_ok=True)
@@ -275,9 +257,11 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
             super().calculate(atoms, properties, system_changes)
-            a = self.atoms.copy()
-            a.wrap()
-            E, F = energy_forces(model, a)
+            a = self.atoms
+            tmap = model.cfg.type_map
+            frame = System("md", tmap, np.array([tmap.index(x) for x in a.get_chemical_symbols()]),
+                           a.positions[None], a.cell.array[None])
+            E, F, _ = predict_float(model, frame, 0)
             self.results = {"energy": E, "free_energy": E, "forces": F}
 
     atoms = next(an.frames_from_system(load_deepmd(SHARED / st.AIMD_AMORPHOUS), st.AIMD_START_FRAME, 1))
