@@ -1,4 +1,4 @@
-"""The GeTe model end to end, one command: `python -m model recipe RECIPE.json -o RUN_DIR [--short]`.
+"""A model end to end, one command: `python -m model recipe RECIPE.json -o RUN_DIR [--short]`.
 
 A recipe file holds the training configuration (``model``, ``data``, ``training``: the sections of
 `python -m model train`) and a ``recipe`` section:
@@ -14,11 +14,21 @@ A recipe file holds the training configuration (``model``, ``data``, ``training`
     ``max_frames_per_phase`` (null: every validation frame), ``seed``, ``amorphous_max_K`` and
     ``test_systems`` (extra data sets; only their systems with a phase are used, see
     :mod:`model.phases`).
+``datasets``
+    teacher-labelled datasets the recipe makes before it trains, so that one command goes from nothing
+    to a model file: a list of ``{"melt_quench": CONFIG.json, "output": FOLDER, "scale": S,
+    "volume_per_atom": V}`` (paths relative to the recipe; ``scale`` and ``volume_per_atom`` optional),
+    each the run of `python -m model data melt-quench CONFIG.json --scale S --volume-per-atom V -o
+    FOLDER`.  A dataset is made only if ``data.systems`` uses its folder; a complete one with the same
+    config fingerprint is reused without loading its teacher, a partial one resumes.  With ``--short``
+    each is made with its config's ``short`` protocol (``scale`` ignored) in ``RUN_DIR/datasets/``, and
+    the training reads it from there.
 ``short``
     overrides for ``--short`` (a CI-sized run): ``training``, ``stop_at_step``, ``quantize``,
     ``evaluation`` are merged over the full settings.
 
-Stages, in RUN_DIR: ``float/`` (train: `model.train.train`, lcurve, checkpoints, ``model.pt``,
+Stages, in RUN_DIR: ``datasets/`` (``--short`` only: the CI-sized datasets; full ones go where
+``recipe.datasets`` says), ``float/`` (train: `model.train.train`, lcurve, checkpoints, ``model.pt``,
 ``train.json``), ``model.npz`` (quantize + QAT fine-tune, `model.pipeline.quantize_and_finetune`; its
 fine-tuning curve in ``model-finetune/``; its report in ``quantize.json``), ``accuracy.json`` /
 ``accuracy.md`` / ``parity-*.png`` (per-phase accuracy of *that* model file on the training's
@@ -51,6 +61,27 @@ SHORT_NOTE = ("SHORT RUN (--short): a CI-sized smoke test of the recipe (a few d
 
 
 @dataclasses.dataclass
+class Dataset:
+    """One teacher-labelled dataset of a recipe: `python -m model data melt-quench` with these arguments."""
+
+    melt_quench: str  # the melt-quench config (absolute)
+    output: str  # the dataset folder (absolute); data.systems names it
+    scale: float | None = None
+    volume_per_atom: float | None = None
+
+    def config(self, short: bool):
+        from .meltquench import load_config
+        return load_config(self.melt_quench, short=short, scale=None if short else self.scale,
+                           volume_per_atom=self.volume_per_atom)
+
+    def command(self) -> str:
+        return ("python -m model data melt-quench " + self.melt_quench
+                + (f" --scale {self.scale:g}" if self.scale is not None else "")
+                + (f" --volume-per-atom {self.volume_per_atom:g}" if self.volume_per_atom is not None else "")
+                + " -o " + self.output)
+
+
+@dataclasses.dataclass
 class Recipe:
     path: Path
     raw: dict  # the recipe file as read (relative paths unresolved)
@@ -61,6 +92,7 @@ class Recipe:
     quantize: dict
     evaluation: dict
     short: bool
+    datasets: list[Dataset] = dataclasses.field(default_factory=list)
 
     def settings(self) -> dict:
         return {"model": self.model, "data": dataclasses.asdict(self.data),
@@ -88,7 +120,7 @@ def load_recipe(path: str | Path, short: bool = False) -> Recipe:
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected model, data, training, recipe)")
     r = raw.get("recipe", {})
-    unknown = set(r) - {"stop_at_step", "quantize", "evaluation", "short", "comment"}
+    unknown = set(r) - {"stop_at_step", "quantize", "evaluation", "short", "comment", "datasets"}
     if unknown:
         raise ValueError(f"{path}: unknown keys in 'recipe': {sorted(unknown)}")
     training = dict(raw.get("training", {}))
@@ -115,7 +147,30 @@ def load_recipe(path: str | Path, short: bool = False) -> Recipe:
     from .config import ModelConfig
     ModelConfig.from_dict(raw.get("model", {}))  # validate now, not after loading data
     return Recipe(path=path, raw=raw, model=dict(raw.get("model", {})), data=data, training=tcfg,
-                  stop_at_step=stop, quantize=quantize, evaluation=evaluation, short=short)
+                  stop_at_step=stop, quantize=quantize, evaluation=evaluation, short=short,
+                  datasets=_datasets(path, r.get("datasets", []), short))
+
+
+def _datasets(path: Path, entries, short: bool) -> list[Dataset]:
+    """recipe.datasets, checked now (each config loads) rather than after an hour of MD."""
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: recipe.datasets must be a list of {{melt_quench, output, scale, volume_per_atom}}")
+    out = []
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict) or not {"melt_quench", "output"} <= set(e) or \
+                set(e) - {"melt_quench", "output", "scale", "volume_per_atom", "comment"}:
+            raise ValueError(f"{path}: recipe.datasets[{k}] needs melt_quench and output, and may have scale "
+                             f"and volume_per_atom; got {e}")
+        d = Dataset(*_paths(path.parent, [e["melt_quench"], e["output"]]), e.get("scale"), e.get("volume_per_atom"))
+        from .meltquench import build_structure
+        cfg = d.config(short)  # raises MeltQuenchError (a ValueError) saying what is wrong with the config
+        build_structure(cfg.structure, cfg.seed)  # and with its crystal
+        out.append(d)
+    names = [Path(d.output).name for d in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: recipe.datasets outputs need distinct folder names (--short makes them "
+                         f"side by side in RUN_DIR/datasets/): {names}")
+    return out
 
 
 @dataclasses.dataclass
@@ -185,6 +240,37 @@ def train_stage(recipe: Recipe, outdir: Path) -> Path:
                       } if recipe.stop_at_step is not None else None
     (run_dir / "train.json").write_text(json.dumps(rec, indent=1))
     return run_dir / "model.pt"
+
+
+def dataset_stage(recipe: Recipe, outdir: Path) -> tuple[list[str], list[dict]]:
+    """Make the recipe's datasets that data.systems uses and that are not complete: returns data.systems
+    with the folders the training reads (RUN_DIR/datasets/... for --short) and a record per dataset."""
+    systems, made = list(recipe.data.systems), []
+    for d in recipe.datasets:
+        if d.output not in systems:
+            print(f"datasets: skipping {d.output} (not in data.systems)")
+            continue
+        cfg = d.config(recipe.short)
+        folder = outdir / "datasets" / Path(d.output).name if recipe.short else Path(d.output)
+        state_file = folder / "state.json"
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        reused = bool(state.get("done")) and state.get("fingerprint") == cfg.fingerprint()
+        t0 = time.time()
+        if reused:
+            # Complete and made by this config: no need for the teacher (or its optional extra).
+            print(f"datasets: reusing {folder} ({sum(state['frames'].values())} frames, complete)")
+            frames, md_seconds = sum(state["frames"].values()), state.get("seconds")
+        else:
+            from .meltquench import MeltQuench
+            print(f"datasets: {'resuming' if state_file.is_file() else 'making'} {folder} (" + d.command()
+                  + (", its short protocol" if recipe.short else "") + ")")
+            prov = MeltQuench(cfg, folder).run()
+            frames, md_seconds = prov["total_frames"], prov["seconds"]
+        systems[systems.index(d.output)] = str(folder)
+        made.append({"folder": str(folder), "command": d.command(), "short": recipe.short, "reused": reused,
+                     "teacher": cfg.teacher, "config_fingerprint": cfg.fingerprint(), "frames": frames,
+                     "md_seconds": md_seconds, "seconds": time.time() - t0})
+    return systems, made
 
 
 def evaluate_model(model_path, data: DataConfig, evaluation: dict, json_path=None, markdown_path=None,
@@ -276,9 +362,18 @@ def run(recipe: Recipe, outdir: str | Path, fresh: bool = False) -> dict:
     if recipe.short:
         print(SHORT_NOTE)
 
+    # 0. the teacher-labelled datasets the training reads
+    systems, made = dataset_stage(recipe, outdir)
+    if made:
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, systems=systems))
+        summary["settings"]["data"] = dataclasses.asdict(recipe.data)
+        summary["stages"]["datasets"] = made
+
     # 1. float training
     checkpoint = outdir / "float" / "model.pt"
-    fp = _fingerprint(recipe.settings())
+    # A remade dataset (another config fingerprint) has other frames under the same path: retrain.
+    fp = _fingerprint({**recipe.settings(), "datasets": [m["config_fingerprint"] for m in made]} if made
+                      else recipe.settings())
     if stages.reusable("train", fp, checkpoint):
         print(f"train: reusing {checkpoint} (same settings, recorded in {stages.path})")
         summary["stages"]["train"] = {"reused": True, **{k: stages.done["train"].get(k)

@@ -170,7 +170,7 @@ def test_validation_frames_are_the_ones_training_held_out(tiny_tree):
 @pytest.mark.shared_data
 def test_validation_frames_match_training_on_the_real_data():
     from model.config import ModelConfig
-    from model.train import DataConfig, load_json_config, prepare
+    from model.train import load_json_config, prepare
     require_shared(GETE_216)
     _, dcfg, tcfg = load_json_config(REPO / "examples" / "GeTe" / "train-example.json")
     dcfg = replace(dcfg, systems=[str(GETE_216)])
@@ -336,3 +336,119 @@ def test_short_recipe_end_to_end(tmp_path):
     again = json.loads((out / "summary.json").read_text())
     assert again["stages"]["train"]["reused"] and again["stages"]["quantize"]["reused"]
     assert again["model_hash"] == qm.hash
+
+
+# ---- recipe.datasets: the teacher-labelled data made by the same command ----------------------------
+
+TOY_MELT_QUENCH = {
+    "structure": {"builder": "rocksalt", "anion": "Te", "cations": {"Ge": 2, "Sb": 2, "vacancy": 1},
+                  "a": 6.05, "repeat": [1, 1, 5]},
+    "teacher": "lj:2.6:0.05", "seed": 3, "type_map": ["Ge", "Sb", "Te"],
+    "protocol": {"timestep_fs": 2.0, "sample_every": 4, "checkpoint_every": 5,
+                 "stages": [{"folder": "s1-heat", "T": [300, 1500], "steps": 24},
+                            {"folder": "s2-melt-1500K", "T": 1500, "steps": 24},
+                            {"folder": "s3-quench-300K", "T": [1500, 300], "steps": 32}]},
+    "short": {"protocol": {"stages": [{"folder": "s1-heat", "T": [300, 1500], "steps": 8},
+                                      {"folder": "s2-melt-1500K", "T": 1500, "steps": 8},
+                                      {"folder": "s3-quench-300K", "T": [1500, 300], "steps": 8}]}},
+}
+
+
+def toy_recipe(tmp_path: Path, datasets=None) -> Path:
+    """A tiny three-element recipe whose data is one toy melt-quench (Lennard-Jones teacher) it makes itself."""
+    (tmp_path / "mq.json").write_text(json.dumps(TOY_MELT_QUENCH))
+    tiny = {"steps": 12, "decay_steps": 4, "disp_freq": 4, "save_freq": 6, "valid_frames": 2}
+    raw = {"model": {"type_map": ["Ge", "Sb", "Te"], "rcut": 5.0, "rcut_smth": 2.0, "sel": [20, 20, 30],
+                     "embed_neurons": [4, 8], "axis_neurons": 2, "fit_neurons": [8, 8]},
+           "data": {"systems": ["data/toy"], "valid_fraction": 0.4, "seed": 1},
+           "training": {**tiny, "lr_start": 1e-3, "lr_stop": 1e-4, "seed": 1, "threads": 1},
+           "recipe": {"datasets": datasets if datasets is not None else
+                      [{"melt_quench": "mq.json", "scale": 0.5, "volume_per_atom": 34.0, "output": "data/toy"}],
+                      "quantize": {"finetune_steps": 2, "eval_frames": 4, "calib_frames": 2},
+                      "evaluation": {"max_frames_per_phase": 4},
+                      "short": {"training": tiny, "quantize": {"finetune_steps": 2, "eval_frames": 4,
+                                                               "calib_frames": 2}}}}
+    (tmp_path / "recipe.json").write_text(json.dumps(raw))
+    return tmp_path / "recipe.json"
+
+
+def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path, monkeypatch):
+    from model import modelfile
+    from model.recipe import load_recipe, run
+    torch.set_num_threads(1)
+    recipe = load_recipe(toy_recipe(tmp_path))
+    assert recipe.datasets[0].command().endswith(f"mq.json --scale 0.5 --volume-per-atom 34 -o {tmp_path}/data/toy")
+    summary = run(recipe, tmp_path / "run")
+    made = summary["stages"]["datasets"]
+    assert len(made) == 1 and not made[0]["reused"] and made[0]["folder"] == str(tmp_path / "data" / "toy")
+    prov = json.loads((tmp_path / "data" / "toy" / "provenance.json").read_text())
+    assert prov["complete"] and made[0]["frames"] == prov["total_frames"] == 10  # 12 + 12 + 16 steps, a frame every 4
+    assert abs(prov["structure"]["volume_per_atom_A3"] - 34.0) < 1e-9
+    assert prov["config_fingerprint"] == made[0]["config_fingerprint"]
+    qm = modelfile.load(tmp_path / "run" / "model.npz")
+    assert qm.provenance["data"]["systems"] == [str(tmp_path / "data" / "toy")]
+
+    # Second run: the complete dataset is reused without making a teacher, every stage is reused.
+    def no_teacher(*a, **k):
+        raise AssertionError("a complete dataset must not need its teacher")
+    monkeypatch.setattr("model.meltquench.make_teacher", no_teacher)
+    again = run(load_recipe(tmp_path / "recipe.json"), tmp_path / "run")
+    assert again["stages"]["datasets"][0]["reused"] and again["stages"]["train"]["reused"]
+    assert again["model_hash"] == summary["model_hash"]
+
+
+def test_short_recipe_makes_ci_sized_datasets_in_the_run_folder(tmp_path):
+    from model.recipe import load_recipe, run
+    torch.set_num_threads(1)
+    summary = run(load_recipe(toy_recipe(tmp_path), short=True), tmp_path / "run")
+    made = summary["stages"]["datasets"][0]
+    assert made["short"] and made["folder"] == str(tmp_path / "run" / "datasets" / "toy")
+    assert made["frames"] == 6  # the short protocol: 24 steps, a frame every 4
+    assert not (tmp_path / "data").exists()  # the full dataset's folder is left alone
+    assert summary["settings"]["data"]["systems"] == [made["folder"]]
+
+
+def test_a_dataset_the_data_does_not_use_is_not_made(tmp_path):
+    from model.recipe import load_recipe, dataset_stage
+    recipe = load_recipe(toy_recipe(tmp_path, [{"melt_quench": "mq.json", "output": "data/other"}]))
+    systems, made = dataset_stage(recipe, tmp_path / "run")
+    assert systems == [str(tmp_path / "data" / "toy")] and made == [] and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("datasets, match", [
+    ({"melt_quench": "mq.json"}, "must be a list"),
+    ([{"melt_quench": "mq.json"}], r"datasets\[0\] needs melt_quench and output"),
+    ([{"melt_quench": "mq.json", "output": "d", "scale_": 2}], r"datasets\[0\] needs"),
+    ([{"melt_quench": "missing.json", "output": "d"}], "cannot read melt-quench config"),
+    ([{"melt_quench": "mq.json", "output": "d", "scale": -1}], "scale must be > 0"),
+    ([{"melt_quench": "mq.json", "output": "d", "volume_per_atom": 0}], "volume per atom must be > 0"),
+    ([{"melt_quench": "mq.json", "output": "a/d"}, {"melt_quench": "mq.json", "output": "b/d"}], "distinct folder names"),
+    ([{"melt_quench": "bad-crystal.json", "output": "d"}], "multiple of 5"),
+])
+def test_bad_recipe_datasets_are_refused_before_any_work(tmp_path, datasets, match):
+    from model.recipe import load_recipe
+    bad = json.loads(json.dumps(TOY_MELT_QUENCH))
+    bad["structure"]["repeat"] = [1, 1, 4]  # 4 cation sites for a 2:2:1 ratio
+    (tmp_path / "bad-crystal.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=match):
+        load_recipe(toy_recipe(tmp_path, datasets))
+
+
+@pytest.mark.parametrize("material", ["Sb", "GST"])
+def test_material_recipe_short_with_the_real_teacher(tmp_path, material):
+    """`python -m model recipe examples/<material>/recipe.json --short`: the one documented command per
+    material, CI-sized, from nothing (the teacher makes the data) to a quantized model file."""
+    import importlib.util
+    kind = {"Sb": "sevenn", "GST": "mace"}[material]
+    if importlib.util.find_spec(kind) is None:
+        pytest.skip(f"the {material} teacher needs the [teachers] extra (pip install -e '.[teachers]')")
+    if material == "GST":
+        require_shared(SHARED_DATA / "GST" / "GST-mace-swa.model")
+    out = tmp_path / "run"
+    p = _run("recipe", REPO / "examples" / material / "recipe.json", "-o", out, "--short", "--threads", "1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    made = summary["stages"]["datasets"]
+    assert len(made) == 3 and all(m["short"] and m["frames"] > 0 and not m["reused"] for m in made)
+    assert all(Path(s).parent == out / "datasets" for s in summary["settings"]["data"]["systems"])
+    assert (out / "model.npz").is_file() and summary["accuracy"]["overall"]["frames"] > 0
