@@ -26,7 +26,8 @@ the hardware reproduces bit for bit.
   python -m model rdf TRAJ -o OUT [--altbc]            g(r), coordination numbers (and ALTBC) of a trajectory,
                                                        compared with the AIMD reference curves of a-GeTe
   python -m model recipe RECIPE.json -o RUN_DIR [--short]
-                                                       train, quantize + fine-tune, accuracy per phase: one command
+                                                       the recipe's datasets (if any), train, quantize + fine-tune,
+                                                       accuracy per phase: one command
   python -m model phases M.npz [--config RECIPE.json]  float and quantized RMSE per phase (crystalline, liquid,
                                                        amorphous) on the training's validation frames
   python -m model data melt-quench CONFIG.json -o DIR  labelled melt-quench data from a teacher potential
@@ -396,14 +397,15 @@ def main(argv=None) -> int:
     r.add_argument("--altbc-bonds", help="element pairs that count as ALTBC bonds, e.g. Ge-Te (default: all)")
     r.set_defaults(fn=cmd_rdf)
 
-    c = sub.add_parser("recipe", help="train, quantize + fine-tune and evaluate per phase, from one recipe file")
+    c = sub.add_parser("recipe", help="make the recipe's datasets, train, quantize + fine-tune and evaluate per phase, "
+                                        "from one recipe file")
     c.add_argument("recipe", help="recipe JSON (e.g. examples/GeTe/recipe.json)")
     c.add_argument("-o", "--output", help="run directory (default: runs/<recipe name>[-short])")
     c.add_argument("--short", action="store_true", help="CI-sized run (the recipe's 'short' settings); its outputs "
                                                         "say so and its numbers are not the model's accuracy")
     c.add_argument("--data", nargs="+", help="training data paths instead of the recipe's data.systems")
-    c.add_argument("--fresh", action="store_true", help="redo every stage (default: reuse finished stages whose "
-                                                        "settings and outputs match stages.json)")
+    c.add_argument("--fresh", action="store_true", help="redo every stage but the datasets (default: reuse finished "
+                                                        "stages whose settings and outputs match stages.json)")
     c.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default). 2 threads are 25%% "
                                                            "faster on an idle 2-core machine, 20x slower on a busy one")
     c.set_defaults(fn=cmd_recipe)

@@ -37,10 +37,11 @@ validation frames, :mod:`model.phases`), ``lcurve.png`` (float training and fine
 
 Resuming: a finished stage records its settings (and the hash of its input and output) in
 ``stages.json``; rerunning the same recipe into the same folder reuses a stage whose record matches
-and whose output file is unchanged, and redoes it otherwise (``--fresh``: redo everything).  An
-interrupted training starts again from step 0 (the trainer keeps no optimizer state).  Evaluation
-always runs, on the model file in the folder, so the metrics are always measured on the model file
-the folder holds.
+and whose output file is unchanged, and redoes it otherwise (``--fresh``: redo every stage but the
+datasets, which only `python -m model data melt-quench --fresh` deletes).  An interrupted training
+starts again from step 0 (the trainer keeps no optimizer state); an interrupted dataset resumes.
+Evaluation always runs, on the model file in the folder, so the metrics are always measured on the
+model file the folder holds.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ def load_recipe(path: str | Path, short: bool = False) -> Recipe:
 
 
 def _datasets(path: Path, entries, short: bool) -> list[Dataset]:
-    """recipe.datasets, checked now (each config loads) rather than after an hour of MD."""
+    """recipe.datasets, checked now (each config and its crystal) rather than after an hour of MD."""
+    from .meltquench import build_structure
     if not isinstance(entries, list):
         raise ValueError(f"{path}: recipe.datasets must be a list of {{melt_quench, output, scale, volume_per_atom}}")
     out = []
@@ -162,7 +164,6 @@ def _datasets(path: Path, entries, short: bool) -> list[Dataset]:
             raise ValueError(f"{path}: recipe.datasets[{k}] needs melt_quench and output, and may have scale "
                              f"and volume_per_atom; got {e}")
         d = Dataset(*_paths(path.parent, [e["melt_quench"], e["output"]]), e.get("scale"), e.get("volume_per_atom"))
-        from .meltquench import build_structure
         cfg = d.config(short)  # raises MeltQuenchError (a ValueError) saying what is wrong with the config
         build_structure(cfg.structure, cfg.seed)  # and with its crystal
         out.append(d)
