@@ -397,6 +397,25 @@ def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path
     assert again["model_hash"] == summary["model_hash"]
 
 
+def test_a_dataset_remade_by_another_config_retrains_and_a_stale_one_is_refused(tmp_path):
+    import shutil
+
+    from model.meltquench import MeltQuenchError
+    from model.recipe import load_recipe, run
+    torch.set_num_threads(1)
+    path = toy_recipe(tmp_path)
+    first = run(load_recipe(path), tmp_path / "run")
+    config = json.loads((tmp_path / "mq.json").read_text())
+    config["seed"] = 4  # another trajectory: other frames under the same folder name
+    (tmp_path / "mq.json").write_text(json.dumps(config))
+    with pytest.raises(MeltQuenchError, match="made with another config"):
+        run(load_recipe(path), tmp_path / "run")
+    shutil.rmtree(tmp_path / "data" / "toy")
+    second = run(load_recipe(path), tmp_path / "run")
+    assert not second["stages"]["datasets"][0]["reused"] and not second["stages"]["train"]["reused"]
+    assert second["model_hash"] != first["model_hash"]
+
+
 def test_short_recipe_makes_ci_sized_datasets_in_the_run_folder(tmp_path):
     from model.recipe import load_recipe, run
     torch.set_num_threads(1)
