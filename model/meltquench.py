@@ -250,6 +250,16 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def finished(outdir: str | Path, config: Config) -> dict | None:
+    """The checkpoint state of a complete dataset that `config` made in `outdir` (its "frames" per system
+    and MD "seconds"), or None: callers can reuse the data without making the teacher."""
+    path = Path(outdir) / "state.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    return state if state.get("done") and state.get("fingerprint") == config.fingerprint() else None
+
+
 class MeltQuench:
     """One dataset run: `MeltQuench(config, outdir).run()`; resumes from `outdir`'s checkpoint."""
 

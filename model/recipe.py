@@ -246,6 +246,7 @@ def train_stage(recipe: Recipe, outdir: Path) -> Path:
 def dataset_stage(recipe: Recipe, outdir: Path) -> tuple[list[str], list[dict]]:
     """Make the recipe's datasets that data.systems uses and that are not complete: returns data.systems
     with the folders the training reads (RUN_DIR/datasets/... for --short) and a record per dataset."""
+    from .meltquench import MeltQuench, finished
     systems, made = list(recipe.data.systems), []
     for d in recipe.datasets:
         if d.output not in systems:
@@ -253,18 +254,16 @@ def dataset_stage(recipe: Recipe, outdir: Path) -> tuple[list[str], list[dict]]:
             continue
         cfg = d.config(recipe.short)
         folder = outdir / "datasets" / Path(d.output).name if recipe.short else Path(d.output)
-        state_file = folder / "state.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-        reused = bool(state.get("done")) and state.get("fingerprint") == cfg.fingerprint()
+        state = finished(folder, cfg)
+        reused = state is not None
         t0 = time.time()
         if reused:
             # Complete and made by this config: no need for the teacher (or its optional extra).
-            print(f"datasets: reusing {folder} ({sum(state['frames'].values())} frames, complete)")
             frames, md_seconds = sum(state["frames"].values()), state.get("seconds")
+            print(f"datasets: reusing {folder} ({frames} frames, complete)")
         else:
-            from .meltquench import MeltQuench
-            print(f"datasets: {'resuming' if state_file.is_file() else 'making'} {folder} (" + d.command()
-                  + (", its short protocol" if recipe.short else "") + ")")
+            print(f"datasets: {'resuming' if (folder / 'state.json').is_file() else 'making'} {folder} ("
+                  + d.command() + (", its short protocol" if recipe.short else "") + ")")
             prov = MeltQuench(cfg, folder).run()
             frames, md_seconds = prov["total_frames"], prov["seconds"]
         systems[systems.index(d.output)] = str(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +20,21 @@ def require_shared(path: Path = SHARED_DATA) -> Path:
     if not path.exists():
         pytest.skip(f"third-party data not available at {path} (it lives in ../shared/data next to the checkout)")
     return path
+
+
+#: the package each teacher kind of model.teachers needs (the optional [teachers] extra)
+TEACHER_PACKAGES = {"sevenn": "sevenn", "mace": "mace"}
+
+
+def require_teacher(spec: str) -> str:
+    """Skip unless teacher `spec` (e.g. sevenn:7net-0, mace:MODEL_FILE) can be made here: its package from the
+    [teachers] extra and, for a model file, the file (the GST teacher lives in ../shared/data/GST)."""
+    kind, _, arg = spec.partition(":")
+    if kind in TEACHER_PACKAGES and importlib.util.find_spec(TEACHER_PACKAGES[kind]) is None:
+        pytest.skip(f"teacher {spec} needs the [teachers] extra (pip install -e '.[teachers]')")
+    if kind == "mace":
+        require_shared(Path(arg))
+    return spec
 
 
 def random_structure(natoms=40, box=10.0, ntypes=2, dmin=2.2, seed=0, triclinic=True):

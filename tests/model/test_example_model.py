@@ -9,7 +9,7 @@ from model.cli import EXAMPLE_MODEL
 from model.data import load_systems, split_frames
 from model.metrics import test_model as run_metrics
 from model.quantize import float_model
-from support import GETE_216, SHARED_DATA, require_shared
+from support import GETE_216, SHARED_DATA, require_shared, require_teacher
 
 pytestmark = pytest.mark.shared_data
 
@@ -71,16 +71,13 @@ def test_sb_model_follows_its_teachers_energy_volume_curve():
     """model/examples/Sb-7net-0.npz was trained at 30.2 and 32.0 Å³/atom: on a rattled A7 crystal from 30.2 to
     33 Å³/atom its energy change follows SevenNet 7net-0's within 10 meV/atom (docs/Sb-GST.md: the model
     from the 30.2 Å³/atom data alone drifted by 170 meV/atom at 33).  Needs the [teachers] extra."""
-    import importlib.util
-
     import numpy as np
-    if importlib.util.find_spec("sevenn") is None:
-        pytest.skip("the Sb teacher needs the [teachers] extra (pip install -e '.[teachers]')")
+
     from model.data import System
     from model.meltquench import build_structure
     from model.metrics import predict_quantized
     from model.teachers import make_teacher
-    teacher = make_teacher("sevenn:7net-0").calculator
+    teacher = make_teacher(require_teacher("sevenn:7net-0")).calculator
     qm = modelfile.load(EXAMPLE_MODEL.parent / "Sb-7net-0.npz")
     errors = []
     for v in (30.2, 31.5, 33.0):

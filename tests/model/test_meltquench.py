@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from model.data import load_systems
 from model.meltquench import MeltQuench, MeltQuenchError, build_structure, load_config
 from model.phases import label_from_folders
 from model.teachers import TeacherError, make_teacher
+from support import require_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -255,11 +255,7 @@ def test_shipped_liquid_configs_end_in_a_hold_at_the_seeds_temperature(config, l
 def test_short_run_with_the_real_teacher(tmp_path, material):
     """The shipped configs' short protocol with their real teacher (needs the [teachers] extra)."""
     cfg = load_config(REPO / "examples" / material / "melt-quench.json", short=True)
-    kind = cfg.teacher.split(":")[0]
-    if importlib.util.find_spec({"sevenn": "sevenn", "mace": "mace"}[kind]) is None:
-        pytest.skip(f"teacher {cfg.teacher} needs the [teachers] extra (pip install -e '.[teachers]')")
-    if kind == "mace" and not Path(cfg.teacher.split(":", 1)[1]).exists():
-        pytest.skip(f"the GST teacher lives in ../shared/data/GST (absent: {cfg.teacher})")
+    require_teacher(cfg.teacher)
     prov = MeltQuench(cfg, tmp_path / "out", progress=False, log=lambda s: None).run()
     systems = load_systems(tmp_path / "out")
     assert sum(s.nframes for s in systems) == prov["total_frames"] > 0

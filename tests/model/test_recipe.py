@@ -15,7 +15,7 @@ import torch
 
 from model import phases as ph
 from model.data import System, find_systems, load_systems, write_deepmd
-from support import GETE_216, REPO, SHARED_DATA, random_structure, require_shared, tiny_model, tiny_qm
+from support import GETE_216, REPO, SHARED_DATA, random_structure, require_shared, require_teacher, tiny_model, tiny_qm
 
 GETE_64 = SHARED_DATA / "GeTe-aimd" / "64atom-npt"
 
@@ -457,12 +457,8 @@ def test_bad_recipe_datasets_are_refused_before_any_work(tmp_path, datasets, mat
 def test_material_recipe_short_with_the_real_teacher(tmp_path, material):
     """`python -m model recipe examples/<material>/recipe.json --short`: the one documented command per
     material, CI-sized, from nothing (the teacher makes the data) to a quantized model file."""
-    import importlib.util
-    kind = {"Sb": "sevenn", "GST": "mace"}[material]
-    if importlib.util.find_spec(kind) is None:
-        pytest.skip(f"the {material} teacher needs the [teachers] extra (pip install -e '.[teachers]')")
-    if material == "GST":
-        require_shared(SHARED_DATA / "GST" / "GST-mace-swa.model")
+    from model.meltquench import load_config
+    require_teacher(load_config(REPO / "examples" / material / "melt-quench.json").teacher)
     out = tmp_path / "run"
     p = _run("recipe", REPO / "examples" / material / "recipe.json", "-o", out, "--short", "--threads", "1")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -45,7 +45,7 @@ for path in args.models:
             m = rmse_of(c)
             key = f"{Path(dataset).name} {phase or 'all'}"
             rows[key] = {"frames": len(picked), "rmse_e_meV_atom": m["rmse_e"] * 1e3,
-                         "mean_e_error_meV_atom": float(((c["e_pred"] - c["e_ref"]) / c["natoms"]).mean() * 1e3),
+                         "mean_e_error_meV_atom": m["mean_error_e"] * 1e3,
                          "rmse_f_meV_A": m["rmse_f"] * 1e3}
             r = rows[key]
             print(f"{Path(path).name} {key:32s} {r['frames']:4d} frames  E {r['rmse_e_meV_atom']:7.2f} "
