@@ -33,8 +33,12 @@ class Calculator(_AseCalculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "stresses"]
 
     def __init__(self, model=None, device: str = "reference", chunk_atoms: int = 4096, strict: bool = True,
-                 timeout: float = 600.0, progress: bool = False, **kwargs):
+                 timeout: float = 600.0, progress: bool = False, allow_below_rmin: bool = False, **kwargs):
+        """`allow_below_rmin`: evaluate pairs closer than the model's r_min with its tables held constant
+        below r_min (forces stay the energy's gradient) instead of raising CloseContactError; pair it with
+        a short-range repulsion (e.g. ASE's SumCalculator with a ZBL-like term)."""
         super().__init__(**kwargs)
+        self.allow_below_rmin = allow_below_rmin
         self.model_path = model if model is not None else default_model_path()
         self.qm = modelfile.load(self.model_path)
         self.device_spec = device
@@ -60,8 +64,10 @@ class Calculator(_AseCalculator):
         want_stress = "stress" in properties or "stresses" in properties
         if want_stress and not periodic:
             raise PropertyNotImplementedError("stress needs a cell that is periodic along all three axes")
-        ev = Evaluator(self.qm, self.device, self.chunk_atoms, self.strict, self.timeout, self.progress)
-        cell = atoms.cell.array if atoms.cell.volume > 0 else None
+        ev = Evaluator(self.qm, self.device, self.chunk_atoms, self.strict, self.timeout, self.progress,
+                       allow_below_rmin=self.allow_below_rmin)
+        # A cell with NaN or inf goes through, to be named in the error (its "volume" is not > 0).
+        cell = atoms.cell.array if atoms.cell.volume > 0 or not np.isfinite(atoms.cell.array).all() else None
         res = ev.compute(atoms.positions, cell, atoms.pbc, types, atomic_virial="stresses" in properties)
         self.results = {"energy": res.energy, "free_energy": res.energy, "forces": res.forces,
                         "energies": res.atomic_energies}

@@ -11,11 +11,23 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import os
 import sys
 
 from .devices import DEVICE_HELP
 
 _COMMANDS: list[tuple[str, str, tuple, object]] = []
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the message names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def arg(*flags, **options):
@@ -44,7 +56,7 @@ def devices_text(extra: dict | None = None) -> str:
 OVERVIEW = """\
 dpfpga host tools: run the quantized model on a device and share one device between processes.
 
-  python -m host serve --socket PATH [--model M.npz] [--device NAME] [--lanes N]
+  python -m host serve --socket PATH [--model M.npz] [--device NAME] [--lanes N] [--max-clients N]
         own one device and serve it to many clients (e.g. one per MPI rank of LAMMPS) over a Unix
         socket; clients use host.service.SocketDevice or host.ase.Calculator(device="socket:PATH")
   python -m host devices      list the devices
@@ -63,30 +75,42 @@ dpfpga host tools: run the quantized model on a device and share one device betw
              help="seconds a chunk may take on the device (default: 600)"),
          arg("--max-payload-mb", type=float, default=1024.0,
              help="largest request accepted, in MB (default 1024: a STRUCTURE of ~3M local atoms)"),
+         arg("--max-clients", type=_positive_int, default=None, metavar="N",
+             help="connections served at once; one more is refused with ERROR 'service busy' (default: "
+             "max(64, this node's core count): one per MPI rank of the node)"),
          arg("--chunk-atoms", type=int, default=4096,
              help="centre atoms per device chunk for structure requests (LAMMPS clients; default: 4096)"),
          arg("--owner-pid", type=int, help="stop when this process is gone (used by the LAMMPS plugin's private "
              "service)"),
          arg("--private-dir", help="a directory made for this service alone (holding --socket and its log): "
-             "removed with its contents when the --owner-pid process is gone"),
+             "removed with its contents when the service ends and the --owner-pid process is gone"),
          arg("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]))
 def cmd_serve(args) -> int:
-    """Open the device, listen at --socket, serve until SIGTERM or SIGINT (then exit 0). One log line per
-    connection, disconnection and error goes to stderr."""
+    """Open the device, listen at --socket, serve until SIGTERM, SIGINT or SIGHUP (then exit 0). One log
+    line per connection, disconnection and error goes to stderr.  At most --max-clients connections at
+    once (default max(64, the node's core count)); frames are read as their bytes arrive, never allocated
+    ahead at the size they announce."""
     from model import modelfile
     from model.cli import EXAMPLE_MODEL
 
     from .devices import open_device
-    from .service import Service, ServiceError
+    from .service import Service, ServiceError, owner_alive, remove_private_dir
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s dpfpga-service %(levelname)s %(message)s")
     model_path = args.model or EXAMPLE_MODEL
-    qm = modelfile.load(model_path)
+    owner_was_parent = args.owner_pid == os.getppid()
+    try:
+        qm = modelfile.load(model_path)
+    except BaseException:
+        # A live owner reads the log (it says why) and removes the folder; a dead one cannot.
+        if args.private_dir and args.owner_pid is not None and not owner_alive(args.owner_pid, owner_was_parent):
+            remove_private_dir(args.private_dir)
+        raise
     service = Service(lambda: open_device(args.device, qm, lanes=args.lanes), qm.hash, args.socket,
                       model_label=str(model_path), device_timeout=args.device_timeout, qm=qm,
                       chunk_atoms=args.chunk_atoms, owner_pid=args.owner_pid, private_dir=args.private_dir,
-                      max_payload=int(args.max_payload_mb * 1e6))
+                      max_payload=int(args.max_payload_mb * 1e6), max_clients=args.max_clients)
     service.install_signal_handlers()
     try:
         service.serve_forever()

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gen import wire
-from model.assembly import (DeviceFlagError, add_pair_terms, check_flags, check_types, quantize_displacements,
-                            scatter_add)
+from model.assembly import (DeviceFlagError, add_pair_terms, below_rmin, check_flags, check_types,
+                            close_contact_error, quantize_displacements, scatter_add)
+from model.reference import FLAG_R_BELOW_MIN
 from model.neighbors import check_sel, count_by_type
 
 from .neighbors import GivenNeighbors, NeighborChunks
@@ -44,19 +45,28 @@ class Result:
     virial_int: np.ndarray  # (3, 3) Python ints
     flags: np.ndarray  # (N,)
     timings: dict = field(default_factory=dict)
+    below_rmin_records: int = 0  # neighbour records below r_min (0 unless allow_below_rmin)
 
 
 class Evaluator:
+    """`strict`: flagged atoms (saturation, ...) raise DeviceFlagError.  A pair closer than the model's
+    r_min raises CloseContactError naming both atoms before anything reaches the device, unless
+    `allow_below_rmin` (the tables are then constant below r_min, forces the exact gradient of that
+    energy, and Result.below_rmin_records counts such records)."""
+
     def __init__(self, qm, device, chunk_atoms: int = 4096, strict: bool = True, timeout: float | None = 600.0,
-                 progress: bool = False):
+                 progress: bool = False, allow_below_rmin: bool = False):
         self.qm, self.device = qm, device
         self.chunk_atoms, self.strict, self.timeout, self.progress = chunk_atoms, strict, timeout, progress
+        self.allow_below_rmin = allow_below_rmin
         self.lanes = device.lanes
 
     def compute(self, positions, cell, pbc, types, atomic_virial: bool = False) -> Result:
         """One structure given by positions, cell and periodicity: its neighbours are found here."""
         types = check_types(types, self.qm.config)
-        chunks = NeighborChunks(positions, cell, pbc, self.qm.config.rcut, types, self.chunk_atoms)
+        cfg = self.qm.config
+        # A structure where some atom must exceed sum(sel) neighbours is refused before its images are built.
+        chunks = NeighborChunks(positions, cell, pbc, cfg.rcut, types, self.chunk_atoms, max_neighbors=sum(cfg.sel))
         return self._evaluate(chunks, types, len(types), atomic_virial)
 
     def compute_neighbors(self, positions, types, nlocal: int, numneigh, neighbors, atomic_virial: bool = False,
@@ -80,6 +90,7 @@ class Evaluator:
         virial = np.zeros((3, 3), dtype=object)
         w_atom = np.zeros((n, 3, 3)) if atomic_virial else None
         in_flight: deque = deque()
+        n_close = 0
         timing = {"neighbors_encode": 0.0, "device_wait": 0.0, "assemble": 0.0}
         bar = None
         if self.progress:
@@ -111,6 +122,12 @@ class Evaluator:
             atom = np.broadcast_to(names[:, None], b.nbr_type.shape)
             d = quantize_displacements(b.nbr_vec, F["coord"], atom)
             d[b.nbr_type < 0] = 0
+            close = below_rmin(qm, b.nbr_type, d)
+            if close.any():
+                if not self.allow_below_rmin:
+                    ids = ch.blocks.nbr_index if atom_ids is None else np.asarray(atom_ids)[ch.blocks.nbr_index]
+                    raise close_contact_error(qm, close, b.nbr_vec, names, ids)
+                n_close += int(close.sum())
             beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers & 0xFFF)
             timing["neighbors_encode"] += time.perf_counter() - t
             while len(in_flight) >= self.device.depth:
@@ -122,7 +139,8 @@ class Evaluator:
         if bar is not None:
             bar.close()
         if self.strict:
-            check_flags(flags, names=None if atom_ids is None else np.asarray(atom_ids)[:ncenters])
+            check_flags(flags, allow=FLAG_R_BELOW_MIN if self.allow_below_rmin else 0,
+                        names=None if atom_ids is None else np.asarray(atom_ids)[:ncenters])
         e_atom += qm.energy_bias[types[:ncenters]]
         energy_int = int(e_atom.sum(dtype=np.int64)) if ncenters < 2 ** 20 else sum(int(x) for x in e_atom)
         scale_v = 2.0 ** -(F["coord"].frac + F["F"].frac)
@@ -132,7 +150,8 @@ class Evaluator:
             virial=np.array([[float(x) * scale_v for x in row] for row in virial]),
             atomic_energies=e_atom * 2.0 ** -F["E"].frac,
             atomic_virial=None if w_atom is None else w_atom * scale_v,
-            energy_int=energy_int, forces_int=forces, virial_int=virial, flags=flags, timings=timing)
+            energy_int=energy_int, forces_int=forces, virial_int=virial, flags=flags, timings=timing,
+            below_rmin_records=n_close)
 
     def _fold(self, ch, d, out, forces, e_atom, flags, virial, w_atom):
         b = ch.blocks

@@ -13,22 +13,29 @@ along periodic axes shorter than rcut).  Along non-periodic axes of a box with a
 cell, atoms must lie inside the cell extended by rcut on each side (an atom beyond that is an
 error naming it: a structure that has blown up, or one given in the wrong units); with pbc all False
 and no cell, the atoms' bounding box is used.
+
+The cell list is built on a compact basis of the lattice (model.neighbors.search_basis): a skewed
+basis of an ordinary lattice is searched like the ordinary one, while shifts and r_ij are those of
+the caller's cell.  A structure in which some atom must have more than `max_neighbors` neighbours
+(default 1023, the most any model accepts) whatever the atoms' arrangement is refused with a
+StructureError naming the cell before its images are built: a cell this thin or small, a density
+this high, or a chunk whose halo would hold more image points than such a structure can place there.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from vesin import NeighborList
 
-from model.neighbors import Edges, NeighborBlocks, blocks
+from model.neighbors import (MAX_NEIGHBORS, Edges, NeighborBlocks, StructureError, blocks, cell_text,
+                             search_basis)
 
-
-class StructureError(ValueError):
-    """The structure cannot be evaluated as given (atom outside a non-periodic box, bad cell...)."""
+__all__ = ["Chunk", "GivenNeighbors", "NeighborChunks", "StructureError"]
 
 
 @dataclass
@@ -44,7 +51,8 @@ def _as_pbc(pbc) -> np.ndarray:
 
 
 class NeighborChunks:
-    def __init__(self, positions, cell, pbc, rcut: float, types: np.ndarray, chunk_atoms: int = 4096):
+    def __init__(self, positions, cell, pbc, rcut: float, types: np.ndarray, chunk_atoms: int = 4096,
+                 max_neighbors: int = MAX_NEIGHBORS):
         pos = np.ascontiguousarray(positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 3:
             raise StructureError(f"positions must be (N, 3), got {pos.shape}")
@@ -54,17 +62,24 @@ class NeighborChunks:
         self.pbc = _as_pbc(pbc)
         self.rcut, self.types, self.chunk_atoms = float(rcut), np.asarray(types, dtype=np.int64), int(chunk_atoms)
         self.natoms = len(pos)
+        self.max_neighbors = int(max_neighbors)
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        if not np.isfinite(cell).all():
+            raise StructureError(f"cell {cell_text(cell)} is not finite")
         self.origin = np.zeros(3)
         if abs(np.linalg.det(cell)) < 1e-9:
             if self.pbc.any():
-                raise StructureError(f"periodic along {np.flatnonzero(self.pbc).tolist()} but the cell is singular")
+                raise StructureError(f"periodic along {np.flatnonzero(self.pbc).tolist()} but the cell "
+                                     f"{cell_text(cell)} is singular")
             # An open cluster: a box around the atoms, one cutoff of vacuum on every side.
             lo, hi = (pos.min(axis=0), pos.max(axis=0)) if len(pos) else (np.zeros(3), np.ones(3))
             self.origin = lo - self.rcut
             cell = np.diag(hi - lo + 2 * self.rcut)
-        self.cell = cell
-        inv = np.linalg.inv(cell)
+        self.cell = cell  # the caller's: shifts and r_ij refer to it
+        # The cell list lives in `basis` (the cell itself unless a compact basis needs far fewer
+        # images); a shift S there is the lattice vector (S @ op) @ cell.
+        self.basis, self.op, self.compact = search_basis(cell, self.pbc, self.rcut, self.max_neighbors, self.natoms)
+        inv = np.linalg.inv(self.basis)
         frac = (pos - self.origin) @ inv
         # Fractional width of one cutoff along each axis (distance between lattice planes).
         self.delta = self.rcut * np.linalg.norm(inv, axis=0)
@@ -103,7 +118,10 @@ class NeighborChunks:
         self.block = np.minimum(self.ncell, np.maximum(1, np.floor(side).astype(np.int64)))
         self.nblock = -(-self.ncell // self.block)
         self.reach = reach
-        self.nlist = NeighborList(cutoff=self.rcut, full_list=True)
+        # Shifts in a compact basis map back to the caller's with rounding of its (large, skewed)
+        # vectors: the search looks a hair further, the final test on r_ij decides.
+        self.nlist = NeighborList(cutoff=self.rcut * (1 + 1e-6) if self.compact else self.rcut, full_list=True)
+        self.plane = 1.0 / np.linalg.norm(inv, axis=0)  # distance between the basis's lattice planes (Å)
 
     def __len__(self):
         return int(np.prod(self.nblock))
@@ -135,10 +153,39 @@ class NeighborChunks:
         atom = self.order[self.cell_start[cid][rep] + (np.arange(len(rep)) - first)]
         return atom, shift[rep]
 
+    def _check_halo(self, lo, hi, centers) -> None:
+        """Refuse, before building them, more image points in the block of cells [lo, hi) and its
+        halo than a structure whose atoms have at most max_neighbors neighbours can place there.
+        Bound: a maximal set of those points pairwise rcut apart has disjoint balls of radius rcut/2
+        inside the region widened by rcut/2, and every point lies within rcut of one of them."""
+        frac_vol, widen = 1.0, 1.0
+        mult = []
+        for a in range(3):
+            u = np.arange(lo[a] - self.reach[a], hi[a] + self.reach[a])
+            if not self.pbc[a]:
+                u = u[(u >= 0) & (u < self.ncell[a])]
+            mult.append(np.bincount(u % self.ncell[a], minlength=self.ncell[a]).astype(np.float64))
+            frac_vol *= len(u) * self.cell_w[a]
+            width = len(u) * self.cell_w[a] * self.plane[a]
+            widen *= (width + self.rcut) / width
+        nz = [np.flatnonzero(m) for m in mult]
+        sub = self.cell_count.reshape(tuple(self.ncell))[np.ix_(*nz)].astype(np.float64)
+        count = float(np.einsum("ijk,i,j,k->", sub, *[m[z] for m, z in zip(mult, nz)]))
+        volume = frac_vol * abs(np.linalg.det(self.basis)) * widen
+        top = (self.max_neighbors + 1) * volume / (math.pi / 6 * self.rcut ** 3)
+        if count > top:
+            raise StructureError(
+                f"cell {cell_text(self.cell)} (pbc {self.pbc.tolist()}): {count:.0f} atom images lie within "
+                f"one cutoff (rcut = {self.rcut:g} Å) of the {len(centers)} atoms around atom {int(centers[0])}, more "
+                f"than the {top:.0f} that fit there when no atom has more than {self.max_neighbors} neighbours: "
+                "the structure is far too dense (atoms piled up, or the cell too small)")
+
     def chunk(self, lo, hi) -> Chunk:
         """Neighbours of the atoms in the block of cells [lo, hi): vesin over the block and its halo."""
         centers, _ = self._atoms_in_cells(lo, hi)
         k = len(centers)
+        if k:
+            self._check_halo(lo, hi, centers)
         # Local points: the centres first, then every atom image within reach of the block.
         # (A centre reappears in the halo only as a different image, i.e. with a nonzero shift.)
         halo, hshift = self._atoms_in_cells(lo - self.reach, hi + self.reach)
@@ -146,8 +193,8 @@ class NeighborChunks:
         halo, hshift = halo[~inner], hshift[~inner]
         atom = np.concatenate([centers, halo])
         shift = np.concatenate([np.zeros((k, 3), dtype=np.int64), hshift])
-        wrapped = self.pos - self.wrap @ self.cell
-        pts = wrapped[atom] + shift @ self.cell
+        wrapped = self.pos - self.wrap @ self.basis
+        pts = wrapped[atom] + shift @ self.basis
         if k == 0:
             i = j = np.zeros(0, dtype=np.int64)
         else:
@@ -157,8 +204,10 @@ class NeighborChunks:
         i_local, jl = i[keep], j[keep]
         j = atom[jl]
         # Local points are wrapped positions; in the original positions the image is
-        # r_ij = x_j - x_i + (S - wrap_j + wrap_i) @ cell.
+        # r_ij = x_j - x_i + (S - wrap_j + wrap_i) @ basis, i.e. that shift @ op in the caller's cell.
         S_tot = (shift[jl] - self.wrap[j] + self.wrap[centers[i_local]]).astype(np.int64)
+        if self.compact:
+            S_tot = S_tot @ self.op
         vec = self.pos[j] - self.pos[centers[i_local]] + S_tot @ self.cell
         # vesin decided "inside rcut" on shifted copies; decide again on the vectors we hand out.
         ok = np.einsum("ij,ij->i", vec, vec) < self.rcut * self.rcut

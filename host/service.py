@@ -28,12 +28,14 @@ Protocol (version `PROTOCOL_VERSION`).  Every message is a frame: a 16-byte head
 | ERROR   | 5 | either way       | JSON {message: str} (human-readable) |
 | BYE     | 6 | client → service | empty: the client is done |
 | STRUCTURE | 7 | client → service | `STRUCTURE_HEADER` (nlocal, nall, npairs, want) then x f64[nall,3], atom id i64[nall], model type i32[nall], numneigh i32[nlocal], neighbours i32[npairs] |
-| FORCES  | 8 | service → client | `FORCES_HEADER` (nall, nlocal, have) then energy f64, virial f64[6] (xx yy zz xy xz yz), timings f64[4], forces f64[nall,3], per-atom energy f64[nlocal] (have & 1), per-atom virial f64[nall,6] (have & 2) |
+| FORCES  | 8 | service → client | `FORCES_HEADER` (nall, nlocal, have, below_rmin) then energy f64, virial f64[6] (xx yy zz xy xz yz), timings f64[4], forces f64[nall,3], per-atom energy f64[nlocal] (have & 1), per-atom virial f64[nall,6] (have & 2) |
 
 A client that knows no model hash (the C++ plugin cannot hash an .npz) names its model file instead:
 the service loads that file and compares hashes, so a mismatch is refused all the same.  All numbers
 are little-endian.  FORCES carries the fixed-point results converted to float64 once (exact: they
-are integers times a power of two); `want` bit 0 asks for per-atom energies, bit 1 for per-atom virials.
+are integers times a power of two); `want` bit 0 asks for per-atom energies, bit 1 for per-atom virials,
+bit 2 allows pairs closer than the model's r_min (otherwise such a pair is an ERROR naming both atoms);
+FORCES's `below_rmin` counts the neighbour records below r_min that were evaluated (0 unless allowed).
 
 A connection starts with HELLO; the service answers WELCOME, or ERROR and closes the connection when
 the protocol version or the model hash differ (the message names both).  Then the client sends CHUNKs,
@@ -42,8 +44,23 @@ the service handles a connection's messages in order and answers each CHUNK with
 STRUCTURE with one FORCES), or with one ERROR when that request failed (the connection stays usable).
 A frame with a bad magic, a payload over `MAX_PAYLOAD` (checked before anything is allocated), a
 truncated frame or an unexpected type gets an ERROR (when the peer still listens) and the connection
-is closed.  The device is shared: chunks of
-all connections go to it one at a time, and each RESULT goes back on the connection that sent its chunk.
+is closed.  A payload is read in pieces of at most `RECV_PIECE` bytes into a buffer that grows as
+they arrive, so memory follows the bytes received, never the length a frame announces (a peer that
+announces a large frame and stalls costs nothing; it is cut off FRAME_TIMEOUT later).  The device is
+shared: chunks of all connections go to it one at a time, and each RESULT goes back on the connection
+that sent its chunk.
+
+At most `max_clients` connections are served at once (`--max-clients`, default `default_max_clients()`:
+max(64, the node's core count), so that every MPI rank of a node can hold one); one more gets ERROR
+"service busy: N clients already connected ..." and is closed.  SIGTERM, SIGINT and SIGHUP stop the
+service cleanly: connections closed, device closed, socket file removed.
+
+A private service (`--owner-pid`, `--private-dir`: the LAMMPS plugin's, see host/lammps/) stops by
+itself within a poll period once its owner is gone, and then removes the private folder with its
+socket and log, also when it fails to start; while the owner lives, the owner removes the folder after
+reading the log.  The plugin starts it in a session of its own, so the signals that end the owner's
+process group (mpirun's SIGKILL of every rank's group when one rank aborts, a Ctrl-C) leave it alive
+long enough to clean up.
 """
 
 from __future__ import annotations
@@ -66,17 +83,18 @@ import numpy as np
 
 from .devices.base import Device, DeviceError, DeviceTimeout
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: want bit 2 (allow pairs below r_min), FORCES's below_rmin count
 MAGIC = b"DPFG"
 HEADER = struct.Struct("<4sHHQ")
 HELLO, WELCOME, CHUNK, RESULT, ERROR, BYE, STRUCTURE, FORCES = 1, 2, 3, 4, 5, 6, 7, 8
 MESSAGE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CHUNK: "CHUNK", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE",
                  STRUCTURE: "STRUCTURE", FORCES: "FORCES"}
-#: STRUCTURE: nlocal, nall, npairs (u64), want (u32: bit 0 per-atom energy, bit 1 per-atom virial), 0 (u32).
+#: STRUCTURE: nlocal, nall, npairs (u64), want (u32: bit 0 per-atom energy, bit 1 per-atom virial, bit 2 allow
+#: pairs below r_min), 0 (u32).
 STRUCTURE_HEADER = struct.Struct("<QQQII")
-#: FORCES: nall, nlocal (u64), have (u32, as `want`), 0 (u32).
+#: FORCES: nall, nlocal (u64), have (u32, as `want`), below_rmin (u32: neighbour records below r_min evaluated).
 FORCES_HEADER = struct.Struct("<QQII")
-WANT_EATOM, WANT_VATOM = 1, 2
+WANT_EATOM, WANT_VATOM, ALLOW_BELOW_RMIN = 1, 2, 4
 #: Largest payload either side accepts by default (`python -m host serve --max-payload-mb`): a 4096-atom
 #: GeTe chunk is about 2 MB; a STRUCTURE about 300 B per local atom (1.7M atoms on one rank: ~0.5 GB).
 MAX_PAYLOAD = 1 << 30
@@ -84,8 +102,43 @@ MAX_PAYLOAD = 1 << 30
 FRAME_TIMEOUT = 60.0
 #: Socket timeout used as a polling period, so that waits notice deadlines and a service shutdown.
 _POLL = 0.25
+#: Payloads larger than this are read in pieces of this size into a buffer that grows as they arrive.
+RECV_PIECE = 1 << 20
 
 log = logging.getLogger("host.service")
+
+
+def default_max_clients() -> int:
+    """The client limit of a service started without one: every core of the node may run an MPI rank
+    that holds a connection, and a small node still gets 64."""
+    return max(64, os.cpu_count() or 1)
+
+
+def owner_alive(pid: int, was_parent: bool) -> bool:
+    """Whether the process `pid` still runs.  `was_parent`: it was our parent when we started; then
+    being re-parented is the answer, because a dead parent's pid may be reused."""
+    if was_parent:
+        return os.getppid() == pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_private_dir(path) -> None:
+    """A private service's folder and the files in it (socket, log); already gone is fine."""
+    path = Path(path)
+    try:
+        for f in path.iterdir():
+            f.unlink(missing_ok=True)
+        path.rmdir()
+    except FileNotFoundError:
+        pass  # the owner removed it on its way out
+    except OSError as e:
+        log.error("cannot remove the private folder %s: %s", path, e)
 
 
 class ProtocolError(Exception):
@@ -101,12 +154,18 @@ class _Stopped(Exception):
 def _recv_exact(sock: socket.socket, n: int, deadline: float | None, stop: threading.Event | None,
                 what: str) -> bytearray:
     """n bytes from a socket whose timeout is a polling period.  EOFError on end of stream before the
-    first byte; ProtocolError when it ends later; TimeoutError past `deadline` (monotonic; None = never)."""
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
+    first byte; ProtocolError when it ends later; TimeoutError past `deadline` (monotonic; None = never).
+
+    Memory follows the bytes received, not the n announced: beyond RECV_PIECE the result grows as pieces
+    arrive, so a peer that announces a large frame and sends nothing costs nothing."""
+    small = n <= RECV_PIECE
+    buf = bytearray(n if small else 0)
+    # Large frames land in a scratch piece first: a bytearray cannot grow while a memoryview of it exists.
+    view = memoryview(buf if small else bytearray(RECV_PIECE))
+    got = 0
     while got < n:
         try:
-            k = sock.recv_into(view[got:])
+            k = sock.recv_into(view[got:] if small else view[:min(RECV_PIECE, n - got)])
         except socket.timeout:
             if stop is not None and stop.is_set():
                 raise _Stopped from None
@@ -117,6 +176,8 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None, stop: threa
             if got == 0:
                 raise EOFError(what)
             raise ProtocolError(f"truncated {what}: the stream ended after {got} of {n} bytes")
+        if not small:
+            buf += view[:k]  # realloc grows it in place (mremap for large blocks): no second full copy
         got += k
     return buf
 
@@ -259,7 +320,8 @@ def encode_forces(res, nlocal: int, want: int) -> list:
     head = np.concatenate([[res.energy], voigt6(res.virial),
                            [t.get("neighbors_encode", 0.0), t.get("device_wait", 0.0), t.get("assemble", 0.0),
                             t.get("total", 0.0)]])
-    parts = [FORCES_HEADER.pack(nall, nlocal, want, 0), head.astype("<f8"),
+    parts = [FORCES_HEADER.pack(nall, nlocal, want & (WANT_EATOM | WANT_VATOM), res.below_rmin_records),
+             head.astype("<f8"),
              np.ascontiguousarray(res.forces, dtype="<f8")]
     if want & WANT_EATOM:
         parts.append(np.ascontiguousarray(res.atomic_energies, dtype="<f8"))
@@ -269,14 +331,15 @@ def encode_forces(res, nlocal: int, want: int) -> list:
 
 
 def decode_forces(payload) -> dict:
-    """FORCES payload -> {energy, virial (6,), timings (4,), forces (nall, 3), eatom?, vatom?}."""
-    nall, nlocal, have, _ = FORCES_HEADER.unpack_from(payload)
+    """FORCES payload -> {energy, virial (6,), timings (4,), forces (nall, 3), below_rmin, eatom?, vatom?}."""
+    nall, nlocal, have, below_rmin = FORCES_HEADER.unpack_from(payload)
     expect = FORCES_HEADER.size + 8 * (11 + 3 * nall + (nlocal if have & WANT_EATOM else 0)
                                        + (6 * nall if have & WANT_VATOM else 0))
     if len(payload) != expect:
         raise ProtocolError(f"FORCES payload of {len(payload)} bytes, expected {expect}")
     a = np.frombuffer(payload, dtype="<f8", offset=FORCES_HEADER.size)
-    out = {"energy": float(a[0]), "virial": a[1:7], "timings": a[7:11], "forces": a[11:11 + 3 * nall].reshape(nall, 3)}
+    out = {"energy": float(a[0]), "virial": a[1:7], "timings": a[7:11], "forces": a[11:11 + 3 * nall].reshape(nall, 3),
+           "below_rmin": below_rmin}
     k = 11 + 3 * nall
     if have & WANT_EATOM:
         out["eatom"], k = a[k:k + nlocal], k + nlocal
@@ -302,12 +365,19 @@ class Service:
     """
 
     def __init__(self, open_device: Callable[[], Device], model_hash: str, socket_path, *,
-                 model_label: str = "", device_timeout: float = 600.0, max_clients: int = 64,
+                 model_label: str = "", device_timeout: float = 600.0, max_clients: int | None = None,
                  max_payload: int = MAX_PAYLOAD, qm=None, chunk_atoms: int = 4096, owner_pid: int | None = None,
                  private_dir=None):
-        """`qm` (the loaded model) enables STRUCTURE requests; `owner_pid`: stop when that process is gone
-        (a private service started by the LAMMPS plugin must not outlive a LAMMPS that was killed), and
-        then also remove `private_dir` (the folder its owner made for its socket and log) with its files."""
+        """`qm` (the loaded model) enables STRUCTURE requests.  `max_clients`: connections served at once
+        (None: `default_max_clients()`); one more is answered ERROR "service busy" and closed.
+        `owner_pid`: stop when that process is gone (a private service started by the LAMMPS plugin must
+        not outlive a LAMMPS that was killed or aborted); `private_dir` (the folder that owner made for
+        the socket and the log) is then removed with its files, on every way the service ends, while a
+        live owner removes it itself once it has read the log.  ValueError for a limit below 1."""
+        if max_clients is None:
+            max_clients = default_max_clients()
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, got {max_clients}")
         self._open_device = open_device
         self.model_hash, self.model_label = model_hash, model_label
         self.qm, self.chunk_atoms, self.owner_pid = qm, chunk_atoms, owner_pid
@@ -329,16 +399,24 @@ class Service:
 
     # -- life cycle --
     def serve_forever(self) -> None:
-        """Open the device, listen, serve until `stop()`; then shut down cleanly (always)."""
+        """Open the device, listen, serve until `stop()`; then shut down cleanly (always), and remove the
+        private folder if the owner is gone (also when the service fails to start)."""
+        try:
+            self._serve()
+        finally:
+            self._remove_private_dir_if_orphaned()
+
+    def _serve(self) -> None:
         self._check_path()  # fail fast, before a device that may take minutes to open
         self.device = self._open_device()
         self.lanes, self.device_name = self.device.lanes, self.device.name
         try:
             self._warm_up()
             self._listen()
-            log.info("serving device %s (lanes %d), model %s%s at %s (pid %d, protocol %d)",
+            log.info("serving device %s (lanes %d), model %s%s at %s (pid %d, protocol %d, up to %d clients)",
                      self.device_name, self.lanes, self.model_hash[:12],
-                     f" ({self.model_label})" if self.model_label else "", self.path, os.getpid(), PROTOCOL_VERSION)
+                     f" ({self.model_label})" if self.model_label else "", self.path, os.getpid(), PROTOCOL_VERSION,
+                     self.max_clients)
             while not self._stop.is_set():
                 try:
                     sock, _ = self._listener.accept()
@@ -367,15 +445,7 @@ class Service:
             x, np.zeros(2, dtype=np.int64), 2, [1, 1], [1, 0])
 
     def _owner_alive(self) -> bool:
-        if self._owner_is_parent:  # a dead parent's pid may be reused; being re-parented is unambiguous
-            return os.getppid() == self.owner_pid
-        try:
-            os.kill(self.owner_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return owner_alive(self.owner_pid, self._owner_is_parent)
 
     def stop(self, signum=None, _frame=None) -> None:
         """Ask the accept loop and every connection to end (safe from a signal handler: no logging here)."""
@@ -383,7 +453,8 @@ class Service:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        """SIGTERM, SIGINT and SIGHUP (a closed terminal) stop the service cleanly."""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
 
     def _check_path(self) -> None:
@@ -422,7 +493,7 @@ class Service:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self._inode = os.stat(self.path).st_ino
-        s.listen(64)
+        s.listen(max(64, self.max_clients))  # a whole node's ranks may connect at once
         s.settimeout(_POLL)
         self._listener = s
 
@@ -455,11 +526,15 @@ class Service:
         else:
             log.error("device still busy after %s s; exiting without closing it", self.device_timeout)
         log.info("service stopped")
-        if self._owner_gone and self.private_dir is not None:
-            # Nobody is left to read the log: the owner (which would have removed the folder) died.
-            for f in self.private_dir.iterdir():
-                f.unlink(missing_ok=True)
-            self.private_dir.rmdir()
+
+    def _remove_private_dir_if_orphaned(self) -> None:
+        """The private folder with its files, when its owner is gone: nobody is left to read the log or
+        to remove the folder.  A live owner removes it itself after reading the log (which says why the
+        service ended), so the folder is kept then."""
+        if self.private_dir is None or self.owner_pid is None:
+            return
+        if self._owner_gone or not self._owner_alive():
+            remove_private_dir(self.private_dir)
 
     # -- connections --
     def _start_client(self, sock: socket.socket) -> None:
@@ -474,7 +549,8 @@ class Service:
                 self._clients[cid] = (sock, t)
         if busy:
             log.warning("client %d (%s) refused: %d clients already connected", cid, peer, self.max_clients)
-            self._send_error_quietly(sock, f"service busy: {self.max_clients} clients already connected")
+            self._send_error_quietly(sock, f"service busy: {self.max_clients} clients already connected, the "
+                                           "limit of this service (python -m host serve --max-clients N)")
             sock.close()
             return
         log.info("client %d connected (%s)", cid, peer)
@@ -590,7 +666,7 @@ class Service:
         """One STRUCTURE: the host-side work here (neighbour records, encoding, exact assembly), the chunks
         on the shared device; FORCES back, or ERROR naming the atom (by the client's atom id) when the
         structure cannot be evaluated.  Returns its local atom count."""
-        from model.assembly import DeviceFlagError, InputRangeError
+        from model.assembly import CloseContactError, DeviceFlagError, InputRangeError
         from model.neighbors import NeighborOverflowError
 
         from .evaluate import Evaluator
@@ -600,14 +676,15 @@ class Service:
                 raise ValueError("this service was started without its model object and serves beats only")
             req = decode_structure(payload)
             ev = Evaluator(self.qm, _ServiceDevice(self), chunk_atoms=self.chunk_atoms, strict=True,
-                           timeout=self.device_timeout)
+                           timeout=self.device_timeout, allow_below_rmin=bool(req.want & ALLOW_BELOW_RMIN))
             res = ev.compute_neighbors(req.x, req.types, req.nlocal, req.numneigh, req.neighbors,
                                        atomic_virial=bool(req.want & WANT_VATOM), atom_ids=req.ids)
         except (DeviceError, ValueError, KeyError, DeviceFlagError) as e:
             # InputRangeError, NeighborOverflowError and StructureError are ValueErrors: name them all.
             kind = type(e).__name__
             what = {InputRangeError: "input out of range", NeighborOverflowError: "too many neighbours",
-                    StructureError: "bad structure", DeviceFlagError: "pipeline flags"}.get(type(e), kind)
+                    StructureError: "bad structure", DeviceFlagError: "pipeline flags",
+                    CloseContactError: "close contact"}.get(type(e), kind)
             msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             log.warning("client %d: structure failed: %s", cid, msg)
             send_json(sock, ERROR, {"message": f"{what}: {msg} (atoms are named by the client's atom ids)"},

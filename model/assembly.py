@@ -31,6 +31,33 @@ class DeviceFlagError(RuntimeError):
     """The pipeline (or reference) flagged atoms whose results must not be used."""
 
 
+class CloseContactError(DeviceFlagError):
+    """Two atoms closer than the model's r_min, where its tables (and its training data) end."""
+
+
+def below_rmin(qm: QuantizedModel, nbr_type: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(N, M) mask of the records that the pipeline's radial tables see below r_min: the hardware's own
+    integer test (u = dx^2 + dy^2 + dz^2 in the coord format squared, below the s table's first input)."""
+    return (nbr_type >= 0) & ((d * d).sum(axis=-1) < qm.table_s.x_min)
+
+
+def close_contact_error(qm: QuantizedModel, close: np.ndarray, nbr_vec: np.ndarray, center_names,
+                        nbr_names) -> CloseContactError:
+    """The error for the closest of the `close` records (N, M mask): names both atoms, their distance,
+    r_min and the training data's shortest distance when the model file records it, and the remedies."""
+    r = np.where(close, np.sqrt((np.asarray(nbr_vec) ** 2).sum(axis=-1)), np.inf)
+    a, k = np.unravel_index(int(np.argmin(r)), r.shape)
+    seen = qm.provenance.get("r_min", {}).get("training_min_distance")
+    data = f"; the training data's shortest distance is {seen:.3f} Å" if seen else ""
+    return CloseContactError(
+        f"atoms {center_names[a]} and {nbr_names[a, k]} are {r[a, k]:.4f} Å apart, closer than the model's "
+        f"r_min {qm.config.r_min:g} Å where its tables start{data} ({int(close.any(axis=1).sum())} atom(s) with "
+        "such a neighbour). The model says nothing about such distances: usually the time step or the "
+        "temperature is too high, or a short-range repulsion is missing. To go on, allow it (LAMMPS: "
+        "`pair_style nvnmd MODEL below_rmin allow`, best inside `pair_style hybrid/overlay ... zbl INNER "
+        "OUTER`; ASE: Calculator(..., allow_below_rmin=True)): the tables are then held constant below r_min")
+
+
 def quantize_displacements(vec: np.ndarray, fmt: Fmt, atom_index: np.ndarray | None = None) -> np.ndarray:
     q = np.floor(vec * 2.0 ** fmt.frac + 0.5)
     bad = (q < fmt.lo) | (q > fmt.hi)
@@ -72,7 +99,8 @@ def check_types(types, cfg) -> np.ndarray:
 def neighbor_blocks(qm: QuantizedModel, positions, cell, pbc, types) -> NeighborBlocks:
     cfg = qm.config
     types = check_types(types, cfg)
-    e = edges(np.asarray(positions, dtype=np.float64), np.asarray(cell, dtype=np.float64), pbc, cfg.rcut)
+    e = edges(np.asarray(positions, dtype=np.float64), np.asarray(cell, dtype=np.float64), pbc, cfg.rcut,
+              max_neighbors=sum(cfg.sel))
     check_sel(count_by_type(e, types, len(types), cfg.ntypes), cfg.sel, cfg.type_map)
     return blocks(e, types, len(types))
 
@@ -95,7 +123,9 @@ def scatter_add(out: np.ndarray, index, values) -> None:
     (pipeline results are 20-bit words, so it holds for any realistic atom); float arrays (per-atom
     virials) are summed in float64 as np.add.at would."""
     values = np.asarray(values)
-    if values.size and float(np.abs(values).max()) * len(values) >= 2.0 ** 53:
+    if values.size == 0:  # no pairs at all (atoms without neighbours): nothing to add
+        return
+    if float(np.abs(values).max()) * len(values) >= 2.0 ** 53:
         np.add.at(out, index, values)
         return
     flat_out, flat_v = out.reshape(len(out), -1), values.reshape(len(values), -1)
@@ -133,29 +163,30 @@ def assemble(qm: QuantizedModel, rec: NeighborRecords, res: ReferenceResult, nbr
         energy_int=energy_int, forces_int=forces, virial_int=virial, flags=res.flags)
 
 
-def check_flags(flags: np.ndarray, allow=FLAG_R_BELOW_MIN, names=None) -> None:
-    """Raise DeviceFlagError naming the first flagged atom (flags in `allow` only warn); `names[k]` is
-    how atom k is called in messages (default: k)."""
-    import warnings
+def check_flags(flags: np.ndarray, allow: int = 0, names=None) -> None:
+    """Raise DeviceFlagError naming the first flagged atom (flags in `allow` are accepted: the caller
+    asked for them); `names[k]` is how atom k is called in messages (default: k).  R_BELOW_MIN is an
+    error unless allowed: callers check the pairs first (close_contact_error names both atoms), so the
+    flag here is the device's backstop."""
     flags = np.asarray(flags)
     bad = (flags & ~allow) != 0
     if bad.any():
         a = int(np.argmax(bad))
         raise DeviceFlagError(f"atom {a if names is None else names[a]}: {describe_flags(int(flags[a]))} "
                               f"({int(bad.sum())} atom(s) flagged); results are not usable")
-    warn = (flags & allow) != 0
-    if warn.any():
-        a = int(np.argmax(warn))
-        warnings.warn(f"atom {a if names is None else names[a]}: {describe_flags(int(flags[a]))} "
-                      f"({int(warn.sum())} atom(s)); "
-                      "the tables clamp such pairs to r_min", RuntimeWarning, stacklevel=3)
 
 
-def compute(qm: QuantizedModel, positions, cell, pbc: bool, types, strict: bool = True) -> Assembled:
-    """Energy, forces and virial of one structure through the bit-exact reference."""
+def compute(qm: QuantizedModel, positions, cell, pbc: bool, types, strict: bool = True,
+            allow_below_rmin: bool = False) -> Assembled:
+    """Energy, forces and virial of one structure through the bit-exact reference.  A pair closer than
+    r_min is a CloseContactError unless `allow_below_rmin` (then the tables are constant below r_min);
+    `strict` turns the other flags (saturation, ...) into DeviceFlagError."""
     nb = neighbor_blocks(qm, positions, cell, pbc, types)
     rec = quantize_records(qm, nb)
+    close = below_rmin(qm, rec.nbr_type, rec.nbr_d)
+    if close.any() and not allow_below_rmin:
+        raise close_contact_error(qm, close, nb.nbr_vec, np.arange(len(rec)), nb.nbr_index)
     res = evaluate(qm, rec)
     if strict:
-        check_flags(res.flags)
+        check_flags(res.flags, allow=FLAG_R_BELOW_MIN if allow_below_rmin else 0)
     return assemble(qm, rec, res, nb.nbr_index, len(rec))

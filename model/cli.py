@@ -76,12 +76,28 @@ def cmd_test(args):
     print(f"quantized - float: energy {d['rmse_e'] * 1e3:.4f} meV/atom, force {d['rmse_f'] * 1e3:.4f} meV/Å RMS")
 
 
+def r_min_text(qm) -> str:
+    """Where the tables start, and how far below the training data that is."""
+    rec = qm.provenance.get("r_min") or {}
+    d = rec.get("training_min_distance")
+    head = (f"r_min {qm.config.r_min} Å: the tables start here; a closer pair is an error unless allowed "
+            "(below_rmin allow)\n")
+    if d is None:
+        return head + ("training data's shortest distance: not recorded in this model file (quantized before "
+                       "dpfpga recorded it, or its data is not known)")
+    where = f"{rec.get('frames')} frames, shortest in {rec.get('system')} frame {rec.get('frame')}"
+    note = f"; {rec['note']}" if rec.get("note") else ""
+    return head + (f"training data's shortest distance {d:.4f} Å ({where}); r_min is {qm.config.r_min / d:.3f} of it"
+                   f"{note}")
+
+
 def cmd_info(args):
     from . import modelfile
     qm = modelfile.load(args.model)
     cfg = qm.config
     print(f"model: {Path(args.model).resolve()}\nhash: {qm.hash}")
     print(f"type_map {cfg.type_map}  rcut {cfg.rcut}  rcut_smth {cfg.rcut_smth}  sel {cfg.sel}  r_min {cfg.r_min}")
+    print(r_min_text(qm))
     print(f"norm_shift {cfg.norm_shift}  desc_shift {cfg.desc_shift}")
     print("formats: " + "  ".join(f"{k}={v.describe()}" for k, v in sorted(qm.formats.items())))
     for name, t in [("s(u)", qm.table_s), ("h(u)", qm.table_h)] + [(f"G[{cfg.type_map[k]}](s)", g)

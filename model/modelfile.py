@@ -12,7 +12,10 @@ Layout: a NumPy `.npz` (zip) archive holding
 name, dtype, shape and bytes in sorted name order: any change to any constant changes the hash, and the
 host refuses to talk to hardware built from another model.
 
-`load` validates everything and raises `ModelFileError` naming what is wrong.
+`load` validates everything and raises `ModelFileError` naming the file and what is wrong, for any
+input: a missing, empty, truncated or corrupt file (bad zip structure, deflate data or CRC), a
+directory, a single `.npy`, a member that is not a plain numeric array (object arrays are refused
+unread: nothing in a model file is ever unpickled), a header that is not UTF-8 JSON, a bad hash.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,23 +177,99 @@ def _fail(path, msg):
     raise ModelFileError(f"{path}: {msg}")
 
 
+# Everything the zip and npy layers raise on damaged bytes (zlib.error for bad deflate data,
+# struct.error for short records, NotImplementedError for an unknown compression method,
+# RuntimeError for an encrypted member).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError)
+
+
+class _BadMember(ValueError):
+    """A member that is readable but is not what a model file holds."""
+
+
+def _read_npy(data: bytes, name: str) -> np.ndarray:
+    """One `.npy` member from its bytes: header parsed by numpy.lib.format, the data taken as raw
+    bytes of a numeric dtype, so that nothing is ever unpickled and no allocation exceeds the bytes
+    actually present.  Raises ValueError naming the member and what is wrong."""
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise _BadMember(f".npy format version {version} (model files are written as 1.0)")
+        # numpy refuses headers over 10,000 bytes with advice to trust the file with allow_pickle: a
+        # damaged length field is named here instead (a model file's headers are ~100 bytes).
+        size = struct.unpack("<H" if version == (1, 0) else "<I", data[8:10 if version == (1, 0) else 12])[0]
+        if size > 10_000:
+            raise ValueError(f".npy header length {size} bytes (damaged: a model file's are about 100)")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+    except (ValueError, EOFError, struct.error) as e:
+        raise _BadMember(f"member {name!r} is not a readable .npy array: {e}") from None
+    if dtype.hasobject:
+        raise _BadMember(f"member {name!r} holds Python objects (dtype {dtype}), which a model file never "
+                         "contains: refused unread")
+    body = memoryview(data)[f.tell():]
+    want = math.prod(shape) * dtype.itemsize
+    if len(body) != want:
+        raise _BadMember(f"member {name!r}: {len(body)} bytes of data, its header says shape {shape} of "
+                         f"{dtype} ({want} bytes)")
+    return np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _read_archive(path: Path) -> dict[str, np.ndarray]:
+    """Every member of the .npz at `path`, by name without `.npy`; ModelFileError on any damage."""
+    if path.is_dir():
+        _fail(path, "is a directory, not a model file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        _fail(path, f"cannot be read: {e.strerror or e}")
+    if not raw:
+        _fail(path, "is empty (0 bytes): not a model archive")
+    if raw.startswith(b"\x93NUMPY"):
+        _fail(path, "is a single NumPy array (.npy), not a model archive (.npz)")
+    arrays = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise _BadMember(f"member {info.filename!r} is not a .npy array")
+                key = info.filename[:-len(".npy")]
+                if key in arrays:
+                    raise _BadMember(f"member {info.filename!r} appears twice")
+                try:
+                    data = z.read(info)  # checks the CRC
+                except (zlib.error, EOFError, struct.error, NotImplementedError, RuntimeError) as e:
+                    raise ValueError(f"member {info.filename!r}: {e}") from None
+                arrays[key] = _read_npy(data, info.filename)
+    except _BadMember as e:
+        _fail(path, f"not a dpfpga model archive: {e}")
+    except _DAMAGED as e:
+        _fail(path, f"not a readable model archive (corrupt or truncated): {e}")
+    except MemoryError:
+        _fail(path, "not a readable model archive: a member claims more data than fits in memory (corrupt)")
+    return arrays
+
+
 def load(path: str | Path) -> QuantizedModel:
     path = Path(path)
     if not path.exists():
         _fail(path, "no such model file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        npz = np.load(io.BytesIO(raw), allow_pickle=False)
-        arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        _fail(path, f"not a readable model archive (corrupt or truncated): {e}")
+    arrays = _read_archive(path)
     if "header" not in arrays:
         _fail(path, "missing 'header' entry: not a dpfpga model file")
+    head = arrays.pop("header")
+    if head.dtype != np.uint8 or head.ndim != 1:
+        _fail(path, f"header is a {head.dtype} array of shape {head.shape}, not UTF-8 bytes")
     try:
-        header = json.loads(arrays.pop("header").tobytes().decode())
+        header = json.loads(head.tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         _fail(path, f"header is not valid JSON: {e}")
+    if not isinstance(header, dict):
+        _fail(path, f"header is JSON {type(header).__name__}, not an object")
     if header.get("@class") != MODEL_CLASS:
         _fail(path, f"@class is {header.get('@class')!r}, expected {MODEL_CLASS!r}")
     if header.get("@version") != MODEL_VERSION:
@@ -198,14 +280,16 @@ def load(path: str | Path) -> QuantizedModel:
     if stored != actual:
         _fail(path, f"content hash mismatch (header says {stored}, content gives {actual}): "
                     "the file was modified or damaged")
+    # Content with a matching hash can still be inconsistent (written by another tool): whatever it
+    # trips over is named, never a traceback.
     try:
         qm = _from_parts(header, arrays)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
         _fail(path, f"inconsistent content: {e}")
     qm.hash = actual
     try:
         validate(qm)
-    except ValueError as e:
+    except (ValueError, TypeError, AttributeError, IndexError, OverflowError) as e:
         _fail(path, str(e))
     return qm
 

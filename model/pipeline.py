@@ -10,7 +10,7 @@ from pathlib import Path
 from . import modelfile
 from .metrics import predict_quantized, collect, rmse_of, select_frames
 from .qat import QATDeepPot
-from .quantize import build, calibrate, choose_formats
+from .quantize import build, calibrate, choose_formats, set_r_min
 from .train import DataConfig, TrainConfig, Trainer, load_checkpoint, load_json_config, prepare
 
 
@@ -36,12 +36,14 @@ def quantize_and_finetune(checkpoint, output, config=None, steps: int = 2000, lr
     model = load_checkpoint(checkpoint)
     dcfg, tcfg = _load_run_config(checkpoint, config)
     cfg = model.cfg
-    # prepare() re-derives r_min and s statistics; the checkpoint's values are the ones trained with.
-    saved = (cfg.r_min, cfg.s_mean, cfg.s_std)
+    # prepare() re-derives the s statistics; the checkpoint's values are the ones trained with.
+    saved = (cfg.s_mean, cfg.s_std)
     train_sys, valid_sys, _ = prepare(cfg, dcfg, seed)
-    cfg.r_min, cfg.s_mean, cfg.s_std = saved
+    cfg.s_mean, cfg.s_std = saved
 
     t0 = time.time()
+    # The tables start at r_min, chosen from every training frame (the float model never uses it).
+    model, r_min_record = set_r_min(model, train_sys)
     ranges = calibrate(model, train_sys, nframes=calib_frames, seed=seed)
     formats = choose_formats(model, ranges)
     qm = build(model, formats)
@@ -63,7 +65,8 @@ def quantize_and_finetune(checkpoint, output, config=None, steps: int = 2000, lr
         report["quantized_after_finetune"] = quantized_rmse(qm, items)
         report["finetune"]["lcurve"] = str((outdir / "lcurve.out").resolve())
     report["seconds"] = time.time() - t0
-    qm.provenance = {"calibration_ranges": ranges, "quantization": report, "data": asdict(dcfg)}
+    qm.provenance = {"calibration_ranges": ranges, "quantization": report, "data": asdict(dcfg),
+                     "r_min": r_min_record}
     modelfile.save(qm, output)
     report["hash"] = qm.hash
     return report

@@ -2,6 +2,9 @@
 
 Steps (`quantize`):
 
+0. **r_min** (`shortest_distance`, `choose_r_min`): the radial tables start at r_min, chosen from the
+   training data's shortest pair distance with a margin; both are recorded in the provenance
+   (`provenance["r_min"]`), and a pair below r_min is an error at run time unless the user allows it.
 1. **Calibrate**: run the float model on sample frames and record the largest magnitude of every
    tensor the hardware stores, forward and backward (R, G, GR, D, activations, every gradient...).
 2. **Formats** (`choose_formats`): widths are fixed by the hardware (18-bit words where a value feeds the
@@ -18,6 +21,7 @@ Steps (`quantize`):
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -45,6 +49,59 @@ U_XI_BITS = 17
 G_SEG_SHIFT = 10  # G-table segments of 1/1024 in s
 TABLE_GUARD = 8  # coefficient fraction bits beyond the output's
 COEF_BITS = 27
+#: r_min = R_MIN_MARGIN x the training data's shortest distance, rounded down to R_MIN_GRID Å.
+R_MIN_MARGIN = 0.85
+R_MIN_GRID = 0.05
+
+
+# ---- r_min: where the radial tables start ------------------------------------------------------------
+
+def shortest_distance(systems, rcut: float) -> dict:
+    """The shortest pair distance over *every* frame of `systems` (a sample could miss the one close
+    contact that matters): {"distance": Å, "system": name, "frame": k, "frames": frames searched}.
+    Pairs are searched inside 3.5 Å first and inside rcut only for frames with none that close."""
+    best = {"distance": math.inf, "system": None, "frame": None, "frames": 0}
+    from .neighbors import edges
+    for system in systems:
+        for f in range(system.nframes):
+            for cut in (min(3.5, rcut), rcut):
+                e = edges(system.coords[f], system.cells[f], system.pbc, cut)
+                if len(e.i):
+                    d = float(np.sqrt(np.einsum("ij,ij->i", e.vec, e.vec).min()))
+                    if d < best["distance"]:
+                        best.update(distance=d, system=system.name, frame=f)
+                    break
+            best["frames"] += 1
+    return best
+
+
+def choose_r_min(min_distance: float, cfg: ModelConfig) -> float:
+    """R_MIN_MARGIN x `min_distance` on a R_MIN_GRID Å grid; never above rcut_smth - R_MIN_GRID (the
+    tables' 1/r part must start below rcut_smth: Sb has no bond under 2.8 Å) nor below 0.5 Å."""
+    grid = 1.0 / R_MIN_GRID
+    cap = math.floor((cfg.rcut_smth - R_MIN_GRID) * grid + 1e-9) / grid
+    if not math.isfinite(min_distance):
+        return cap  # no pair inside rcut in any frame: nothing closer was ever seen
+    return max(0.5, min(math.floor(R_MIN_MARGIN * min_distance * grid) / grid, cap))
+
+
+def set_r_min(model: DeepPot, systems, r_min: float | None = None) -> tuple[DeepPot, dict]:
+    """A copy of `model` whose config has r_min chosen from `systems` (the training data), or the given
+    `r_min`, which must lie below the data's shortest distance.  Returns it and the provenance record."""
+    seen = shortest_distance(systems, model.cfg.rcut)
+    if r_min is None:
+        r_min = choose_r_min(seen["distance"], model.cfg)
+    elif r_min >= seen["distance"]:
+        raise ValueError(f"r_min {r_min} Å is not below the data's shortest distance {seen['distance']:.4f} Å "
+                         f"(system {seen['system']}, frame {seen['frame']}): the model would refuse its own data")
+    model = copy.deepcopy(model)
+    model.cfg.r_min = float(r_min)
+    model.cfg.validate()
+    record = {"r_min": float(r_min), "training_min_distance": seen["distance"] if math.isfinite(seen["distance"])
+              else None, "system": seen["system"], "frame": seen["frame"], "frames": seen["frames"],
+              "rule": f"{R_MIN_MARGIN} x shortest distance on a {R_MIN_GRID} A grid, at most rcut_smth - "
+                      f"{R_MIN_GRID}"}
+    return model, record
 
 
 # ---- float functions the tables approximate -----------------------------------------------------
@@ -291,10 +348,14 @@ def build(model: DeepPot, formats: dict[str, Fmt], provenance: dict | None = Non
                           provenance=provenance or {})
 
 
-def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0) -> QuantizedModel:
+def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0, r_min: float | None = None,
+             train_systems=None) -> QuantizedModel:
+    """Quantize `model`: r_min from `train_systems` (default: the calibration systems) unless given,
+    formats from calibration on `calib_systems`, then tables and integer weights."""
+    model, r_min_record = set_r_min(model, train_systems if train_systems is not None else calib_systems, r_min)
     ranges = calibrate(model, calib_systems, nframes=nframes, seed=seed)
     formats = choose_formats(model, ranges)
-    return build(model, formats, {"calibration_ranges": ranges})
+    return build(model, formats, {"calibration_ranges": ranges, "r_min": r_min_record})
 
 
 def float_model(qm: QuantizedModel) -> DeepPot:

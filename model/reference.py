@@ -26,7 +26,7 @@ from .modelfile import QuantizedModel, Table
 # Per-atom status flags (a bit mask; the hardware sends the same bits with each atom).
 FLAG_NEIGHBOR_OVERFLOW = 1  #: more records of some type than sel: results zeroed
 FLAG_SATURATED = 2  #: some fixed-point value was clipped to its format's range
-FLAG_R_BELOW_MIN = 4  #: some pair was closer than the tables' r_min (clamped to r_min)
+FLAG_R_BELOW_MIN = 4  #: some pair was closer than the tables' r_min (s, h held at their r_min values)
 FLAG_BAD_TYPE = 8  #: centre or neighbour type outside the model's type map: results zeroed
 
 FLAG_NAMES = {FLAG_NEIGHBOR_OVERFLOW: "neighbour count above sel", FLAG_SATURATED: "fixed-point saturation",
@@ -83,6 +83,10 @@ def table_lookup(tab: Table, x: np.ndarray):
 
     idx = x >> index_shift; xi = next xi_bits bits;  t = c xi, v = b + t, y = a + v xi (each product
     rounded back to the coefficient format); dy/dx = (b + 2t) * 2**seg_shift.
+
+    Below x_min the table is constant: y = y(x_min) and dy/dx = 0, so that a force computed through it
+    is the exact gradient of the energy computed through it (a clamped value with the slope at x_min
+    would push atoms as if the energy kept changing).  Past the last segment y = dy/dx = 0.
     """
     below = x < tab.x_min
     x = np.maximum(x, tab.x_min)
@@ -97,7 +101,8 @@ def table_lookup(tab: Table, x: np.ndarray):
     y, sat_y = requant(y_c, tab.coef_fmt.frac, tab.out_fmt)
     dy, sat_d = requant(b + 2 * t, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt)
     keep = ~past[..., None]
-    return y * keep, dy * keep, below, past, (sat_y | sat_d) & keep
+    slope = keep & ~below[..., None]
+    return y * keep, dy * slope, below, past, (sat_y & keep) | (sat_d & slope)
 
 
 def tanh4(z: np.ndarray, f: int):

@@ -247,7 +247,7 @@ def load_checkpoint(path: str | Path) -> DeepPot:
 
 
 def prepare(cfg: ModelConfig, data: DataConfig, seed: int):
-    """Load, split, and set the data-derived hyper-parameters (r_min, s stats, energy bias)."""
+    """Load, split, and set the data-derived hyper-parameters (s stats; r_min is the quantizer's)."""
     systems = [s.remap_types(cfg.type_map) for s in load_systems(data.systems)]
     train, valid = split_frames(systems, data.valid_fraction, data.seed)
     stats = data_statistics(train, cfg, seed=seed)
@@ -255,11 +255,6 @@ def prepare(cfg: ModelConfig, data: DataConfig, seed: int):
         if n > cap:
             raise ValueError(f"training data has up to {n} neighbours of type {cfg.type_map[t]} "
                              f"inside rcut={cfg.rcut}, more than sel[{t}]={cap}")
-    # Tables must cover every distance seen in training with margin, on a 0.05 Å grid, and start below
-    # rcut_smth (the tables' 1/r part); an element without short bonds (Sb: none under 2.8 Å) would
-    # otherwise put r_min above it.
-    cfg.r_min = max(0.5, min(math.floor(0.85 * stats["min_distance"] * 20) / 20,
-                             math.floor((cfg.rcut_smth - 0.05) * 20 + 1e-9) / 20))
     cfg.s_mean, cfg.s_std = stats["s_mean"], stats["s_std"]
     return train, valid, stats
 

@@ -89,4 +89,4 @@ def tiny_model(seed: int = 3):
 def tiny_qm(seed: int = 3):
     from model.quantize import quantize
     model, systems = tiny_model(seed)
-    return quantize(model, systems, nframes=2)
+    return quantize(model, systems, nframes=2, r_min=model.cfg.r_min)

@@ -10,7 +10,8 @@ then streams the atom's records from the record buffer and emits one RECORD word
     s4  dU = sat(rq(dS ds/du) + rq(dH dh/du))
     s5  F_a = sat(rq(dR[a+1] h) + rq(2 dU dx_a))  -> RECORD word (bit 61: any saturation in s2-s5)
 
-Latency 5 cycles; one beat per cycle; stalls as a whole under backpressure.
+Latency 5 cycles; one beat per cycle (none for a record beat without a valid slot); stalls as a whole
+under backpressure.
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ class PairBackward(wiring.Component):
             m.d.sync += in_records.eq(0)
 
         header_word = Cat(a.energy.as_unsigned()[:32], a.atom.flags, a.atom.n, a.atom.tag, Const(HEADER, 2))
-        # stage bookkeeping: beat valid, header?, header word
-        v = [reg(take_atom | take_rec, "v1")]
+        # stage bookkeeping: beat valid, header?, header word.  A record beat without a valid slot (the one
+        # empty beat that carries an atom with no records through the record stages) sends nothing: the
+        # output is exactly a header beat and ceil(n / lanes) record beats per atom (gen.wire).
+        any_slot = any_of(self.rec.payload.slots[lane].valid for lane in range(lanes))
+        v = [reg(take_atom | (take_rec & any_slot), "v1")]
         hdr = [reg(take_atom, "hdr1")]
         hword = [reg(header_word, "hword1")]
         for k in range(2, self.LATENCY + 1):

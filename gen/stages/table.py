@@ -5,7 +5,8 @@ Hardware twin of `model.reference.table_lookup`.  Four register stages after the
     0 -> 1  clamp the input, split it into segment index and xi, read the coefficient ROM
     1 -> 2  t = round(c * xi)
     2 -> 3  y' = a + round((b + t) * xi),  dy' = b + 2t
-    3 -> 4  requantize y' and dy' to their formats (saturation flagged), zero past the last segment
+    3 -> 4  requantize y' and dy' to their formats (saturation flagged), zero past the last segment,
+            dy = 0 below x_min (the clamped table is constant there: forces stay the energy's gradient)
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def evaluate(stage, m, mem: Memory, tab: Table, x, type_index=0, nseg=None, chan
     for (yc, dyc), (ctab, fo, fd) in zip(stage3, chans):
         y, sy = requant(m, yc, ctab.coef_fmt.frac, fo)
         dy, sd = requant(m, dyc, ctab.coef_fmt.frac - ctab.seg_shift, fd)
-        outs.append((stage.reg(Mux(past3, 0, y)), stage.reg(Mux(past3, 0, dy))))
-        sats.append((sy | sd) & ~past3)
+        outs.append((stage.reg(Mux(past3, 0, y)), stage.reg(Mux(past3 | below3, 0, dy))))
+        sats.append((sy & ~past3) | (sd & ~(past3 | below3)))
     sat = 0
     for s in sats:
         sat = sat | s

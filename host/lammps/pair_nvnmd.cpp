@@ -34,7 +34,8 @@ constexpr double PRESELECT_MARGIN = 1e-6;  // Å
 /* How long the private service may take to start (imports, opening the device, compiling an rtl model). */
 constexpr double STARTUP_TIMEOUT = 1800.0;  // s
 
-const char *USAGE = "pair_style nvnmd MODEL [device NAME] [socket PATH] [timeout SECONDS] [python EXE] [chunk N]";
+const char *USAGE = "pair_style nvnmd MODEL [device NAME] [socket PATH] [timeout SECONDS] [python EXE] [chunk N] "
+                    "[below_rmin error|allow]";
 
 }  // namespace
 
@@ -82,6 +83,8 @@ void PairNVNMD::settings(int narg, char **arg)
   socket_.clear();
   timeout_ = 600.0;
   chunk_atoms_ = 4096;
+  allow_below_rmin_ = false;
+  below_rmin_records_ = below_rmin_steps_ = 0;
   const char *env_python = std::getenv("DPFPGA_PYTHON");
   python_ = (env_python && *env_python) ? env_python : "python3";
 
@@ -105,6 +108,10 @@ void PairNVNMD::settings(int narg, char **arg)
     } else if (key == "python") {
       python_ = value;
       python_given = true;
+    } else if (key == "below_rmin") {
+      if (value != "error" && value != "allow")
+        error->all(FLERR, "pair nvnmd: below_rmin must be `error` or `allow`, got {}", value);
+      allow_below_rmin_ = value == "allow";
     } else if (key == "chunk") {
       chunk_atoms_ = utils::inumeric(FLERR, value, false, lmp);
       if (chunk_atoms_ < 1) error->all(FLERR, "pair nvnmd: chunk must be >= 1 atom, got {}", value);
@@ -124,15 +131,18 @@ void PairNVNMD::connect()
 {
   MPI_Comm node;
   MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-  int node_rank;
+  int node_rank, node_size;
   MPI_Comm_rank(node, &node_rank);
+  MPI_Comm_size(node, &node_size);
   std::string path = socket_;
   if (socket_.empty()) {
     std::vector<char> buf(4096, '\0');
     if (node_rank == 0) {
       try {
+        // Every rank of this node connects, however many cores it has; + 1: the connection that probed
+        // the service's start may not be counted out yet when the ranks connect.
         service_ = std::make_unique<dpfpga::PrivateService>(python_, model_file_, device_, chunk_atoms_,
-                                                            STARTUP_TIMEOUT);
+                                                            node_size + 1, STARTUP_TIMEOUT);
       } catch (const std::exception &e) {
         service_error("cannot start the private dpfpga service", e);
       }
@@ -264,7 +274,8 @@ void PairNVNMD::compute(int eflag, int vflag)
       if (dx * dx + dy * dy + dz * dz < rc2) d.neighbors[at++] = j;
     }
   }
-  d.want = (eflag_atom ? uint32_t(dpfpga::WANT_EATOM) : 0u) | (vflag_atom ? uint32_t(dpfpga::WANT_VATOM) : 0u);
+  d.want = (eflag_atom ? uint32_t(dpfpga::WANT_EATOM) : 0u) | (vflag_atom ? uint32_t(dpfpga::WANT_VATOM) : 0u) |
+           (allow_below_rmin_ ? uint32_t(dpfpga::ALLOW_BELOW_RMIN) : 0u);
   double t1 = now();
   try {
     client_->evaluate(d, reply_);
@@ -288,6 +299,19 @@ void PairNVNMD::compute(int eflag, int vflag)
     for (int i = 0; i < nall; i++)
       for (int k = 0; k < 6; k++) vatom[i][k] += r.vatom[6 * i + k];
   for (int k = 0; k < 4; k++) service_time_[k] += r.timings[k];
+  if (allow_below_rmin_) {
+    // Allowed (else the service refuses such a pair), but never silent: summed over ranks (only rank 0
+    // prints), a warning the first time, and the count at the end.
+    long mine = long(r.below_rmin), all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_LONG, MPI_SUM, world);
+    if (all && below_rmin_steps_ == 0 && comm->me == 0)
+      error->warning(FLERR,
+                     "pair nvnmd: step {}: {} neighbour record(s) closer than the model's r_min; the tables are "
+                     "held constant there (below_rmin allow); later steps are counted and reported at the end",
+                     update->ntimestep, all);
+    below_rmin_records_ += all;
+    below_rmin_steps_ += all ? 1 : 0;
+  }
   steps_++;
   t_pack_ += t1 - t0;
   t_unpack_ += now() - t2;
@@ -297,6 +321,9 @@ void PairNVNMD::compute(int eflag, int vflag)
 void PairNVNMD::report()
 {
   if (!client_ || steps_ == 0 || comm->me != 0) return;
+  if (allow_below_rmin_)
+    utils::logmesg(lmp, "pair nvnmd: {} of {} evaluations had neighbour records below r_min ({} records in all, "
+                        "all ranks; below_rmin allow)\n", below_rmin_steps_, steps_, below_rmin_records_);
   auto &c = *client_;
   double n = double(steps_), ms = 1e3 / n;
   utils::logmesg(lmp,

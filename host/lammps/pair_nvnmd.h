@@ -1,7 +1,13 @@
 /* pair_style nvnmd: the dpfpga quantized DeePMD-style model, evaluated by a dpfpga device service.
  *
  *   pair_style nvnmd MODEL.npz [device NAME] [socket PATH] [timeout SECONDS] [python EXE] [chunk N]
+ *                              [below_rmin error|allow]
  *   pair_coeff * * Ge Te
+ *
+ * A pair closer than the model's r_min (where its tables start) ends the run with an ERROR naming both
+ * atoms, unless `below_rmin allow`: then the tables are held constant below r_min (forces stay the
+ * energy's gradient), LAMMPS warns the first time, and the count is reported at the end.  The usual use:
+ * `pair_style hybrid/overlay nvnmd M.npz below_rmin allow zbl 1.2 1.8` (ZBL's screened repulsion).
  *
  * Each MPI rank sends its local and ghost atoms and its full neighbour list to the service (one per
  * node; started privately unless `socket` names a running one) and adds back the energy, the forces on
@@ -39,6 +45,8 @@ class PairNVNMD : public Pair {
   std::string model_file_, device_ = "reference", socket_, python_;
   double timeout_ = 600.0;
   int chunk_atoms_ = 4096;
+  bool allow_below_rmin_ = false;
+  long below_rmin_records_ = 0, below_rmin_steps_ = 0;  // all ranks', over the run
   std::unique_ptr<dpfpga::PrivateService> service_;  // on the first rank of each node, if private
   std::unique_ptr<dpfpga::ServiceClient> client_;
   dpfpga::Welcome welcome_;

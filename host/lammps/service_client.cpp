@@ -51,7 +51,7 @@ struct __attribute__((packed)) StructureHeader {
 };
 struct __attribute__((packed)) ForcesHeader {
   uint64_t nall, nlocal;
-  uint32_t have, reserved;
+  uint32_t have, below_rmin;
 };
 
 const char *message_name(uint16_t t)
@@ -78,7 +78,7 @@ bool can_connect(const std::string &path)
 /* ---- PrivateService ---------------------------------------------------------------------------- */
 
 PrivateService::PrivateService(const std::string &python, const std::string &model, const std::string &device,
-                               int chunk_atoms, double startup_timeout)
+                               int chunk_atoms, int max_clients, double startup_timeout)
 {
   // A short base directory: a Unix socket path holds at most 107 bytes.
   const char *tmp = std::getenv("TMPDIR");
@@ -95,6 +95,7 @@ PrivateService::PrivateService(const std::string &python, const std::string &mod
 
   std::vector<std::string> args = {python, "-m", "host", "serve", "--socket", socket_, "--model", model,
                                    "--device", device, "--chunk-atoms", std::to_string(chunk_atoms),
+                                   "--max-clients", std::to_string(max_clients),
                                    "--owner-pid", std::to_string(getpid()), "--private-dir", dir_,
                                    "--log-level", "WARNING"};
   std::vector<char *> argv;
@@ -106,7 +107,24 @@ PrivateService::PrivateService(const std::string &python, const std::string &mod
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  int rc = posix_spawnp(&pid_, python.c_str(), &fa, nullptr, argv.data(), environ);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+  // Not the rank's MPI sockets and launcher pipes: the service may outlive this process by a moment
+  // (it cleans up after an abort), and mpirun should see them closed when the rank ends.
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+#endif
+  // Its own session: mpirun ends an aborted run with kill(-pgid, SIGKILL) on every rank's process
+  // group (and a terminal's Ctrl-C goes to the foreground group); in our group the service would die
+  // with us, leaving its directory behind.  Outside it, it sees us gone and removes the directory.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+#ifdef POSIX_SPAWN_SETSID
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);
+#else
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);  // pgroup 0: a new group, as good for mpirun
+  posix_spawnattr_setpgroup(&attr, 0);
+#endif
+  int rc = posix_spawnp(&pid_, python.c_str(), &fa, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) {
     pid_ = -1;
@@ -411,6 +429,7 @@ void ServiceClient::evaluate(const Domain &d, Reply &r)
   if (payload.size() != expect)
     fail("FORCES reply of " + std::to_string(payload.size()) + " bytes, expected " + std::to_string(expect));
   const double *a = reinterpret_cast<const double *>(payload.data() + sizeof(f));
+  r.below_rmin = f.below_rmin;
   r.energy = a[0];
   std::memcpy(r.virial, a + 1, 6 * sizeof(double));
   std::memcpy(r.timings, a + 7, 4 * sizeof(double));

@@ -2,7 +2,8 @@
  * pair style.  No LAMMPS types here: failures are ServiceError exceptions whose text is meant for a
  * user, and the pair style turns them into LAMMPS errors.
  *
- *   PrivateService svc(python, model, device, chunk_atoms);  // `python -m host serve` on a fresh socket
+ *   PrivateService svc(python, model, device, chunk_atoms, max_clients, startup_timeout);
+ *                                                           // `python -m host serve` on a fresh socket
  *   ServiceClient c(svc.socket_path(), timeout, &svc);      // or a user's service: ServiceClient(path, t)
  *   Welcome w = c.hello(model_file);                        // type map, rcut, device; model checked
  *   c.evaluate(domain, reply);                              // one STRUCTURE -> one FORCES
@@ -20,11 +21,11 @@
 
 namespace dpfpga {
 
-constexpr uint16_t PROTOCOL_VERSION = 2;
+constexpr uint16_t PROTOCOL_VERSION = 3;
 enum MessageType : uint16_t {
   HELLO = 1, WELCOME = 2, CHUNK = 3, RESULT = 4, ERROR = 5, BYE = 6, STRUCTURE = 7, FORCES = 8
 };
-enum Want : uint32_t { WANT_EATOM = 1, WANT_VATOM = 2 };
+enum Want : uint32_t { WANT_EATOM = 1, WANT_VATOM = 2, ALLOW_BELOW_RMIN = 4 };
 
 class ServiceError : public std::runtime_error {
  public:
@@ -49,7 +50,7 @@ struct Domain {
   std::vector<int32_t> types;     // nall: model types
   std::vector<int32_t> numneigh;  // nlocal
   std::vector<int32_t> neighbors; // sum(numneigh), indices into x
-  uint32_t want = 0;              // WANT_EATOM | WANT_VATOM
+  uint32_t want = 0;              // WANT_EATOM | WANT_VATOM | ALLOW_BELOW_RMIN
 };
 
 /* FORCES: the fixed-point results, converted to double once (exact). */
@@ -57,18 +58,22 @@ struct Reply {
   double energy = 0.0;
   double virial[6] = {0, 0, 0, 0, 0, 0};   // xx yy zz xy xz yz
   double timings[4] = {0, 0, 0, 0};        // service: encode, device, assemble, total (s)
+  uint32_t below_rmin = 0;                 // neighbour records below r_min evaluated (ALLOW_BELOW_RMIN)
   std::vector<double> forces;              // nall * 3
   std::vector<double> eatom;               // nlocal (when asked)
   std::vector<double> vatom;               // nall * 6 (when asked)
 };
 
 /* A `python -m host serve` process owned by this one: started on a socket in a fresh private
- * directory, stopped (SIGTERM, then SIGKILL) by the destructor; it also stops by itself when its owner
- * dies (--owner-pid), so a LAMMPS killed by MPI_Abort leaves nothing running. */
+ * directory ($TMPDIR or /tmp, dpfpga-nvnmd-XXXXXX), accepting `max_clients` connections (the node's
+ * ranks), stopped (SIGTERM, then SIGKILL) by the destructor, which then removes the directory.  It runs
+ * in a session of its own, so that the signals that end this process's group (mpirun kills every
+ * rank's group with SIGKILL when any rank aborts) do not reach it: it stops by itself once its owner is
+ * gone (--owner-pid) and then removes the directory, so nothing is left running or on disk. */
 class PrivateService {
  public:
   PrivateService(const std::string &python, const std::string &model, const std::string &device,
-                 int chunk_atoms, double startup_timeout);
+                 int chunk_atoms, int max_clients, double startup_timeout);
   ~PrivateService();
   PrivateService(const PrivateService &) = delete;
   PrivateService &operator=(const PrivateService &) = delete;

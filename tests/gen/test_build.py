@@ -44,7 +44,7 @@ def small_qm():
     cfg.desc_shift = choose_desc_shift(model, systems)
     with torch.no_grad():
         model.bias_atom_e[:] = torch.tensor([-164.0, -165.0])
-    return quantize(model, systems, nframes=2)
+    return quantize(model, systems, nframes=2, r_min=cfg.r_min)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,18 @@ def simulate(knobs, case: cases.Case, idle: float, backpressure: float, seed: in
     out, cycles, _ = run_stream(dut, beats, n_out=10 ** 9, idle=idle, backpressure=backpressure, seed=seed,
                              done=finished)
     words = np.array([[(int(p) >> (64 * l)) & (2 ** 64 - 1) for l in range(lanes)] for p in out], dtype=np.uint64)
+    assert_framing(words, lanes)
     return wire.decode_results(words, case.n_atoms, case.max_records), cycles
+
+
+def assert_framing(words: np.ndarray, lanes: int):
+    """The output is exactly one header beat and ceil(n / lanes) record beats per atom, nothing between:
+    the host's readers (rtl, xdma) cut the stream that way (wire.result_beats)."""
+    at = 0
+    while at < len(words):
+        assert wire.kind(words[at, 0]) == wire.HEADER, f"beat {at}: {int(words[at, 0]):#018x} is not a header"
+        at += wire.result_beats(words[at, 0], lanes)
+    assert at == len(words)
 
 
 def check(result, case: cases.Case):

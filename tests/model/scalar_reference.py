@@ -36,7 +36,8 @@ def lookup(tab, x: int):
         t = rnd(c * xi, tab.xi_bits)
         y = a + rnd((b + t) * xi, tab.xi_bits)
         ys.append(sat(y, tab.coef_fmt.frac, tab.out_fmt))
-        dys.append(sat(b + 2 * t, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt))
+        # below x_min the table is constant: no slope (and no saturation of a slope that is not used)
+        dys.append(0 if below else sat(b + 2 * t, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt))
     return ys, dys, below, False, sat.hit
 
 

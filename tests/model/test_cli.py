@@ -91,6 +91,17 @@ def test_train_then_quantize(labelled, tmp_path):
     assert qm.fit[0][0].W.shape == (128, 32)
     r = run("info", tmp_path / "q.npz")
     assert r.returncode == 0 and "formats:" in r.stdout and qm.hash in r.stdout
+    # r_min comes from the training split's every frame, recorded with the distance it came from
+    rec = qm.provenance["r_min"]
+    assert rec["r_min"] == qm.config.r_min < rec["training_min_distance"] and rec["frames"] >= 1
+    assert f"training data's shortest distance {rec['training_min_distance']:.4f} Å" in r.stdout
+
+
+def test_info_of_the_bundled_model_shows_r_min_and_the_training_data_shortest_distance():
+    r = run("info", EXAMPLE_MODEL)
+    assert r.returncode == 0, r.stderr
+    assert "r_min 1.85 Å: the tables start here" in r.stdout
+    assert "training data's shortest distance 2.0633 Å (3840 frames" in r.stdout
 
 
 def test_errors_are_one_clear_line(tmp_path):

@@ -123,3 +123,166 @@ def test_inconsistent_content_named_even_with_valid_hash(saved, tmp_path):
         arrays["int/fit/0/1/W"] = arrays["int/fit/0/1/W"] * 4
     with pytest.raises(ModelFileError, match=r"fit\[0\] layer 1: weight outside s18"):
         modelfile.load(rewrite(path, tmp_path / "e.npz", edit_arrays=bad_weight, rehash=True))
+
+
+# ---- every kind of damage: one ModelFileError naming the file, never a traceback or a pickle hint ----
+
+def _members(path):
+    """(name, start, end) of each member's stored (compressed) bytes in the archive."""
+    import zipfile
+    raw = path.read_bytes()
+    out = []
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            o = info.header_offset
+            name_len = int.from_bytes(raw[o + 26:o + 28], "little")
+            extra_len = int.from_bytes(raw[o + 28:o + 30], "little")
+            start = o + 30 + name_len + extra_len
+            out.append((info.filename, start, start + info.compress_size))
+    return out
+
+
+def flip_bytes(raw: bytes, path, seed: int) -> bytes:
+    """8 random bytes written over a random place inside one member's deflate stream (where every
+    change must be caught: by zlib, the CRC or the hash, never loaded silently)."""
+    rng = np.random.default_rng(seed)
+    big = [m for m in _members(path) if m[2] - m[1] > 16]
+    name, start, end = big[int(rng.integers(len(big)))]
+    pos = int(rng.integers(start, end - 8))
+    b = bytearray(raw)
+    b[pos:pos + 8] = rng.bytes(8)
+    return bytes(b)
+
+
+def _central_entry(raw: bytes, k: int) -> int:
+    """Offset of the k-th central-directory record."""
+    at = -1
+    for _ in range(k + 1):
+        at = raw.index(b"PK\x01\x02", at + 1)
+    return at
+
+
+def _set(raw: bytes, at: int, value: bytes) -> bytes:
+    return raw[:at] + value + raw[at + len(value):]
+
+
+def _zip(members: dict) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(arr) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+class Touch:
+    """Unpickling this creates a file: proof that a loader ran a pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())
+
+
+def _with_member(good: bytes, name: str, data: bytes) -> bytes:
+    """The intact model archive with member `name` replaced (or added)."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(io.BytesIO(good)) as z:
+        out = {info.filename: z.read(info) for info in z.infolist()}
+    out[name] = data
+    return _zip(out)
+
+
+def damaged(kind: str, good: bytes, path, tmp_path) -> bytes | None:
+    """The bytes of a damaged model file (None: the damage is not a file's content)."""
+    rng = np.random.default_rng(0)
+    if kind.startswith("flip-seed"):
+        return flip_bytes(good, path, int(kind[len("flip-seed"):]))
+    if kind.startswith("truncated-"):
+        keep = {"half": len(good) // 2, "no-end-record": len(good) - 22, "one-byte-short": len(good) - 1,
+                "first-member": _members(path)[0][2]}[kind[len("truncated-"):]]
+        return good[:keep]
+    if kind == "random-bytes":
+        return rng.bytes(5000)
+    if kind == "zero-length":
+        return b""
+    if kind == "npy-not-npz":
+        return _npy(np.arange(10))
+    if kind == "bad-crc":  # the stored CRC of member 2 no longer matches its (intact) data
+        at = _central_entry(good, 2) + 16
+        return _set(good, at, bytes(b ^ 0xFF for b in good[at:at + 4]))
+    if kind == "unknown-compression":  # method 99 in the directory
+        return _set(good, _central_entry(good, 1) + 10, (99).to_bytes(2, "little"))
+    if kind == "member-not-npy":  # a member whose bytes are not an array
+        return _with_member(good, "int/table_s.npy", rng.bytes(300))
+    if kind == "member-not-named-npy":
+        return _with_member(good, "README.txt", b"hello")
+    if kind == "object-array":  # a pickled object array: must be refused, never unpickled
+        return _with_member(good, "float/x.npy", _npy(np.array([Touch(tmp_path / "unpickled")], dtype=object)))
+    if kind == "huge-shape":  # a header claiming 8 TB of int64 over 8 bytes of data
+        head = _npy(np.zeros(1, np.int64))
+        fake = head.replace(b"(1,)", str((10 ** 12,)).encode())
+        size = int.from_bytes(fake[8:10], "little") + len(fake) - len(head)
+        fake = fake[:8] + size.to_bytes(2, "little") + fake[10:]
+        return _with_member(good, "int/table_s.npy", fake)
+    if kind == "long-npy-header":  # a header length field of 60,000 bytes (numpy suggests allow_pickle)
+        head = bytearray(_npy(np.zeros(1, np.int64)))
+        head[8:10] = (60_000).to_bytes(2, "little")
+        return _with_member(good, "int/table_s.npy", bytes(head) + b" " * 60_000)
+    if kind == "header-not-utf8":
+        return _with_member(good, "header.npy", _npy(np.frombuffer(b"\xff\xfe{\x00", np.uint8)))
+    if kind == "header-not-json":
+        return _with_member(good, "header.npy", _npy(np.frombuffer(b"{not json", np.uint8)))
+    if kind == "header-json-list":
+        return _with_member(good, "header.npy", _npy(np.frombuffer(b"[1, 2, 3]", np.uint8)))
+    if kind == "header-float-array":
+        return _with_member(good, "header.npy", _npy(np.arange(5.0)))
+    if kind == "directory":
+        return None
+    raise AssertionError(kind)
+
+
+DAMAGE = ([f"flip-seed{s}" for s in range(8)]
+          + [f"truncated-{w}" for w in ("half", "no-end-record", "one-byte-short", "first-member")]
+          + ["random-bytes", "zero-length", "npy-not-npz", "bad-crc", "unknown-compression", "member-not-npy",
+             "member-not-named-npy", "object-array", "huge-shape", "long-npy-header", "header-not-utf8",
+             "header-not-json", "header-json-list", "header-float-array", "directory"])
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_every_damage_is_one_clear_error(saved, tmp_path, kind):
+    _, path = saved
+    bad = tmp_path / "bad.npz"
+    data = damaged(kind, path.read_bytes(), path, tmp_path)
+    if data is None:
+        bad.mkdir()
+    else:
+        bad.write_bytes(data)
+    with pytest.raises(ModelFileError) as err:
+        modelfile.load(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "pickle" not in msg.lower() and "\n" not in msg, msg
+    assert not (tmp_path / "unpickled").exists()
+
+
+@pytest.mark.parametrize("kind", ["flip-seed2", "random-bytes", "npy-not-npz", "object-array", "huge-shape"])
+def test_cli_reports_damage_in_one_line(saved, tmp_path, kind, capsys):
+    """`python -m model info BAD.npz`: one `error:` line naming the file, exit status 2."""
+    from model.cli import main
+    _, path = saved
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(damaged(kind, path.read_bytes(), path, tmp_path))
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and err.count("\n") == 1, err
+    assert "pickle" not in err.lower()

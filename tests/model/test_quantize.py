@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from model.fixedpoint import Fmt
@@ -70,3 +71,55 @@ def test_qat_model_tracks_the_reference_and_trains_only_fitting():
     e.sum().backward()
     assert all(p.grad is None for p in qat.embed.parameters())
     assert any(p.grad is not None and p.grad.abs().max() > 0 for p in qat.fit.parameters())
+
+
+# ---- r_min: chosen from the training data, recorded with it ----------------------------------------
+
+def _frames(dmins, seed=1, natoms=24, box=11.0, ntypes=1, type_map=("Sb",)):
+    """One system per entry, each with a structure whose shortest distance is about dmin."""
+    from model.data import System
+    out = []
+    for k, dmin in enumerate(dmins):
+        pos, cell, types = random_structure(natoms=natoms, box=box, dmin=dmin, seed=seed + k, ntypes=ntypes)
+        out.append(System(name=f"s{k}", type_map=list(type_map), types=types, coords=pos[None], cells=cell[None],
+                          pbc=True))
+    return out
+
+
+def test_r_min_stays_below_rcut_smth_when_the_data_has_no_short_bonds():
+    """Sb has no bond under 2.8 Å: 0.85 x the shortest distance would put the tables' start above
+    rcut_smth = 2.0, which the model file forbids; r_min is held just below it instead."""
+    from model.config import ModelConfig
+    from model.quantize import choose_r_min, shortest_distance
+    systems = _frames([2.9])
+    seen = shortest_distance(systems, 6.0)
+    assert seen["distance"] >= 2.9 and seen["frames"] == 1
+    assert choose_r_min(seen["distance"], ModelConfig(type_map=["Sb"], sel=[60], rcut=6.0, rcut_smth=2.0)) == 1.95
+    # the data's own bound (0.85 x the shortest distance, on a 0.05 Å grid) when it is below rcut_smth
+    cfg = ModelConfig(type_map=["Sb"], sel=[60], rcut=6.0, rcut_smth=3.0)
+    assert choose_r_min(seen["distance"], cfg) == np.floor(0.85 * seen["distance"] * 20) / 20
+
+
+def test_r_min_comes_from_every_frame_and_is_recorded_with_the_shortest_distance():
+    """One close pair in the last of many frames sets r_min (a 64-frame sample could miss it); the
+    model file records r_min, the distance and where it was seen; `model info` prints both."""
+    from model import modelfile
+    from model.quantize import quantize
+    model, systems = tiny_model()
+    data = _frames([2.4] * 5 + [1.9], natoms=30, box=10.0, ntypes=2, type_map=("Ge", "Te"))
+    qm = quantize(model, systems, nframes=2, train_systems=data)
+    rec = qm.provenance["r_min"]
+    assert rec["system"] == "s5" and rec["frame"] == 0 and rec["frames"] == 6
+    assert 1.9 <= rec["training_min_distance"] < 2.4
+    assert qm.config.r_min == rec["r_min"] == np.floor(0.85 * rec["training_min_distance"] * 20) / 20
+    # the tables start there: u_min is r_min^2 in the u format
+    assert qm.table_s.x_min == int(np.ceil(qm.config.r_min ** 2 * 2.0 ** qm.table_s.x_frac))
+    assert tiny_model()[0].cfg.r_min == 1.6  # the float model given is not changed
+
+
+def test_an_explicit_r_min_must_lie_below_the_data():
+    from model.quantize import quantize
+    model, systems = tiny_model()
+    data = _frames([1.9], natoms=30, box=10.0, ntypes=2, type_map=("Ge", "Te"))
+    with pytest.raises(ValueError, match=r"r_min 2.5 Å is not below the data's shortest distance 1\.9\d* Å \(system s0"):
+        quantize(model, systems, nframes=2, r_min=2.5, train_systems=data)

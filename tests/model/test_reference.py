@@ -10,7 +10,7 @@ from model.assembly import assemble, neighbor_blocks, quantize_records
 from model.batch import make_batch
 from model.network import evaluate as float_evaluate
 from model.reference import (FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED,
-                             NeighborRecords, evaluate)
+                             NeighborRecords, evaluate, table_lookup)
 from support import as_system, random_structure, tiny_qm
 
 
@@ -125,6 +125,17 @@ def test_close_pair_flagged_and_clamped():
     res = evaluate(qm, NeighborRecords(rec.center_type, rec.nbr_type, d))
     assert res.flags[2] & FLAG_R_BELOW_MIN
     assert not (res.flags[np.arange(len(d)) != 2] & FLAG_R_BELOW_MIN).any()
+
+
+def test_tables_are_constant_below_their_start():
+    """Below x_min a table gives its value at x_min and slope 0 (not the slope at x_min: a force from
+    that slope would not be the gradient of the clamped energy); the below flag is raised."""
+    qm = tiny_qm()
+    tab = qm.table_s
+    x = np.array([0, tab.x_min // 3, tab.x_min - 1, tab.x_min, tab.x_min + 12345])
+    y, dy, below, past, sat = table_lookup(tab, x)
+    assert below.tolist() == [True, True, True, False, False] and not past.any() and not sat.any()
+    assert (y[:4] == y[3]).all() and (dy[:3] == 0).all() and dy[3] != 0 and dy[4] != 0
 
 
 def test_records_beyond_cutoff_contribute_nothing():
