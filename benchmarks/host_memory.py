@@ -45,9 +45,9 @@ def one(n_atoms: int, chunk: int) -> dict:
 
     from host.devices import open_device
     from host.evaluate import Evaluator
-    from model import modelfile
+    from contract import modelfile
     from model.assembly import map_types
-    from model.cli import EXAMPLE_MODEL
+    from contract.paths import EXAMPLE_MODEL
     qm = modelfile.load(EXAMPLE_MODEL)
     reps = int(np.ceil((n_atoms / 8) ** (1 / 3)))
     atoms = bulk("GeTe", "rocksalt", a=6.0, cubic=True).repeat((reps, reps, reps))

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 from bench_common import timed_median, write_json  # noqa: E402
 from gen import wire  # noqa: E402
 from host.neighbors import NeighborChunks  # noqa: E402
-from model import modelfile  # noqa: E402
+from contract import modelfile  # noqa: E402
 from model.assembly import quantize_displacements  # noqa: E402
-from model.cli import EXAMPLE_MODEL  # noqa: E402
+from contract.paths import EXAMPLE_MODEL  # noqa: E402
 from model.reference import evaluate, NeighborRecords  # noqa: E402
 
 LINKS = {"PCIe3 x16 (13 GB/s)": 13e9, "PCIe4 x16 (26 GB/s)": 26e9}

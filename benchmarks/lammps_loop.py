@@ -64,7 +64,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_common import write_json  # noqa: E402
 from host.lammps_plugin import console_script  # noqa: E402
-from model.cli import EXAMPLE_MODEL  # noqa: E402
+from contract.paths import EXAMPLE_MODEL  # noqa: E402
 
 CASES = {
     "pair_zero": "pair_style zero",

@@ -27,14 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_common import timed, write_json  # noqa: E402
-from model import modelfile  # noqa: E402
+from contract.paths import shared_data  # noqa: E402
+from contract import modelfile  # noqa: E402
 from model.assembly import assemble, neighbor_blocks, quantize_records  # noqa: E402
-from model.cli import EXAMPLE_MODEL  # noqa: E402
+from contract.paths import EXAMPLE_MODEL  # noqa: E402
 from model.network import evaluate as float_evaluate  # noqa: E402
 from model.quantize import float_model  # noqa: E402
 from model.reference import evaluate  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data" / "GeTe-aimd" / "64atom-npt" / "data.002"
+SHARED = shared_data() / "GeTe-aimd" / "64atom-npt" / "data.002"
 
 
 def gete_4096():

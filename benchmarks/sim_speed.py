@@ -24,15 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_common import write_json  # noqa: E402
+from contract.paths import shared_data  # noqa: E402
 from gen import cycles, wire  # noqa: E402
 from gen.ir import Knobs  # noqa: E402
-from model import modelfile  # noqa: E402
+from contract import modelfile  # noqa: E402
 from model.assembly import neighbor_blocks, quantize_records  # noqa: E402
-from model.cli import EXAMPLE_MODEL  # noqa: E402
+from contract.paths import EXAMPLE_MODEL  # noqa: E402
 from model.reference import NeighborRecords, evaluate  # noqa: E402
 from sim import runner, standalone  # noqa: E402
 
-GETE = REPO.parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench" / "s3-quench-300K" / "temp-300K"
+GETE = shared_data() / "GeTe-aimd" / "216atom-melt-quench" / "s3-quench-300K" / "temp-300K"
 
 
 def gete_records(qm, n_records: int) -> NeighborRecords:

@@ -23,11 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_common import write_json  # noqa: E402
-from model import modelfile  # noqa: E402
-from model.cli import EXAMPLE_MODEL  # noqa: E402
+from contract.paths import shared_data  # noqa: E402
+from contract import modelfile  # noqa: E402
+from contract.paths import EXAMPLE_MODEL  # noqa: E402
 from model.neighbors import edges  # noqa: E402
 
-GETE = REPO.parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench"
+GETE = shared_data() / "GeTe-aimd" / "216atom-melt-quench"
 LINKS = {"PCIe3 x16 (13 GB/s)": 13e9, "PCIe4 x16 (26 GB/s)": 26e9}
 SEED_S_PER_ATOM = 2.8e-7
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model import modelfile
+from contract import modelfile
 from model.data import load_systems, split_frames
 from model.quantize import R_MIN_GRID, R_MIN_MARGIN, choose_r_min, shortest_distance
 

@@ -85,7 +85,7 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
           synth_method: str = "modules", jobs: int = 1, synth_timeout: float | None = None,
           cache_dir: str | Path | None = None, rebuild: bool = False, log=print) -> dict:
     """Run every step and return the report (also written to `out`/report.json and report.md)."""
-    from model.cli import EXAMPLE_MODEL
+    from contract.paths import EXAMPLE_MODEL
     if platform not in PLATFORMS:
         raise BuildError(f"unknown platform {platform!r} (available: {', '.join(PLATFORMS)})")
     plat = platforms.get(platform)
@@ -153,7 +153,7 @@ def knob_dict(knobs: Knobs) -> dict:
 # ---- step 1: load -----------------------------------------------------------------------------------
 
 def load_design(model: Path, knobs: Knobs):
-    from model.modelfile import ModelFileError, load
+    from contract.modelfile import ModelFileError, load
     try:
         qm = load(model)
         return qm, Design(qm, knobs)

@@ -1,6 +1,6 @@
-"""Fixed-point arithmetic in Amaranth, matching `model.fixedpoint` bit for bit.
+"""Fixed-point arithmetic in Amaranth, matching `contract.fixedpoint` bit for bit.
 
-`requant(v, from_frac, fmt)` is the hardware twin of `model.fixedpoint.requant`: round half up
+`requant(v, from_frac, fmt)` is the hardware twin of `contract.fixedpoint.requant`: round half up
 ((v + 2**(k-1)) >> k with an arithmetic shift), then clip to the format with a saturation bit.
 All expressions are combinational; stages put registers around them.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Signal, Value, signed
 
-from model.fixedpoint import Fmt
+from contract.fixedpoint import Fmt
 
 
 def shape_of(fmt: Fmt):

@@ -14,8 +14,9 @@ import numpy as np
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from model.fixedpoint import Fmt
-from model.modelfile import QuantizedModel, Table
+from contract.fixedpoint import Fmt
+from contract.flags import FLAG_BITS
+from contract.modelfile import QuantizedModel, Table
 
 
 class DesignError(ValueError):
@@ -53,9 +54,7 @@ WORD_BITS = 64
 TYPE_BITS = 4
 COUNT_BITS = 10
 TAG_BITS = 12
-FLAG_BITS = 8
 KIND_PAD, KIND_HEADER, KIND_RECORD = 0, 1, 2
-FLAG_MALFORMED = 16  # the stream, not the physics, was wrong (extra or missing records)
 
 
 @dataclass

@@ -184,7 +184,7 @@ def decode_results(beats: np.ndarray, n_atoms: int, max_records: int):
     dEdr[atom, idx] = f
     sat_atom = np.zeros(n_atoms, dtype=bool)
     np.logical_or.at(sat_atom, atom, sat.astype(bool))
-    from model.reference import FLAG_SATURATED
+    from contract.flags import FLAG_SATURATED
     flags = flags | np.where(sat_atom, FLAG_SATURATED, 0)
     return energy, dEdr, flags, tag
 

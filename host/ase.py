@@ -17,7 +17,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from model import modelfile
+from contract import modelfile
 from model.assembly import map_types
 
 from .devices import open_device
@@ -25,7 +25,7 @@ from .evaluate import Evaluator
 
 
 def default_model_path():
-    from model.cli import EXAMPLE_MODEL
+    from contract.paths import EXAMPLE_MODEL
     return EXAMPLE_MODEL
 
 

@@ -90,8 +90,8 @@ def cmd_serve(args) -> int:
     line per connection, disconnection and error goes to stderr.  At most --max-clients connections at
     once (default max(64, the node's core count)); frames are read as their bytes arrive, never allocated
     ahead at the size they announce."""
-    from model import modelfile
-    from model.cli import EXAMPLE_MODEL
+    from contract import modelfile
+    from contract.paths import EXAMPLE_MODEL
 
     from .devices import open_device
     from .service import Service, ServiceError, owner_alive, remove_private_dir
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     if not args.cmd:
         p.print_help()
         return 0
-    from model.modelfile import ModelFileError
+    from contract.modelfile import ModelFileError
 
     from .devices import DeviceError
     try:

@@ -24,10 +24,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract.flags import FLAG_R_BELOW_MIN
 from gen import wire
-from model.assembly import (DeviceFlagError, add_pair_terms, below_rmin, check_flags, check_types,
-                            close_contact_error, quantize_displacements, scatter_add)
-from model.reference import FLAG_R_BELOW_MIN
+from model.assembly import (
+    DeviceFlagError,
+    add_pair_terms,
+    below_rmin,
+    check_flags,
+    check_types,
+    close_contact_error,
+    quantize_displacements,
+    scatter_add,
+)
 from model.neighbors import check_sel, count_by_type
 
 from .neighbors import GivenNeighbors, NeighborChunks

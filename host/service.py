@@ -646,7 +646,7 @@ class Service:
     def _model_file_hash(self, path: str) -> tuple[str | None, str | None]:
         """(hash, None) of the model file a client names, or (None, why it cannot be used).  Cached by
         path, size and mtime: every MPI rank of a run names the same file."""
-        from model import modelfile
+        from contract import modelfile
         try:
             st = os.stat(path)
         except OSError as e:

@@ -32,12 +32,13 @@ ordered as the ``elements`` argument (a type map) gives them, else alphabeticall
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from contract.paths import shared_data
 
 from .neighbors import edges
 
@@ -72,10 +73,8 @@ REFERENCE_ALTBC_BINS = 40
 
 def default_reference_folder() -> Path:
     """``$DPFPGA_SHARED_DATA/GeTe-aimd-reference``, else ``../shared/data/GeTe-aimd-reference`` next to
-    the checkout (the convention of ``tests/support.py``)."""
-    repo = Path(__file__).resolve().parents[1]
-    shared = Path(os.environ.get("DPFPGA_SHARED_DATA", repo.parent / "shared" / "data"))
-    return shared / "GeTe-aimd-reference"
+    the checkout (contract.paths.shared_data)."""
+    return shared_data() / "GeTe-aimd-reference"
 
 
 # ---------------------------------------------------------------------------

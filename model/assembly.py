@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixedpoint import Fmt
-from .modelfile import QuantizedModel
+from contract.fixedpoint import Fmt
+from contract.flags import FLAG_R_BELOW_MIN, describe_flags
+from contract.modelfile import QuantizedModel
+
 from .neighbors import NeighborBlocks, blocks, check_sel, count_by_type, edges
-from .reference import FLAG_R_BELOW_MIN, NeighborRecords, ReferenceResult, describe_flags, evaluate
+from .reference import NeighborRecords, ReferenceResult, evaluate
 
 
 class InputRangeError(ValueError):

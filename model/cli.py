@@ -8,7 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-EXAMPLE_MODEL = Path(__file__).resolve().parent / "examples" / "GeTe-example.npz"
+from contract.paths import EXAMPLE_MODEL, GETE_AIMD, shared_data
+
 
 OVERVIEW = """\
 dpfpga model tools: a DeePMD-style potential (se_a descriptor, embedding 1x8x16x32, fitting 3x128,
@@ -59,7 +60,7 @@ def cmd_quantize(args):
 
 
 def cmd_test(args):
-    from . import modelfile
+    from contract import modelfile
     from .data import load_systems
     from .metrics import test_model
     from .quantize import float_model
@@ -92,7 +93,7 @@ def r_min_text(qm) -> str:
 
 
 def cmd_info(args):
-    from . import modelfile
+    from contract import modelfile
     qm = modelfile.load(args.model)
     cfg = qm.config
     print(f"model: {Path(args.model).resolve()}\nhash: {qm.hash}")
@@ -121,7 +122,7 @@ def cmd_demo(args):
     import numpy as np
     from ase.build import bulk
 
-    from . import modelfile
+    from contract import modelfile
     from .assembly import compute
     from .data import System
     from .metrics import predict_float
@@ -152,7 +153,7 @@ def cmd_demo(args):
           f"force RMS {d['force_rms_meV_per_A']:.4f} meV/Å")
     np.savetxt(out / "forces.csv", np.column_stack([types, a.forces, f_f]), delimiter=",",
                header="type,fx_ref,fy_ref,fz_ref,fx_float,fy_float,fz_float", comments="", fmt="%.10g")
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench"
+    shared = shared_data() / GETE_AIMD
     if shared.exists() and not args.no_dft:
         from .data import load_systems
         from .metrics import test_model
@@ -269,7 +270,7 @@ def cmd_recipe(args):
 
 
 def cmd_phases(args):
-    from . import modelfile
+    from contract import modelfile
     from .recipe import EVALUATION_DEFAULTS, evaluate_model, load_recipe
     from .train import DataConfig, load_json_config
     _threads(args.threads)
@@ -485,7 +486,7 @@ def main(argv=None) -> int:
         print(OVERVIEW)
         return 0
     from .data import DataError
-    from .modelfile import ModelFileError
+    from contract.modelfile import ModelFileError
     try:
         args.fn(args)
     except KeyboardInterrupt:

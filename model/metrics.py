@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .assembly import compute
 from .batch import make_batch
-from .modelfile import QuantizedModel
+from contract.modelfile import QuantizedModel
 from .network import DeepPot, evaluate
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from contract.config import ModelConfig
 
 
 def tanh4(x: torch.Tensor) -> torch.Tensor:

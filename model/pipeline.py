@@ -7,7 +7,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from . import modelfile
+from contract import modelfile
 from .metrics import predict_quantized, collect, rmse_of, select_frames
 from .qat import QATDeepPot
 from .quantize import build, calibrate, choose_formats, set_r_min

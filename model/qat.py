@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .fixedpoint import Fmt
+from contract.fixedpoint import Fmt
 from .network import DeepPot, tanh4
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from .batch import make_batch
-from .config import ModelConfig
-from .fixedpoint import Fmt, fmt_for_range
-from .modelfile import Layer, QuantizedModel, Table
+from contract.config import ModelConfig
+from contract.fixedpoint import Fmt, fmt_for_range
+from contract.modelfile import Layer, QuantizedModel, Table
 from .network import DeepPot, s_of_r, tanh4
 
 #: Word widths per tensor (see module docstring).  Keys match `modelfile.REQUIRED_FORMATS`.

@@ -145,7 +145,7 @@ def load_recipe(path: str | Path, short: bool = False) -> Recipe:
     tcfg = TrainConfig(**training)
     if stop is not None and not 0 <= stop < tcfg.steps:
         raise ValueError(f"{path}: stop_at_step {stop} must lie in [0, training.steps = {tcfg.steps})")
-    from .config import ModelConfig
+    from contract.config import ModelConfig
     ModelConfig.from_dict(raw.get("model", {}))  # validate now, not after loading data
     return Recipe(path=path, raw=raw, model=dict(raw.get("model", {})), data=data, training=tcfg,
                   stop_at_step=stop, quantize=quantize, evaluation=evaluation, short=short,
@@ -223,7 +223,7 @@ class _Stages:
 
 def train_stage(recipe: Recipe, outdir: Path) -> Path:
     """The float model: `model.train.train` with the recipe's settings (stopped at stop_at_step)."""
-    from .config import ModelConfig
+    from contract.config import ModelConfig
     from .train import train
     run_dir = outdir / "float"
     tcfg = recipe.training
@@ -277,7 +277,7 @@ def evaluate_model(model_path, data: DataConfig, evaluation: dict, json_path=Non
                    figure_prefix=None, header: str = "", evidence: bool = True, extra: dict | None = None) -> dict:
     """Per-phase accuracy of a model file on the validation frames of `data`'s split (and on the phase
     frames of evaluation["test_systems"]); writes what is asked and returns the JSON document."""
-    from . import modelfile
+    from contract import modelfile
     qm = modelfile.load(model_path)
     t0 = time.time()
     loaded = ph.load_frames(data.systems, data.valid_fraction, data.seed, qm.config.type_map,

@@ -20,21 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fixedpoint import Fmt, imatmul, requant, saturate, shift_round
-from .modelfile import QuantizedModel, Table
-
-# Per-atom status flags (a bit mask; the hardware sends the same bits with each atom).
-FLAG_NEIGHBOR_OVERFLOW = 1  #: more records of some type than sel: results zeroed
-FLAG_SATURATED = 2  #: some fixed-point value was clipped to its format's range
-FLAG_R_BELOW_MIN = 4  #: some pair was closer than the tables' r_min (s, h held at their r_min values)
-FLAG_BAD_TYPE = 8  #: centre or neighbour type outside the model's type map: results zeroed
-
-FLAG_NAMES = {FLAG_NEIGHBOR_OVERFLOW: "neighbour count above sel", FLAG_SATURATED: "fixed-point saturation",
-              FLAG_R_BELOW_MIN: "pair distance below the table's r_min", FLAG_BAD_TYPE: "type outside the type map"}
-
-
-def describe_flags(flags: int) -> str:
-    return ", ".join(name for bit, name in FLAG_NAMES.items() if flags & bit) or "none"
+from contract.fixedpoint import Fmt, imatmul, requant, saturate, shift_round
+from contract.flags import FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED
+from contract.modelfile import QuantizedModel, Table
 
 
 @dataclass

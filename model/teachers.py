@@ -115,7 +115,7 @@ def _dpfpga(spec: str, arg: str) -> Teacher:
         raise TeacherError(f"teacher {spec!r}: model file {name!r} not found")
     from host.ase import Calculator
 
-    from .modelfile import ModelFileError, load
+    from contract.modelfile import ModelFileError, load
     try:
         qm = load(path)
     except ModelFileError as e:

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .batch import Batch, make_batch
-from .config import ModelConfig
+from contract.config import ModelConfig
 from .data import System, load_systems, split_frames
 from .neighbors import edges
 from .network import DeepPot, evaluate, fit_energy_bias

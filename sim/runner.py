@@ -75,7 +75,7 @@ def generator_hash() -> str:
 
 
 def design_key(qm, knobs) -> str:
-    from model.modelfile import content_hash
+    from contract.modelfile import content_hash
     k = f"{content_hash(qm)}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}|{generator_hash()}"
     return hashlib.sha256(k.encode()).hexdigest()[:16]
 

@@ -54,7 +54,7 @@ import numpy as np
 
 from gen import wire
 from host.devices import regmap as rm
-from model.modelfile import content_hash
+from contract.modelfile import content_hash
 
 log = logging.getLogger("sim.xdma_card")
 
@@ -116,7 +116,7 @@ class _Session:
 
     def _c2h(self):
         """harness stdout -> c2h pipe, counting result headers and their flags on the way."""
-        from model.reference import FLAG_SATURATED
+        from contract.flags import FLAG_SATURATED
         card, fd, rest = self.card, self.card.fds["c2h"], b""
         stdout = self.proc.stdout.fileno()
         while True:
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="xdma_card: %(message)s", stream=sys.stderr)
     from gen.ir import Knobs
-    from model import modelfile
+    from contract import modelfile
     qm = modelfile.load(args.model)
     knobs = Knobs(lanes=args.lanes, fit_par=args.fit_par, desc_par=args.desc_par, engines=args.engines)
     done = threading.Event()

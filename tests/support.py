@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.paths import GETE_AIMD, shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 #: ../shared/data next to the checkout (present in CI); DPFPGA_SHARED_DATA overrides.
-SHARED_DATA = Path(os.environ.get("DPFPGA_SHARED_DATA", REPO.parent / "shared" / "data"))
-GETE_216 = SHARED_DATA / "GeTe-aimd" / "216atom-melt-quench"
+SHARED_DATA = shared_data()
+GETE_216 = SHARED_DATA / GETE_AIMD
 
 
 def require_shared(path: Path = SHARED_DATA) -> Path:
@@ -73,7 +75,7 @@ def as_system(pos, cell, types, type_map=("Ge", "Te"), name="random"):
 def tiny_model(seed: int = 3):
     """A randomly initialised float model with the default architecture, calibrated on random structures."""
     import torch
-    from model.config import ModelConfig
+    from contract.config import ModelConfig
     from model.network import DeepPot
     from model.train import choose_desc_shift
     cfg = ModelConfig(sel=[40, 40], r_min=1.6, s_mean=0.1, s_std=0.1)
@@ -90,3 +92,11 @@ def tiny_qm(seed: int = 3):
     from model.quantize import quantize
     model, systems = tiny_model(seed)
     return quantize(model, systems, nframes=2, r_min=model.cfg.r_min)
+
+
+def records_for(qm, seed=0, natoms=40):
+    """Quantized neighbour records of a random periodic structure: (records, blocks, (pos, cell, types))."""
+    from model.assembly import neighbor_blocks, quantize_records
+    pos, cell, types = random_structure(natoms=natoms, seed=seed)
+    nb = neighbor_blocks(qm, pos, cell, True, types)
+    return quantize_records(qm, nb), nb, (pos, cell, types)

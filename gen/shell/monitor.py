@@ -20,7 +20,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from model.reference import FLAG_SATURATED
+from contract.flags import FLAG_SATURATED
 
 from ..fixed import tree_sum
 from ..wire import HEADER, RECORD

@@ -36,10 +36,8 @@ from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED
 from host.devices import regmap as rm
-from model.reference import FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED
-
-from ..ir import FLAG_MALFORMED
 
 #: Version of the register map / shell interface, read by the host from VERSION.
 SHELL_VERSION = 1

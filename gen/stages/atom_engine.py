@@ -17,10 +17,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from model.fixedpoint import requant as np_requant
-from model.reference import FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_SATURATED
+from contract.fixedpoint import requant as np_requant
+from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW, FLAG_SATURATED
+
 from ..fixed import any_of, requant, saturate, shift_round, tree_sum
-from ..ir import FLAG_MALFORMED
 from .descriptor_accumulator import atom_gr_layout
 
 DROP_FLAGS = FLAG_NEIGHBOR_OVERFLOW | FLAG_BAD_TYPE | FLAG_MALFORMED

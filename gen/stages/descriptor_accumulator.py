@@ -12,7 +12,8 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.reference import FLAG_R_BELOW_MIN, FLAG_SATURATED
+from contract.flags import FLAG_R_BELOW_MIN, FLAG_SATURATED
+
 from .. import layouts
 from ..fixed import any_of, requant, tree_sum
 

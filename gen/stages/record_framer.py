@@ -22,10 +22,11 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from model.reference import FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW
+from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW
+
 from .. import layouts
 from ..fixed import any_of, tree_sum
-from ..ir import COUNT_BITS, FLAG_MALFORMED, WORD_BITS
+from ..ir import COUNT_BITS, WORD_BITS
 from ..wire import HEADER, RECORD
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from amaranth.hdl import Const, Mux, Signal, signed
 from amaranth.lib.memory import Memory
 
-from model.modelfile import Table
+from contract.modelfile import Table
 from ..fixed import requant, shift_round
 
 LATENCY = 4

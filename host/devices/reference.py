@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.flags import FLAG_NEIGHBOR_OVERFLOW
 from gen import wire
-from model.reference import FLAG_NEIGHBOR_OVERFLOW, NeighborRecords, evaluate
+from model.reference import NeighborRecords, evaluate
 
 from .base import WorkerDevice
 

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from gen import wire
-from model.modelfile import content_hash
+from contract.modelfile import content_hash
 
 from . import regmap as rm
 from .base import Device, DeviceError, DeviceTimeout

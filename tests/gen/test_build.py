@@ -33,7 +33,7 @@ def small_qm():
     """A quantized model with narrow networks (same pipeline structure, ~10x less RTL than tiny_qm)."""
     import torch
 
-    from model.config import ModelConfig
+    from contract.config import ModelConfig
     from model.network import DeepPot
     from model.quantize import quantize
     from model.train import choose_desc_shift
@@ -49,7 +49,7 @@ def small_qm():
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    from model.modelfile import save
+    from contract.modelfile import save
     path = tmp_path_factory.mktemp("model") / "small.npz"
     save(small_qm(), path)
     return path
@@ -125,7 +125,7 @@ def test_build_writes_rtl_and_report(small_build, small_model):
     assert REQUIRED_KEYS <= set(r)
     assert Path(r["verilog"]).is_absolute() and Path(r["verilog"]) == (out / "pipeline.v").resolve()
     assert Path(r["rtlil"]) == (out / "pipeline.il").resolve()
-    from model.modelfile import load
+    from contract.modelfile import load
     assert r["model"]["hash"] == load(small_model).hash
     assert r["knobs"] == {"lanes": 2, "fit_par": 4, "desc_par": 1, "engines": 2} and r["lanes"] == 2
     assert r["resources"] == dict.fromkeys(("LUT", "FF", "DSP", "BRAM", "URAM"))
@@ -143,7 +143,7 @@ def test_build_writes_rtl_and_report(small_build, small_model):
 def test_report_throughput_matches_cycle_model(small_build, small_model):
     from gen import cycles
     from gen.ir import Design, Knobs
-    from model.modelfile import load
+    from contract.modelfile import load
     out, _ = small_build
     r = json.loads((out / "report.json").read_text())
     knobs = Knobs(**r["knobs"])
@@ -261,7 +261,7 @@ def test_resource_estimate_small_model(small_model, tmp_path):
 @pytest.mark.slow
 def test_full_size_model_builds_and_lints(tmp_path):
     """tiny_qm has the default (GeTe-size) architecture: about a minute of elaboration."""
-    from model.modelfile import save
+    from contract.modelfile import save
     save(tiny_qm(), tmp_path / "tiny.npz")
     p = run("build", "--model", tmp_path / "tiny.npz", "--out", tmp_path / "out", "--no-synth")
     assert p.returncode == 0, p.stdout + p.stderr

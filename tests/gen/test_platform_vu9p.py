@@ -26,7 +26,7 @@ KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)  # the design tests/host/test_xdma
 
 @pytest.fixture(scope="module")
 def qm(tmp_path_factory):
-    from model import modelfile
+    from contract import modelfile
     path = tmp_path_factory.mktemp("model") / "tiny.npz"
     modelfile.save(copy.copy(tiny_qm()), path)
     return modelfile.load(path)
@@ -116,7 +116,7 @@ def test_fit_says_by_how_much_the_dsps_do_not_fit(qm):
 
 
 def test_cli_fit_error_is_a_clear_error(qm, tmp_path):
-    from model import modelfile
+    from contract import modelfile
     path = tmp_path / "tiny.npz"
     modelfile.save(copy.copy(qm), path)
     p = subprocess.run([sys.executable, "-m", "gen", "build", "--model", str(path), "--out", str(tmp_path / "o"),

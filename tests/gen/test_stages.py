@@ -14,7 +14,7 @@ from gen.stages.atom_engine import AtomEngine, Tanh4
 from gen.stages.base import StreamFork
 from gen.stages.pair_forward import EmbeddingTable, EnvRow, PairGeometry, RadialTable
 from model.assembly import neighbor_blocks, quantize_records
-from model.fixedpoint import Fmt, requant
+from contract.fixedpoint import Fmt, requant
 from model.reference import evaluate, table_lookup, tanh4
 from streams import run_stream
 from support import random_structure, tiny_qm

@@ -19,8 +19,8 @@ from support import tiny_qm
 
 
 def test_bundled_model_does_not_fit_and_says_by_how_much():
-    from model.cli import EXAMPLE_MODEL
-    from model.modelfile import load
+    from contract.paths import EXAMPLE_MODEL
+    from contract.modelfile import load
     qm = load(EXAMPLE_MODEL)
     with pytest.raises(BuildError) as e:
         ulx3s.check_fit(qm, Design(qm, Knobs()))

@@ -21,8 +21,8 @@ START_TIMEOUT = 60.0  # s: the model loads in under a second; a loaded CI machin
 
 @pytest.fixture(scope="session")
 def qm():
-    from model import modelfile
-    from model.cli import EXAMPLE_MODEL
+    from contract import modelfile
+    from contract.paths import EXAMPLE_MODEL
     return modelfile.load(EXAMPLE_MODEL)
 
 

@@ -12,9 +12,9 @@ from host.devices.base import WorkerDevice
 from host.evaluate import Evaluator
 from host.neighbors import StructureError
 from model.assembly import DeviceFlagError
-from model import modelfile
+from contract import modelfile
 from model.assembly import compute
-from model.cli import EXAMPLE_MODEL
+from contract.paths import EXAMPLE_MODEL
 from model.neighbors import NeighborOverflowError
 from support import GETE_216, random_structure, require_shared, tiny_qm
 

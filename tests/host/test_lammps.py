@@ -48,7 +48,7 @@ def tmpdir_short():
 
 @pytest.fixture(scope="module")
 def model_path():
-    from model.cli import EXAMPLE_MODEL
+    from contract.paths import EXAMPLE_MODEL
     return str(EXAMPLE_MODEL)
 
 
@@ -287,7 +287,7 @@ def test_rtl_device_through_lammps_equals_the_reference_device(plugin, tmp_path)
     harness is shared) gives LAMMPS the same bits as the NumPy reference, over a few MD steps."""
     import ase
 
-    from model import modelfile
+    from contract import modelfile
     from sim import runner
     from support import tiny_qm
     try:
@@ -473,8 +473,8 @@ def test_service_absent(plugin, model_path, tmp_path):
 
 
 def test_model_hash_mismatch(plugin, tmp_path, start_service):
-    from model import modelfile
-    from model.cli import EXAMPLE_MODEL
+    from contract import modelfile
+    from contract.paths import EXAMPLE_MODEL
     other = modelfile.load(EXAMPLE_MODEL)
     other.energy_bias = other.energy_bias + 1
     modelfile.save(other, tmp_path / "other.npz")

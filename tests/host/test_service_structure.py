@@ -150,8 +150,8 @@ def test_malformed_structure_is_refused_and_the_connection_stays_usable(qm, serv
 
 
 def test_hello_naming_a_model_file(qm, service, tmp_path):
-    from model import modelfile
-    from model.cli import EXAMPLE_MODEL
+    from contract import modelfile
+    from contract.paths import EXAMPLE_MODEL
 
     def hello(obj):
         s = raw_connect(service.path)

@@ -42,7 +42,7 @@ def env(tmp_path_factory):
         runner.check_simulator("verilator")
     except runner.SimulatorMissing as e:
         pytest.skip(str(e))
-    from model import modelfile
+    from contract import modelfile
     from sim import standalone
     path = tmp_path_factory.mktemp("model") / "tiny.npz"
     modelfile.save(copy.copy(tiny_qm()), path)  # a copy: save() sets .hash on the model it is given
@@ -218,7 +218,7 @@ def test_generated_register_map(env, rig, tmp_path):
 
 
 def test_model_hash_mismatch(env, rig, tmp_path):
-    from model import modelfile
+    from contract import modelfile
     other = copy.copy(env.qm)
     other.energy_bias = env.qm.energy_bias + 1
     modelfile.save(other, tmp_path / "other.npz")

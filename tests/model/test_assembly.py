@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.assembly import (DeviceFlagError, InputRangeError, compute, map_types,
-                            quantize_displacements)
-from model.fixedpoint import Fmt
+from contract.fixedpoint import Fmt
+from contract.flags import FLAG_NEIGHBOR_OVERFLOW
+from model.assembly import DeviceFlagError, InputRangeError, check_flags, compute, map_types, quantize_displacements
 from model.neighbors import NeighborOverflowError
-from model.reference import FLAG_NEIGHBOR_OVERFLOW, ReferenceResult
-from model.assembly import check_flags
+from model.reference import ReferenceResult
 from support import random_structure, tiny_qm
 
 

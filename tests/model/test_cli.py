@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import modelfile
-from model.cli import EXAMPLE_MODEL
+from contract import modelfile
+from contract.paths import EXAMPLE_MODEL
 from model.data import System, write_deepmd
 from support import REPO, random_structure, tiny_model, tiny_qm
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model import modelfile
-from model.cli import EXAMPLE_MODEL
+from contract import modelfile
+from contract.paths import EXAMPLE_MODEL
 from model.data import load_systems, split_frames
 from model.metrics import test_model as run_metrics
 from model.quantize import float_model

@@ -307,7 +307,7 @@ def test_the_student_runs_the_same_protocol(tmp_path):
     """dpfpga:MODEL runs the quantized model (reference device) through the protocol: its frames are the
     host calculator's results, so teacher and student MD can be compared stage by stage."""
     from host.ase import Calculator
-    from model.modelfile import save
+    from contract.modelfile import save
     from support import tiny_qm
     model = tmp_path / "tiny.npz"
     save(tiny_qm(), model)

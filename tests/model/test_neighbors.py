@@ -94,9 +94,9 @@ def gete():
 
 def pairs_and_integers(positions, cell, symbols):
     """Pairs (i, j, r_ij) of edges() and the exact results of model.assembly.compute."""
-    from model import modelfile
+    from contract import modelfile
     from model.assembly import compute, map_types
-    from model.cli import EXAMPLE_MODEL
+    from contract.paths import EXAMPLE_MODEL
     e = edges(positions, cell, True, 7.0)
     # The shift is an image of the caller's cell: r_ij = x_j - x_i + shift @ cell, exactly here.
     assert np.array_equal(e.vec, positions[e.j] - positions[e.i] + e.shift @ cell)

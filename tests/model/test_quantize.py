@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.fixedpoint import Fmt
+from contract.fixedpoint import Fmt
 from model.qat import QATDeepPot, fake_quant
 from model.quantize import WIDTHS, quantize_weight, table_errors
 from support import as_system, random_structure, tiny_model, tiny_qm
@@ -89,7 +89,7 @@ def _frames(dmins, seed=1, natoms=24, box=11.0, ntypes=1, type_map=("Sb",)):
 def test_r_min_stays_below_rcut_smth_when_the_data_has_no_short_bonds():
     """Sb has no bond under 2.8 Å: 0.85 x the shortest distance would put the tables' start above
     rcut_smth = 2.0, which the model file forbids; r_min is held just below it instead."""
-    from model.config import ModelConfig
+    from contract.config import ModelConfig
     from model.quantize import choose_r_min, shortest_distance
     systems = _frames([2.9])
     seen = shortest_distance(systems, 6.0)
@@ -103,7 +103,7 @@ def test_r_min_stays_below_rcut_smth_when_the_data_has_no_short_bonds():
 def test_r_min_comes_from_every_frame_and_is_recorded_with_the_shortest_distance():
     """One close pair in the last of many frames sets r_min (a 64-frame sample could miss it); the
     model file records r_min, the distance and where it was seen; `model info` prints both."""
-    from model import modelfile
+    from contract import modelfile
     from model.quantize import quantize
     model, systems = tiny_model()
     data = _frames([2.4] * 5 + [1.9], natoms=30, box=10.0, ntypes=2, type_map=("Ge", "Te"))

@@ -153,7 +153,7 @@ def tiny_tree(tmp_path_factory):
 
 
 def test_validation_frames_are_the_ones_training_held_out(tiny_tree):
-    from model.config import ModelConfig
+    from contract.config import ModelConfig
     from model.train import DataConfig, prepare
     for seed in (1, 7):
         systems = load_systems(tiny_tree / "216atom-melt-quench")
@@ -169,7 +169,7 @@ def test_validation_frames_are_the_ones_training_held_out(tiny_tree):
 
 @pytest.mark.shared_data
 def test_validation_frames_match_training_on_the_real_data():
-    from model.config import ModelConfig
+    from contract.config import ModelConfig
     from model.train import load_json_config, prepare
     require_shared(GETE_216)
     _, dcfg, tcfg = load_json_config(REPO / "examples" / "GeTe" / "train-example.json")
@@ -238,7 +238,7 @@ def test_frames_per_phase_cap(tiny_tree, seed):
 
 
 def test_phases_command(tiny_tree, tmp_path, capsys):
-    from model import modelfile
+    from contract import modelfile
     from model.cli import main
     model_file = tmp_path / "tiny.npz"
     modelfile.save(tiny_qm(), model_file)
@@ -294,7 +294,7 @@ def _run(*args):
 
 @pytest.mark.shared_data
 def test_short_recipe_end_to_end(tmp_path):
-    from model import modelfile
+    from contract import modelfile
     require_shared(GETE_216)
     require_shared(GETE_64)
     raw = json.loads((REPO / "examples" / "GeTe" / "recipe.json").read_text())
@@ -373,7 +373,7 @@ def toy_recipe(tmp_path: Path, datasets=None) -> Path:
 
 
 def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path, monkeypatch):
-    from model import modelfile
+    from contract import modelfile
     from model.recipe import load_recipe, run
     torch.set_num_threads(1)
     recipe = load_recipe(toy_recipe(tmp_path))

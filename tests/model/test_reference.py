@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 
 import scalar_reference
+from contract.flags import FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED
 from model.assembly import assemble, neighbor_blocks, quantize_records
 from model.batch import make_batch
 from model.network import evaluate as float_evaluate
-from model.reference import (FLAG_BAD_TYPE, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED,
-                             NeighborRecords, evaluate, table_lookup)
-from support import as_system, random_structure, tiny_qm
-
-
-def records_for(qm, seed=0, natoms=40):
-    pos, cell, types = random_structure(natoms=natoms, seed=seed)
-    nb = neighbor_blocks(qm, pos, cell, True, types)
-    return quantize_records(qm, nb), nb, (pos, cell, types)
+from model.reference import NeighborRecords, evaluate, table_lookup
+from support import as_system, random_structure, records_for, tiny_qm
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -153,7 +147,8 @@ def test_records_beyond_cutoff_contribute_nothing():
 def test_saturation_is_flagged_not_silent():
     """Shrink the output format until dE/dr cannot fit: the flag must say so."""
     from dataclasses import replace
-    from model.fixedpoint import Fmt
+
+    from contract.fixedpoint import Fmt
     qm = tiny_qm()
     rec, _, _ = records_for(qm, seed=4)
     ok = evaluate(qm, rec)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from support import as_system, random_structure
 
-from model.config import ModelConfig
+from contract.config import ModelConfig
 from model.data import write_deepmd
 from model.train import DataConfig, prepare
 

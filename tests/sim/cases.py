@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.flags import FLAG_MALFORMED
 from gen import wire
-from gen.ir import FLAG_MALFORMED
 from model.assembly import neighbor_blocks, quantize_records
 from model.reference import NeighborRecords, ReferenceResult, evaluate
 from support import GETE_216, random_structure
@@ -122,7 +122,7 @@ def stream_errors(qm, lanes: int, seed: int = 0) -> Case:
     dEdr = np.zeros((6, m, 3), dtype=np.int64)
     dEdr[:4, : f.shape[1]] = f
     dEdr[5, : tail.expected.dEdr.shape[1]] = tail.expected.dEdr[0]
-    from model.reference import FLAG_NEIGHBOR_OVERFLOW
+    from contract.flags import FLAG_NEIGHBOR_OVERFLOW
     expected = ReferenceResult(energy=np.concatenate([e, [0], tail.expected.energy]), dEdr=dEdr,
                                flags=np.concatenate([fl, [FLAG_NEIGHBOR_OVERFLOW], tail.expected.flags]))
     return Case(beats, expected, 6, m)

@@ -18,11 +18,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from model import modelfile  # noqa: E402
+from contract.paths import shared_data  # noqa: E402
+from contract import modelfile  # noqa: E402
 from model.data import load_systems  # noqa: E402
 from model.metrics import collect, predict_quantized  # noqa: E402
 
-DFT = REPO.parent / "shared" / "data" / "GST" / "GST-dft-validate.extxyz"
+DFT = shared_data() / "GST" / "GST-dft-validate.extxyz"
 BINS = [(25, 28), (28, 29.5), (29.5, 31), (31, 35)]
 
 qm = modelfile.load(sys.argv[1])

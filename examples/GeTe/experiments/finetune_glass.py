@@ -35,8 +35,9 @@ import torch
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
+from contract.paths import shared_data  # noqa: E402
 from model.data import load_systems, split_frames  # noqa: E402
-from model.modelfile import load  # noqa: E402
+from contract.modelfile import load  # noqa: E402
 from model.phases import label_from_folders  # noqa: E402
 from model.quantize import float_model  # noqa: E402
 from model.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
@@ -56,7 +57,7 @@ else:  # the recipe's prefactors at this learning rate: limit + (start - limit) 
     lr_start, pref_e, pref_f = args.lr_start, [1.0 - 0.98 * x, 1.0], [1.0 + 999.0 * x, 1.0]
 torch.set_num_threads(1)
 model = float_model(load(REPO / "model" / "examples" / "GeTe-example.npz"))
-data = REPO.parent / "shared" / "data" / "GeTe-aimd" / "216atom-melt-quench"
+data = shared_data() / "GeTe-aimd" / "216atom-melt-quench"
 systems = [s.remap_types(model.cfg.type_map) for s in load_systems([data])]
 train, valid = split_frames(systems, 0.4, 1)  # the recipe's split
 

@@ -47,10 +47,11 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "examples" / "GeTe"))
 
+from contract.paths import shared_data  # noqa: E402
 from model.data import System  # noqa: E402
 from model.metrics import collect, predict_float, rmse_of  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = shared_data()
 PB = SHARED / "nvnmd-models" / "deepmd-GeTe-float.pb"
 AIMD = SHARED / "GeTe-aimd" / "216atom-melt-quench"
 
@@ -212,7 +213,7 @@ def load_ours_float(path: Path = REPO / "model" / "examples" / "GeTe-example.npz
     if Path(path).suffix == ".pt":
         from model.train import load_checkpoint
         return load_checkpoint(path)
-    from model.modelfile import load
+    from contract.modelfile import load
     from model.quantize import float_model
     return float_model(load(path))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
-from model import modelfile  # noqa: E402
+from contract import modelfile  # noqa: E402
 from model import phases as ph  # noqa: E402
 from model.metrics import collect, predict_quantized, rmse_of  # noqa: E402
 from model.recipe import load_recipe  # noqa: E402

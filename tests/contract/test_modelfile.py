@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from model import modelfile
-from model.modelfile import ModelFileError
+from contract import modelfile
+from contract.modelfile import ModelFileError
 from model.reference import evaluate
 from support import tiny_qm
 
@@ -45,7 +45,7 @@ def test_round_trip_is_exact(saved):
     for k, v in qm.arrays().items():
         assert np.array_equal(back.arrays()[k], v), k
     # Same integers out of the reference.
-    from test_reference import records_for
+    from support import records_for
     rec, _, _ = records_for(qm)
     a, b = evaluate(qm, rec), evaluate(back, rec)
     assert np.array_equal(a.energy, b.energy) and np.array_equal(a.dEdr, b.dEdr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.fixedpoint import Fmt, fmt_for_range, imatmul, requant, saturate, shift_round
+from contract.fixedpoint import Fmt, fmt_for_range, imatmul, requant, saturate, shift_round
 
 
 def test_shift_round_is_round_half_up():

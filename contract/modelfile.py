@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig
-from .fixedpoint import Fmt
+from contract.config import ModelConfig
+from contract.fixedpoint import Fmt
 
 MODEL_CLASS = "dpfpga.QuantizedDeepPot"
 MODEL_VERSION = 1
