@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_common import timed_median, write_json  # noqa: E402
-from gen import wire  # noqa: E402
+from contract import wire  # noqa: E402
 from host.neighbors import NeighborChunks  # noqa: E402
 from contract import modelfile  # noqa: E402
 from model.assembly import quantize_displacements  # noqa: E402
@@ -76,9 +76,9 @@ def main(argv=None):
     d[b.nbr_type < 0] = 0
     k = len(ch.centers)
     records = int((b.nbr_type >= 0).sum())
-    beats, t_enc = timed_median(lambda: wire.encode_atoms(b.center_type, b.nbr_type, d, 1, tags=ch.centers & 0xFFF), args.repeat)
+    beats, t_enc = timed_median(lambda: wire.encode_atoms(b.center_type, b.nbr_type, d, 1, tags=ch.centers), args.repeat)
     res = evaluate(qm, NeighborRecords(b.center_type, b.nbr_type, d))
-    out = wire.encode_results(res.energy, res.dEdr, res.flags, (b.nbr_type >= 0).sum(1), ch.centers & 0xFFF, 1)
+    out = wire.encode_results(res.energy, res.dEdr, res.flags, (b.nbr_type >= 0).sum(1), ch.centers, 1)
     _, t_dec = timed_median(lambda: wire.decode_results(out, k, b.nbr_type.shape[1]), args.repeat)
     mean_n = records / k
     bytes_in, bytes_out = beats.size * 8 / k, out.size * 8 / k

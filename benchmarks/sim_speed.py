@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from bench_common import write_json  # noqa: E402
 from contract.paths import shared_data  # noqa: E402
-from gen import cycles, wire  # noqa: E402
+from contract import wire  # noqa: E402
+from gen import cycles  # noqa: E402
 from gen.ir import Knobs  # noqa: E402
 from contract import modelfile  # noqa: E402
 from model.assembly import neighbor_blocks, quantize_records  # noqa: E402

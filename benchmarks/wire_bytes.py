@@ -4,7 +4,7 @@ the link-bound s/step/atom it implies; with the alternatives the generator could
     python benchmarks/wire_bytes.py [--model M.npz] [--frames 16] [--json OUT.json]
 
 Formats compared (per atom, n = neighbours inside rcut):
-* per-pair (implemented, gen/wire.py): in 8 (1 + n) B, out 8 (1 + n) B, padded to full beats of `lanes`
+* per-pair (implemented, contract/wire.py): in 8 (1 + n) B, out 8 (1 + n) B, padded to full beats of `lanes`
   words;
 * per-pair in, forces reduced on chip (out: 3 x 4 B force + 4 B energy + 6 x 4 B virial per atom);
 * chunk-indexed (NVNMD-like): in 3 x 4 B coordinates + 1 B type + 2 B per neighbour index, out as above.

@@ -28,3 +28,7 @@ def shared_data() -> Path:
 
 #: The seed's GeTe AIMD melt-quench frames (DeePMD npy), inside shared_data().
 GETE_AIMD = Path("GeTe-aimd") / "216atom-melt-quench"
+
+#: The generated C/C++ headers (contract/headers.py), package data of `contract`: `-I` this folder and
+#: `#include "dpfpga/wire.h"`.
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"

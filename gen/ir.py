@@ -17,6 +17,9 @@ from amaranth.lib import data
 from contract.fixedpoint import Fmt
 from contract.flags import FLAG_BITS
 from contract.modelfile import QuantizedModel, Table
+from contract.wire import COORD_BITS, COUNT_BITS, ENERGY_BITS, FORCE_BITS, TAG_BITS, TYPE_BITS
+
+from .widths import overflows
 
 
 class DesignError(ValueError):
@@ -50,13 +53,6 @@ class Knobs:
             raise DesignError(f"desc_par={self.desc_par} must divide the embedding width {m1}")
 
 
-WORD_BITS = 64
-TYPE_BITS = 4
-COUNT_BITS = 10
-TAG_BITS = 12
-KIND_PAD, KIND_HEADER, KIND_RECORD = 0, 1, 2
-
-
 @dataclass
 class Design:
     qm: QuantizedModel
@@ -82,12 +78,15 @@ class Design:
             raise DesignError(f"{cfg.ntypes} types exceed the wire format's {TYPE_BITS}-bit type field")
         if sum(cfg.sel) >= (1 << COUNT_BITS):
             raise DesignError(f"sum(sel)={sum(cfg.sel)} exceeds the {COUNT_BITS}-bit count field")
-        if self.F["coord"].bits != 18 or self.F["F"].bits > 20 or self.F["E"].bits > 32:
-            raise DesignError("wire format needs coord s18, F <= 20 bits and E <= 32 bits "
+        if self.F["coord"].bits != COORD_BITS or self.F["F"].bits > FORCE_BITS or self.F["E"].bits > ENERGY_BITS:
+            raise DesignError(f"wire format needs coord s{COORD_BITS}, F <= {FORCE_BITS} bits and E <= {ENERGY_BITS} bits "
                               f"(model has {self.F['coord'].describe()}, {self.F['F'].describe()}, "
                               f"{self.F['E'].describe()})")
         if self.F["Z"].frac != self.F["A"].frac:
             raise DesignError("activation and pre-activation formats must share fraction bits")
+        too_wide = overflows(self)
+        if too_wide:
+            raise DesignError("the model's formats overflow the pipeline's arithmetic: " + "; ".join(too_wide))
 
     # ---- sizes ---------------------------------------------------------------------------------------
     @property

@@ -9,7 +9,9 @@ from __future__ import annotations
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from .ir import TYPE_BITS, Design
+from contract.wire import TYPE_BITS
+
+from .ir import Design
 
 
 def record_slot(d: Design):

@@ -1,4 +1,4 @@
-"""The whole pipeline: wire words in, wire words out (gen.wire), every constant from the model file.
+"""The whole pipeline: wire words in, wire words out (contract.wire), every constant from the model file.
 
     i ─► RecordFramer ─► PairGeometry ─► RadialTable ─► EnvRow ─► EmbeddingTable ─► fork
                                                                                      │      │
@@ -83,7 +83,7 @@ class AtomEngines(wiring.Component):
 
 
 class Pipeline(wiring.Component):
-    """Interface: `i`, `o` are streams of `lanes` 64-bit words per beat (gen.wire)."""
+    """Interface: `i`, `o` are streams of `lanes` 64-bit words per beat (contract.wire)."""
 
     def __init__(self, design: Design):
         self.design = design

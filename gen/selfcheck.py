@@ -4,11 +4,11 @@
                                                               │
                                   pass, fail, done, one `atom_ok` bit (LED) per result atom
 
-The stimulus is made by the host's own code path (`stimulus`): neighbour chunks from
-`host.neighbors.NeighborChunks`, displacements quantized by `model.assembly.quantize_displacements`
-and encoded by `gen.wire.encode_atoms`, exactly as `host.evaluate.Evaluator` does; the expected
-output beats come from the `reference` device (`host.devices.reference.ReferenceDevice.process`,
-i.e. the NumPy reference behind the same wire format).  The structure is a few atoms of a GeTe AIMD
+The stimulus is made by the host's own rules (`stimulus`): neighbour blocks from
+`model.assembly.neighbor_blocks`, displacements quantized by `model.assembly.quantize_displacements`
+and encoded by `contract.wire.encode_atoms`, as `host.evaluate.Evaluator` does; the expected output
+beats come from `model.reference.process_beats` (what the `reference` device answers: the NumPy
+reference behind the same wire format).  The structure is a few atoms of a GeTe AIMD
 frame (../shared/data/GeTe-aimd/216atom-melt-quench) when that data is present, else a generated
 rock-salt GeTe-like crystal with seeded random displacements.
 
@@ -35,7 +35,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
-from . import cycles, wire
+from contract import wire
+
+from . import cycles
 from .ir import Design
 from .pipeline import Pipeline
 
@@ -94,24 +96,22 @@ def stimulus(qm, lanes: int = 1, n_atoms: int = 2, frame: int = 0, max_records: 
 
     max_records: keep only each atom's first records (nearest-first is not implied: host order), to
     keep simulations short; None keeps every neighbour inside rcut (what a real run sends)."""
-    from host.devices.reference import ReferenceDevice
-    from host.neighbors import NeighborChunks
-    from model.assembly import quantize_displacements
+    from model.assembly import neighbor_blocks, quantize_displacements
+    from model.reference import process_beats
 
     pos, cell, types, source = structure(qm.config.type_map, frame)
-    ch = next(iter(NeighborChunks(pos, cell, True, qm.config.rcut, types, chunk_atoms=max(n_atoms, 1))))
-    if len(ch.centers) < n_atoms:
-        raise ValueError(f"first neighbour chunk has {len(ch.centers)} atoms, fewer than {n_atoms}")
-    b = ch.blocks
+    if len(types) < n_atoms:
+        raise ValueError(f"the structure has {len(types)} atoms, fewer than {n_atoms}")
+    b = neighbor_blocks(qm, pos, cell, True, types)
     keep = slice(0, n_atoms)
     nbr_type, nbr_vec = b.nbr_type[keep].copy(), b.nbr_vec[keep]
     if max_records is not None:
         nbr_type[:, max_records:] = -1
-    centers = ch.centers[keep]
+    centers = np.arange(n_atoms)
     d = quantize_displacements(nbr_vec, qm.formats["coord"], np.broadcast_to(centers[:, None], nbr_type.shape))
     d[nbr_type < 0] = 0
-    beats = wire.encode_atoms(b.center_type[keep], nbr_type, d, lanes, tags=centers & 0xFFF)
-    expected = ReferenceDevice(qm, lanes=lanes).process(beats, n_atoms)
+    beats = wire.encode_atoms(b.center_type[keep], nbr_type, d, lanes, tags=centers)
+    expected = process_beats(qm, beats, n_atoms, lanes)
     return Stimulus(beats, np.asarray(expected, dtype=np.uint64), n_atoms, (nbr_type >= 0).sum(axis=1),
                     centers, source)
 

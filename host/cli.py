@@ -1,47 +1,20 @@
-"""`python -m host`: serve a device to several clients, list the devices.
+"""`python -m host`: serve a device to several clients, list the devices, locate the LAMMPS plugin.
 
-Adding a command is one function and its registration:
+Adding a command is one function and its registration (contract.cli, the style of every entry point):
 
-    @command("name", "one-line help", arg("--flag", help="..."), ...)
+    @cli.command("name", "one-line help", arg("--flag", help="..."), ...)
     def cmd_name(args) -> int: ...
 """
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import logging
 import os
 import sys
 
+from contract.cli import CommandLine, arg, model_arg, positive_int
+
 from .devices import DEVICE_HELP
-
-_COMMANDS: list[tuple[str, str, tuple, object]] = []
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (the message names the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def arg(*flags, **options):
-    """An argument of a command, as given to ArgumentParser.add_argument."""
-    return flags, options
-
-
-def command(name: str, help: str, *arguments):
-    """Register `fn(args) -> exit code` as the subcommand `name`; its docstring is its --help text."""
-    def register(fn):
-        _COMMANDS.append((name, help, arguments, fn))
-        return fn
-    return register
-
 
 #: What clients accept besides the devices a service can open.
 CLIENT_ONLY = {"socket:PATH": "(clients only) a running `python -m host serve --socket PATH`"}
@@ -66,16 +39,19 @@ dpfpga host tools: run the quantized model on a device and share one device betw
 """
 
 
-@command("serve", "own one device and serve it to many clients over a Unix socket",
+cli = CommandLine("python -m host", OVERVIEW, epilog=devices_text())
+
+
+@cli.command("serve", "own one device and serve it to many clients over a Unix socket",
          arg("--socket", required=True, help="Unix socket path to listen at (created owner-only, mode 0600)"),
-         arg("--model", help="model file (default: the bundled example model)"),
+         model_arg(),
          arg("--device", default="reference", help="device to open (default: reference); see `python -m host devices`"),
          arg("--lanes", type=int, default=1, help="64-bit words per beat (default: 1)"),
          arg("--device-timeout", type=float, default=600.0,
              help="seconds a chunk may take on the device (default: 600)"),
          arg("--max-payload-mb", type=float, default=1024.0,
              help="largest request accepted, in MB (default 1024: a STRUCTURE of ~3M local atoms)"),
-         arg("--max-clients", type=_positive_int, default=None, metavar="N",
+         arg("--max-clients", type=positive_int, default=None, metavar="N",
              help="connections served at once; one more is refused with ERROR 'service busy' (default: "
              "max(64, this node's core count): one per MPI rank of the node)"),
          arg("--chunk-atoms", type=int, default=4096,
@@ -120,7 +96,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-@command("lammps-plugin", "build (if needed) and print the path of the LAMMPS plugin (pair_style nvnmd)",
+@cli.command("lammps-plugin", "build (if needed) and print the path of the LAMMPS plugin (pair_style nvnmd)",
          arg("--rebuild", action="store_true", help="compile even if the cache holds a build for these sources"),
          arg("--verbose", action="store_true", help="show the compiler command"))
 def cmd_lammps_plugin(args) -> int:
@@ -137,37 +113,16 @@ def cmd_lammps_plugin(args) -> int:
     return 0
 
 
-@command("devices", "list the devices")
+@cli.command("devices", "list the devices")
 def cmd_devices(args) -> int:
     """Print the device names that --device (and host.ase.Calculator(device=...)) accept."""
     print(devices_text(CLIENT_ONLY))
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m host", description=OVERVIEW, epilog=devices_text(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    for name, help, arguments, fn in _COMMANDS:
-        c = sub.add_parser(name, help=help, description=inspect.cleandoc(fn.__doc__ or help), epilog=devices_text(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        for flags, options in arguments:
-            c.add_argument(*flags, **options)
-        c.set_defaults(fn=fn)
-    return p
-
-
 def main(argv=None) -> int:
-    p = parser()
-    args = p.parse_args(argv)
-    if not args.cmd:
-        p.print_help()
-        return 0
     from contract.modelfile import ModelFileError
 
     from .devices import DeviceError
-    try:
-        return args.fn(args)
-    except (ModelFileError, DeviceError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.errors += (ModelFileError, DeviceError)
+    return cli.main(argv)

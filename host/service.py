@@ -15,27 +15,8 @@ rank: the service is that one process.  Clients speak to it at one of two levels
   work with `Evaluator.compute_neighbors`, so the C++ plugin holds no copy of the quantization or
   assembly rules and its numbers are the ASE calculator's, bit for bit.
 
-Protocol (version `PROTOCOL_VERSION`).  Every message is a frame: a 16-byte header, then the payload.
-
-    header = struct "<4sHHQ": magic b"DPFG" · protocol version u16 · message type u16 · payload length u64
-
-| type | code | direction | payload |
-|---|---|---|---|
-| HELLO   | 1 | client → service | JSON {protocol: int, model_hash: str *or* model_file: str, pid: int} |
-| WELCOME | 2 | service → client | JSON {device: str, lanes: int, model_hash: str, pid: int, client_id: int, type_map: [str], rcut: float, sel: [int]} |
-| CHUNK   | 3 | client → service | u64 n_atoms (little-endian), then n × lanes beats as little-endian uint64 |
-| RESULT  | 4 | service → client | the chunk's output beats, little-endian uint64 (a multiple of lanes words) |
-| ERROR   | 5 | either way       | JSON {message: str} (human-readable) |
-| BYE     | 6 | client → service | empty: the client is done |
-| STRUCTURE | 7 | client → service | `STRUCTURE_HEADER` (nlocal, nall, npairs, want) then x f64[nall,3], atom id i64[nall], model type i32[nall], numneigh i32[nlocal], neighbours i32[npairs] |
-| FORCES  | 8 | service → client | `FORCES_HEADER` (nall, nlocal, have, below_rmin) then energy f64, virial f64[6] (xx yy zz xy xz yz), timings f64[4], forces f64[nall,3], per-atom energy f64[nlocal] (have & 1), per-atom virial f64[nall,6] (have & 2) |
-
-A client that knows no model hash (the C++ plugin cannot hash an .npz) names its model file instead:
-the service loads that file and compares hashes, so a mismatch is refused all the same.  All numbers
-are little-endian.  FORCES carries the fixed-point results converted to float64 once (exact: they
-are integers times a power of two); `want` bit 0 asks for per-atom energies, bit 1 for per-atom virials,
-bit 2 allows pairs closer than the model's r_min (otherwise such a pair is an ERROR naming both atoms);
-FORCES's `below_rmin` counts the neighbour records below r_min that were evaluated (0 unless allowed).
+The protocol (frames, message types, the STRUCTURE and FORCES layouts, `want` bits) is defined in
+contract/protocol.py, which also generates the C++ plugin's contract/include/dpfpga/protocol.h.
 
 A connection starts with HELLO; the service answers WELCOME, or ERROR and closes the connection when
 the protocol version or the model hash differ (the message names both).  Then the client sends CHUNKs,
@@ -81,25 +62,36 @@ from typing import Callable
 
 import numpy as np
 
+from contract import wire
+from contract.protocol import (
+    ALLOW_BELOW_RMIN,
+    BYE,
+    CHUNK,
+    ERROR,
+    FORCES,
+    FORCES_HEADER,
+    FORCES_OFFSETS,
+    FORCES_SCALAR_FIELDS,
+    FORCES_SCALARS,
+    FRAME_HEADER,
+    FRAME_TIMEOUT,
+    HELLO,
+    MAGIC,
+    MAX_PAYLOAD,
+    MESSAGE_NAMES,
+    PROTOCOL_VERSION,
+    RESULT,
+    STRUCTURE,
+    STRUCTURE_HEADER,
+    TIMINGS,
+    VIRIAL_ORDER,
+    WANT_EATOM,
+    WANT_VATOM,
+    WELCOME,
+)
+
 from .devices.base import Device, DeviceError, DeviceTimeout
 
-PROTOCOL_VERSION = 3  # 3: want bit 2 (allow pairs below r_min), FORCES's below_rmin count
-MAGIC = b"DPFG"
-HEADER = struct.Struct("<4sHHQ")
-HELLO, WELCOME, CHUNK, RESULT, ERROR, BYE, STRUCTURE, FORCES = 1, 2, 3, 4, 5, 6, 7, 8
-MESSAGE_NAMES = {HELLO: "HELLO", WELCOME: "WELCOME", CHUNK: "CHUNK", RESULT: "RESULT", ERROR: "ERROR", BYE: "BYE",
-                 STRUCTURE: "STRUCTURE", FORCES: "FORCES"}
-#: STRUCTURE: nlocal, nall, npairs (u64), want (u32: bit 0 per-atom energy, bit 1 per-atom virial, bit 2 allow
-#: pairs below r_min), 0 (u32).
-STRUCTURE_HEADER = struct.Struct("<QQQII")
-#: FORCES: nall, nlocal (u64), have (u32, as `want`), below_rmin (u32: neighbour records below r_min evaluated).
-FORCES_HEADER = struct.Struct("<QQII")
-WANT_EATOM, WANT_VATOM, ALLOW_BELOW_RMIN = 1, 2, 4
-#: Largest payload either side accepts by default (`python -m host serve --max-payload-mb`): a 4096-atom
-#: GeTe chunk is about 2 MB; a STRUCTURE about 300 B per local atom (1.7M atoms on one rank: ~0.5 GB).
-MAX_PAYLOAD = 1 << 30
-#: Once the first byte of a frame has arrived, the rest must arrive (or be taken by the peer) within this.
-FRAME_TIMEOUT = 60.0
 #: Socket timeout used as a polling period, so that waits notice deadlines and a service shutdown.
 _POLL = 0.25
 #: Payloads larger than this are read in pieces of this size into a buffer that grows as they arrive.
@@ -205,7 +197,7 @@ def send_frame(sock, mtype: int, payload=b"", stop=None, timeout: float = FRAME_
     """One frame; `payload` is a bytes-like object or a list of them (sent one after the other, uncopied)."""
     parts = [_byte_view(p) for p in (payload if isinstance(payload, list) else [payload])]
     deadline = time.monotonic() + timeout
-    _send_all(sock, HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, sum(len(p) for p in parts)), deadline, stop)
+    _send_all(sock, FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, mtype, sum(len(p) for p in parts)), deadline, stop)
     for p in parts:
         if len(p):
             _send_all(sock, p, deadline, stop)
@@ -221,8 +213,8 @@ def recv_frame(sock, wait_deadline: float | None = None, stop=None, max_payload:
     long as it takes), then gives the rest FRAME_TIMEOUT.  The length is checked before allocating."""
     first = _recv_exact(sock, 1, wait_deadline, stop, "frame header")
     deadline = time.monotonic() + FRAME_TIMEOUT
-    head = bytes(first) + _recv_exact(sock, HEADER.size - 1, deadline, stop, "frame header")
-    magic, version, mtype, length = HEADER.unpack(head)
+    head = bytes(first) + _recv_exact(sock, FRAME_HEADER.size - 1, deadline, stop, "frame header")
+    magic, version, mtype, length = FRAME_HEADER.unpack(head)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r} (expected {MAGIC!r}): not a dpfpga peer")
     if length > max_payload:
@@ -256,7 +248,7 @@ def decode_chunk(payload: bytearray, lanes: int) -> tuple[np.ndarray, int]:
                          f"(lanes = {lanes})")
     (n_atoms,) = struct.unpack_from("<Q", payload)
     beats = np.frombuffer(payload, dtype="<u8", offset=8).astype(np.uint64, copy=False).reshape(-1, lanes)
-    headers = int(np.count_nonzero((beats >> np.uint64(62)) == 1))
+    headers = int(np.count_nonzero(wire.kind(beats) == wire.HEADER))
     if headers != n_atoms:
         raise ValueError(f"malformed chunk: it announces {n_atoms} atoms but holds {headers} atom headers")
     return beats, n_atoms
@@ -309,17 +301,17 @@ def decode_structure(payload) -> StructureRequest:
 
 
 def voigt6(w: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) -> (..., 6) in LAMMPS's order xx yy zz xy xz yz (W_ab = -sum r_a (dE/dr)_b)."""
-    return np.stack([w[..., 0, 0], w[..., 1, 1], w[..., 2, 2], w[..., 0, 1], w[..., 0, 2], w[..., 1, 2]], axis=-1)
+    """(..., 3, 3) -> (..., 6) in VIRIAL_ORDER, LAMMPS's xx yy zz xy xz yz (W_ab = -sum r_a (dE/dr)_b)."""
+    axis = {"x": 0, "y": 1, "z": 2}
+    return np.stack([w[..., axis[a], axis[b]] for a, b in VIRIAL_ORDER], axis=-1)
 
 
 def encode_forces(res, nlocal: int, want: int) -> list:
     """FORCES payload parts from an Evaluator Result."""
     nall = len(res.forces)
     t = res.timings
-    head = np.concatenate([[res.energy], voigt6(res.virial),
-                           [t.get("neighbors_encode", 0.0), t.get("device_wait", 0.0), t.get("assemble", 0.0),
-                            t.get("total", 0.0)]])
+    scalars = {"energy": [res.energy], "virial": voigt6(res.virial), "timings": [t.get(name, 0.0) for name in TIMINGS]}
+    head = np.concatenate([scalars[name] for name, _ in FORCES_SCALAR_FIELDS])
     parts = [FORCES_HEADER.pack(nall, nlocal, want & (WANT_EATOM | WANT_VATOM), res.below_rmin_records),
              head.astype("<f8"),
              np.ascontiguousarray(res.forces, dtype="<f8")]
@@ -333,14 +325,15 @@ def encode_forces(res, nlocal: int, want: int) -> list:
 def decode_forces(payload) -> dict:
     """FORCES payload -> {energy, virial (6,), timings (4,), forces (nall, 3), below_rmin, eatom?, vatom?}."""
     nall, nlocal, have, below_rmin = FORCES_HEADER.unpack_from(payload)
-    expect = FORCES_HEADER.size + 8 * (11 + 3 * nall + (nlocal if have & WANT_EATOM else 0)
+    expect = FORCES_HEADER.size + 8 * (FORCES_SCALARS + 3 * nall + (nlocal if have & WANT_EATOM else 0)
                                        + (6 * nall if have & WANT_VATOM else 0))
     if len(payload) != expect:
         raise ProtocolError(f"FORCES payload of {len(payload)} bytes, expected {expect}")
     a = np.frombuffer(payload, dtype="<f8", offset=FORCES_HEADER.size)
-    out = {"energy": float(a[0]), "virial": a[1:7], "timings": a[7:11], "forces": a[11:11 + 3 * nall].reshape(nall, 3),
-           "below_rmin": below_rmin}
-    k = 11 + 3 * nall
+    out = {name: a[FORCES_OFFSETS[name]:FORCES_OFFSETS[name] + n] for name, n in FORCES_SCALAR_FIELDS}
+    k = FORCES_SCALARS
+    out.update(energy=float(out["energy"][0]), forces=a[k:k + 3 * nall].reshape(nall, 3), below_rmin=below_rmin)
+    k += 3 * nall
     if have & WANT_EATOM:
         out["eatom"], k = a[k:k + nlocal], k + nlocal
     if have & WANT_VATOM:

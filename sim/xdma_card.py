@@ -8,7 +8,7 @@ creates, under the prefix, what the XDMA driver would:
     <prefix>_h2c_0   named pipe: bytes the host writes go to the pipeline's input stream
     <prefix>_c2h_0   named pipe: the pipeline's output stream, for the host to read
     <prefix>_user    regular file of `regmap.size` bytes (4 KiB): the shell's registers as
-                     little-endian u32 at their offsets (host.devices.regmap), which the host
+                     little-endian u32 at their offsets (contract.registers), which the host
                      preads/pwrites exactly as it would the BAR
 
 and runs the generated RTL in the standalone harness (sim/standalone.py) behind them, so that
@@ -21,7 +21,7 @@ Importable for tests: `card = XdmaCard(qm, prefix, knobs).start()` ... `card.sto
 Behaviour of the registers:
   MAGIC, VERSION, LANES, MODEL_HASH0..7  written once at start (MODEL_HASH from the model's hash)
   ATOMS_IN, RECORDS_IN                   counted on the words taken from h2c (before the harness sees them)
-  ATOMS_OUT, FLAGS                       counted on the words the harness returns (before the host sees them)
+  ATOMS_OUT, RECORDS_OUT, FLAGS          counted on the words the harness returns (before the host sees them)
   STATUS.busy                            ATOMS_IN != ATOMS_OUT
   STATUS.error                           set when the harness exits (stall: exit code 3, or killed);
                                          sticky until a soft reset
@@ -52,13 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gen import wire
-from host.devices import regmap as rm
+from contract import registers as rm
+from contract import wire
 from contract.modelfile import content_hash
 
 log = logging.getLogger("sim.xdma_card")
 
-SHELL_VERSION = 1
 POLL_S = 0.2  # the longest a pump sleeps before looking at its stop flag again
 CONTROL_POLL_S = 0.02
 READ_SIZE = 1 << 20
@@ -131,7 +130,7 @@ class _Session:
             flags = int(np.bitwise_or.reduce(wire.decode_output_header(heads)[2])) if len(heads) else 0
             if wire.decode_output_record(recs)[1].any():
                 flags |= FLAG_SATURATED  # an atom's flags include its records' saturation bits
-            card.count(atoms_out=len(heads), flags=flags)
+            card.count(atoms_out=len(heads), records_out=len(recs), flags=flags)
             view = memoryview(data)
             while view and not self.stopping.is_set():
                 if not _wait(fd, select.POLLOUT):
@@ -220,7 +219,7 @@ class XdmaCard:
         self.fds["user"] = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.ftruncate(self.fds["user"], self.regmap.size)
         self.regs = rm.RegisterFile(self.fds["user"], self.regmap, side="card")
-        self.regs.write("VERSION", SHELL_VERSION)
+        self.regs.write("VERSION", rm.SHELL_VERSION)
         self.regs.write("LANES", self.lanes)
         for k, word in enumerate(rm.hash_words(self.model_hash)):
             self.regs.write(f"MODEL_HASH{k}", word)
@@ -266,15 +265,18 @@ class XdmaCard:
         return self._session.proc if self._session else None
 
     # -- registers ----------------------------------------------------------------------------------
-    def count(self, atoms_in=0, records_in=0, atoms_out=0, flags=0):
-        """Advance the counters (u32, wrapping) and STATUS.busy; called by the pumps."""
+    def count(self, atoms_in=0, records_in=0, atoms_out=0, records_out=0, flags=0):
+        """Advance the counters (u32, wrapping: RegisterFile.write keeps the low 32 bits) and STATUS.busy;
+        called by the pumps.  RECORDS_OUT only where the map has it (a map from JSON may not)."""
         with self._lock:
             r = self.regs
             if atoms_in or records_in:
-                r.write("ATOMS_IN", (r.read("ATOMS_IN") + atoms_in) & 0xFFFFFFFF)
-                r.write("RECORDS_IN", (r.read("RECORDS_IN") + records_in) & 0xFFFFFFFF)
+                r.write("ATOMS_IN", r.read("ATOMS_IN") + atoms_in)
+                r.write("RECORDS_IN", r.read("RECORDS_IN") + records_in)
             if atoms_out:
-                r.write("ATOMS_OUT", (r.read("ATOMS_OUT") + atoms_out) & 0xFFFFFFFF)
+                r.write("ATOMS_OUT", r.read("ATOMS_OUT") + atoms_out)
+            if records_out and "RECORDS_OUT" in self.regmap:
+                r.write("RECORDS_OUT", r.read("RECORDS_OUT") + records_out)
             if flags:
                 r.write("FLAGS", r.read("FLAGS") | flags)
             busy = self.regmap.bit("STATUS", "busy")
@@ -311,8 +313,9 @@ class XdmaCard:
                 except BlockingIOError:
                     break
         with self._lock:
-            for name in ("STATUS", "FLAGS", "ATOMS_IN", "ATOMS_OUT", "RECORDS_IN"):
-                self.regs.write(name, 0)
+            for name in ("STATUS", "FLAGS", "ATOMS_IN", "ATOMS_OUT", "RECORDS_IN", "RECORDS_OUT"):
+                if name in self.regmap:
+                    self.regs.write(name, 0)
         self.error = None
         self._session = _Session(self)
         log.info("%s: soft reset (harness pid %d)", self.prefix, self._session.proc.pid)

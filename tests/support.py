@@ -24,7 +24,7 @@ def require_shared(path: Path = SHARED_DATA) -> Path:
     return path
 
 
-#: the package each teacher kind of model.teachers needs (the optional [teachers] extra)
+#: the package each teacher kind of science.teachers needs (the optional [teachers] extra)
 TEACHER_PACKAGES = {"sevenn": "sevenn", "mace": "mace"}
 
 

@@ -7,7 +7,7 @@ device) and then measures
 
 * the liquid (1200 K) total and partial g(r) against the AIMD frames at 1200 K
   (``GeTe-aimd/216atom-melt-quench/s2-melt-1000K/temp-1200K``, all 40 frames), both measured with
-  :mod:`model.analysis` (same bins, same normalisation);
+  :mod:`science.analysis` (same bins, same normalisation);
 * the amorphous (300 K) g(r) against the AIMD reference curves (``GeTe-aimd-reference/rdf``, OVITO) and
   against the AIMD frames at 300 K (``s3-quench-300K/temp-300K``, every 10th of 400 frames) measured
   with our own code;
@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from model import analysis as an  # noqa: E402
+from science import analysis as an  # noqa: E402
 
 INPUT = HERE / "in.structure"
 DEFAULT_MODEL = REPO / "model" / "examples" / "GeTe-example.npz"
@@ -70,7 +70,7 @@ AIMD_AMORPHOUS_EVERY = 10  # 40 of 400 frames
 #: Analysis settings (also written to the JSON).
 RDF_RMAX, RDF_BINS = 8.0, 160  # 0.05 Å bins: centres on the reference grid
 COMPARE_RANGE = (2.0, 8.0)
-ALTBC_BONDS = ["Ge-Te"]  # matches the reference map best (model.analysis.altbc)
+ALTBC_BONDS = ["Ge-Te"]  # matches the reference map best (science.analysis.altbc)
 ALTBC_ANGLE = 25.0
 ALTBC_CUTOFF = 4.5
 MAIN_PEAK_WINDOW = (2.0, 5.0)  # Å: where main_peak looks
@@ -324,7 +324,7 @@ def aimd_frames(shared: Path, rel: str, every: int) -> list:
 
 
 def as_reference(result: an.RDF, folder) -> an.Reference:
-    """An RDF measured here, wrapped as a :class:`model.analysis.Reference` for :func:`compare_rdf`."""
+    """An RDF measured here, wrapped as a :class:`science.analysis.Reference` for :func:`compare_rdf`."""
     return an.Reference(folder=Path(folder), rdf={name: (result.r, result.curve(name)) for name in CURVES})
 
 
@@ -421,7 +421,7 @@ def peak_text(p) -> str:
 
 def main_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float] = MAIN_PEAK_WINDOW) -> an.Peak | None:
     """The highest peak of g in ``window`` (parabola through the highest bin and its neighbours, as
-    :func:`model.analysis.first_peak`): a shell-independent companion of the first peak, which for a
+    :func:`science.analysis.first_peak`): a shell-independent companion of the first peak, which for a
     curve whose first shell hovers around g = 1 (Te-Te, liquid Ge-Ge) can land on different shells."""
     r, g = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
     inside = np.flatnonzero((r >= window[0]) & (r <= window[1]))
@@ -434,7 +434,7 @@ def main_peak(r: np.ndarray, g: np.ndarray, window: tuple[float, float] = MAIN_P
 
 
 def compare(result: an.RDF, reference: an.Reference | None) -> dict:
-    """:func:`model.analysis.compare_rdf` over 2-8 Å, plus the highest peak in 2-5 Å of each curve."""
+    """:func:`science.analysis.compare_rdf` over 2-8 Å, plus the highest peak in 2-5 Å of each curve."""
     out = an.compare_rdf(result, reference, COMPARE_RANGE)
     for name, entry in out.items():
         mp = main_peak(result.r, result.curve(name))
@@ -655,8 +655,8 @@ def markdown(report: dict, fig: dict[str, str]) -> str:
         "## g(r): first peaks and differences",
         "",
         "First peak: parabola through the highest bin of the first stretch where g > 1 "
-        "(`model.analysis.first_peak`; for Te-Te, and for Ge-Ge when its 2.5-2.7 Å homopolar peak stays below 1, "
-        "that is the ~4 Å shell). ∫|Δg| dr over 2-8 Å on a 0.01 Å grid (`model.analysis.curve_difference`). "
+        "(`science.analysis.first_peak`; for Te-Te, and for Ge-Ge when its 2.5-2.7 Å homopolar peak stays below 1, "
+        "that is the ~4 Å shell). ∫|Δg| dr over 2-8 Å on a 0.01 Å grid (`science.analysis.curve_difference`). "
         "Bins 0.05 Å. \"AIMD curves\": the reference files (OVITO, unknown settings); \"AIMD frames\": the AIMD "
         "trajectory measured here. † the two first peaks are different shells (a first shell hovering around "
         "g = 1 on one side): compare the highest peak in 2-5 Å instead. The last four rows compare the two AIMD "

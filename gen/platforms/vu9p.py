@@ -28,12 +28,24 @@ from pathlib import Path
 from amaranth.build import Attrs, Clock, DiffPairs, Pins, Resource
 from amaranth.vendor import XilinxPlatform
 
+from ..flow.synth import SynthTarget
+
 NAME = "vu9p"
 DESCRIPTION = "xcvu9p-flgb2104-2-i: PCIe shell (XDMA Gen3 x16, AXI4-Lite registers), Vivado project, regmap.json"
 TOP_NAME = "dpfpga_vu9p"
 PART = "xcvu9p-flgb2104-2-i"
-#: capacity used for the fit check (same numbers as gen.build.XCVU9P)
-DSP_CAPACITY = 6840
+#: xcvu9p (UltraScale+; the AWS F1 part): what the fit check and the report's utilisation count against.
+CAPACITY = {"LUT": 1182240, "FF": 2364480, "DSP": 6840, "BRAM": 2160, "URAM": 960}
+DSP_CAPACITY = CAPACITY["DSP"]
+#: The resource estimate: Yosys' UltraScale+ mapping (the command's text keys the synthesis cache).
+ESTIMATE = SynthTarget(
+    device="xcvu9p", family="xcup", command="synth_xilinx -family xcup -top {top} -noiopad -noclkbuf",
+    flatten=" -flatten", capacity=CAPACITY,
+    cells={"LUT": {r"LUT[1-6]": 1}, "FF": {r"FD.*": 1}, "DSP": {"DSP48E2": 1},
+           "BRAM": {"RAMB36E2": 1, "RAMB18E2": 0.5}, "URAM": {"URAM288": 1}},
+    notes="LUT = LUT1..LUT6 (LUT-RAM/SRL cells not included), FF = FD*, BRAM = RAMB36E2 + RAMB18E2/2, "
+          "DSP = DSP48E2, URAM = URAM288. Yosys estimates differ from Vivado's (no CARRY8, no DSP cascades, "
+          "different LUT packing).")
 
 # VCU1525 pins, lane k: (rx_p, rx_n, tx_p, tx_n)
 _LANES = [("AF2", "AF1", "AF7", "AF6"), ("AG4", "AG3", "AG9", "AG8"), ("AH2", "AH1", "AH7", "AH6"),
@@ -94,7 +106,7 @@ endmodule
 def check_fit(qm, design) -> dict:
     """lanes must divide the 8 words of a 512-bit XDMA beat; the fitting MAC arrays alone
     (engines x fit_par x n_hidden multipliers, one DSP48E2 each) must fit the xcvu9p's DSPs."""
-    from ..build import BuildError
+    from ..flow import BuildError
     from ..shell.axis import WORDS_PER_AXIS
     k = design.knobs
     if WORDS_PER_AXIS % k.lanes:
@@ -114,7 +126,7 @@ def check_fit(qm, design) -> dict:
 
 def project(qm, design, pipeline_verilog: str, flush_cycles: int = 32):
     """(plan, top, extra files) of the Vivado project; nothing written yet."""
-    from ..build import TOP
+    from ..flow import TOP
     from ..shell import xdma
     from ..shell.top import Vu9pTop
     top = Vu9pTop(design.knobs.lanes, qm.hash, pipeline_module=TOP, flush_cycles=flush_cycles)
@@ -127,13 +139,13 @@ def project(qm, design, pipeline_verilog: str, flush_cycles: int = 32):
     return plan, top, extra
 
 
-def build_platform(qm, design, hdl, out, log, tools) -> dict:
-    from ..build import run_lint
+def build_platform(qm, design, hdl, out, log, tools, *, neighbours=None) -> dict:
+    from ..flow import BuildError
+    from ..flow.lint import run_lint
     from ..shell import xdma
     d = Path(out) / NAME
     if d.exists():
         shutil.rmtree(d)  # a stale file from another build must not end up in the project
-    from ..build import BuildError
     text = Path(hdl["verilog"]).read_text()
     try:
         pipeline_port_check(text, design.knobs.lanes)
@@ -164,10 +176,11 @@ def build_platform(qm, design, hdl, out, log, tools) -> dict:
 
 def summary_lines(report: dict) -> list[str]:
     """Lines for report.md's platform section."""
-    p = report["platform"]
+    p, cpa = report["platform"], report["cycles_per_atom"]
+    speed = (f"{cpa:g} cycles/atom -> {cpa / (p['clock_mhz'] * 1e6):.3g} s/atom per MD step" if cpa is not None
+             else "s/atom unknown (no neighbour statistics)")
     return [f"- Vivado project for `{p['part']}` in `{p['dir']}` (top `{p['top']}`; run `{p['build_script']}`)",
-            f"- clock: {p['clock']}, {p['clock_mhz']:g} MHz: {report['cycles_per_atom']:g} cycles/atom -> "
-            f"{report['cycles_per_atom'] / (p['clock_mhz'] * 1e6):.3g} s/atom per MD step "
+            f"- clock: {p['clock']}, {p['clock_mhz']:g} MHz: {speed} "
             f"(seed Table I: {report['seed_table_I']['seconds_per_atom_GeTe']:.3g})",
             f"- register map: `{p['regmap']}` (generated from the gateware's register description)",
             f"- pins: {p['pins']}"]
@@ -185,7 +198,7 @@ def _ports_of(verilog_text: str, module: str) -> list[tuple[str, str, int]]:
 def pipeline_port_check(pipeline_verilog: str, lanes: int) -> None:
     """Raise ValueError when pipeline.v's top ports (names, directions, widths) are not the ones
     Vu9pTop instantiates."""
-    from ..build import TOP
+    from ..flow import TOP
     from ..shell.top import pipeline_ports
     got = sorted(_ports_of(pipeline_verilog, TOP))
     want = sorted(pipeline_ports(lanes))

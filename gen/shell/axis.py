@@ -3,7 +3,7 @@
 The XDMA (PCIe Gen3 x16, 512-bit user interface at 250 MHz) moves 8 wire words per AXI beat, byte 0
 of a transfer in tdata[7:0], so word k of a beat is tdata[64k+63:64k], exactly the little-endian
 order in which the host writes its (beats, lanes) uint64 arrays.  The pipeline takes `lanes` words per
-beat (gen.wire); `lanes` must divide 8, so one AXI beat is R = 8 / lanes pipeline beats.
+beat (contract.wire); `lanes` must divide 8, so one AXI beat is R = 8 / lanes pipeline beats.
 
 Both adapters keep the valid/ready rules of both sides (a valid beat holds its payload until taken,
 never depends on ready) and run at full rate: one AXI beat per R cycles on the h2c side (the pipeline
@@ -16,7 +16,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..ir import WORD_BITS
+from contract.wire import WORD_BITS
 
 AXIS_BITS = 512
 WORDS_PER_AXIS = AXIS_BITS // WORD_BITS

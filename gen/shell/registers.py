@@ -1,16 +1,9 @@
-"""The shell's AXI4-Lite register block, built from one Python description of its registers.
+"""The shell's AXI4-Lite register block, built from the register declaration in contract/registers.py.
 
-`shell_registers(lanes, model_hash)` declares every register once (name, byte offset, access,
-description, bit fields, where its value comes from).  The same list makes
-
-* the gateware: `RegisterBlock(regs)`, an AXI4-Lite slave with one port per register that the shell
-  drives or reads, and
-* the host's map: `to_regmap(regs)` -> host.devices.regmap.RegisterMap, written as JSON next to the
-  Vivado project (out/vu9p/regmap.json) and read by `host.devices.xdma.XdmaDevice(regmap=PATH)`.
-
-So an address can only change in one place, and the file the host reads is the one the gateware was
-built from.  The offsets are the documented map of host.devices.regmap (MAGIC at 0x00 ... MODEL_HASH7
-at 0x5C) plus RECORDS_OUT at 0x24 and the named bits of STATUS and FLAGS.
+`RegisterBlock(contract.registers.shell_registers(lanes, model_hash))` is an AXI4-Lite slave with one
+port per register that the shell drives or reads; the same RegisterSet is the host's map
+(`.regmap()`, written as out/vu9p/regmap.json), so the file the host reads is the one the gateware
+was built from.
 
 Bus behaviour (AXI4-Lite, 32-bit data, byte addresses; the XDMA BAR maps BAR offset 0 to address 0):
 
@@ -30,117 +23,14 @@ Bus behaviour (AXI4-Lite, 32-bit data, byte addresses; the XDMA BAR maps BAR off
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW, FLAG_R_BELOW_MIN, FLAG_SATURATED
-from host.devices import regmap as rm
+from contract.registers import DATA_BITS, RegisterSet
 
-#: Version of the register map / shell interface, read by the host from VERSION.
-SHELL_VERSION = 1
-DATA_BITS = 32
 ADDR_BITS = 32
 OKAY = 0b00
-
-
-@dataclass(frozen=True)
-class Field:
-    """One named bit of a register."""
-    name: str
-    bit: int
-    description: str = ""
-    self_clearing: bool = False  # rw bits only: reads back 1 for one cycle after it is written
-
-
-@dataclass(frozen=True)
-class Reg:
-    """One 32-bit register.  access "ro": the card drives it (a port of the block, or `const`);
-    "rw": the host writes it, the block holds it and drives a port with its value."""
-    name: str
-    offset: int
-    access: str
-    description: str
-    fields: tuple[Field, ...] = ()
-    const: int | None = None  # "ro" registers with a value fixed at build time (no port)
-    reset: int = 0  # "rw" registers: value after reset
-
-    @property
-    def port(self) -> str:
-        return self.name.lower()
-
-
-@dataclass(frozen=True)
-class RegisterSet:
-    """The shell's registers and the map size; `regmap()` is the host's view of the same object."""
-    regs: tuple[Reg, ...]
-    size: int = rm.BAR_SIZE
-    magic: int = rm.SHELL_MAGIC
-    notes: dict = field(default_factory=dict)
-
-    def __iter__(self):
-        return iter(self.regs)
-
-    def __getitem__(self, name: str) -> Reg:
-        for r in self.regs:
-            if r.name == name:
-                return r
-        raise KeyError(name)
-
-    def regmap(self) -> rm.RegisterMap:
-        return to_regmap(self)
-
-
-FLAG_FIELDS = (Field("neighbor_overflow", FLAG_NEIGHBOR_OVERFLOW.bit_length() - 1, "more records of a type than sel"),
-               Field("saturated", FLAG_SATURATED.bit_length() - 1, "a value clipped to its format (header or record bit)"),
-               Field("r_below_min", FLAG_R_BELOW_MIN.bit_length() - 1, "a pair closer than r_min"),
-               Field("bad_type", FLAG_BAD_TYPE.bit_length() - 1, "a type outside the type map"),
-               Field("malformed", FLAG_MALFORMED.bit_length() - 1, "records missing or extra in the input stream"))
-
-
-def shell_registers(lanes: int, model_hash: str) -> RegisterSet:
-    """The shell's registers for a pipeline of `lanes` words per beat and a model of hash `model_hash`
-    (64 hex digits, gen/model file content hash)."""
-    words = rm.hash_words(model_hash)
-    regs = [
-        Reg("MAGIC", 0x00, "ro", f"{rm.SHELL_MAGIC:#010x} ('dpfg'): a dpfpga shell answers here", const=rm.SHELL_MAGIC),
-        Reg("VERSION", 0x04, "ro", "version of the register map / shell interface", const=SHELL_VERSION),
-        Reg("LANES", 0x08, "ro", "64-bit wire words per pipeline beat", const=lanes),
-        Reg("CONTROL", 0x0C, "rw", "bit0 enable (accept h2c input), bit1 soft reset (self-clearing)",
-            (Field("enable", 0, "accept input beats from h2c; clear: h2c is back-pressured"),
-             Field("reset", 1, "soft reset of pipeline, adapters and counters (one-cycle pulse)", self_clearing=True))),
-        Reg("STATUS", 0x10, "ro", "bit0 busy (ATOMS_IN != ATOMS_OUT), bit1 error (sticky until soft reset), "
-            "bit2 partial (an h2c word arrived with partial TKEEP: the cause of error)",
-            (Field("busy", 0, "atoms in flight"), Field("error", 1, "sticky: some error since reset"),
-             Field("partial", 2, "sticky: an h2c 64-bit word with only some TKEEP bits set (dropped as PAD)"))),
-        Reg("FLAGS", 0x14, "ro", "sticky OR of the per-atom flags of every result sent (header flags, "
-            "SATURATED from record bit 61)", FLAG_FIELDS),
-        Reg("ATOMS_IN", 0x18, "ro", "input headers accepted by the pipeline since reset (wraps at 2**32)"),
-        Reg("ATOMS_OUT", 0x1C, "ro", "result headers sent since reset (wraps at 2**32)"),
-        Reg("RECORDS_IN", 0x20, "ro", "input records accepted by the pipeline since reset (wraps at 2**32)"),
-        Reg("RECORDS_OUT", 0x24, "ro", "result records sent since reset (wraps at 2**32)"),
-    ]
-    regs += [Reg(f"MODEL_HASH{k}", 0x40 + 4 * k, "ro", f"model SHA-256, hex digits {8 * k}..{8 * k + 7}",
-                 const=words[k]) for k in range(rm.HASH_WORDS)]
-    return RegisterSet(tuple(regs))
-
-
-def to_regmap(regs: RegisterSet) -> rm.RegisterMap:
-    """The host's RegisterMap of a RegisterSet (validated: REQUIRED registers and bits present)."""
-    return rm.RegisterMap([rm.Register(r.name, r.offset, r.access, r.description, {f.name: f.bit for f in r.fields})
-                           for r in regs], size=regs.size, magic=regs.magic)
-
-
-def markdown_table(regs: RegisterSet) -> str:
-    """The address map as a Markdown table (docs/ARCHITECTURE.md holds this text; a test compares)."""
-    lines = ["| offset | name | access | contents |", "|---|---|---|---|"]
-    for r in regs:
-        fields = ", ".join(f"{f.bit} {f.name}" for f in r.fields)
-        lines.append(f"| {r.offset:#05x} | {r.name} | {r.access} | {r.description}"
-                     f"{' (bits: ' + fields + ')' if fields else ''} |")
-    return "\n".join(lines) + "\n"
 
 
 # ---- the bus ------------------------------------------------------------------------------------

@@ -18,11 +18,13 @@ from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Modul
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..ir import WORD_BITS
+from contract.registers import shell_registers
+from contract.wire import WORD_BITS
+
 from . import xdma
 from .axis import AXIStreamSignature, C2HAdapter, H2CAdapter, beat_layout
 from .monitor import StreamMonitor
-from .registers import AXI4LiteSignature, RegisterBlock, shell_registers
+from .registers import AXI4LiteSignature, RegisterBlock
 
 
 class Shell(wiring.Component):

@@ -12,7 +12,10 @@ start.  Each is the hardware twin of the matching lines of `model.reference`:
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+import itertools
+from dataclasses import dataclass
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -21,6 +24,7 @@ from contract.fixedpoint import requant as np_requant
 from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW, FLAG_SATURATED
 
 from ..fixed import any_of, requant, saturate, shift_round, tree_sum
+from ..widths import DESCRIPTOR_GRAD_ACC_BITS, FittingWidths
 from .descriptor_accumulator import atom_gr_layout
 
 DROP_FLAGS = FLAG_NEIGHBOR_OVERFLOW | FLAG_BAD_TYPE | FLAG_MALFORMED
@@ -100,7 +104,7 @@ class DescriptorProduct(wiring.Component):
 class DescriptorGradient(wiring.Component):
     """dGR[k,c] = rq(sum_b GR[k,b] dD[c*M2+b] + [c<M2] sum_a GR[k,a] dD[a*M2+c]).  32/desc_par + 1 cycles."""
 
-    ACC_BITS = 64
+    ACC_BITS = DESCRIPTOR_GRAD_ACC_BITS  # checked by gen.ir.Design (gen.widths.overflows)
 
     def __init__(self, design):
         self.design = design
@@ -200,26 +204,55 @@ class Tanh4(wiring.Component):
 class FittingEngine(wiring.Component):
     """Forward layers, energy and backward layers of the centre type's fitting net for one atom.
 
-    A MAC array of fit_par dot products (each n_in long: fit_par x n_in multipliers) is swept over the
-    layers in passes: FWD 0..L-1, ENERGY, BWD L-1..0.  A pass issues n/fit_par steps (one ROM row of
-    weights each); the next pass starts when the previous one has written all its results (the
-    layers depend on each other).  Per-output units requantize, apply tanh4 and the resnet sum
-    (forward) or form the next delta (backward).  Cycles per atom: see gen.cycles.fitting_cycles.
+    Interface: pulse `start` with `ctype` and `x0` (the descriptor D, held until `done`); `done` rises
+    when `energy` (format E) and `dD` (dE/dD, format dD) are valid, and they stay valid until the next
+    `start`; `sat` says whether any requantization saturated, as the reference's flag does.  Cycles
+    from start to done: gen.cycles.engine_cycles (less the AtomEngine's hand-offs).
+
+    A MAC array of fit_par dot products (each n_hidden long: fit_par x n_hidden multipliers) is swept
+    over the layers in passes (`passes()`): FWD 0..L-1, ENERGY, BWD L-1..0.  A pass issues
+    n_hidden / fit_par steps, one ROM row of weights each; the next pass starts when the previous one
+    has written all its results (each layer needs the whole previous one).  Every issued step moves
+    down one pipeline, one register stage per cycle, with a tag (valid, pass, step) beside it:
+
+        MAC array      weights   ROM row out; the pass's input vector selected as operands
+                       products  operand x weight, fit_par x n_hidden of them
+                       partials  sums of FIT_GROUP products
+                       dot       the dot products (and the row's bias, which travelled alongside)
+        output units   requant   z = sat(dot + bias) (FWD), energy (ENERGY), back = rq(dot) (BWD)
+        (one per MAC)  grad      g_new = sat(g + back) (BWD layers > 0); tanh4 stage 1 (FWD)
+                       delta     delta_next = rq(phi'[l-1] * g_new); tanh4 stage 2
+                       write     y = tanh4(z) (+ resnet input), phi'; last FWD layer: delta = rq(phi' g_out);
+                                 results written to the layer buffers below
+                       written   (only keeps the pass from ending before the write lands)
+
+    Layer buffers (registers, n_hidden each): `act` (activations, two: a layer reads one, writes the
+    other; after the last BWD pass act[L % 2] holds dE/dD), `dphi` (phi'(z) of each FWD layer), `delta`
+    (two, alternating like act), `grad` (g of the BWD layer in progress).  Product and sum widths come
+    from the formats (gen.widths.FittingWidths): every value is exact, as in the reference.
     """
 
     def __init__(self, design):
         self.design = design
         n = design.n_hidden
+        self.widths = FittingWidths.of(design.F, n)
         super().__init__({"start": In(1), "ctype": In(4), "done": Out(1), "sat": Out(1),
                           "x0": In(vec_layout(design.fmt_shape("D"), n)),
                           "energy": Out(design.fmt_shape("E")),
                           "dD": Out(vec_layout(design.fmt_shape("dD"), n))})
 
-    # -- ROM contents -----------------------------------------------------------------------------
+    # -- passes and ROM contents ---------------------------------------------------------------------
+    @staticmethod
+    def schedule(design) -> list[tuple[str, int, int]]:
+        """(kind, layer, ROM rows per centre type) of each pass in execution order: forward layers, the
+        energy dot product, backward layers.  Usable without building the engine (gen.platforms.ulx3s)."""
+        L, steps = design.n_layers, design.n_hidden // design.knobs.fit_par
+        return ([("fwd", l, steps) for l in range(L)] + [("out", 0, 1)]
+                + [("bwd", l, steps) for l in range(L - 1, -1, -1)])
+
     def passes(self):
-        """(kind, layer) in execution order: forward layers, the energy dot product, backward layers."""
-        L = self.design.n_layers
-        return [("fwd", l) for l in range(L)] + [("out", 0)] + [("bwd", l) for l in range(L - 1, -1, -1)]
+        """(kind, layer) in execution order (`schedule`)."""
+        return [(kind, layer) for kind, layer, _ in self.schedule(self.design)]
 
     def pass_rows(self, kind: str) -> int:
         return 1 if kind == "out" else self.design.n_hidden // self.design.knobs.fit_par
@@ -254,244 +287,348 @@ class FittingEngine(wiring.Component):
                         rows[i].append(v)
         return rows, base
 
+    # -- the hardware, top-down ------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        d, F = self.design, self.design.F
-        qm, cfg = d.qm, d.cfg
-        n, mp, L = d.n_hidden, d.knobs.fit_par, d.n_layers
-        nt = cfg.ntypes
-        steps = n // mp
-        wbits, zb = F["W"].bits, F["Z"].bits
-        fz, fa = F["Z"].frac, F["A"].frac
-        S = lambda name: signed(F[name].bits)
+        buf = self._layer_buffers(m)
+        seq = self._sequencer(m)
+        weights = self._weight_roms(m, seq)
+        pipe = self._pipeline_tags(m, seq)
+        dots, biases = self._mac_array(m, pipe, buf, weights)
+        writes, sats = {}, []
+        for unit in range(self.design.knobs.fit_par):
+            sats.append(self._output_unit(m, unit, pipe, seq, buf, dots[unit], biases[unit], writes))
+        self._write_back(m, buf, writes)
+        # g_out's own saturation (a per-type constant) counts once the atom starts, as in the reference.
+        g_out_sat = [Const(int(bad)) for _, bad in self._g_out()]
+        with m.If(~self.start):
+            m.d.sync += self.sat.eq(self.sat | any_of(sats) | (per_type(seq.ctype, g_out_sat) & seq.issuing))
+        return m
 
-        # Vector registers.
-        X = [[Signal(S("A"), name=f"x{b}_{k}") for k in range(n)] for b in range(2)]
-        DL = [[Signal(S("DELTA"), name=f"delta{b}_{k}") for k in range(n)] for b in range(2)]
-        G = [Signal(S("GA"), name=f"g_{k}") for k in range(n)]
-        DPHI = [[Signal(S("Z"), name=f"dphi{l}_{k}") for k in range(n)] for l in range(L)]
-        m.d.comb += [self.dD[k].eq(X[L % 2][k]) for k in range(n)]
+    def _shape(self, name):
+        return signed(self.design.F[name].bits)
 
-        # Constant backward seed g_out = rq(out_w) per type (saturation, if any, is a per-type constant).
-        g_out, g_out_sat = [], []
-        for t in range(nt):
+    def _g_out(self):
+        """Per centre type: (g_out = rq(out_w) in GA, as ints; whether that requantization saturated)."""
+        qm, F = self.design.qm, self.design.F
+        out = []
+        for t in range(self.design.cfg.ntypes):
             q, bad = np_requant(qm.out_w[t], qm.out_wfrac[t], F["GA"])
-            g_out.append([int(x) for x in q])
-            g_out_sat.append(int(bad.any()))
+            out.append(([int(x) for x in q], bool(bad.any())))
+        return out
 
-        passes = self.passes()
-        npass = len(passes)
-        rows, base = self.rom_rows()
-        rps = []
-        for i in range(mp):
-            rom = Memory(shape=n * wbits + zb, depth=len(rows[i]), init=rows[i])
-            m.submodules[f"weights{i}"] = rom
-            rps.append(rom.read_port())
-        depth = len(rows[0])
+    # -- layer buffers ---------------------------------------------------------------------------------
+    def _layer_buffers(self, m):
+        d, S = self.design, self._shape
+        n, L = d.n_hidden, d.n_layers
+        buf = _LayerBuffers(
+            act=[[Signal(S("A"), name=f"act{b}_{k}") for k in range(n)] for b in range(2)],
+            delta=[[Signal(S("DELTA"), name=f"delta{b}_{k}") for k in range(n)] for b in range(2)],
+            grad=[Signal(S("GA"), name=f"grad_{k}") for k in range(n)],
+            dphi=[[Signal(S("Z"), name=f"dphi{l}_{k}") for k in range(n)] for l in range(L)],
+            energy=self.energy)
+        m.d.comb += [self.dD[k].eq(buf.act[L % 2][k]) for k in range(n)]
+        return buf
 
-        # ---- sequencer ----------------------------------------------------------------------------
-        cur_pass = Signal(range(npass + 1))
-        step = Signal(range(steps + 1))
-        issuing, draining = Signal(), Signal()
-        ctype = Signal(4)
-        in_flight = Signal()  # any pipeline stage holds a valid step (driven below)
-        last_step = Signal(range(steps), name="last_step")  # steps in the current pass, minus one
-        for p, (kind, _) in enumerate(passes):
-            with m.If(cur_pass == p):
+    def _pass_input(self, buf, kind, layer):
+        """The vector a pass multiplies with its weights (each pass reads a fixed buffer)."""
+        L = self.design.n_layers
+        if kind == "fwd":
+            return self.x0 if layer == 0 else buf.act[(layer - 1) % 2]
+        if kind == "out":
+            return buf.act[(L - 1) % 2]
+        return buf.delta[(L - 1 - layer) % 2]
+
+    # -- sequencer and ROMs ----------------------------------------------------------------------------
+    def _sequencer(self, m):
+        """start -> issue every step of pass 0, wait until nothing is in flight, next pass ... -> done."""
+        npass, steps = len(self.passes()), self.pass_rows("fwd")
+        seq = _Sequencer(pass_=Signal(range(npass + 1), name="pass"), step=Signal(range(steps + 1), name="step"),
+                         issuing=Signal(name="issuing"), draining=Signal(name="draining"),
+                         ctype=Signal(4, name="ctype"), in_flight=Signal(name="in_flight"))
+        last_step = Signal(range(steps), name="last_step")
+        for p, (kind, _) in enumerate(self.passes()):
+            with m.If(seq.pass_ == p):
                 m.d.comb += last_step.eq(self.pass_rows(kind) - 1)
         with m.If(self.start):
-            m.d.sync += [cur_pass.eq(0), step.eq(0), issuing.eq(1), draining.eq(0), ctype.eq(self.ctype),
-                         self.done.eq(0), self.sat.eq(0)]
-        with m.Elif(issuing):
-            m.d.sync += step.eq(step + 1)
-            with m.If(step == last_step):
-                m.d.sync += [issuing.eq(0), draining.eq(1)]
-        with m.Elif(draining & ~in_flight):
-            with m.If(cur_pass == npass - 1):
-                m.d.sync += [draining.eq(0), self.done.eq(1)]
+            m.d.sync += [seq.pass_.eq(0), seq.step.eq(0), seq.issuing.eq(1), seq.draining.eq(0),
+                         seq.ctype.eq(self.ctype), self.done.eq(0), self.sat.eq(0)]
+        with m.Elif(seq.issuing):
+            m.d.sync += seq.step.eq(seq.step + 1)
+            with m.If(seq.step == last_step):
+                m.d.sync += [seq.issuing.eq(0), seq.draining.eq(1)]
+        with m.Elif(seq.draining & ~seq.in_flight):
+            with m.If(seq.pass_ == npass - 1):
+                m.d.sync += [seq.draining.eq(0), self.done.eq(1)]
             with m.Else():
-                m.d.sync += [cur_pass.eq(cur_pass + 1), step.eq(0), issuing.eq(1), draining.eq(0)]
+                m.d.sync += [seq.pass_.eq(seq.pass_ + 1), seq.step.eq(0), seq.issuing.eq(1), seq.draining.eq(0)]
+        return seq
 
-        # ---- MAC pipeline: c0 issue -> c1 ROM data -> c2 products -> c3 partial sums -> c4 acc ------
-        row = Signal(range(depth))
-        for p, (kind, _) in enumerate(passes):
-            with m.If(cur_pass == p):
-                m.d.comb += row.eq(base[p] + ctype * self.pass_rows(kind) + (0 if kind == "out" else step))
-        m.d.comb += [rp.addr.eq(row) for rp in rps] + [rp.en.eq(1) for rp in rps]
-        tag_layout = data.StructLayout({"v": 1, "p": range(npass + 1), "s": range(steps + 1)})
-        t1, t2, t3, t4 = (Signal(tag_layout, name=f"tag{i}") for i in range(1, 5))
-        m.d.sync += [t1.v.eq(issuing), t1.p.eq(cur_pass), t1.s.eq(step), t2.eq(t1), t3.eq(t2), t4.eq(t3)]
+    def _weight_roms(self, m, seq):
+        """One ROM per MAC unit, addressed by (pass, centre type, step); its data arrive one cycle later."""
+        d = self.design
+        n, wbits, zb = d.n_hidden, d.F["W"].bits, d.F["Z"].bits
+        rows, base = self.rom_rows()
+        ports = []
+        for i in range(d.knobs.fit_par):
+            rom = Memory(shape=n * wbits + zb, depth=len(rows[i]), init=rows[i])
+            m.submodules[f"weights{i}"] = rom
+            ports.append(rom.read_port())
+        row = Signal(range(len(rows[0])), name="row")
+        for p, (kind, _) in enumerate(self.passes()):
+            with m.If(seq.pass_ == p):
+                m.d.comb += row.eq(base[p] + seq.ctype * self.pass_rows(kind) + (0 if kind == "out" else seq.step))
+        m.d.comb += [rp.addr.eq(row) for rp in ports] + [rp.en.eq(1) for rp in ports]
+        return ports
 
-        # operand vector for the pass in stage c1 (all passes of a kind read fixed buffers)
-        def vec_of(kind, l, k):
-            if kind == "fwd":
-                return self.x0[k] if l == 0 else X[(l - 1) % 2][k]
-            if kind == "out":
-                return X[(L - 1) % 2][k]
-            return DL[(L - 1 - l) % 2][k]
-
-        GROUP = 16
-        partial = [[Signal(signed(64), name=f"part{i}_{g}") for g in range((n + GROUP - 1) // GROUP)] for i in range(mp)]
-        acc = [Signal(signed(64), name=f"acc{i}") for i in range(mp)]
-        bias = [[Signal(S("Z"), name=f"bias{i}_{st}") for i in range(mp)] for st in range(3)]
-        def decode(tag, name):
-            """One signal per pass: tag.p == p (named, so each comparison exists once)."""
-            sigs = [Signal(name=f"{name}_is{p}") for p in range(npass)]
-            m.d.comb += [sig.eq(tag.p == p) for p, sig in enumerate(sigs)]
-            return sigs
-        t1_is = decode(t1, "t1")
-
-        # The operand vector depends on the pass only: one mux per input element, shared by the units.
-        vsel = []
-        for j in range(n):
-            v = 0
-            for p, (kind, l) in enumerate(passes):
-                v = Mux(t1_is[p], vec_of(kind, l, j), v)
-            sig = Signal(signed(max(F[k].bits for k in ("D", "A", "DELTA"))), name=f"operand{j}")
-            m.d.comb += sig.eq(v)
-            vsel.append(sig)
-        for i in range(mp):
-            prods = []
-            for j in range(n):
-                w = rps[i].data[(j * wbits):((j + 1) * wbits)].as_signed()
-                pr = Signal(signed(46), name=f"prod{i}_{j}")
-                m.d.sync += pr.eq(vsel[j] * w)
-                prods.append(pr)
-            for g in range(len(partial[i])):
-                grp = prods[g * GROUP:(g + 1) * GROUP]
-                m.d.sync += partial[i][g].eq(tree_sum(grp))
-            m.d.sync += acc[i].eq(tree_sum(partial[i]))
-            # bias travels with the products (zero in non-forward rows)
-            m.d.sync += [bias[0][i].eq(rps[i].data[(n * wbits):(n * wbits + zb)].as_signed()),
-                         bias[1][i].eq(bias[0][i]), bias[2][i].eq(bias[1][i])]
-
-        # ---- output units: u1 .. u5 after the accumulator (tag t4 aligns with acc) -------------------
-        u = [Signal(tag_layout, name=f"utag{i}") for i in range(1, 6)]
-        m.d.sync += [u[0].eq(t4)] + [u[i].eq(u[i - 1]) for i in range(1, 5)]
-        t4_is = decode(t4, "t4")
-        u_is = [decode(u[k], f"u{k}") for k in range(4)]
-        pass_is = lambda dec, kinds: any_of(dec[p] for p, (kd, _) in enumerate(passes) if kd in kinds)
-        m.d.comb += in_flight.eq(any_of(t.v for t in (t1, t2, t3, t4, *u)))
-        sat_any = []
-        writes = {}
-        # Decoded write enables (pass, step) of the last unit stage, shared by all units.
-        write_at = [[Signal(name=f"we_p{p}_s{s}") for s in range(steps)] for p in range(npass)]
+    def _pipeline_tags(self, m, seq):
+        """The tag of the step each stage holds, decoded once for every unit to share."""
+        npass, steps = len(self.passes()), self.pass_rows("fwd")
+        layout = data.StructLayout({"v": 1, "p": range(npass + 1), "s": range(steps + 1)})
+        tag = {name: Signal(layout, name=f"tag_{name}") for name in STAGES}
+        first = tag[STAGES[0]]
+        m.d.sync += [first.v.eq(seq.issuing), first.p.eq(seq.pass_), first.s.eq(seq.step)]
+        m.d.sync += [tag[b].eq(tag[a]) for a, b in itertools.pairwise(STAGES)]
+        m.d.comb += seq.in_flight.eq(any_of(t.v for t in tag.values()))
+        is_pass = {}
+        for stage in ("weights", "dot", "grad", "delta", "write"):
+            is_pass[stage] = [Signal(name=f"{stage}_is_pass{p}") for p in range(npass)]
+            m.d.comb += [sig.eq(tag[stage].p == p) for p, sig in enumerate(is_pass[stage])]
+        write_at = [[Signal(name=f"write_pass{p}_step{s}") for s in range(steps)] for p in range(npass)]
         for p in range(npass):
             for s in range(steps):
-                m.d.comb += write_at[p][s].eq(u[3].v & u_is[3][p] & (u[3].s == s))
-        for i in range(mp):
-            # index of this unit's output in stage tags
-            kidx = lambda tag: tag.s * mp + i
-            # u1: requantize the dot product according to the pass
-            z1 = Signal(S("Z"), name=f"z1_{i}")
-            e1 = Signal(S("E"), name=f"e1_{i}")
-            b1 = Signal(signed(max(F["GA"].bits, F["dD"].bits)), name=f"b1_{i}")
-            s1 = Signal(name=f"s1_{i}")
-            zsel, esel, bsel, ssel = 0, 0, 0, 0
-            for p, (kind, l) in enumerate(passes):
-                if kind == "fwd":
-                    xfrac = F["D"].frac if l == 0 else fa
-                    z_t = [saturate(m, shift_round(acc[i], xfrac + qm.fit[t][l].wfrac - fz) + bias[2][i], F["Z"])[0]
-                           for t in range(nt)]
-                    zsel = Mux(t4_is[p], per_type(ctype, z_t), zsel)
-                elif kind == "out" and i == 0:
-                    e_t = [requant(m, acc[i], fa + qm.out_wfrac[t], F["E"]) for t in range(nt)]
-                    esel = Mux(t4_is[p], per_type(ctype, [e for e, _ in e_t]), esel)
-                    ssel = Mux(t4_is[p], per_type(ctype, [s for _, s in e_t]), ssel)
-                elif kind == "bwd":
-                    fmt = F["GA"] if l > 0 else F["dD"]
-                    b_t = [requant(m, acc[i], F["DELTA"].frac + qm.fit[t][l].wfrac, fmt) for t in range(nt)]
-                    bsel = Mux(t4_is[p], per_type(ctype, [b for b, _ in b_t]), bsel)
-                    ssel = Mux(t4_is[p], per_type(ctype, [s for _, s in b_t]), ssel)
-            m.d.sync += [z1.eq(zsel), e1.eq(esel), b1.eq(bsel), s1.eq(ssel & t4.v)]
+                m.d.comb += write_at[p][s].eq(tag["write"].v & is_pass["write"][p] & (tag["write"].s == s))
+        return _PipelineTags(tag, is_pass, write_at, [kind for kind, _ in self.passes()])
 
-            # forward path: tanh4 (3 stages: u2..u4)
-            th = Tanh4(F["Z"])
-            m.submodules[f"tanh4_{i}"] = th
-            m.d.comb += th.z.eq(z1)
-            # backward path aligned to the same stages
-            b2, b3, b4 = (Signal.like(b1, name=f"b{k}_{i}") for k in (2, 3, 4))
-            gnew3 = Signal(S("GA"), name=f"gnew3_{i}")
-            s2, s3, s4 = (Signal(name=f"s{k}_{i}") for k in (2, 3, 4))
-            e2, e3, e4 = (Signal.like(e1, name=f"e{k}_{i}") for k in (2, 3, 4))
-            m.d.sync += [b2.eq(b1), b3.eq(b2), b4.eq(b3), e2.eq(e1), e3.eq(e2), e4.eq(e3)]
-            # u3: g_new = sat(g_prev + back) for backward layers l > 0
-            gsel, gs = 0, 0
-            for p, (kind, l) in enumerate(passes):
-                if kind == "bwd" and l > 0:
-                    k2 = kidx(u[1])
-                    gprev = (pick(m, [Const(g_out[t][k], S("GA")) for t in range(nt) for k in range(n)],
-                                  ctype * n + k2, S("GA"), f"gout2_{i}")
-                             if l == L - 1 else pick(m, G, k2, S("GA"), f"gprev{l}_{i}"))
-                    gv, gsat = saturate(m, gprev + b2, F["GA"])
-                    gsel = Mux(u_is[1][p], gv, gsel)
-                    gs = Mux(u_is[1][p], gsat, gs)
-            m.d.sync += [gnew3.eq(gsel), s2.eq(s1), s3.eq(s2 | (gs & u[1].v)), s4.eq(s3)]
-            # u4: delta_next = rq(dphi[l-1] * g_new) for backward l > 0;  forward: y, phi' ready (th)
-            dn4 = Signal(S("DELTA"), name=f"dn4_{i}")
-            gnew4 = Signal.like(gnew3)
-            dphi_sel = 0
-            for p, (kind, l) in enumerate(passes):
-                if kind == "bwd" and l > 0:
-                    dphi_sel = Mux(u_is[2][p], pick(m, DPHI[l - 1], kidx(u[2]), S("Z"), f"dphi{l}_{i}"), dphi_sel)
-            dsel, dsat_c = requant(m, dphi_sel * gnew3, fz + F["GA"].frac, F["DELTA"])
-            dsat = Signal(name=f"dsat4_{i}")
-            m.d.sync += dsat.eq(dsat_c & pass_is(u_is[2], ("bwd",)) & u[2].v)
-            m.d.sync += [dn4.eq(dsel), gnew4.eq(gnew3)]
-            # u4 (forward): resnet sum with the layer input
-            y4 = Signal(S("A"), name=f"y4_{i}")
-            dphi4 = Signal(S("Z"), name=f"dphi4_{i}")
-            ysel, ysat = 0, 0
-            for p, (kind, l) in enumerate(passes):
+    # -- MAC array -------------------------------------------------------------------------------------
+    def _mac_array(self, m, pipe, buf, weights):
+        """fit_par dot products of the pass's input vector with this step's weight rows, and each
+        row's bias delayed to line up with its dot product."""
+        d, fw = self.design, self.widths
+        n, wbits, zb = d.n_hidden, d.F["W"].bits, d.F["Z"].bits
+        # The operand depends on the pass only: one mux per input element, shared by the MAC units.
+        operands = []
+        for j in range(n):
+            v = 0
+            for p, (kind, layer) in enumerate(self.passes()):
+                v = Mux(pipe.is_pass["weights"][p], self._pass_input(buf, kind, layer)[j], v)
+            operand = Signal(signed(fw.operand), name=f"operand{j}")
+            m.d.comb += operand.eq(v)
+            operands.append(operand)
+        dots, biases = [], []
+        for i, rom in enumerate(weights):
+            products = []
+            for j in range(n):
+                product = Signal(signed(fw.product), name=f"product{i}_{j}")
+                m.d.sync += product.eq(operands[j] * rom.data[j * wbits:(j + 1) * wbits].as_signed())
+                products.append(product)
+            partials = []
+            for g in range(0, n, fw.group):
+                partial = Signal(signed(fw.partial), name=f"partial{i}_{g // fw.group}")
+                m.d.sync += partial.eq(tree_sum(products[g:g + fw.group]))
+                partials.append(partial)
+            dot = Signal(signed(fw.dot), name=f"dot{i}")
+            m.d.sync += dot.eq(tree_sum(partials))
+            dots.append(dot)
+            bias = rom.data[n * wbits:n * wbits + zb].as_signed()  # zero in rows of non-FWD passes
+            biases.append(_delay(m, bias, ("products", "partials", "dot"), f"bias{i}", self._shape("Z"))["dot"])
+        return dots, biases
+
+    # -- output units --------------------------------------------------------------------------------
+    def _output_unit(self, m, i, pipe, seq, buf, dot, bias, writes):
+        """Unit i: output element step * fit_par + i of each pass, from its dot product to the layer
+        buffers.  Adds its writes to `writes`; returns its saturation bit (for the write stage)."""
+        d, F = self.design, self.design.F
+        mp, L = d.knobs.fit_par, d.n_layers
+        element = {stage: pipe.tag[stage].s * mp + i for stage in ("grad", "delta", "write")}
+
+        z, energy, back, sat_requant = self._requantize(m, i, pipe, seq, dot, bias)
+        # tanh4 takes z through grad, delta and write; back and energy wait alongside.
+        tanh = Tanh4(F["Z"])
+        m.submodules[f"tanh4_{i}"] = tanh
+        m.d.comb += tanh.z.eq(z)
+        back_at = _delay(m, back, ("grad", "delta", "write"), f"back_{i}")
+        energy_at = _delay(m, energy, ("grad", "delta", "write"), f"energy_{i}")
+
+        g_new, g_sat = self._new_gradient(m, i, pipe, seq, buf, back_at["grad"], element["grad"])
+        g_new_write = _delay(m, g_new, ("write",), f"g_new_{i}")["write"]
+        delta_next, delta_sat = self._next_delta(m, i, pipe, buf, g_new, element["delta"])
+        act, act_sat, dphi, seed, seed_sat = self._activation(m, i, pipe, seq, buf, tanh, element["write"])
+
+        # Saturation of every step, lined up on the write stage.
+        sat_at = _delay(m, sat_requant, ("grad",), f"sat_{i}", unsigned(1))
+        sat_delta, sat_write = Signal(name=f"sat_delta_{i}"), Signal(name=f"sat_write_{i}")
+        m.d.sync += [sat_delta.eq(sat_at["grad"] | (g_sat & pipe.tag["grad"].v)), sat_write.eq(sat_delta)]
+        unit_sat = (sat_write | (act_sat & pipe.any_pass("write", "fwd")) | delta_sat
+                    | (seed_sat & pipe.is_pass["write"][L - 1]))
+
+        # Each pass stores into fixed buffers, so the next pass's operands need no addressing:
+        # FWD l -> act[l % 2], dphi[l] (the last FWD layer also delta[0]); BWD l > 0 -> grad and
+        # delta[(L - l) % 2]; BWD 0 -> act[L % 2] (dE/dD); ENERGY -> energy.
+        for p, (kind, layer) in enumerate(self.passes()):
+            for s in range(self.pass_rows("fwd")):
+                k, cond = s * mp + i, pipe.write_at[p][s]
                 if kind == "fwd":
-                    k3 = kidx(u[3])
-                    y = shift_round(th.y, fz - fa)
-                    if l > 0:
-                        yv, ys = saturate(m, pick(m, X[(l - 1) % 2], k3, S("A"), f"xin{l}_{i}") + y, F["A"])
-                    else:
-                        yv, ys = y, 0
-                    ysel = Mux(u_is[3][p], yv, ysel)
-                    ysat = Mux(u_is[3][p], ys, ysat)
-            m.d.comb += [y4.eq(ysel), dphi4.eq(th.dphi)]
-            # u5: forward last layer seeds the backward pass: delta = rq(phi' * g_out); then write.
-            k4 = kidx(u[3])
-            g_seed = pick(m, [Const(g_out[t][k], S("GA")) for t in range(nt) for k in range(n)], ctype * n + k4,
-                          S("GA"), f"gseed_{i}")
-            seed_v, seed_sat = requant(m, dphi4 * g_seed, fz + F["GA"].frac, F["DELTA"])
-            seed = Signal(S("DELTA"), name=f"seed_{i}")
-            m.d.comb += seed.eq(seed_v)
-            is_last_fwd = u_is[3][L - 1]
-            stage_sat = (s4 | (ysat & pass_is(u_is[3], ("fwd",))) | dsat
-                         | (seed_sat & is_last_fwd))
-            sat_any.append(stage_sat & u[3].v)
-            # Writes: collect (condition, value) per target register, emitted flat below so that each
-            # register gets one enable and one small mux (not a copy of the whole pass/step decode).
-            for p, (kind, l) in enumerate(passes):
-                for s in range(steps):
-                    k = s * mp + i
-                    cond = write_at[p][s]
-                    if kind == "fwd":
-                        writes.setdefault(("X", l % 2, k), []).append((cond, y4))
-                        writes.setdefault(("DPHI", l, k), []).append((cond, dphi4))
-                        if l == L - 1:
-                            writes.setdefault(("DL", 0, k), []).append((cond, seed))
-                    elif kind == "bwd" and l > 0:
-                        writes.setdefault(("G", 0, k), []).append((cond, gnew4))
-                        writes.setdefault(("DL", (L - l) % 2, k), []).append((cond, dn4))
-                    elif kind == "bwd":
-                        writes.setdefault(("X", L % 2, k), []).append((cond, b4))
-                    elif kind == "out" and i == 0 and s == 0:
-                        writes.setdefault(("E", 0, 0), []).append((cond, e4))
-        regs = {"X": X, "DPHI": DPHI, "DL": DL, "G": [G], "E": [[self.energy]]}
+                    writes.setdefault(("act", layer % 2, k), []).append((cond, act))
+                    writes.setdefault(("dphi", layer, k), []).append((cond, dphi))
+                    if layer == L - 1:
+                        writes.setdefault(("delta", 0, k), []).append((cond, seed))
+                elif kind == "bwd" and layer > 0:
+                    writes.setdefault(("grad", None, k), []).append((cond, g_new_write))
+                    writes.setdefault(("delta", (L - layer) % 2, k), []).append((cond, delta_next))
+                elif kind == "bwd":
+                    writes.setdefault(("act", L % 2, k), []).append((cond, back_at["write"]))
+                elif kind == "out" and i == 0 and s == 0:
+                    writes.setdefault(("energy", None, None), []).append((cond, energy_at["write"]))
+        return unit_sat & pipe.tag["write"].v
+
+    def _requantize(self, m, i, pipe, seq, dot, bias):
+        """Stage requant: the dot product in the format its pass needs, per centre type.
+        FWD: z = sat(dot + bias) in Z;  ENERGY (unit 0): E;  BWD: GA (dD for layer 0)."""
+        d, F, qm = self.design, self.design.F, self.design.qm
+        nt, fz, fa = d.cfg.ntypes, F["Z"].frac, F["A"].frac
+        z_v, energy_v, back_v, sat_v = 0, 0, 0, 0
+        for p, (kind, layer) in enumerate(self.passes()):
+            at = pipe.is_pass["dot"][p]
+            if kind == "fwd":
+                xfrac = F["D"].frac if layer == 0 else fa
+                # Saturating z is exact (tanh4 is flat far below the Z limit): no flag, as the reference.
+                z_t = [saturate(m, shift_round(dot, xfrac + qm.fit[t][layer].wfrac - fz) + bias, F["Z"])[0]
+                       for t in range(nt)]
+                z_v = Mux(at, per_type(seq.ctype, z_t), z_v)
+            elif kind == "out" and i == 0:
+                e_t = [requant(m, dot, fa + qm.out_wfrac[t], F["E"]) for t in range(nt)]
+                energy_v = Mux(at, per_type(seq.ctype, [e for e, _ in e_t]), energy_v)
+                sat_v = Mux(at, per_type(seq.ctype, [s for _, s in e_t]), sat_v)
+            elif kind == "bwd":
+                fmt = F["GA"] if layer > 0 else F["dD"]
+                b_t = [requant(m, dot, F["DELTA"].frac + qm.fit[t][layer].wfrac, fmt) for t in range(nt)]
+                back_v = Mux(at, per_type(seq.ctype, [b for b, _ in b_t]), back_v)
+                sat_v = Mux(at, per_type(seq.ctype, [s for _, s in b_t]), sat_v)
+        z, energy = Signal(self._shape("Z"), name=f"z_{i}"), Signal(self._shape("E"), name=f"energy_{i}")
+        back = Signal(signed(max(F["GA"].bits, F["dD"].bits)), name=f"back_{i}")
+        sat = Signal(name=f"sat_requant_{i}")
+        m.d.sync += [z.eq(z_v), energy.eq(energy_v), back.eq(back_v), sat.eq(sat_v & pipe.tag["dot"].v)]
+        return z, energy, back, sat
+
+    def _new_gradient(self, m, i, pipe, seq, buf, back, element):
+        """Stage grad (BWD layers > 0): g_new = sat(g + back), g being g_out (per type) in the first
+        BWD layer and the grad buffer after.  Returns (g_new registered for the delta stage, saturation)."""
+        d, F, S = self.design, self.design.F, self._shape
+        n, L, nt = d.n_hidden, d.n_layers, d.cfg.ntypes
+        g_out = self._g_out()
+        g_new_v, g_sat = 0, 0
+        for p, (kind, layer) in enumerate(self.passes()):
+            if kind == "bwd" and layer > 0:
+                if layer == L - 1:
+                    g = pick(m, [Const(g_out[t][0][k], S("GA")) for t in range(nt) for k in range(n)],
+                             seq.ctype * n + element, S("GA"), f"g_out_{i}")
+                else:
+                    g = pick(m, buf.grad, element, S("GA"), f"g{layer}_{i}")
+                g_new_p, g_sat_p = saturate(m, g + back, F["GA"])
+                g_new_v = Mux(pipe.is_pass["grad"][p], g_new_p, g_new_v)
+                g_sat = Mux(pipe.is_pass["grad"][p], g_sat_p, g_sat)
+        g_new = Signal(S("GA"), name=f"g_new_{i}")
+        m.d.sync += g_new.eq(g_new_v)
+        return g_new, g_sat
+
+    def _next_delta(self, m, i, pipe, buf, g_new, element):
+        """Stage delta (BWD layers > 0): delta_next = rq(phi'[layer - 1] * g_new) in DELTA.
+        Returns (delta_next and its saturation, both registered for the write stage)."""
+        F, S = self.design.F, self._shape
+        dphi = 0
+        for p, (kind, layer) in enumerate(self.passes()):
+            if kind == "bwd" and layer > 0:
+                dphi = Mux(pipe.is_pass["delta"][p], pick(m, buf.dphi[layer - 1], element, S("Z"), f"dphi{layer}_{i}"),
+                           dphi)
+        v, sat = requant(m, dphi * g_new, F["Z"].frac + F["GA"].frac, F["DELTA"])
+        delta_next, delta_sat = Signal(S("DELTA"), name=f"delta_next_{i}"), Signal(name=f"delta_sat_{i}")
+        m.d.sync += [delta_next.eq(v), delta_sat.eq(sat & pipe.any_pass("delta", "bwd") & pipe.tag["delta"].v)]
+        return delta_next, delta_sat
+
+    def _activation(self, m, i, pipe, seq, buf, tanh, element):
+        """Stage write (FWD): y = tanh4(z) in A, plus the layer input in resnet layers; phi'(z); and in
+        the last FWD layer the backward pass's first delta, rq(phi' * g_out).
+        Returns (activation, its saturation, phi', first delta, its saturation), all combinational."""
+        d, F, S = self.design, self.design.F, self._shape
+        n, nt, fz, fa = d.n_hidden, d.cfg.ntypes, F["Z"].frac, F["A"].frac
+        y = shift_round(tanh.y, fz - fa)
+        act_v, act_sat = 0, 0
+        for p, (kind, layer) in enumerate(self.passes()):
+            if kind == "fwd":
+                if layer > 0:
+                    x_in = pick(m, buf.act[(layer - 1) % 2], element, S("A"), f"x_in{layer}_{i}")
+                    a_p, a_sat_p = saturate(m, x_in + y, F["A"])
+                else:
+                    a_p, a_sat_p = y, 0
+                act_v = Mux(pipe.is_pass["write"][p], a_p, act_v)
+                act_sat = Mux(pipe.is_pass["write"][p], a_sat_p, act_sat)
+        act, dphi, seed = Signal(S("A"), name=f"act_{i}"), Signal(S("Z"), name=f"dphi_{i}"), \
+            Signal(S("DELTA"), name=f"seed_{i}")
+        g_out = self._g_out()
+        g = pick(m, [Const(g_out[t][0][k], S("GA")) for t in range(nt) for k in range(n)],
+                 seq.ctype * n + element, S("GA"), f"g_seed_{i}")
+        seed_v, seed_sat = requant(m, dphi * g, fz + F["GA"].frac, F["DELTA"])
+        m.d.comb += [act.eq(act_v), dphi.eq(tanh.dphi), seed.eq(seed_v)]
+        return act, act_sat, dphi, seed, seed_sat
+
+    def _write_back(self, m, buf, writes):
+        """Each buffer register gets one enable and one small mux over the (pass, step) writes that
+        target it, rather than a copy of the whole pass/step decode."""
+        regs = {"act": lambda b, k: buf.act[b][k], "dphi": lambda b, k: buf.dphi[b][k],
+                "delta": lambda b, k: buf.delta[b][k], "grad": lambda b, k: buf.grad[k],
+                "energy": lambda b, k: buf.energy}
         for (name, b, k), pairs in writes.items():
             value = pairs[-1][1]
             for cond, v in reversed(pairs[:-1]):
                 value = Mux(cond, v, value)
             with m.If(any_of(c for c, _ in pairs)):
-                m.d.sync += regs[name][b][k].eq(value)
-        with m.If(~self.start):
-            m.d.sync += self.sat.eq(self.sat | any_of(sat_any) | (per_type(ctype, [Const(x) for x in g_out_sat]) & issuing))
-        return m
+                m.d.sync += regs[name](b, k).eq(value)
+
+
+#: Pipeline stages after the ROM address is issued, one cycle each (FittingEngine docstring).
+STAGES = ("weights", "products", "partials", "dot", "requant", "grad", "delta", "write", "written")
+
+
+@dataclass
+class _LayerBuffers:
+    act: list      # [2][n] activations, A
+    delta: list    # [2][n] deltas, DELTA
+    grad: list     # [n] g of the BWD layer in progress, GA
+    dphi: list     # [L][n] phi'(z) of each FWD layer, Z
+    energy: Signal
+
+
+@dataclass
+class _Sequencer:
+    pass_: Signal      # index into FittingEngine.passes()
+    step: Signal       # row of the pass being issued
+    issuing: Signal
+    draining: Signal   # all steps issued; waiting for the last write
+    ctype: Signal      # centre type, held for the atom
+    in_flight: Signal  # some stage holds a valid step
+
+
+@dataclass
+class _PipelineTags:
+    tag: dict          # stage -> Signal(v, p, s)
+    is_pass: dict      # stage -> [Signal: tag.p == p]
+    write_at: list     # [pass][step] -> Signal: the write stage holds that valid step
+    kinds: list        # kind of each pass
+
+    def any_pass(self, stage, kind):
+        return any_of(sig for sig, k in zip(self.is_pass[stage], self.kinds) if k == kind)
+
+
+def _delay(m, value, stages, name, shape=None):
+    """`value` registered once per stage: {stage: the signal holding it in that stage}."""
+    out = {}
+    for stage in stages:
+        reg = Signal(shape if shape is not None else Value.cast(value).shape(), name=f"{name}_{stage}")
+        m.d.sync += reg.eq(value)
+        out[stage] = value = reg
+    return out
+
 
 
 # ---------------------------------------------------------------------------------------------------

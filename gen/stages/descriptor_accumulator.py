@@ -16,6 +16,7 @@ from contract.flags import FLAG_R_BELOW_MIN, FLAG_SATURATED
 
 from .. import layouts
 from ..fixed import any_of, requant, tree_sum
+from ..widths import DESCRIPTOR_ACC_BITS
 
 
 def atom_gr_layout(design):
@@ -25,7 +26,7 @@ def atom_gr_layout(design):
 
 
 class DescriptorAccumulator(wiring.Component):
-    ACC_BITS = 48
+    ACC_BITS = DESCRIPTOR_ACC_BITS  # gen.ir.Design checks that R x G summed over sum(sel) records fits
 
     def __init__(self, design):
         self.design = design

@@ -2,7 +2,7 @@
 
 For each atom: takes the atom engine's result (energy, flags, dE/dGR), emits the output HEADER word,
 then streams the atom's records from the record buffer and emits one RECORD word per valid slot
-(gen.wire).  Per record (model.reference stage 10):
+(contract.wire).  Per record (model.reference stage 10):
 
     s1  products dGR[k,c] G[c] and dGR[k,c] R[k]
     s2  dR[k] = rq(sum_c ...),  dGj[c] = rq(sum_k ...)
@@ -16,13 +16,15 @@ under backpressure.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from contract.wire import OUTPUT_HEADER, OUTPUT_RECORD
+
 from .. import layouts
 from ..fixed import any_of, requant, saturate, shift_round, tree_sum
-from ..wire import HEADER, RECORD
+from ..words import pack
 from .atom_engine import atom_out_layout
 from .base import like
 from .record_framer import word_beat_layout
@@ -63,10 +65,10 @@ class PairBackward(wiring.Component):
         with m.If(take_rec & self.rec.payload.last):
             m.d.sync += in_records.eq(0)
 
-        header_word = Cat(a.energy.as_unsigned()[:32], a.atom.flags, a.atom.n, a.atom.tag, Const(HEADER, 2))
+        header_word = pack(OUTPUT_HEADER, tag=a.atom.tag, n=a.atom.n, flags=a.atom.flags, energy=a.energy)
         # stage bookkeeping: beat valid, header?, header word.  A record beat without a valid slot (the one
         # empty beat that carries an atom with no records through the record stages) sends nothing: the
-        # output is exactly a header beat and ceil(n / lanes) record beats per atom (gen.wire).
+        # output is exactly a header beat and ceil(n / lanes) record beats per atom (contract.wire).
         any_slot = any_of(self.rec.payload.slots[lane].valid for lane in range(lanes))
         v = [reg(take_atom | (take_rec & any_slot), "v1")]
         hdr = [reg(take_atom, "hdr1")]
@@ -128,8 +130,7 @@ class PairBackward(wiring.Component):
                 fs.append(fv)
                 sat_f.append(sf)
             sat5 = s4 | (any_of(sat_f) & valid4)
-            rec_word = Cat(fs[0].as_unsigned(), fs[1].as_unsigned(), fs[2].as_unsigned(), Const(0, 1), sat5,
-                           Const(RECORD, 2))
+            rec_word = pack(OUTPUT_RECORD, dEdx=fs[0], dEdy=fs[1], dEdz=fs[2], saturated=sat5)
             word = Mux(valid4, rec_word, 0)
             word5 = reg(word)
             if lane == 0:

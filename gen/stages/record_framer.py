@@ -1,6 +1,6 @@
 """RecordFramer: wire words in -> per-atom beats of record slots, with the stream checks.
 
-Input: beats of `lanes` 64-bit words (gen.wire).  Output: beats of record slots, one atom after the
+Input: beats of `lanes` 64-bit words (contract.wire).  Output: beats of record slots, one atom after the
 other, `last` on each atom's final beat (an atom without records is one empty `last` beat).
 Checks, matching the reference's flags:
 
@@ -23,11 +23,11 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from contract.flags import FLAG_BAD_TYPE, FLAG_MALFORMED, FLAG_NEIGHBOR_OVERFLOW
+from contract.wire import COUNT_BITS, HEADER, INPUT_AXES, INPUT_HEADER, INPUT_RECORD, RECORD, WORD_BITS
 
 from .. import layouts
 from ..fixed import any_of, tree_sum
-from ..ir import COUNT_BITS, WORD_BITS
-from ..wire import HEADER, RECORD
+from ..words import field, kind
 
 
 def word_beat_layout(design):
@@ -46,7 +46,7 @@ class RecordFramer(wiring.Component):
         cfg, lanes = d.cfg, d.knobs.lanes
         nt = cfg.ntypes
         words = self.i.payload
-        kinds = [words[l][62:64] for l in range(lanes)]
+        kinds = [kind(words[l]) for l in range(lanes)]
         is_header = kinds[0] == HEADER
 
         advance = Signal()
@@ -69,7 +69,7 @@ class RecordFramer(wiring.Component):
         n_take = before[lanes]  # may exceed remaining: the excess is dropped and flagged
         n_used = Mux(n_take > remaining, remaining, n_take)
         extra = n_take > remaining
-        rtype = [words[l][54:58] for l in range(lanes)]
+        rtype = [field(words[l], INPUT_RECORD["type"]) for l in range(lanes)]
         bad_rec = any_of(take[l] & (rtype[l] >= nt) for l in range(lanes))
         beat_counts = [tree_sum((take[l] & (rtype[l] == t)).as_unsigned() for l in range(lanes)) for t in range(nt)]
         type_over = any_of((counts[t] + beat_counts[t]) > cfg.sel[t] for t in range(nt))
@@ -82,7 +82,7 @@ class RecordFramer(wiring.Component):
                 s = out.slots[l]
                 m.d.sync += [s.valid.eq(slots_valid[l]), s.type.eq(Mux(rtype[l] < nt, rtype[l], 0))]
                 for a in range(3):
-                    m.d.sync += s.d[a].eq(words[l][18 * a:18 * (a + 1)].as_signed())
+                    m.d.sync += s.d[a].eq(field(words[l], INPUT_AXES[a]))
 
         with m.If(advance):
             m.d.sync += self.o.valid.eq(0)
@@ -94,7 +94,7 @@ class RecordFramer(wiring.Component):
                 with m.If(advance & self.i.valid):
                     with m.If(is_header):
                         h = words[0]
-                        ctype, count, tag = h[58:62], h[48:58], h[36:48]
+                        ctype, count, tag = (field(h, INPUT_HEADER[n]) for n in ("ctype", "count", "tag"))
                         bad = ctype >= nt
                         over = count > d.sel_total
                         flags = (Mux(bad, FLAG_BAD_TYPE, 0) | Mux(over, FLAG_NEIGHBOR_OVERFLOW, 0)

@@ -1,6 +1,6 @@
 """The device interface: chunks of input beats in, the same chunks' output beats out, in order.
 
-A chunk is a whole number of atoms in the wire format (gen/wire.py): `submit(beats, n_atoms)` queues
+A chunk is a whole number of atoms in the wire format (contract/wire.py): `submit(beats, n_atoms)` queues
 it, `collect(timeout)` returns the output beats of the oldest chunk not yet collected.  A host keeps
 at most `depth` chunks in flight (two: it encodes chunk k+1 while the device works on chunk k), so the
 memory a device holds is bounded by the chunk size, never by the system size.
@@ -88,7 +88,7 @@ class WorkerDevice(Device):
     def decode(beats: np.ndarray, n_atoms: int):
         """A chunk's input words -> (centre types, neighbour types, displacements, tags, record counts),
         checked against the atom count the chunk announced."""
-        from gen import wire
+        from contract import wire
         ctype, nbr_type, nbr_d, tags = wire.decode_atoms(beats)
         if len(ctype) != n_atoms:
             raise ValueError(f"chunk announces {n_atoms} atoms, stream has {len(ctype)}")

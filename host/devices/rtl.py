@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from gen import wire
+from contract import wire
 from gen.ir import Knobs
 
 from .base import Device, DeviceError, DeviceTimeout

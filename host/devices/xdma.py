@@ -2,7 +2,7 @@
 
     <prefix>_h2c_0   host-to-card DMA: each write() is one transfer into the card's AXI4-Stream input
     <prefix>_c2h_0   card-to-host DMA: read() returns bytes of the card's AXI4-Stream output
-    <prefix>_user    the user BAR: the shell's 32-bit registers (host.devices.regmap), pread/pwrite
+    <prefix>_user    the user BAR: the shell's 32-bit registers (contract.registers), pread/pwrite
 
 Contract (host.devices.base.Device): `open()` checks that a dpfpga shell answers at the prefix (MAGIC,
 VERSION), takes LANES from the card, refuses a card loaded with another model (MODEL_HASH0..7 against
@@ -33,16 +33,16 @@ import time
 
 import numpy as np
 
-from gen import wire
+from contract import registers as rm
+from contract import wire
 from contract.modelfile import content_hash
 
-from . import regmap as rm
 from .base import Device, DeviceError, DeviceTimeout
 
 MAX_TRANSFER = 4 << 20  # bytes per h2c write(): bounds the driver's pinned pages per transfer
 READ_SIZE = 1 << 20  # bytes per c2h read()
 POLL_S = 0.2  # the longest a thread sleeps before it looks at the stop flag again
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (rm.SHELL_VERSION,)  # shell interface versions this host drives
 
 
 class XdmaDevice(Device):
@@ -198,7 +198,7 @@ class XdmaDevice(Device):
                     if len(buf) - pos < beat:
                         break
                     head = int.from_bytes(buf[pos:pos + 8], "little")
-                    if head >> wire.KIND_SHIFT != wire.HEADER:
+                    if wire.kind(head) != wire.HEADER:
                         raise DeviceError(f"{self.prefix}: stream broken: expected a result header, got word "
                                           f"{head:#018x}; {self._state()}")
                     size = beat * wire.result_beats(head, self.lanes)

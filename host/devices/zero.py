@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gen import wire
+from contract import wire
 
 from .base import WorkerDevice
 

@@ -274,8 +274,9 @@ void PairNVNMD::compute(int eflag, int vflag)
       if (dx * dx + dy * dy + dz * dz < rc2) d.neighbors[at++] = j;
     }
   }
-  d.want = (eflag_atom ? uint32_t(dpfpga::WANT_EATOM) : 0u) | (vflag_atom ? uint32_t(dpfpga::WANT_VATOM) : 0u) |
-           (allow_below_rmin_ ? uint32_t(dpfpga::ALLOW_BELOW_RMIN) : 0u);
+  namespace proto = dpfpga::protocol;
+  d.want = (eflag_atom ? uint32_t(proto::WANT_EATOM) : 0u) | (vflag_atom ? uint32_t(proto::WANT_VATOM) : 0u) |
+           (allow_below_rmin_ ? uint32_t(proto::ALLOW_BELOW_RMIN) : 0u);
   double t1 = now();
   try {
     client_->evaluate(d, reply_);

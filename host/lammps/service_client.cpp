@@ -24,6 +24,8 @@ extern char **environ;
 
 namespace dpfpga {
 
+using namespace protocol;  // the frame layout and codes, generated from contract/protocol.py
+
 namespace {
 
 double now()
@@ -31,35 +33,10 @@ double now()
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-/* Frame header, as host/service.py's struct "<4sHHQ". */
-struct __attribute__((packed)) FrameHeader {
-  char magic[4];
-  uint16_t version;
-  uint16_t type;
-  uint64_t length;
-};
-static_assert(sizeof(FrameHeader) == 16, "frame header is 16 bytes");
-const char MAGIC[4] = {'D', 'P', 'F', 'G'};
 /* The service sends at most forces, per-atom virials and energies of every atom: a sanity bound. */
 constexpr uint64_t MAX_REPLY = uint64_t(1) << 36;
 /* How often a wait looks at its deadline and at the private service. */
 constexpr int POLL_MS = 200;
-
-struct __attribute__((packed)) StructureHeader {
-  uint64_t nlocal, nall, npairs;
-  uint32_t want, reserved;
-};
-struct __attribute__((packed)) ForcesHeader {
-  uint64_t nall, nlocal;
-  uint32_t have, below_rmin;
-};
-
-const char *message_name(uint16_t t)
-{
-  static const char *names[] = {"?", "HELLO", "WELCOME", "CHUNK", "RESULT", "ERROR", "BYE", "STRUCTURE",
-                                "FORCES"};
-  return t < sizeof(names) / sizeof(names[0]) ? names[t] : "unknown message";
-}
 
 bool can_connect(const std::string &path)
 {
@@ -425,15 +402,15 @@ void ServiceClient::evaluate(const Domain &d, Reply &r)
   if (f.nall != d.nall || f.nlocal != d.nlocal)
     fail("FORCES reply is for " + std::to_string(f.nall) + " atoms, the request had " + std::to_string(d.nall));
   size_t n_eatom = (f.have & WANT_EATOM) ? f.nlocal : 0, n_vatom = (f.have & WANT_VATOM) ? 6 * f.nall : 0;
-  size_t expect = sizeof(f) + sizeof(double) * (11 + 3 * f.nall + n_eatom + n_vatom);
+  size_t expect = sizeof(f) + sizeof(double) * (FORCES_SCALARS + 3 * f.nall + n_eatom + n_vatom);
   if (payload.size() != expect)
     fail("FORCES reply of " + std::to_string(payload.size()) + " bytes, expected " + std::to_string(expect));
   const double *a = reinterpret_cast<const double *>(payload.data() + sizeof(f));
   r.below_rmin = f.below_rmin;
-  r.energy = a[0];
-  std::memcpy(r.virial, a + 1, 6 * sizeof(double));
-  std::memcpy(r.timings, a + 7, 4 * sizeof(double));
-  a += 11;
+  r.energy = a[FORCES_ENERGY];
+  std::memcpy(r.virial, a + FORCES_VIRIAL, FORCES_VIRIAL_COUNT * sizeof(double));
+  std::memcpy(r.timings, a + FORCES_TIMINGS, FORCES_TIMINGS_COUNT * sizeof(double));
+  a += FORCES_SCALARS;
   r.forces.assign(a, a + 3 * f.nall);
   a += 3 * f.nall;
   r.eatom.assign(a, a + n_eatom);

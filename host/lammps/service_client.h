@@ -1,4 +1,5 @@
-/* The C++ side of the dpfpga service protocol (host/service.py, protocol version 2), for the LAMMPS
+/* The C++ side of the dpfpga service protocol (contract/protocol.py, through the generated
+ * dpfpga/protocol.h; host/service.py is the service), for the LAMMPS
  * pair style.  No LAMMPS types here: failures are ServiceError exceptions whose text is meant for a
  * user, and the pair style turns them into LAMMPS errors.
  *
@@ -13,6 +14,8 @@
 #ifndef DPFPGA_SERVICE_CLIENT_H
 #define DPFPGA_SERVICE_CLIENT_H
 
+#include "dpfpga/protocol.h"  // generated from contract/protocol.py (python -m contract headers)
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -20,12 +23,6 @@
 #include <vector>
 
 namespace dpfpga {
-
-constexpr uint16_t PROTOCOL_VERSION = 3;
-enum MessageType : uint16_t {
-  HELLO = 1, WELCOME = 2, CHUNK = 3, RESULT = 4, ERROR = 5, BYE = 6, STRUCTURE = 7, FORCES = 8
-};
-enum Want : uint32_t { WANT_EATOM = 1, WANT_VATOM = 2, ALLOW_BELOW_RMIN = 4 };
 
 class ServiceError : public std::runtime_error {
  public:
@@ -50,14 +47,14 @@ struct Domain {
   std::vector<int32_t> types;     // nall: model types
   std::vector<int32_t> numneigh;  // nlocal
   std::vector<int32_t> neighbors; // sum(numneigh), indices into x
-  uint32_t want = 0;              // WANT_EATOM | WANT_VATOM | ALLOW_BELOW_RMIN
+  uint32_t want = 0;              // protocol::WANT_EATOM | WANT_VATOM | ALLOW_BELOW_RMIN
 };
 
 /* FORCES: the fixed-point results, converted to double once (exact). */
 struct Reply {
   double energy = 0.0;
-  double virial[6] = {0, 0, 0, 0, 0, 0};   // xx yy zz xy xz yz
-  double timings[4] = {0, 0, 0, 0};        // service: encode, device, assemble, total (s)
+  double virial[protocol::FORCES_VIRIAL_COUNT] = {};    // xx yy zz xy xz yz
+  double timings[protocol::FORCES_TIMINGS_COUNT] = {};  // service: encode, device, assemble, total (s)
   uint32_t below_rmin = 0;                 // neighbour records below r_min evaluated (ALLOW_BELOW_RMIN)
   std::vector<double> forces;              // nall * 3
   std::vector<double> eatom;               // nlocal (when asked)

@@ -3,7 +3,7 @@
 The case file (env DPFPGA_CASE, written by sim.runner.write_case) holds the input beats (wire words)
 and the NumPy reference's integers.  `PipelineTB` drives the input with a `StreamDriver` (optional
 random idle cycles), takes the output with a `StreamMonitor` (optional random backpressure), decodes
-the words (gen.wire) and compares energy, dE/dr_ij and flags with `==`.  The result record
+the words (contract.wire) and compares energy, dE/dr_ij and flags with `==`.  The result record
 (mismatches, cycles, wall time) goes to env DPFPGA_RESULT for the pytest side.
 
 Both driver and monitor act in one coroutine per clock cycle: cocotb's per-cycle overhead, not the
@@ -22,7 +22,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from gen import wire
+from contract import wire
 
 
 class StreamDriver:
@@ -30,7 +30,7 @@ class StreamDriver:
 
     def __init__(self, valid, payload, ready, beats, lanes: int, idle: float, rng: random.Random):
         self.valid, self.payload, self.ready = valid, payload, ready
-        self.words = [sum(int(w) << (64 * l) for l, w in enumerate(b)) for b in beats]
+        self.words = [sum(int(w) << (wire.WORD_BITS * l) for l, w in enumerate(b)) for b in beats]
         self.lanes, self.idle, self.rng = lanes, idle, rng
         self.index = 0
         self.presenting = False
@@ -69,9 +69,9 @@ class StreamMonitor:
     def sample(self, cycle: int):
         if self.ready_now and int(self.valid.value):
             v = int(self.payload.value)
-            beat = [(v >> (64 * l)) & 0xFFFFFFFFFFFFFFFF for l in range(self.lanes)]
+            beat = [(v >> (wire.WORD_BITS * l)) & ((1 << wire.WORD_BITS) - 1) for l in range(self.lanes)]
             self.beats.append(beat)
-            if beat[0] >> 62 == wire.HEADER:
+            if wire.kind(beat[0]) == wire.HEADER:
                 self.cycles_of_headers.append(cycle)
 
 
@@ -112,11 +112,11 @@ class PipelineTB:
     def _records_complete(self) -> bool:
         """All records of the last atom arrived (its header announces how many)."""
         beats = self.monitor.beats
-        heads = [k for k, b in enumerate(beats) if b[0] >> 62 == wire.HEADER]
+        heads = [k for k, b in enumerate(beats) if wire.kind(b[0]) == wire.HEADER]
         if not heads:
             return False
-        n = (beats[heads[-1]][0] >> 40) & 0x3FF
-        got = sum(1 for b in beats[heads[-1] + 1:] for w in b if w >> 62 == wire.RECORD)
+        n = wire.OUTPUT_HEADER["n"].get(beats[heads[-1]][0])
+        got = sum(1 for b in beats[heads[-1] + 1:] for w in b if wire.kind(w) == wire.RECORD)
         return got >= n
 
     def check(self) -> dict:
@@ -130,7 +130,7 @@ class PipelineTB:
             "energy_mismatches": int((energy != exp_e).sum()),
             "force_mismatches": int((dEdr != exp_f[:, :dEdr.shape[1]]).any(axis=-1).sum()),
             "flag_mismatches": int((flags != exp_flags).sum()),
-            "tag_errors": int((tags != (np.arange(n_atoms) & 0xFFF)).sum()),
+            "tag_errors": int((tags != wire.tag_of(np.arange(n_atoms))).sum()),
         }
 
 
@@ -157,7 +157,7 @@ async def pipeline_matches_reference(dut):
     heads = tb.monitor.cycles_of_headers
     result.update({
         "cycles": cycles, "wall_seconds": wall, "cycles_per_second": cycles / wall if wall else None,
-        "records_in": int(sum((np.asarray(case["beats"]) >> np.uint64(62)).astype(int).ravel() == wire.RECORD)),
+        "records_in": int((wire.kind(np.asarray(case["beats"], dtype=np.uint64)) == wire.RECORD).sum()),
         "steady_cycles_per_atom": (heads[-1] - heads[0]) / (len(heads) - 1) if len(heads) > 1 else None,
         "idle": float(case["idle"]), "backpressure": float(case["backpressure"]),
     })

@@ -1,7 +1,7 @@
 // Standalone Verilator harness for the generated pipeline (no cocotb: full Verilator speed).
 //
 // Reads the pipeline's input stream from stdin and writes its output stream to stdout, both as raw
-// little-endian 64-bit wire words (gen/wire.py), `lanes` words per beat.  It works on a file
+// little-endian 64-bit wire words (contract/wire.py), `lanes` words per beat.  It works on a file
 // (`harness < in.bin > out.bin`) and as a long-lived streaming device behind pipes: it blocks on
 // stdin only when no atom is in flight, after flushing every output beat, so a host that writes a
 // chunk and then waits for its results never deadlocks with it.
@@ -15,6 +15,7 @@
 //
 // Exit codes: 0 clean end of input with every atom answered, 2 bad usage/input, 3 stall.
 #include "Vdpfpga_pipeline.h"
+#include "dpfpga/wire.h"  // generated from contract/wire.py (python -m contract headers)
 #include "verilated.h"
 
 #include <poll.h>
@@ -90,7 +91,7 @@ struct Output {
     }
 };
 
-constexpr unsigned KIND_SHIFT = 62, HEADER = 1, RECORD = 2;
+namespace wire = dpfpga::wire;
 
 }  // namespace
 
@@ -152,7 +153,7 @@ int main(int argc, char** argv) {
         top->eval();
         // Handshakes happen at the coming edge: sample them with the settled combinational values.
         if (presenting && top->i___05Fready) {
-            if ((in.beat()[0] >> KIND_SHIFT) == HEADER) ++atoms_in;
+            if (wire::kind(in.beat()[0]) == wire::HEADER) ++atoms_in;
             in.pop();
             presenting = false;
             ++beats_in;
@@ -160,9 +161,9 @@ int main(int argc, char** argv) {
         if (top->o___05Fvalid && top->o___05Fready) {
             get_payload(top->o___05Fpayload, word.data());
             for (int l = 0; l < lanes; ++l) {
-                unsigned kind = unsigned(word[size_t(l)] >> KIND_SHIFT);
-                if (kind == HEADER) { ++atoms_out; records_owed = (word[size_t(l)] >> 40) & 0x3FF; }
-                else if (kind == RECORD && records_owed) --records_owed;
+                unsigned kind = wire::kind(word[size_t(l)]);
+                if (kind == wire::HEADER) { ++atoms_out; records_owed = wire::output_header::N.get(word[size_t(l)]); }
+                else if (kind == wire::RECORD && records_owed) --records_owed;
             }
             out.push(word.data(), lanes);
             ++beats_out;

@@ -134,10 +134,25 @@ def test_build_writes_rtl_and_report(small_build, small_model):
     assert r["formats"]["coord"] == "s18.13"
     assert set(r["timings_s"]) >= {"load", "hdl", "platform", "lint", "synth", "report", "total"}
     assert r["platform"] == {"name": "verilog", "fit": {}, "files": []}
+    # no device of its own: the estimate is for the reference device, and the report says so
+    assert r["estimate"]["device"] == "xcvu9p" and r["estimate"]["reference_device"] is True
+    assert r["estimate"]["family"] == "xcup" and r["device_capacity"]["DSP"] == 6840
+    assert r["hdl"]["key"] and r["utilisation"] is None
     for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in p.stdout
     md = (out / "report.md").read_text()
-    assert "seed Table I" in md and "551,000" in md
+    assert "seed Table I" in md and "551,000" in md and "xcvu9p (reference device" in md
+
+
+def test_report_uses_the_model_files_neighbour_statistics(small_build, small_model):
+    """The quantizer recorded the (random) training structures' neighbours: the report uses them."""
+    from contract.modelfile import load
+    out, p = small_build
+    rec = load(small_model).provenance["neighbors"]
+    r = json.loads((out / "report.json").read_text())
+    assert r["neighbours"]["mean"] == rec["mean"] and r["neighbours"]["max"] == rec["max"]
+    assert r["neighbours"]["source"].startswith("model file: ") and rec["source"] in r["neighbours"]["source"]
+    assert f"neighbours per atom: {rec['mean']:g}" in p.stdout
 
 
 def test_report_throughput_matches_cycle_model(small_build, small_model):
@@ -199,10 +214,43 @@ def test_module_split_and_units(small_build):
 
 
 def test_resource_counts_from_stat():
-    from gen.build import resource_counts
-    r = resource_counts({"LUT1": 1, "LUT6": 10, "FDRE": 5, "FDSE": 2, "DSP48E2": 3, "RAMB36E2": 2, "RAMB18E2": 3,
-                         "URAM288": 1, "CARRY4": 7, "SRLC32E": 4})
+    from gen.platforms import vu9p
+    r = vu9p.ESTIMATE.count({"LUT1": 1, "LUT6": 10, "FDRE": 5, "FDSE": 2, "DSP48E2": 3, "RAMB36E2": 2,
+                             "RAMB18E2": 3, "URAM288": 1, "CARRY4": 7, "SRLC32E": 4})
     assert r == {"LUT": 11, "FF": 7, "DSP": 3, "BRAM": 3.5, "URAM": 1}
+
+
+def test_each_platform_owns_its_estimate():
+    """The ECP5 is costed with synth_ecp5 and its own cells and capacities, not the xcvu9p's."""
+    from gen import platforms
+    from gen.flow.synth import script_template
+    ecp5, vu9p, plain = (platforms.get(n).ESTIMATE for n in ("ulx3s-85f", "vu9p", "verilog"))
+    assert ecp5.device == "LFE5U-85F" and ecp5.family == "ecp5" and "synth_ecp5" in script_template(ecp5)
+    assert ecp5.capacity == {"LUT4": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156, "DP16KD": 208}
+    assert ecp5.count({"LUT4": 100, "CCU2C": 10, "TRELLIS_FF": 50, "MULT18X18D": 4, "DP16KD": 3, "PFUMX": 9}) == \
+        {"LUT4": 120, "TRELLIS_FF": 50, "MULT18X18D": 4, "DP16KD": 3}
+    assert "synth_xilinx -family xcup" in script_template(vu9p) and not vu9p.reference
+    assert plain.device == "xcvu9p" and plain.reference and plain.capacity == vu9p.capacity
+
+
+def test_report_markdown_for_an_ecp5_estimate(small_model):
+    """Percentages against the LFE5U-85F's own capacities; no xcvu9p seed column to compare with."""
+    from contract.modelfile import load
+    from gen.flow.report import make_report, neighbour_estimate, report_markdown
+    from gen.ir import Design, Knobs
+    from gen.platforms import ulx3s
+    qm = load(small_model)
+    res = {"resources": {"LUT4": 41820, "TRELLIS_FF": 1000, "MULT18X18D": 312, "DP16KD": 10},
+           "resource_method": "test", "resources_skipped": None}
+    hdl = {"verilog": "p.v", "rtlil": "p.il", "verilog_sha256": "0" * 64, "method": "m", "seconds": {}, "bytes": {},
+           "reused": False, "key": "k"}
+    r = make_report(small_model, qm, Design(qm, Knobs()), hdl, {"skipped": "test"}, res, 25.0, "ulx3s-85f", {},
+                    target=ulx3s.ESTIMATE, neighbours=neighbour_estimate(qm))
+    r["timings_s"] = {}
+    assert r["utilisation"]["by_resource"]["LUT4"]["pct"] == 50.0 and r["utilisation"]["fits"] is False
+    md = report_markdown(r)
+    assert "| LUT4 | 41,820 (50.0% of LFE5U-85F) | - |" in md and "| DSP |" not in md
+    assert "exceeds the LFE5U-85F: MULT18X18D 312 of 156" in md
 
 
 def test_copies_of_a_module_share_one_yosys_run():

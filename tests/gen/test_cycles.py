@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import cases
-from gen import cycles, wire
+from contract import wire
+from gen import cycles
 from gen.ir import Design, Knobs
 from gen.pipeline import Pipeline
 from model.reference import NeighborRecords
@@ -34,9 +35,9 @@ def measured_cycles_per_atom(knobs, rec):
     n_atoms = len(rec)
 
     def all_headers(out):
-        return sum((int(p) & (2 ** 64 - 1)) >> 62 == wire.HEADER for p in out) >= n_atoms
+        return sum(wire.kind(int(p) & (2 ** 64 - 1)) == wire.HEADER for p in out) >= n_atoms
     out, _, arrivals = run_stream(dut, beats, n_out=10 ** 9, done=all_headers)
-    header_cycles = [c for p, c in zip(out, arrivals) if (int(p) & (2 ** 64 - 1)) >> 62 == wire.HEADER]
+    header_cycles = [c for p, c in zip(out, arrivals) if wire.kind(int(p) & (2 ** 64 - 1)) == wire.HEADER]
     gaps = np.diff(header_cycles[1:])  # skip the first atom (pipeline fill)
     return float(np.mean(gaps)), case
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cases
-from gen import wire
+from contract import wire
 from gen.ir import Design, Knobs
 from gen.pipeline import Pipeline
 from streams import run_stream

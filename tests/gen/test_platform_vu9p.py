@@ -160,8 +160,8 @@ def test_project_files(project, qm):
 
 
 def test_regmap_json_is_the_gateware_map(project, qm):
-    from gen.shell.registers import shell_registers
-    from host.devices import regmap as rm
+    from contract import registers as rm
+    from contract.registers import shell_registers
     d, result, _ = project
     text = (d / "regmap.json").read_text()
     assert text == shell_registers(KNOBS.lanes, qm.hash).regmap().to_json()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gen import wire
+from contract import wire
 from gen.ir import Design, Knobs
 from gen.selfcheck import SelfCheckTop, Stimulus, simulate, stimulus
 from model.reference import NeighborRecords, evaluate
@@ -32,7 +32,7 @@ def test_stimulus_is_the_reference_of_its_records(setup):
     res = evaluate(design.qm, NeighborRecords(ctype, nbr_type, nbr_d))
     energy, dEdr, flags, out_tags = wire.decode_results(stim.expected, stim.n_atoms, nbr_type.shape[1])
     assert (energy == res.energy).all() and (dEdr == res.dEdr).all() and (flags == res.flags).all()
-    assert (out_tags == stim.centers & 0xFFF).all() and (tags == out_tags).all()
+    assert (out_tags == wire.tag_of(stim.centers)).all() and (tags == out_tags).all()
     assert list(stim.counts) == [6, 6] and (energy != 0).all()
 
 

@@ -131,7 +131,7 @@ class _ShuffledDevice(WorkerDevice):
         from host.devices.reference import ReferenceDevice
         ref = ReferenceDevice(self.qm, self.lanes)
         out = ref.process(beats, n_atoms)
-        from gen import wire
+        from contract import wire
         heads = np.flatnonzero(wire.kind(out[:, 0]) == wire.HEADER)
         a = out[heads[0]:heads[1]]
         b = out[heads[1]:heads[2]]

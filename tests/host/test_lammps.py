@@ -668,7 +668,7 @@ def test_private_folder_is_removed_when_lammps_is_killed(plugin, model_path, tmp
 # ---- the example ---------------------------------------------------------------------------------
 
 def test_melt_quench_example_runs_and_its_trajectory_gives_rdfs(plugin, model_path, tmp_path):
-    """examples/GeTe/in.melt-quench at 1 % of its length (55 steps), then `python -m model rdf` on its dumps."""
+    """examples/GeTe/in.melt-quench at 1 % of its length (55 steps), then `python -m science rdf` on its dumps."""
     from support import REPO
     shutil.copy(REPO / "examples" / "GeTe" / "in.melt-quench", tmp_path)
     r = subprocess.run([LMP, "-in", "in.melt-quench", "-var", "scale", "0.01", "-var", "model", model_path,
@@ -677,7 +677,7 @@ def test_melt_quench_example_runs_and_its_trajectory_gives_rdfs(plugin, model_pa
     assert r.stdout.count("Loop time") == 5 and "with 216 atoms" in r.stdout
     assert "pair nvnmd timing (rank 0, 60 evaluations" in r.stdout  # 55 steps + 5 run setups
     for name in ("liquid", "amorphous"):
-        rr = subprocess.run([sys.executable, "-m", "model", "rdf", f"{name}.lammpstrj", "-o", f"rdf-{name}",
+        rr = subprocess.run([sys.executable, "-m", "science", "rdf", f"{name}.lammpstrj", "-o", f"rdf-{name}",
                              "--reference", "none"], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
         assert rr.returncode == 0, rr.stderr[-3000:]
         csv = (tmp_path / f"rdf-{name}-rdf.csv").read_text().splitlines()

@@ -19,10 +19,10 @@ import time
 import numpy as np
 import pytest
 
+from contract.protocol import BYE, CHUNK, ERROR, FRAME_HEADER, HELLO, MAGIC, PROTOCOL_VERSION, RESULT, STRUCTURE, WELCOME
 from host.devices import DEVICE_HELP, DeviceError, DeviceTimeout, open_device
 from host.evaluate import Evaluator
-from host.service import (BYE, CHUNK, ERROR, HELLO, HEADER, MAGIC, PROTOCOL_VERSION, RESULT, STRUCTURE, WELCOME,
-                          Service, SocketDevice, encode_chunk, recv_frame, send_frame, send_json)
+from host.service import Service, SocketDevice, encode_chunk, recv_frame, send_frame, send_json
 from support import REPO
 
 WAIT = 30.0  # s: the longest any single wait in these tests may take
@@ -238,7 +238,7 @@ def test_wrong_protocol_version_is_refused(qm, service):
     import json
     s = raw_connect(service.path)
     payload = json.dumps({"protocol": 99, "model_hash": qm.hash}).encode()
-    s.sendall(HEADER.pack(MAGIC, 99, HELLO, len(payload)) + payload)
+    s.sendall(FRAME_HEADER.pack(MAGIC, 99, HELLO, len(payload)) + payload)
     message = error_then_closed(s)
     assert "protocol mismatch" in message and "99" in message and str(PROTOCOL_VERSION) in message
 
@@ -262,9 +262,9 @@ def test_service_absent_is_a_clear_error(qm, tmp_path):
 GARBAGE = {  # what a misbehaving client sends -> what the service's ERROR says
     "bad magic": (b"JUNK" + bytes(range(60)), "bad magic"),
     "random bytes": (np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(), "bad magic"),
-    "oversize length": (HEADER.pack(MAGIC, PROTOCOL_VERSION, HELLO, 1 << 40), "more than"),
-    "truncated frame": (HEADER.pack(MAGIC, PROTOCOL_VERSION, HELLO, 100) + b"{" * 10, "truncated"),
-    "not a hello": (HEADER.pack(MAGIC, PROTOCOL_VERSION, CHUNK, 0), "expected HELLO"),
+    "oversize length": (FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, HELLO, 1 << 40), "more than"),
+    "truncated frame": (FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, HELLO, 100) + b"{" * 10, "truncated"),
+    "not a hello": (FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, CHUNK, 0), "expected HELLO"),
 }
 
 
@@ -355,7 +355,7 @@ def test_announced_payloads_cost_no_memory_until_they_arrive(qm, start_service):
     try:
         for _ in range(3):
             s, _ = raw_hello(svc.path, qm.hash)
-            s.sendall(HEADER.pack(MAGIC, PROTOCOL_VERSION, STRUCTURE, 300_000_000))
+            s.sendall(FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, STRUCTURE, 300_000_000))
             stalled.append(s)
         assert_exact(via_socket(qm, svc.path, structure), ref)  # meanwhile their headers were read
         time.sleep(0.5)
@@ -381,8 +381,8 @@ def test_large_payload_arrives_whole_when_read_in_pieces():
 
     def send():
         with a:
-            for k in range(0, len(payload) + HEADER.size, 777_777):
-                frame = HEADER.pack(MAGIC, PROTOCOL_VERSION, RESULT, len(payload)) + payload
+            for k in range(0, len(payload) + FRAME_HEADER.size, 777_777):
+                frame = FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, RESULT, len(payload)) + payload
                 a.sendall(frame[k:k + 777_777])
 
     t = threading.Thread(target=send, daemon=True)

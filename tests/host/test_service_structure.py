@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 
+from contract.protocol import ERROR, FORCES, HELLO, PROTOCOL_VERSION, STRUCTURE, WANT_EATOM, WANT_VATOM, WELCOME
 from host.devices import DeviceError, open_device
 from host.evaluate import Evaluator
 from host.neighbors import GivenNeighbors, StructureError
-from host.service import (ERROR, FORCES, HELLO, PROTOCOL_VERSION, STRUCTURE, WANT_EATOM, WANT_VATOM, WELCOME,
-                          SocketDevice, StructureRequest, decode_forces, encode_structure, recv_frame, send_frame,
+from host.service import (SocketDevice, StructureRequest, decode_forces, encode_structure, recv_frame, send_frame,
                           send_json)
 from test_service import WAIT, gete, raw_connect
 

@@ -64,8 +64,8 @@ def test_md_outputs(short_run):
     # dumps every step in the short run: 5 steps + the run's first frame
     assert report["liquid"]["frames"] == 6 and report["amorphous"]["frames"] == 6
 
-    # our curves: the CSV is model.analysis.rdf of the dumped frames
-    from model import analysis as an
+    # our curves: the CSV is science.analysis.rdf of the dumped frames
+    from science import analysis as an
     for phase in ("liquid", "amorphous"):
         mine = an.rdf(an.read_frames(out / f"{phase}.lammpstrj"), 8.0, 160, ["Ge", "Te"])
         csv = read_csv(out / f"{phase}-rdf.csv")
@@ -88,11 +88,11 @@ def test_reference_comparison(short_run):
     require_shared(SHARED_DATA / "GeTe-aimd-reference")
     require_shared(SHARED_DATA / "GeTe-aimd" / "216atom-melt-quench")
     out, proc, report = short_run
-    from model import analysis as an
+    from science import analysis as an
     from model.data import load_deepmd
 
     assert report["shared_data"]
-    # the AIMD liquid curves the script wrote are model.analysis.rdf of the same 40 frames
+    # the AIMD liquid curves the script wrote are science.analysis.rdf of the same 40 frames
     system = load_deepmd(SHARED_DATA / "GeTe-aimd/216atom-melt-quench/s2-melt-1000K/temp-1200K")
     aimd = an.rdf(an.frames_from_system(system), 8.0, 160, ["Ge", "Te"])
     assert aimd.nframes == report["liquid"]["aimd_frames"] == 40

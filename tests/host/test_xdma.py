@@ -20,9 +20,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from contract import registers as rm
 from gen.ir import Knobs
 from host.devices import DeviceError, DeviceTimeout, open_device
-from host.devices import regmap as rm
 from host.devices.xdma import XdmaDevice
 from host.evaluate import Evaluator
 from host.neighbors import NeighborChunks
@@ -200,7 +200,7 @@ def test_moved_register_map_from_json(env, rig, tmp_path):
 def test_generated_register_map(env, rig, tmp_path):
     """The map `python -m gen build --platform vu9p` writes (out/vu9p/regmap.json), generated from the
     shell's register description for this model and lane count, drives both the card and the host."""
-    from gen.shell.registers import shell_registers
+    from contract.registers import shell_registers
     path = tmp_path / "regmap.json"
     generated = shell_registers(KNOBS.lanes, env.qm.hash).regmap()
     generated.to_json(path)
@@ -254,7 +254,7 @@ def test_card_that_stops_answering_times_out(env, rig):
 
 def test_broken_stream_is_an_error(env, rig):
     """Words that cannot start a result, or results nobody asked for: DeviceError at once, not a timeout."""
-    from gen import wire
+    from contract import wire
     card = rig.card(stall=True)  # the harness's own answers are swallowed; the test writes the stream
     dev = rig.device(card.prefix, timeout=20)
     dev.submit(np.zeros((0, 1), np.uint64), 1)

@@ -52,7 +52,7 @@ def test_sb_model_quantized_follows_float_on_a7_antimony():
     import numpy as np
 
     from model.data import System
-    from model.meltquench import build_structure
+    from science.meltquench import build_structure
     from model.metrics import predict_float, predict_quantized
     qm = modelfile.load(EXAMPLE_MODEL.parent / "Sb-7net-0.npz")
     assert qm.config.type_map == ["Sb"]
@@ -74,9 +74,9 @@ def test_sb_model_follows_its_teachers_energy_volume_curve():
     import numpy as np
 
     from model.data import System
-    from model.meltquench import build_structure
+    from science.meltquench import build_structure
     from model.metrics import predict_quantized
-    from model.teachers import make_teacher
+    from science.teachers import make_teacher
     teacher = make_teacher(require_teacher("sevenn:7net-0")).calculator
     qm = modelfile.load(EXAMPLE_MODEL.parent / "Sb-7net-0.npz")
     errors = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.flags import FLAG_MALFORMED
-from gen import wire
+from contract import wire
 from model.assembly import neighbor_blocks, quantize_records
 from model.reference import NeighborRecords, ReferenceResult, evaluate
 from support import GETE_216, random_structure
@@ -97,7 +97,7 @@ def stream_errors(qm, lanes: int, seed: int = 0) -> Case:
     e, f = good.expected.energy.copy(), good.expected.dEdr.copy()
     fl = good.expected.flags.copy()
     beats = list(good.beats)
-    heads = [k for k, b in enumerate(beats) if int(b[0]) >> 62 == wire.HEADER]
+    heads = [k for k, b in enumerate(beats) if wire.kind(int(b[0])) == wire.HEADER]
     # atom 0: header claims 5 more records than follow -> ends early at atom 1's header
     ctype, count, tag = (int(x) for x in wire.decode_input_header(np.uint64(beats[heads[0]][0])))
     beats[heads[0]] = np.array([wire.input_header(ctype, count + 5, tag)] + [0] * (lanes - 1), dtype=np.uint64)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import cases
-from gen import cycles, wire
+from contract import wire
+from gen import cycles
 from gen.ir import Knobs
 from sim import runner, standalone
 from support import GETE_216, REPO, require_shared, tiny_qm
@@ -39,7 +40,7 @@ def run_and_compare(harness, case: cases.Case, idle: float, backpressure: float,
     energy, dEdr, flags, tags = wire.decode_results(out, case.n_atoms, case.max_records)
     exp = case.expected
     assert stats["error"] is None and stats["atoms_out"] == case.n_atoms, stats
-    stats["mismatches"] = {"tags": int((tags != (np.arange(case.n_atoms) & 0xFFF)).sum()),
+    stats["mismatches"] = {"tags": int((tags != wire.tag_of(np.arange(case.n_atoms))).sum()),
                            "flags": int((flags != exp.flags).sum()), "energy": int((energy != exp.energy).sum()),
                            "records": int((dEdr != exp.dEdr[:, :dEdr.shape[1]]).any(-1).sum())}
     assert not any(stats["mismatches"].values()), stats["mismatches"]

@@ -9,7 +9,7 @@ amorphous (300-500 K) frames WEIGHT times as often as the others, then writes th
     python examples/GeTe/experiments/finetune_glass.py 1 24000 runs/continue-midlr --lr-start 3e-4
     python -m model quantize runs/finetune-glass/model.pt -o runs/finetune-glass.npz \
         --config examples/GeTe/train-example.json --finetune-steps 0
-    python -m model phases runs/finetune-glass.npz --config examples/GeTe/recipe.json \
+    python -m science phases runs/finetune-glass.npz --config examples/GeTe/recipe.json \
         --max-frames-per-phase 300 --no-evidence --test-data -o runs/finetune-glass-phases
 
 Measured 2026-12-03 (weight 3: 58 % of the draws from the glass; 12,000 steps, ~35 min on a busy
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from contract.paths import shared_data  # noqa: E402
 from model.data import load_systems, split_frames  # noqa: E402
 from contract.modelfile import load  # noqa: E402
-from model.phases import label_from_folders  # noqa: E402
+from science.phases import label_from_folders  # noqa: E402
 from model.quantize import float_model  # noqa: E402
 from model.train import TrainConfig, Trainer, save_checkpoint  # noqa: E402
 

@@ -247,8 +247,8 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
     from ase.md.nose_hoover_chain import NoseHooverChainNVT
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     import structure as st
-    from model import analysis as an
     from model.data import load_deepmd
+    from science import analysis as an
 
     loaders = {"group": load_group_model, "ours-float": load_ours_float}
     model = loaders[which]() if which in loaders else load_ours_float(Path(which))

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
 
 from contract import modelfile  # noqa: E402
-from model import phases as ph  # noqa: E402
 from model.metrics import collect, predict_quantized, rmse_of  # noqa: E402
-from model.recipe import load_recipe  # noqa: E402
+from science import phases as ph  # noqa: E402
+from science.recipe import load_recipe  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("recipe")

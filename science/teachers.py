@@ -113,9 +113,8 @@ def _dpfpga(spec: str, arg: str) -> Teacher:
     path = Path(name)
     if not name or not path.is_file():
         raise TeacherError(f"teacher {spec!r}: model file {name!r} not found")
-    from host.ase import Calculator
-
     from contract.modelfile import ModelFileError, load
+    from host.ase import Calculator
     try:
         qm = load(path)
     except ModelFileError as e:
@@ -157,7 +156,7 @@ def teacher_errors(teacher: Teacher, systems, max_frames: int | None = None, see
     """
     import numpy as np
 
-    from .metrics import collect, rmse_of, select_frames
+    from model.metrics import collect, rmse_of, select_frames
     labelled = [s for s in systems if s.energies is not None and s.forces is not None]
     if not labelled:
         raise TeacherError("no frames with energies and forces to compare with")

@@ -1,4 +1,4 @@
-"""Phases of the GeTe data, the per-phase evaluator, the validation split, and `python -m model recipe --short`."""
+"""Phases of the GeTe data, the per-phase evaluator, the validation split, and `python -m science recipe --short`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import phases as ph
 from model.data import System, find_systems, load_systems, write_deepmd
+from science import phases as ph
 from support import GETE_216, REPO, SHARED_DATA, random_structure, require_shared, require_teacher, tiny_model, tiny_qm
 
 GETE_64 = SHARED_DATA / "GeTe-aimd" / "64atom-npt"
@@ -239,7 +239,7 @@ def test_frames_per_phase_cap(tiny_tree, seed):
 
 def test_phases_command(tiny_tree, tmp_path, capsys):
     from contract import modelfile
-    from model.cli import main
+    from science.cli import main
     model_file = tmp_path / "tiny.npz"
     modelfile.save(tiny_qm(), model_file)
     threads = torch.get_num_threads()
@@ -264,7 +264,7 @@ def test_phases_command(tiny_tree, tmp_path, capsys):
 # ---- the recipe -----------------------------------------------------------------------------------
 
 def test_recipe_file_is_the_training_example_plus_its_stages():
-    from model.recipe import load_recipe
+    from science.recipe import load_recipe
     raw = json.loads((REPO / "examples" / "GeTe" / "recipe.json").read_text())
     example = json.loads((REPO / "examples" / "GeTe" / "train-example.json").read_text())
     for section in ("model", "data", "training"):
@@ -277,7 +277,7 @@ def test_recipe_file_is_the_training_example_plus_its_stages():
 
 
 def test_stopped_schedule_follows_the_full_runs_learning_rate():
-    from model.recipe import _StoppedSchedule
+    from science.recipe import _StoppedSchedule
     from model.train import TrainConfig
     full = TrainConfig(steps=60000, decay_steps=2000, lr_stop=3e-7)
     stopped = _StoppedSchedule(**{**full.__dict__, "steps": 30001}, schedule_steps=60000)
@@ -288,7 +288,7 @@ def test_stopped_schedule_follows_the_full_runs_learning_rate():
 
 def _run(*args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "model", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "science", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=600)
 
 
@@ -374,7 +374,7 @@ def toy_recipe(tmp_path: Path, datasets=None) -> Path:
 
 def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path, monkeypatch):
     from contract import modelfile
-    from model.recipe import load_recipe, run
+    from science.recipe import load_recipe, run
     torch.set_num_threads(1)
     recipe = load_recipe(toy_recipe(tmp_path))
     assert recipe.datasets[0].command().endswith(f"mq.json --scale 0.5 --volume-per-atom 34 -o {tmp_path}/data/toy")
@@ -391,7 +391,7 @@ def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path
     # Second run: the complete dataset is reused without making a teacher, every stage is reused.
     def no_teacher(*a, **k):
         raise AssertionError("a complete dataset must not need its teacher")
-    monkeypatch.setattr("model.meltquench.make_teacher", no_teacher)
+    monkeypatch.setattr("science.meltquench.make_teacher", no_teacher)
     again = run(load_recipe(tmp_path / "recipe.json"), tmp_path / "run")
     assert again["stages"]["datasets"][0]["reused"] and again["stages"]["train"]["reused"]
     assert again["model_hash"] == summary["model_hash"]
@@ -400,8 +400,8 @@ def test_recipe_makes_its_datasets_then_reuses_them_without_the_teacher(tmp_path
 def test_a_dataset_remade_by_another_config_retrains_and_a_stale_one_is_refused(tmp_path):
     import shutil
 
-    from model.meltquench import MeltQuenchError
-    from model.recipe import load_recipe, run
+    from science.meltquench import MeltQuenchError
+    from science.recipe import load_recipe, run
     torch.set_num_threads(1)
     path = toy_recipe(tmp_path)
     first = run(load_recipe(path), tmp_path / "run")
@@ -417,7 +417,7 @@ def test_a_dataset_remade_by_another_config_retrains_and_a_stale_one_is_refused(
 
 
 def test_short_recipe_makes_ci_sized_datasets_in_the_run_folder(tmp_path):
-    from model.recipe import load_recipe, run
+    from science.recipe import load_recipe, run
     torch.set_num_threads(1)
     summary = run(load_recipe(toy_recipe(tmp_path), short=True), tmp_path / "run")
     made = summary["stages"]["datasets"][0]
@@ -428,7 +428,7 @@ def test_short_recipe_makes_ci_sized_datasets_in_the_run_folder(tmp_path):
 
 
 def test_a_dataset_the_data_does_not_use_is_not_made(tmp_path):
-    from model.recipe import load_recipe, dataset_stage
+    from science.recipe import load_recipe, dataset_stage
     recipe = load_recipe(toy_recipe(tmp_path, [{"melt_quench": "mq.json", "output": "data/other"}]))
     systems, made = dataset_stage(recipe, tmp_path / "run")
     assert systems == [str(tmp_path / "data" / "toy")] and made == [] and not (tmp_path / "data").exists()
@@ -445,7 +445,7 @@ def test_a_dataset_the_data_does_not_use_is_not_made(tmp_path):
     ([{"melt_quench": "bad-crystal.json", "output": "d"}], "multiple of 5"),
 ])
 def test_bad_recipe_datasets_are_refused_before_any_work(tmp_path, datasets, match):
-    from model.recipe import load_recipe
+    from science.recipe import load_recipe
     bad = json.loads(json.dumps(TOY_MELT_QUENCH))
     bad["structure"]["repeat"] = [1, 1, 4]  # 4 cation sites for a 2:2:1 ratio
     (tmp_path / "bad-crystal.json").write_text(json.dumps(bad))
@@ -455,9 +455,9 @@ def test_bad_recipe_datasets_are_refused_before_any_work(tmp_path, datasets, mat
 
 @pytest.mark.parametrize("material", ["Sb", "GST"])
 def test_material_recipe_short_with_the_real_teacher(tmp_path, material):
-    """`python -m model recipe examples/<material>/recipe.json --short`: the one documented command per
+    """`python -m science recipe examples/<material>/recipe.json --short`: the one documented command per
     material, CI-sized, from nothing (the teacher makes the data) to a quantized model file."""
-    from model.meltquench import load_config
+    from science.meltquench import load_config
     require_teacher(load_config(REPO / "examples" / material / "melt-quench.json").teacher)
     out = tmp_path / "run"
     p = _run("recipe", REPO / "examples" / material / "recipe.json", "-o", out, "--short", "--threads", "1")

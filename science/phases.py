@@ -33,7 +33,7 @@ above the 216-atom set): **crystalline** when the median over its frames of the 
 translational order parameter ``|<exp(i k·x)>|`` (:func:`translational_order`; ~exp(-k²<u²>/2) in a
 crystal, ~1/sqrt(N) = 0.125 in a liquid of N = 64 atoms) exceeds ``CRYSTAL_ORDER_MIN = 0.5``.  The data
 splits cleanly: data-train-gete and data.001-009 have medians 0.69-0.97, no homopolar Ge-Ge bonds
-(Ge-Ge coordination within 3.2 Å at most 0.23, from :mod:`model.analysis` g(r)) and an empty Ge-Te
+(Ge-Ge coordination within 3.2 Å at most 0.23, from :mod:`science.analysis` g(r)) and an empty Ge-Te
 g(r) between the first and second shells; data.011 onwards have medians 0.10-0.15, 1.5-2.6 Ge-Ge bonds
 per Ge and no gap.  The disordered 64-atom systems have no temperature and their own energy reference:
 they get no phase and are left out of the tables.  Energies of frames from any data set other than the
@@ -58,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import System, load_systems, split_frames
+from model.data import System, load_systems, split_frames
 
 #: The seed paper's GeTe numbers (energy meV/atom, force meV/Å), against DFT.
 SEED_PAPER = {
@@ -305,8 +305,8 @@ def evaluate(qm, frames: Sequence[FrameRef], max_frames_per_phase: int | None = 
     set's mean per-atom energy error removed, for each model separately (``energy_offsets``); rows that
     contain such frames say so.  Progress bars come from :func:`model.metrics.collect`.
     """
-    from .metrics import collect, predict_float, predict_quantized
-    from .quantize import float_model
+    from model.metrics import collect, predict_float, predict_quantized
+    from model.quantize import float_model
     frames = pick_frames(frames, max_frames_per_phase, seed)
     if not frames:
         raise ValueError("no frames to evaluate")
@@ -423,7 +423,7 @@ def quench_evidence(systems: Sequence[System], lag: int = 300, mobile_threshold:
 
 def structure_evidence(systems: Sequence[System], every_frames: int = 10, bond: float = 3.2) -> list[dict]:
     """Per structure-classified system: the translational order parameter (median, min, max), g(r)
-    facts from :mod:`model.analysis` (Ge-Ge and Ge-Te coordination within ``bond`` Å, the smallest
+    facts from :mod:`science.analysis` (Ge-Ge and Ge-Te coordination within ``bond`` Å, the smallest
     Ge-Te g(r) between 3.3 and 3.9 Å: empty between the shells of a rock-salt crystal), E/atom, DFT
     force RMS and volume per atom.  g(r) uses about ``every_frames`` frames spread over the system."""
     from . import analysis as an
@@ -715,7 +715,7 @@ def markdown_report(metrics: dict, info: dict, evidence: dict | None, files: dic
                   "† columns remove one constant per data set (the mean over all its evaluated frames), the "
                   "within-system column one constant per system.\n", markdown_per_system(m)]
     if evidence and (evidence.get("quench") or evidence.get("structure")):
-        lines += ["## Evidence for the phase mapping (`model.phases`)\n",
+        lines += ["## Evidence for the phase mapping (`science.phases`)\n",
                   f"Amorphous: quench stages at or below {info.get('amorphous_max_K')} K. Liquid: melt stages "
                   f"(>= {T_MELT_K} K) and quench stages above the cut. Crystalline: structure-classified systems "
                   f"whose median rock-salt (200) order parameter exceeds {CRYSTAL_ORDER_MIN}.\n",
@@ -724,7 +724,7 @@ def markdown_report(metrics: dict, info: dict, evidence: dict | None, files: dic
                   "only 40 frames, so their lag is 39 frames and their numbers do not compare with the quench's "
                   "300-frame lag; they are liquid by temperature (>= T_m). 64-atom NPT: rock-salt (200) order "
                   "parameter per frame (1 for an ideal lattice, ~0.12 for 64 random atoms), g(r) facts from "
-                  "`model.analysis` over about ten frames per system.\n",
+                  "`science.analysis` over about ten frames per system.\n",
                   markdown_evidence(evidence.get("quench", []), evidence.get("structure", []))]
         if "evidence" in files:
             lines.append(f"![phase evidence]({rel(files['evidence'])})\n")

@@ -1,4 +1,4 @@
-"""Tests for model/analysis.py: g(r), coordination numbers, ALTBC, peaks, reference curves, I/O, CLI."""
+"""Tests for science/analysis.py: g(r), coordination numbers, ALTBC, peaks, reference curves, I/O, CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
-from model import analysis as an
-from model.cli import main
 from model.data import System, load_deepmd, write_deepmd
+from science import analysis as an
+from science.cli import main
 from support import GETE_216, SHARED_DATA, random_structure, require_shared
 
 REFERENCE = SHARED_DATA / "GeTe-aimd-reference"

@@ -39,8 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.paths import shared_data
-
-from .neighbors import edges
+from model.neighbors import edges
 
 __all__ = [
     "default_reference_folder",
@@ -103,7 +102,7 @@ def read_frames(path: str | Path, skip: int = 0, every: int = 1, type_map: Seque
         raise ValueError(f"need skip >= 0 and every >= 1, got skip={skip}, every={every}")
     path = Path(path)
     if path.is_dir():
-        from .data import load_deepmd
+        from model.data import load_deepmd
         return frames_from_system(load_deepmd(path), skip, every, type_map)
     if not path.is_file():
         raise FileNotFoundError(f"trajectory {path} does not exist")

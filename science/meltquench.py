@@ -1,7 +1,7 @@
-"""Labelled melt-quench data from a teacher potential: `python -m model data melt-quench CONFIG -o DIR`.
+"""Labelled melt-quench data from a teacher potential: `python -m science data melt-quench CONFIG -o DIR`.
 
 Where no DFT data exists (Sb) or only a validation set does (GST), training data comes from MD with
-a DFT-fitted or universal potential (model.teachers), following the seed's protocol scaled to this
+a DFT-fitted or universal potential (science.teachers), following the seed's protocol scaled to this
 machine: start from the crystal, heat, hold the liquid, quench, hold the glass; NVT throughout.
 
     config (JSON) ─► structure (ASE) ─► Langevin NVT, stage by stage, target T ramped linearly
@@ -13,7 +13,7 @@ machine: start from the crystal, heat, hold the liquid, quench, hold the glass; 
            DIR/state.json + state-K.npz   checkpoint: the run resumes from it
 
 Frames are grouped by stage and by the thermostat's target temperature rounded to `bin_K`, in the
-folder layout of the GeTe AIMD data, so model.phases labels them the same way (`sN-melt-*`: liquid
+folder layout of the GeTe AIMD data, so science.phases labels them the same way (`sN-melt-*`: liquid
 above T_m; `sN-quench-*`: liquid above `amorphous_max_k`, amorphous below; other stages: no phase).
 
 Config::
@@ -527,13 +527,13 @@ def compare_structures(teacher_dir: str | Path, student_dir: str | Path, prefix:
                        systems: list[str] | None = None, rmax: float = 8.0, nbins: int = 160,
                        skip: int = 0) -> dict:
     """g(r) (total, partials) of the student's MD against the teacher's, system by system (the same
-    protocol run twice: `python -m model data melt-quench ... --teacher dpfpga:MODEL.npz`).
+    protocol run twice: `python -m science data melt-quench ... --teacher dpfpga:MODEL.npz`).
 
     Writes PREFIX-<stage>-<temp>.png (student solid, teacher dashed) and PREFIX.json: per system and
     curve the first peaks, the peak shift (student - teacher) and ∫|Δg| dr over 2-8 Å.
     """
     from . import analysis as an
-    from .data import load_deepmd
+    from model.data import load_deepmd
     teacher_dir, student_dir, prefix = Path(teacher_dir), Path(student_dir), Path(prefix)
     systems = systems or [s for s in hold_systems(teacher_dir) if (student_dir / s).is_dir()]
     if not systems:

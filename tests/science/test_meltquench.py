@@ -1,4 +1,4 @@
-"""model.meltquench and model.teachers: teacher-labelled melt-quench data, resumable, with provenance."""
+"""science.meltquench and science.teachers: teacher-labelled melt-quench data, resumable, with provenance."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from model.data import load_systems
-from model.meltquench import MeltQuench, MeltQuenchError, build_structure, load_config
-from model.phases import label_from_folders
-from model.teachers import TeacherError, make_teacher
+from science.meltquench import MeltQuench, MeltQuenchError, build_structure, load_config
+from science.phases import label_from_folders
+from science.teachers import TeacherError, make_teacher
 from support import require_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -214,7 +214,7 @@ def test_a7_antimony_has_its_short_and_long_bonds():
 
 
 def test_cli_generates_and_reports_errors(tmp_path, capsys):
-    from model.cli import main
+    from science.cli import main
     path = write_config(tmp_path)
     assert main(["data", "melt-quench", str(path), "-o", str(tmp_path / "cli"), "--no-progress"]) == 0
     assert "24 frames" in capsys.readouterr().out
@@ -265,7 +265,7 @@ def test_short_run_with_the_real_teacher(tmp_path, material):
 
 def test_teacher_test_command_measures_the_teacher_against_labels(tmp_path, capsys):
     """A teacher checked against its own labels has zero error; against shifted labels, the shift."""
-    from model.cli import main
+    from science.cli import main
     out, _ = generate(tmp_path)
     path = tmp_path / "m.json"
     assert main(["data", "teacher-test", TOY["teacher"], str(out), "--json", str(path)]) == 0
@@ -275,7 +275,7 @@ def test_teacher_test_command_measures_the_teacher_against_labels(tmp_path, caps
     for s in systems:
         s.energies = s.energies + 0.5 * s.natoms  # labels 0.5 eV/atom higher
         s.forces = s.forces + 0.1
-    from model.teachers import teacher_errors
+    from science.teachers import teacher_errors
     m = teacher_errors(make_teacher(TOY["teacher"]), systems)
     assert m["energy_rmse_meV_per_atom"] == pytest.approx(500, rel=1e-9)
     assert m["energy_rmse_offset_removed_meV_per_atom"] < 1e-6
@@ -342,8 +342,8 @@ def test_teacher_override_resolves_against_the_working_directory(tmp_path, monke
 
 
 def test_compare_finds_the_holds_and_measures_the_difference(tmp_path):
-    from model.cli import main
-    from model.meltquench import hold_systems
+    from science.cli import main
+    from science.meltquench import hold_systems
     a, _ = generate(tmp_path, "a")
     assert hold_systems(a) == ["s2-melt-1500K/temp-1500K", "s3-quench-300K/temp-300K"]
     other = json.loads(json.dumps(TOY))

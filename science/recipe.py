@@ -1,4 +1,4 @@
-"""A model end to end, one command: `python -m model recipe RECIPE.json -o RUN_DIR [--short]`.
+"""A model end to end, one command: `python -m science recipe RECIPE.json -o RUN_DIR [--short]`.
 
 A recipe file holds the training configuration (``model``, ``data``, ``training``: the sections of
 `python -m model train`) and a ``recipe`` section:
@@ -13,12 +13,12 @@ A recipe file holds the training configuration (``model``, ``data``, ``training`
 ``evaluation``
     ``max_frames_per_phase`` (null: every validation frame), ``seed``, ``amorphous_max_K`` and
     ``test_systems`` (extra data sets; only their systems with a phase are used, see
-    :mod:`model.phases`).
+    :mod:`science.phases`).
 ``datasets``
     teacher-labelled datasets the recipe makes before it trains, so that one command goes from nothing
     to a model file: a list of ``{"melt_quench": CONFIG.json, "output": FOLDER, "scale": S,
     "volume_per_atom": V}`` (paths relative to the recipe; ``scale`` and ``volume_per_atom`` optional),
-    each the run of `python -m model data melt-quench CONFIG.json --scale S --volume-per-atom V -o
+    each the run of `python -m science data melt-quench CONFIG.json --scale S --volume-per-atom V -o
     FOLDER`.  A dataset is made only if ``data.systems`` uses its folder; a complete one with the same
     config fingerprint is reused without loading its teacher, a partial one resumes.  With ``--short``
     each is made with its config's ``short`` protocol (``scale`` ignored) in ``RUN_DIR/datasets/``, and
@@ -32,13 +32,13 @@ Stages, in RUN_DIR: ``datasets/`` (``--short`` only: the CI-sized datasets; full
 ``train.json``), ``model.npz`` (quantize + QAT fine-tune, `model.pipeline.quantize_and_finetune`; its
 fine-tuning curve in ``model-finetune/``; its report in ``quantize.json``), ``accuracy.json`` /
 ``accuracy.md`` / ``parity-*.png`` (per-phase accuracy of *that* model file on the training's
-validation frames, :mod:`model.phases`), ``lcurve.png`` (float training and fine-tuning), and
+validation frames, :mod:`science.phases`), ``lcurve.png`` (float training and fine-tuning), and
 ``summary.json`` (settings, time per stage, measured time per step, the model file's hash).
 
 Resuming: a finished stage records its settings (and the hash of its input and output) in
 ``stages.json``; rerunning the same recipe into the same folder reuses a stage whose record matches
 and whose output file is unchanged, and redoes it otherwise (``--fresh``: redo every stage but the
-datasets, which only `python -m model data melt-quench --fresh` deletes).  An interrupted training
+datasets, which only `python -m science data melt-quench --fresh` deletes).  An interrupted training
 starts again from step 0 (the trainer keeps no optimizer state); an interrupted dataset resumes.
 Evaluation always runs, on the model file in the folder, so the metrics are always measured on the
 model file the folder holds.
@@ -53,8 +53,8 @@ import sys
 import time
 from pathlib import Path
 
+from model.train import DataConfig, TrainConfig
 from . import phases as ph
-from .train import DataConfig, TrainConfig
 
 SHORT_NOTE = ("SHORT RUN (--short): a CI-sized smoke test of the recipe (a few dozen training steps, a few "
               "fine-tuning steps, a few frames per phase). Its model is barely trained: the numbers below "
@@ -63,7 +63,7 @@ SHORT_NOTE = ("SHORT RUN (--short): a CI-sized smoke test of the recipe (a few d
 
 @dataclasses.dataclass
 class Dataset:
-    """One teacher-labelled dataset of a recipe: `python -m model data melt-quench` with these arguments."""
+    """One teacher-labelled dataset of a recipe: `python -m science data melt-quench` with these arguments."""
 
     melt_quench: str  # the melt-quench config (absolute)
     output: str  # the dataset folder (absolute); data.systems names it
@@ -76,7 +76,7 @@ class Dataset:
                            volume_per_atom=self.volume_per_atom)
 
     def command(self) -> str:
-        return ("python -m model data melt-quench " + self.melt_quench
+        return ("python -m science data melt-quench " + self.melt_quench
                 + (f" --scale {self.scale:g}" if self.scale is not None else "")
                 + (f" --volume-per-atom {self.volume_per_atom:g}" if self.volume_per_atom is not None else "")
                 + " -o " + self.output)
@@ -224,7 +224,7 @@ class _Stages:
 def train_stage(recipe: Recipe, outdir: Path) -> Path:
     """The float model: `model.train.train` with the recipe's settings (stopped at stop_at_step)."""
     from contract.config import ModelConfig
-    from .train import train
+    from model.train import train
     run_dir = outdir / "float"
     tcfg = recipe.training
     if recipe.stop_at_step is not None:
@@ -352,7 +352,7 @@ def _s_per_step(curve: list[dict]) -> float | None:
 
 
 def run(recipe: Recipe, outdir: str | Path, fresh: bool = False) -> dict:
-    from .pipeline import quantize_and_finetune
+    from model.pipeline import quantize_and_finetune
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     stages = _Stages(outdir, fresh)
@@ -413,7 +413,7 @@ def run(recipe: Recipe, outdir: str | Path, fresh: bool = False) -> dict:
     t0 = time.time()
     header = (f"# Accuracy of {model_file.name} (recipe {recipe.path.name}{', --short' if recipe.short else ''})\n\n"
               + (f"**{SHORT_NOTE}**\n\n" if recipe.short else "")
-              + f"Written by `python -m model recipe {recipe.path.name} -o {outdir}"
+              + f"Written by `python -m science recipe {recipe.path.name} -o {outdir}"
               + (" --short" if recipe.short else "") + "`.\n")
     doc = evaluate_model(model_file, recipe.data, recipe.evaluation, outdir / "accuracy.json",
                          outdir / "accuracy.md", outdir / "parity", header,
