@@ -1,9 +1,15 @@
 """LAMMPS loop time per step per atom with `pair_style nvnmd`, against LAMMPS's own `pair_style zero`.
 
-    python benchmarks/lammps_loop.py [--model M.npz] [--sizes 8 16] [--np 1]
+    python benchmarks/lammps_loop.py [--model M.npz] [--sizes 8 16] [--np 1] [--cpus 0]
                                      [--steps-pair-zero 1000 200] [--steps-zero-device 40 10]
-                                     [--steps-reference 20 5] [--cases pair_zero nvnmd_zero nvnmd_reference]
+                                     [--steps-zero-native 200 50] [--steps-reference 20 5]
+                                     [--cases pair_zero nvnmd_zero nvnmd_zero_native nvnmd_reference]
                                      [--service warm|private] [--zero-full] [--json OUT.json]
+
+The issue-18 acceptance figure (host overhead of LAMMPS + zero device over `pair_style zero`, 1 rank on
+one core, >= 19,200 atoms; the service and the native core measured in the same run):
+
+    python benchmarks/lammps_loop.py --sizes 16 --cpus 0 --cases pair_zero nvnmd_zero nvnmd_zero_native
 
 Structures: rock-salt GeTe (a = 6.0 Å, 8 atoms per cubic cell) repeated n x n x n for each n of
 --sizes (8 -> 4096 atoms, 16 -> 32768 atoms), rattled 0.05 Å with a fixed seed, written as LAMMPS data
@@ -13,8 +19,16 @@ velocities at 300 K, timestep 0.002 ps, `run 0` (LAMMPS's first neighbour list a
 further steps, then the timed `run N`.  Cases:
 
 * pair_zero: `pair_style zero 7.0` -- LAMMPS's own integration / neighbour / communication cost;
-* nvnmd_zero: `pair_style nvnmd MODEL device zero` -- neighbour records, wire encoding, socket transport
-  and folding, without the pipeline's arithmetic;
+* nvnmd_zero: `pair_style nvnmd MODEL device zero host service below_rmin allow` -- neighbour records,
+  wire encoding, socket transport and folding in the Python service, without the pipeline's arithmetic
+  (no force: atoms fly freely, so a long run meets pairs closer than r_min, which `allow` lets through);
+* nvnmd_zero_native: `pair_style nvnmd MODEL device zero host native below_rmin allow` -- the same work
+  by the native core in LAMMPS's process (no socket, no Python): its timing line is "pair nvnmd timing
+  (rank 0, E evaluations, ms per evaluation): neighbours .. encode .. device .. fold .. unpack .. total
+  ..; in-process core .., device zero; neighbour lists: T taken over, R reused" (neighbours: LAMMPS's
+  list into the core's Domain, taken over when LAMMPS rebuilt it, else reused; encode, device, fold:
+  the core's own split; unpack: its integers into LAMMPS's arrays; total: the whole pair compute; core:
+  the core's own total);
 * nvnmd_reference: `pair_style nvnmd MODEL device reference` -- the full path, with the bit-exact
   NumPy reference as the device.
 
@@ -33,13 +47,18 @@ and N steps) are then warm, and the line is reported as printed.  --service priv
 start its private service in the timed run instead (the usual way to run): the line then includes the
 warm-up evaluation.
 
+The host overhead of each zero-device case is its loop time per step minus pair_zero's, per atom, and
+the ratio service / native of the two is measured in the same run (same box, same machine state).
+
 Then the split: Pair time per step (reference) = transport and host-side overhead (Pair time per step
 with the zero device) + device compute (the difference), each also as a multiple of the pair_zero
 baseline's loop time per step; and the socket share (send + receive) / Pair time per step, which says
 how much shared memory for the bulk arrays could save.  With --np > 1 the timing line is rank 0's
 (its own atoms) while Pair is the average over ranks.
 
-BLAS / OpenMP threads are pinned to --threads (default 1) for LAMMPS and the service it starts.
+BLAS / OpenMP threads are pinned to --threads (default 1) for LAMMPS and the service it starts; --cpus
+LIST runs LAMMPS (and the warm service) under `taskset -c LIST` (the acceptance figure: --cpus 0, so the
+service shares the rank's one core, as a host with one core per rank would).
 Prints the figures and writes JSON (default build/benchmarks/lammps_loop.json).
 """
 
@@ -68,9 +87,14 @@ from contract.paths import EXAMPLE_MODEL  # noqa: E402
 
 CASES = {
     "pair_zero": "pair_style zero",
-    "nvnmd_zero": "nvnmd device zero",
+    "nvnmd_zero": "nvnmd device zero (service)",
+    "nvnmd_zero_native": "nvnmd device zero (native)",
     "nvnmd_reference": "nvnmd device reference",
 }
+#: Where each nvnmd case's host work runs (pair_style nvnmd ... host H).
+HOST = {"nvnmd_zero": "service", "nvnmd_zero_native": "native", "nvnmd_reference": "service"}
+#: The issue's acceptance bound on the native host overhead, s/step/atom (1 rank, one core, zero device).
+NATIVE_OVERHEAD_TARGET = 3e-7
 TIMING_SECTIONS = ("Pair", "Neigh", "Comm", "Output", "Modify", "Other")
 RE_LOOP = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms", re.M)
 RE_TIMING = re.compile(r"^pair nvnmd timing \(rank 0, (\d+) evaluations, ms per evaluation\): (.*)$", re.M)
@@ -93,12 +117,19 @@ def write_structure(n: int, rattle: float, seed: int, folder: Path) -> tuple[Pat
 def pair_lines(case: str, model: str, zero_full: bool, socket_path: str | None) -> list[str]:
     if case == "pair_zero":
         return [f"pair_style zero 7.0{' full' if zero_full else ''}", "pair_coeff * *"]
-    where = f"socket {socket_path}" if socket_path else f"device {device_of(case)}"
-    return [f"pair_style nvnmd {model} {where}", "pair_coeff * * Ge Te"]
+    where = f"socket {socket_path}" if socket_path else f"device {device_of(case)} host {HOST[case]}"
+    # The zero device exerts no force: the atoms fly freely, and after ~100 steps at 300 K a pair comes
+    # closer than r_min.  `below_rmin allow` lets such a run go on; it costs nothing more.
+    allow = " below_rmin allow" if device_of(case) == "zero" else ""
+    return [f"pair_style nvnmd {model} {where}{allow}", "pair_coeff * * Ge Te"]
 
 
 def device_of(case: str) -> str:
-    return case.split("_", 1)[1]
+    return case.split("_")[1]
+
+
+def uses_service(case: str) -> bool:
+    return HOST.get(case) == "service"
 
 
 def input_text(data: Path, case: str, args, steps: int | None, socket_path: str | None = None) -> str:
@@ -115,6 +146,11 @@ def input_text(data: Path, case: str, args, steps: int | None, socket_path: str 
 
 
 # -- running -------------------------------------------------------------------------------------------
+
+def pinned(cmd: list[str], args) -> list[str]:
+    """`taskset -c LIST cmd` when --cpus is given (children inherit the affinity)."""
+    return ["taskset", "-c", args.cpus, *cmd] if args.cpus else cmd
+
 
 def lammps_env(threads: int) -> dict:
     env = dict(os.environ)
@@ -133,6 +169,7 @@ def run_lammps(name: str, text: str, folder: Path, args) -> tuple[str, float]:
     cmd = [*shlex.split(args.lmp), "-in", inp.name, "-log", log.name, "-nocite"]
     if args.np > 1:
         cmd = [*shlex.split(args.mpirun), "-np", str(args.np), *cmd]
+    cmd = pinned(cmd, args)
     t = time.perf_counter()
     with open(screen, "w") as out:
         proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT, env=lammps_env(args.threads),
@@ -166,7 +203,7 @@ class Service:
     can be warmed by one LAMMPS run and timed warm by the next."""
 
     def __init__(self, model: str, device: str, chunk_atoms: int, folder: Path, name: str, threads: int,
-                 startup_timeout: float = 300.0):
+                 cpus: str | None = None, startup_timeout: float = 300.0):
         self.dir = Path(tempfile.mkdtemp(prefix="dpfpga-bench-", dir="/tmp"))  # a Unix socket path is short
         self.socket = str(self.dir / "service.sock")
         self.log = folder / f"service.{name}.log"
@@ -174,6 +211,8 @@ class Service:
         cmd = [env["DPFPGA_PYTHON"], "-m", "host", "serve", "--socket", self.socket, "--model", model,
                "--device", device, "--chunk-atoms", str(chunk_atoms), "--owner-pid", str(os.getpid()),
                "--log-level", "WARNING"]
+        if cpus:
+            cmd = ["taskset", "-c", cpus, *cmd]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
@@ -270,12 +309,22 @@ def parse_log(text: str) -> dict:
 
 
 def parse_timing(text: str) -> dict | None:
-    """The plugin's timing line -> {evaluations, pack, send, ..., service_encode, ..., kB_sent, kB_received, line}."""
+    """The plugin's timing line -> {evaluations, pack, send, ..., service_encode, ..., kB_sent, kB_received, line}
+    (host service) or {evaluations, neighbours, encode, device, fold, unpack, total, core, line, host} (native)."""
     m = RE_TIMING.search(text)
     if not m:
         return None
-    client, service, traffic = (s.strip() for s in m.group(2).split(";"))
     out = {"line": m.group(0), "evaluations": int(m.group(1))}
+    if "in-process core" in m.group(2):
+        out["host"] = "native"
+        figures, _, lists = m.group(2).replace("in-process core", "core").partition("neighbour lists:")
+        out.update({k: float(v) for k, v in re.findall(r"(\w+) ([-\d.eE+]+)", figures)})
+        g = re.search(r"(\d+) taken over, (\d+) reused", lists)
+        if g:
+            out["lists_taken_over"], out["lists_reused"] = int(g[1]), int(g[2])
+        return out
+    out["host"] = "service"
+    client, service, traffic = (s.strip() for s in m.group(2).split(";"))
     out.update({k: float(v) for k, v in re.findall(r"(\w+) ([-\d.eE+]+)", client)})
     out.update({f"service_{k}": float(v)
                 for k, v in re.findall(r"(\w+) ([-\d.eE+]+)", service.replace("in the service:", ""))})
@@ -301,6 +350,8 @@ def main(argv=None):
                    help="timed steps of pair_style zero, one per size (the last repeats)")
     p.add_argument("--steps-zero-device", type=int, nargs="+", default=[40, 10],
                    help="timed steps of nvnmd device zero, one per size")
+    p.add_argument("--steps-zero-native", type=int, nargs="+", default=[200, 50],
+                   help="timed steps of nvnmd device zero host native, one per size")
     p.add_argument("--steps-reference", type=int, nargs="+", default=[20, 5],
                    help="timed steps of nvnmd device reference, one per size")
     p.add_argument("--warmup", type=int, default=0, help="MD steps after `run 0` before the timed run (default 0)")
@@ -312,6 +363,8 @@ def main(argv=None):
                    help="the service's centre atoms per device chunk (--service warm; the plugin's default 4096)")
     p.add_argument("--np", type=int, default=1, help="MPI ranks (mpirun -np N lmp when > 1)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP / BLAS threads for LAMMPS and the service")
+    p.add_argument("--cpus", default=None, metavar="LIST",
+                   help="run LAMMPS and the warm service under `taskset -c LIST` (the acceptance figure: 0)")
     p.add_argument("--zero-full", action="store_true",
                    help="pair_style zero 7.0 full: the baseline builds a full neighbour list as nvnmd does "
                         "(default: half list)")
@@ -331,16 +384,16 @@ def main(argv=None):
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     steps_of = {"pair_zero": args.steps_pair_zero, "nvnmd_zero": args.steps_zero_device,
-                "nvnmd_reference": args.steps_reference}
+                "nvnmd_zero_native": args.steps_zero_native, "nvnmd_reference": args.steps_reference}
 
     result = {"benchmark": "lammps_loop", "model": args.model, "nproc": os.cpu_count(), "np": args.np,
               "threads": args.threads, "host": platform.node(), "timestep_ps": args.timestep,
               "temperature_K": args.temperature, "seed": args.seed, "rattle_A": args.rattle,
-              "warmup_steps": args.warmup, "service": args.service,
+              "warmup_steps": args.warmup, "service": args.service, "cpus": args.cpus,
               "zero_full_list": args.zero_full, "workdir": str(folder), "sizes": {}}
     result["load_average_start"] = os.getloadavg()
     runs = [(n, c) for n in args.sizes for c in args.cases]
-    total_runs = sum(1 + (c != "pair_zero" and args.service == "warm") for _, c in runs)
+    total_runs = sum(1 + (uses_service(c) and args.service == "warm") for _, c in runs)
     print(f"{len(args.sizes)} size(s) x {len(args.cases)} case(s): {total_runs} lmp runs with {args.np} MPI rank(s), "
           f"{args.threads} thread(s), on a {os.cpu_count()}-core machine; work folder {folder}")
     k = 0
@@ -353,9 +406,10 @@ def main(argv=None):
             name = f"{case}_{natoms}"
             service = None
             try:
-                if case != "pair_zero" and args.service == "warm":
+                if uses_service(case) and args.service == "warm":
                     t = time.perf_counter()
-                    service = Service(args.model, device_of(case), args.chunk_atoms, folder, name, args.threads)
+                    service = Service(args.model, device_of(case), args.chunk_atoms, folder, name, args.threads,
+                                      args.cpus)
                     k += 1
                     print(f"[{k}/{total_runs}] {natoms} atoms, {CASES[case]}: service started in "
                           f"{time.perf_counter() - t:.1f} s, warm-up run (run 0"
@@ -404,7 +458,7 @@ def derive(size: dict, natoms: int) -> None:
         fig["s_per_step_per_atom"] = fig["s_per_step"] / natoms
         fig["section_s_per_step"] = {sec: v["avg"] / s for sec, v in fig["sections"].items()}
         pe = fig.get("per_evaluation")
-        if pe:
+        if pe and pe["host"] == "service":
             pair = fig["section_s_per_step"].get("Pair", float("nan"))
             sock = (pe["send"] + pe["receive"]) / 1e3
             fig["socket_s_per_evaluation"] = sock
@@ -430,31 +484,52 @@ def derive(size: dict, natoms: int) -> None:
         for key in list(split):
             if key != "baseline_s_per_step":
                 split[key.replace("_s_per_step", "_x_baseline")] = split[key] / base
-        for case in ("nvnmd_zero", "nvnmd_reference"):
+        for case in ("nvnmd_zero", "nvnmd_zero_native", "nvnmd_reference"):
             if case in cases:
                 split[f"{case}_loop_x_baseline"] = cases[case]["s_per_step"] / base
+        # The host overhead (the acceptance figure): loop time over pair_style zero's, per step and atom.
+        for case in ("nvnmd_zero", "nvnmd_zero_native"):
+            if case in cases:
+                split[f"{case}_overhead_s_per_step_per_atom"] = (cases[case]["s_per_step"] - base) / natoms
+        if "nvnmd_zero" in cases and "nvnmd_zero_native" in cases:
+            split["overhead_service_over_native"] = (split["nvnmd_zero_overhead_s_per_step_per_atom"]
+                                                     / split["nvnmd_zero_native_overhead_s_per_step_per_atom"])
+        if "nvnmd_zero_native" in cases:
+            split["native_overhead_target_s_per_step_per_atom"] = NATIVE_OVERHEAD_TARGET
+            split["native_overhead_meets_target"] = (
+                split["nvnmd_zero_native_overhead_s_per_step_per_atom"] <= NATIVE_OVERHEAD_TARGET)
     size["split"] = split
 
 
 def report(result: dict) -> None:
     print(f"\nLAMMPS {result.get('lammps_version')}; {result['np']} MPI rank(s), {result['threads']} thread(s), "
           f"{result['nproc']} cores; model {result['model']}; NVE {result['temperature_K']:g} K, "
-          f"dt {result['timestep_ps']} ps; {result['service']} service")
+          f"dt {result['timestep_ps']} ps; {result['service']} service"
+          + (f"; pinned to CPUs {result['cpus']}" if result.get("cpus") else ""))
     for natoms, size in result["sizes"].items():
         cases = size["cases"]
         print(f"\n{natoms} atoms ({size['cells']}^3 rock-salt cells)")
-        print(f"  {'case':24s} {'steps':>5s} {'loop s/step':>12s} {'s/step/atom':>12s} {'Pair s/step':>12s} "
+        print(f"  {'case':30s} {'steps':>5s} {'loop s/step':>12s} {'s/step/atom':>12s} {'Pair s/step':>12s} "
               f"{'Neigh s/step':>12s} {'Comm s/step':>12s} {'x baseline':>10s} {'neighs/atom':>11s} {'nl builds':>9s}")
         base = size["split"].get("baseline_s_per_step")
         for case, fig in cases.items():
             sec = fig["section_s_per_step"]
             ratio = f"{fig['s_per_step'] / base:10.1f}" if base else f"{'-':>10s}"
-            print(f"  {CASES[case]:24s} {fig['steps']:5d} {fig['s_per_step']:12.4e} {fig['s_per_step_per_atom']:12.3e} "
+            print(f"  {CASES[case]:30s} {fig['steps']:5d} {fig['s_per_step']:12.4e} {fig['s_per_step_per_atom']:12.3e} "
                   f"{sec.get('Pair', 0):12.4e} {sec.get('Neigh', 0):12.4e} {sec.get('Comm', 0):12.4e} {ratio} "
                   f"{fig.get('ave_neighs_per_atom', float('nan')):11.2f} {int(fig.get('neighbor_list_builds', -1)):9d}")
         for case, fig in cases.items():
             pe = fig.get("per_evaluation")
             if not pe:
+                continue
+            if pe["host"] == "native":
+                own = int(natoms) / fig["procs"]
+                print(f"  {CASES[case]}: ms per evaluation over {pe['evaluations']} evaluations: neighbours "
+                      f"{pe['neighbours']:.3f} encode {pe['encode']:.3f} device {pe['device']:.3f} fold "
+                      f"{pe['fold']:.3f} unpack {pe['unpack']:.3f} total {pe['total']:.3f} (the core's own total "
+                      f"{pe['core']:.3f}); {pe['total'] * 1e-3 / own:.3e} s per atom (rank 0's atoms); LAMMPS's "
+                      f"neighbour lists taken over {pe.get('lists_taken_over', '?')} times, reused "
+                      f"{pe.get('lists_reused', '?')}")
                 continue
             print(f"  {CASES[case]}: ms per evaluation over {pe['evaluations']} evaluations: pack {pe['pack']:.3f} "
                   f"send {pe['send']:.3f} wait {pe['wait']:.3f} receive {pe['receive']:.3f} unpack {pe['unpack']:.3f}; "
@@ -477,6 +552,14 @@ def report(result: dict) -> None:
                   f"{sp['zero_device_own_s_per_step'] * 1e3:.2f} ms of the overhead: without it "
                   f"{sp['overhead_without_zero_device_s_per_step'] * 1e3:.2f} ms"
                   f"{b('overhead_without_zero_device_s_per_step')})")
+        if "nvnmd_zero_native_overhead_s_per_step_per_atom" in sp:
+            line = (f"  host overhead over pair_style zero (loop time, s/step/atom): native "
+                    f"{sp['nvnmd_zero_native_overhead_s_per_step_per_atom']:.3e} (target <= "
+                    f"{NATIVE_OVERHEAD_TARGET:.0e}: {'met' if sp['native_overhead_meets_target'] else 'NOT met'})")
+            if "overhead_service_over_native" in sp:
+                line += (f", service {sp['nvnmd_zero_overhead_s_per_step_per_atom']:.3e}: the native core's "
+                         f"overhead is {sp['overhead_service_over_native']:.1f}x smaller")
+            print(line)
         for case, fig in cases.items():
             if "socket_share_of_pair" in fig:
                 print(f"  socket copy ({CASES[case]}): {fig['socket_s_per_evaluation'] * 1e3:.3f} ms of "

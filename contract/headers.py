@@ -78,7 +78,11 @@ def wire_h() -> str:
         out += [f"}}  // namespace {w.name}", ""]
     out += ["namespace flags {"]
     out += [f"constexpr uint32_t {_c_name(name)} = {mask};  // {text}" for mask, name, text in flags.FLAGS]
-    out += ["}  // namespace flags", "", "}  // namespace wire", "}  // namespace dpfpga", "", "#endif", ""]
+    out += ["/* Each flag's text, in bit order: describe_flags() joins those of a mask with \", \". */",
+            "struct Text { uint32_t mask; const char *text; };",
+            "constexpr Text TEXT[] = {"]
+    out += [f'    {{{mask}, "{text}"}},' for mask, _, text in flags.FLAGS]
+    out += ["};", "}  // namespace flags", "", "}  // namespace wire", "}  // namespace dpfpga", "", "#endif", ""]
     return "\n".join(out)
 
 

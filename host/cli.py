@@ -113,6 +113,25 @@ def cmd_lammps_plugin(args) -> int:
     return 0
 
 
+@cli.command("native-model", "print the model constants the native core reads (the LAMMPS plugin runs this once)",
+         arg("model", help="model file (.npz)"),
+         arg("--rtl-harness", action="store_true", help="also build the model's Verilator harness (device rtl) "
+             "and print its path on one more line: rtl_harness PATH"),
+         arg("--lanes", type=positive_int, default=1, help="lanes of that harness (default 1)"))
+def cmd_native_model(args) -> int:
+    """Print `key value` lines (host/native.py host_model_text) that the C++ core's HostModel::parse reads,
+    so that a process without Python on its data path (pair_style nvnmd) needs Python once, at start."""
+    from contract import modelfile
+
+    from .native import host_model_text, rtl_harness
+    qm = modelfile.load(args.model)
+    text = host_model_text(qm)
+    if args.rtl_harness:
+        text += f"rtl_harness {rtl_harness(qm, args.lanes)}\n"
+    sys.stdout.write(text)
+    return 0
+
+
 @cli.command("devices", "list the devices")
 def cmd_devices(args) -> int:
     """Print the device names that --device (and host.ase.Calculator(device=...)) accept."""

@@ -9,11 +9,16 @@ each chunk's results into the totals in exact integer arithmetic:
     E    = sum_i (e_i + bias[type_i])                         format E, Python int
     F_i  = sum_j dE/dr_ij - sum_j dE/dr_ji                    format F, int64
     W    = - sum_ij r_ij (x) dE/dr_ij                         frac(coord) + frac(F), Python ints
-    W_i  = - 1/2 sum_j r_ij (x) dE/dr_ij  (per-atom virial, half to each atom of a pair; float)
+    W_i  = - 1/2 S_i,  S_i = sum over the pairs (i, j) and (j, i) of r (x) dE/dr  (per-atom virial,
+           half of each pair's term to each of its atoms; S_i in int64)
 
 converting to float only at the end, so the result does not depend on the chunking, the device or
 the order in which chunks come back: it equals `model.assembly.compute` bit for bit.
 Memory: the structure's own arrays (positions, forces) plus `depth` chunks.
+
+The same work runs in C++ (the native host core, host/native.py) when it is available: `native=None`
+uses it then, `native=False` runs this Python path, which is its readable specification; both give the
+same integers (tests/host/test_native.py).
 """
 
 from __future__ import annotations
@@ -63,14 +68,25 @@ class Evaluator:
     energy, and Result.below_rmin_records counts such records)."""
 
     def __init__(self, qm, device, chunk_atoms: int = 4096, strict: bool = True, timeout: float | None = 600.0,
-                 progress: bool = False, allow_below_rmin: bool = False):
+                 progress: bool = False, allow_below_rmin: bool = False, native: bool | None = None):
+        """`native`: None uses the native core when it is built or can be built here (host.native), True
+        requires it (NativeBuildError says why not), False runs the Python path."""
         self.qm, self.device = qm, device
         self.chunk_atoms, self.strict, self.timeout, self.progress = chunk_atoms, strict, timeout, progress
         self.allow_below_rmin = allow_below_rmin
         self.lanes = device.lanes
+        from . import native as _native
+        if native is None:
+            native = _native.available()
+        elif native:
+            _native.module()  # raises NativeBuildError with the reason
+        self.native = bool(native)
 
     def compute(self, positions, cell, pbc, types, atomic_virial: bool = False) -> Result:
         """One structure given by positions, cell and periodicity: its neighbours are found here."""
+        if self.native:
+            from .native import evaluate_structure
+            return evaluate_structure(self, positions, cell, pbc, types, atomic_virial)
         types = check_types(types, self.qm.config)
         cfg = self.qm.config
         # A structure where some atom must exceed sum(sel) neighbours is refused before its images are built.
@@ -83,6 +99,9 @@ class Evaluator:
         list of the local atoms (host.neighbors.GivenNeighbors).  Energies, flags and per-atom energies are
         those of the local atoms; forces and per-atom virials are for every atom, ghosts included (the MD
         code adds a ghost's share to the atom it images).  `atom_ids` name atoms in error messages."""
+        if self.native:
+            from .native import evaluate_neighbors
+            return evaluate_neighbors(self, positions, types, nlocal, numneigh, neighbors, atomic_virial, atom_ids)
         types = check_types(types, self.qm.config)
         chunks = GivenNeighbors(positions, types, nlocal, numneigh, neighbors, self.qm.config.rcut, self.chunk_atoms)
         return self._evaluate(chunks, types, int(nlocal), atomic_virial, atom_ids)
@@ -96,7 +115,7 @@ class Evaluator:
         e_atom = np.zeros(ncenters, dtype=np.int64)
         flags = np.zeros(ncenters, dtype=np.int64)
         virial = np.zeros((3, 3), dtype=object)
-        w_atom = np.zeros((n, 3, 3)) if atomic_virial else None
+        w_atom = np.zeros((n, 3, 3), dtype=np.int64) if atomic_virial else None
         in_flight: deque = deque()
         n_close = 0
         timing = {"neighbors_encode": 0.0, "device_wait": 0.0, "assemble": 0.0}
@@ -157,7 +176,7 @@ class Evaluator:
             energy=energy_int * 2.0 ** -F["E"].frac, forces=forces * 2.0 ** -F["F"].frac,
             virial=np.array([[float(x) * scale_v for x in row] for row in virial]),
             atomic_energies=e_atom * 2.0 ** -F["E"].frac,
-            atomic_virial=None if w_atom is None else w_atom * scale_v,
+            atomic_virial=None if w_atom is None else w_atom * (-0.5 * scale_v),
             energy_int=energy_int, forces_int=forces, virial_int=virial, flags=flags, timings=timing,
             below_rmin_records=n_close)
 
@@ -179,6 +198,6 @@ class Evaluator:
         dv = d[valid]
         add_pair_terms(forces, virial, ci, nj, dv, g)
         if w_atom is not None:
-            w = -0.5 * np.einsum("ea,eb->eab", dv, g).astype(np.float64)
+            w = dv[:, :, None] * g[:, None, :]  # r (x) dE/dr per pair, exact in int64
             scatter_add(w_atom, ci, w)
             scatter_add(w_atom, nj, w)

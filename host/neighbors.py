@@ -33,9 +33,9 @@ import numpy as np
 from vesin import NeighborList
 
 from model.neighbors import (MAX_NEIGHBORS, Edges, NeighborBlocks, StructureError, blocks, cell_text,
-                             search_basis)
+                             lattice_vectors, search_basis, squared_norm)
 
-__all__ = ["Chunk", "GivenNeighbors", "NeighborChunks", "StructureError"]
+__all__ = ["Chunk", "Frame", "GivenNeighbors", "NeighborChunks", "StructureError", "frame"]
 
 
 @dataclass
@@ -50,47 +50,76 @@ def _as_pbc(pbc) -> np.ndarray:
     return p.copy()
 
 
+@dataclass
+class Frame:
+    """A structure's positions and lattice as the neighbour search sees them (`frame()`)."""
+
+    pos: np.ndarray  # (N, 3) float64 positions, as given
+    cell: np.ndarray  # (3, 3) the caller's cell (an open cluster's: a box around its atoms)
+    pbc: np.ndarray  # (3,) bool
+    origin: np.ndarray  # (3,) subtracted before fractional coordinates
+    basis: np.ndarray  # (3, 3) the search basis: the cell, or a compact basis of the same lattice
+    op: np.ndarray  # (3, 3) int64: a shift S in `basis` is the lattice vector (S @ op) @ cell
+    compact: bool  # basis is not the cell
+    frac: np.ndarray  # (N, 3) fractional coordinates of pos - origin in `basis`
+    delta: np.ndarray  # (3,) fractional width of one cutoff along each basis vector
+
+
+def frame(positions, cell, pbc, rcut: float, max_neighbors: int = MAX_NEIGHBORS) -> Frame:
+    """Check a structure and choose the basis its neighbours are searched in; every refusal that does
+    not depend on how the search is chunked is made here (the native core's search gets the result):
+    positions and cell finite, a periodic cell not singular, a lattice that leaves no atom at most
+    `max_neighbors` neighbours (model.neighbors.search_basis), atoms outside a non-periodic box."""
+    pos = np.ascontiguousarray(positions, dtype=np.float64)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise StructureError(f"positions must be (N, 3), got {pos.shape}")
+    if not np.isfinite(pos).all():
+        a = int(np.argmax(~np.isfinite(pos).all(axis=1)))
+        raise StructureError(f"atom {a}: position {pos[a].tolist()} is not finite")
+    pbc = _as_pbc(pbc)
+    rcut = float(rcut)
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(cell).all():
+        raise StructureError(f"cell {cell_text(cell)} is not finite")
+    origin = np.zeros(3)
+    if abs(np.linalg.det(cell)) < 1e-9:
+        if pbc.any():
+            raise StructureError(f"periodic along {np.flatnonzero(pbc).tolist()} but the cell "
+                                 f"{cell_text(cell)} is singular")
+        # An open cluster: a box around the atoms, one cutoff of vacuum on every side.
+        lo, hi = (pos.min(axis=0), pos.max(axis=0)) if len(pos) else (np.zeros(3), np.ones(3))
+        origin = lo - rcut
+        cell = np.diag(hi - lo + 2 * rcut)
+    # The cell list lives in `basis` (the cell itself unless a compact basis needs far fewer
+    # images); a shift S there is the lattice vector (S @ op) @ cell.
+    basis, op, compact = search_basis(cell, pbc, rcut, max_neighbors, len(pos))
+    inv = np.linalg.inv(basis)
+    frac = (pos - origin) @ inv
+    # Fractional width of one cutoff along each axis (distance between lattice planes).
+    delta = rcut * np.linalg.norm(inv, axis=0)
+    for a in np.flatnonzero(~pbc):
+        bad = (frac[:, a] < -delta[a]) | (frac[:, a] >= 1 + delta[a])
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise StructureError(
+                f"atom {k} at {pos[k].round(3).tolist()} Å lies outside the non-periodic box along cell "
+                f"vector {a} (fractional coordinate {frac[k, a]:.3f}, allowed {-delta[a]:.3f} .. "
+                f"{1 + delta[a]:.3f}); {int(bad.sum())} atom(s) affected")
+    return Frame(pos=pos, cell=cell, pbc=pbc, origin=origin, basis=basis, op=np.asarray(op, dtype=np.int64),
+                 compact=bool(compact), frac=frac, delta=delta)
+
+
 class NeighborChunks:
     def __init__(self, positions, cell, pbc, rcut: float, types: np.ndarray, chunk_atoms: int = 4096,
                  max_neighbors: int = MAX_NEIGHBORS):
-        pos = np.ascontiguousarray(positions, dtype=np.float64)
-        if pos.ndim != 2 or pos.shape[1] != 3:
-            raise StructureError(f"positions must be (N, 3), got {pos.shape}")
-        if not np.isfinite(pos).all():
-            a = int(np.argmax(~np.isfinite(pos).all(axis=1)))
-            raise StructureError(f"atom {a}: position {pos[a].tolist()} is not finite")
-        self.pbc = _as_pbc(pbc)
         self.rcut, self.types, self.chunk_atoms = float(rcut), np.asarray(types, dtype=np.int64), int(chunk_atoms)
-        self.natoms = len(pos)
         self.max_neighbors = int(max_neighbors)
-        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64).reshape(3, 3)
-        if not np.isfinite(cell).all():
-            raise StructureError(f"cell {cell_text(cell)} is not finite")
-        self.origin = np.zeros(3)
-        if abs(np.linalg.det(cell)) < 1e-9:
-            if self.pbc.any():
-                raise StructureError(f"periodic along {np.flatnonzero(self.pbc).tolist()} but the cell "
-                                     f"{cell_text(cell)} is singular")
-            # An open cluster: a box around the atoms, one cutoff of vacuum on every side.
-            lo, hi = (pos.min(axis=0), pos.max(axis=0)) if len(pos) else (np.zeros(3), np.ones(3))
-            self.origin = lo - self.rcut
-            cell = np.diag(hi - lo + 2 * self.rcut)
-        self.cell = cell  # the caller's: shifts and r_ij refer to it
-        # The cell list lives in `basis` (the cell itself unless a compact basis needs far fewer
-        # images); a shift S there is the lattice vector (S @ op) @ cell.
-        self.basis, self.op, self.compact = search_basis(cell, self.pbc, self.rcut, self.max_neighbors, self.natoms)
+        f = frame(positions, cell, pbc, self.rcut, self.max_neighbors)
+        pos, frac = f.pos, f.frac
+        self.natoms, self.pbc, self.origin = len(pos), f.pbc, f.origin
+        self.cell = f.cell  # the caller's: shifts and r_ij refer to it
+        self.basis, self.op, self.compact, self.delta = f.basis, f.op, f.compact, f.delta
         inv = np.linalg.inv(self.basis)
-        frac = (pos - self.origin) @ inv
-        # Fractional width of one cutoff along each axis (distance between lattice planes).
-        self.delta = self.rcut * np.linalg.norm(inv, axis=0)
-        for a in np.flatnonzero(~self.pbc):
-            bad = (frac[:, a] < -self.delta[a]) | (frac[:, a] >= 1 + self.delta[a])
-            if bad.any():
-                k = int(np.argmax(bad))
-                raise StructureError(
-                    f"atom {k} at {pos[k].round(3).tolist()} Å lies outside the non-periodic box along cell "
-                    f"vector {a} (fractional coordinate {frac[k, a]:.3f}, allowed {-self.delta[a]:.3f} .. "
-                    f"{1 + self.delta[a]:.3f}); {int(bad.sum())} atom(s) affected")
         self.wrap = np.where(self.pbc, np.floor(frac), 0.0)
         frac = frac - self.wrap
         self.pos = pos
@@ -118,9 +147,9 @@ class NeighborChunks:
         self.block = np.minimum(self.ncell, np.maximum(1, np.floor(side).astype(np.int64)))
         self.nblock = -(-self.ncell // self.block)
         self.reach = reach
-        # Shifts in a compact basis map back to the caller's with rounding of its (large, skewed)
-        # vectors: the search looks a hair further, the final test on r_ij decides.
-        self.nlist = NeighborList(cutoff=self.rcut * (1 + 1e-6) if self.compact else self.rcut, full_list=True)
+        # vesin looks a hair beyond rcut (and through rounding of a compact basis's shifts); the test on
+        # the vectors handed out decides, as in the native core (host/native/cells.cpp).
+        self.nlist = NeighborList(cutoff=self.rcut * (1 + 1e-6), full_list=True)
         self.plane = 1.0 / np.linalg.norm(inv, axis=0)  # distance between the basis's lattice planes (Å)
 
     def __len__(self):
@@ -208,9 +237,9 @@ class NeighborChunks:
         S_tot = (shift[jl] - self.wrap[j] + self.wrap[centers[i_local]]).astype(np.int64)
         if self.compact:
             S_tot = S_tot @ self.op
-        vec = self.pos[j] - self.pos[centers[i_local]] + S_tot @ self.cell
+        vec = (self.pos[j] - self.pos[centers[i_local]]) + lattice_vectors(S_tot, self.cell)
         # vesin decided "inside rcut" on shifted copies; decide again on the vectors we hand out.
-        ok = np.einsum("ij,ij->i", vec, vec) < self.rcut * self.rcut
+        ok = squared_norm(vec) < self.rcut * self.rcut
         i_local, j, S_tot, vec = i_local[ok], j[ok], S_tot[ok], vec[ok]
         order = np.lexsort((S_tot[:, 2], S_tot[:, 1], S_tot[:, 0], j, i_local))
         e = Edges(i=i_local[order], j=j[order], shift=S_tot[order], vec=vec[order])
@@ -269,7 +298,7 @@ class GivenNeighbors:
         i_local = np.repeat(np.arange(k, dtype=np.int64), self.numneigh[lo:hi])
         j = self.neighbors[self.start[lo]:self.start[hi]]
         vec = self.x[j] - self.x[lo + i_local]
-        ok = np.einsum("ij,ij->i", vec, vec) < self.rcut * self.rcut
+        ok = squared_norm(vec) < self.rcut * self.rcut
         i_local, j, vec = i_local[ok], j[ok], vec[ok]
         if (j == lo + i_local).any():
             a = int(lo + i_local[np.argmax(j == lo + i_local)])

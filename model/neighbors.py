@@ -163,6 +163,19 @@ def _images(basis, pbc, rcut) -> float:
     return float(np.prod(np.where(pbc, 2 * np.ceil(spacing) + 1, 1.0)))
 
 
+def lattice_vectors(shift: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """(E, 3) integer shifts -> (E, 3) lattice vectors S0*c0 + S1*c1 + S2*c2, added left to right (no
+    matrix product, whose order of operations BLAS chooses): r_ij = (x_j - x_i) + that, the bits the
+    native host core (host/native/cells.cpp) computes too."""
+    s = shift.astype(np.float64)
+    return s[:, 0:1] * cell[0] + s[:, 1:2] * cell[1] + s[:, 2:3] * cell[2]
+
+
+def squared_norm(vec: np.ndarray) -> np.ndarray:
+    """|r|^2 of (E, 3) vectors as (x*x + y*y) + z*z, the order of the native core's test."""
+    return vec[:, 0] * vec[:, 0] + vec[:, 1] * vec[:, 1] + vec[:, 2] * vec[:, 2]
+
+
 def edges(positions: np.ndarray, cell: np.ndarray, pbc: bool, rcut: float,
           max_neighbors: int | None = None) -> Edges:
     """All ordered pairs (i, j), i != j (or distinct images), with |r_ij| < rcut, sorted by (i, j).
@@ -177,14 +190,11 @@ def edges(positions: np.ndarray, cell: np.ndarray, pbc: bool, rcut: float,
     if positions.size and not np.isfinite(positions).all():
         a = int(np.argmax(~np.isfinite(positions).all(axis=1)))
         raise StructureError(f"atom {a}: position {positions[a].tolist()} is not finite")
-    search_cut = float(rcut)
+    # The search looks a hair beyond rcut (shifts found in a compact basis are mapped back to the
+    # caller's, whose rounding differs by ulps of its vectors); the final test below decides.
+    search_cut = float(rcut) * (1 + 1e-6)
     if pbc:
         basis, op, compact = search_basis(cell, True, rcut, max_neighbors, len(positions))
-        if compact:
-            # Shifts found in the compact basis are mapped back to the caller's, and r_ij recomputed
-            # there: rounding of the two bases differs by ulps of the (large) skewed vectors, so the
-            # search looks a hair further and the final test below decides.
-            search_cut *= 1 + 1e-6
         # vesin wants points inside the box for its cell list to be efficient; shifts stay valid
         # because we recompute r_ij from the *original* positions below.
         frac = positions @ np.linalg.inv(basis)
@@ -206,8 +216,8 @@ def edges(positions: np.ndarray, cell: np.ndarray, pbc: bool, rcut: float,
             S = S @ op
     order = np.lexsort((j, i))
     i, j, S = i[order], j[order], S[order]
-    vec = positions[j] - positions[i] + S @ cell
-    keep = np.einsum("ij,ij->i", vec, vec) < rcut * rcut
+    vec = (positions[j] - positions[i]) + lattice_vectors(S, cell)
+    keep = squared_norm(vec) < rcut * rcut
     return Edges(i=i[keep], j=j[keep], shift=S[keep], vec=vec[keep])
 
 

@@ -38,7 +38,7 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.version = static_cast<LAMMPS *>(lmp)->version;
   plugin.style = "pair";
   plugin.name = "nvnmd";
-  plugin.info = "dpfpga quantized DeePMD-style potential through a dpfpga device service";
+  plugin.info = "dpfpga quantized DeePMD-style potential on a dpfpga device (native core in-process, or the service)";
   plugin.author = "dpfpga";
   plugin.creator.v1 = (lammpsplugin_factory1 *) &nvnmd_creator;
   plugin.handle = handle;

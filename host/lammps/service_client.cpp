@@ -381,7 +381,7 @@ Welcome ServiceClient::hello(const std::string &model_file)
   return w;
 }
 
-void ServiceClient::evaluate(const Domain &d, Reply &r)
+void ServiceClient::evaluate(const StructureRequest &d, Reply &r)
 {
   StructureHeader h{d.nlocal, d.nall, uint64_t(d.neighbors.size()), d.want, 0};
   double t0 = now();

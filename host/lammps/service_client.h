@@ -7,7 +7,7 @@
  *                                                           // `python -m host serve` on a fresh socket
  *   ServiceClient c(svc.socket_path(), timeout, &svc);      // or a user's service: ServiceClient(path, t)
  *   Welcome w = c.hello(model_file);                        // type map, rcut, device; model checked
- *   c.evaluate(domain, reply);                              // one STRUCTURE -> one FORCES
+ *   c.evaluate(request, reply);                             // one STRUCTURE -> one FORCES
  *
  * Every wait has a deadline, and while waiting the client asks the private service (if any) whether it
  * is still alive, so a dead or stopped service ends in an error, never a hang. */
@@ -39,8 +39,9 @@ struct Welcome {
   double rcut = 0.0;
 };
 
-/* One rank's domain: local atoms 0..nlocal-1, then ghosts; the local atoms' neighbours (CSR). */
-struct Domain {
+/* STRUCTURE: one rank's domain: local atoms 0..nlocal-1, then ghosts; the local atoms' neighbours (CSR).
+ * (Not `Domain`: that is the native core's (dpfpga/core.h), compiled into the same plugin.) */
+struct StructureRequest {
   uint64_t nlocal = 0, nall = 0;
   std::vector<double> x;          // nall * 3
   std::vector<int64_t> ids;       // nall: LAMMPS atom ids, for the service's messages
@@ -97,7 +98,7 @@ class ServiceClient {
   ServiceClient &operator=(const ServiceClient &) = delete;
 
   Welcome hello(const std::string &model_file);
-  void evaluate(const Domain &d, Reply &r);
+  void evaluate(const StructureRequest &d, Reply &r);
 
   /* Seconds spent sending, waiting for the first byte of the reply, and reading it; bytes moved. */
   double t_send = 0, t_wait = 0, t_recv = 0;

@@ -164,7 +164,8 @@ HAND_COPIES = [
     (r"\bSHELL_(MAGIC|VERSION)\s*=\s*\d|0x64706667", "the shell's magic or version (contract.registers)"),
 ]
 SCANNED = [("model", "*.py"), ("gen", "*.py"), ("sim", "*.py"), ("host", "*.py"),
-           ("host/lammps", "*.h"), ("host/lammps", "*.cpp"), ("sim/harness", "*.cpp")]
+           ("host/lammps", "*.h"), ("host/lammps", "*.cpp"), ("host/native", "*.h"), ("host/native", "*.cpp"),
+           ("sim/harness", "*.cpp")]
 
 
 def hand_copies(root=REPO) -> list[str]:

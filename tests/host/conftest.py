@@ -35,7 +35,7 @@ class ServiceProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+    def wait_log(self, text: str, timeout: float = 30.0) -> str:
         """The log once it contains `text` (bounded wait; fails with the log otherwise)."""
         deadline = time.monotonic() + timeout
         while text not in (log := self.log_text()):

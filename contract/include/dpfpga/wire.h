@@ -83,6 +83,15 @@ constexpr uint32_t SATURATED = 2;  // fixed-point saturation
 constexpr uint32_t R_BELOW_MIN = 4;  // pair distance below the table's r_min
 constexpr uint32_t BAD_TYPE = 8;  // type outside the type map
 constexpr uint32_t MALFORMED = 16;  // records missing or extra in the input stream
+/* Each flag's text, in bit order: describe_flags() joins those of a mask with ", ". */
+struct Text { uint32_t mask; const char *text; };
+constexpr Text TEXT[] = {
+    {1, "neighbour count above sel"},
+    {2, "fixed-point saturation"},
+    {4, "pair distance below the table's r_min"},
+    {8, "type outside the type map"},
+    {16, "records missing or extra in the input stream"},
+};
 }  // namespace flags
 
 }  // namespace wire

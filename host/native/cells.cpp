@@ -1,0 +1,274 @@
+/* Neighbours of a structure with a lattice (the ASE path, host/neighbors.py NeighborChunks): a cell
+ * list in the search basis, chunks of centre atoms in cell order.
+ *
+ * The search itself may look a hair further than rcut (fractional cells, rounding): what decides is
+ * the test the Python path makes on the vectors it hands out,
+ *
+ *   r_ij = (x_j - x_i) + ((S0 * c0 + S1 * c1) + S2 * c2),   kept when (x*x + y*y) + z*z < rcut^2,
+ *
+ * with S the image's shift in the caller's cell (rows c0, c1, c2).  Each pair (i, j, S) within rcut
+ * is unique, so both paths find the same set and give it the same bits.  Structure-level checks (finite
+ * positions and cell, atoms inside a non-periodic box, degenerate lattices) and the search basis come
+ * from Python (host/native.py), where the Python path makes them: the same errors, once. */
+#include "dpfpga/core.h"
+
+#include "chunk.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace dpfpga {
+namespace {
+
+/* Cells are at least rcut / SPLIT wide: SPLIT = 2 visits 5^3 half-width cells, about half the
+ * candidates of 3^3 full-width ones. */
+constexpr int SPLIT = 2;
+/* The search radius's margin: candidates a hair beyond rcut go to the final test. */
+constexpr double SEARCH_MARGIN = 1e-6;
+
+void invert3(const double *m, double *inv)
+{
+  const double a = m[0], b = m[1], c = m[2], d = m[3], e = m[4], f = m[5], g = m[6], h = m[7], i = m[8];
+  const double A = e * i - f * h, B = -(d * i - f * g), C = d * h - e * g;
+  const double det = a * A + b * B + c * C;
+  inv[0] = A / det, inv[1] = -(b * i - c * h) / det, inv[2] = (b * f - c * e) / det;
+  inv[3] = B / det, inv[4] = (a * i - c * g) / det, inv[5] = -(a * f - c * d) / det;
+  inv[6] = C / det, inv[7] = -(a * h - b * g) / det, inv[8] = (a * e - b * d) / det;
+}
+
+class CellSource : public Core::Source {
+ public:
+  CellSource(const Structure &s, const HostModel &m, size_t chunk_atoms)
+      : s_(s), m_(m), rc2_(m.rcut * m.rcut), chunk_(chunk_atoms), max_nb_(m.sum_sel())
+  {
+    const size_t n = s.natoms;
+    const double rs = m.rcut * (1 + SEARCH_MARGIN);
+    rs2_ = rs * rs;
+    double inv[9];
+    invert3(s.basis, inv);
+    double delta[3], lo[3], span[3];
+    for (int a = 0; a < 3; a++) {
+      // Fractional width of one cutoff along axis a: rcut over the distance between lattice planes.
+      delta[a] = rs * std::sqrt(inv[a] * inv[a] + inv[3 + a] * inv[3 + a] + inv[6 + a] * inv[6 + a]);
+      span[a] = s.pbc[a] ? 1.0 : 1.0 + 2 * delta[a];
+      lo[a] = s.pbc[a] ? 0.0 : -delta[a];
+      ncell_[a] = std::max<int64_t>(1, int64_t(std::floor(SPLIT * span[a] / delta[a])));
+    }
+    // A sparse box (vacuum) would have far more cells than atoms: coarser cells stay correct.
+    while (ncell_[0] * ncell_[1] * ncell_[2] > int64_t(4 * n + 64)) {
+      int a = int(std::max_element(ncell_, ncell_ + 3) - ncell_);
+      ncell_[a] = (ncell_[a] + 1) / 2;
+    }
+    for (int a = 0; a < 3; a++) reach_[a] = int64_t(std::ceil(delta[a] / (span[a] / double(ncell_[a]))));
+    // Fractional coordinates, periodic wraps, cells; positions wrapped into the cell for the search.
+    wrap_.resize(3 * n);
+    wp_.resize(3 * n);
+    cell_of_.resize(n);
+    std::vector<int64_t> c3(3 * n);
+    for (size_t i = 0; i < n; i++) {
+      double p[3], f[3];
+      for (int a = 0; a < 3; a++) p[a] = s.positions[3 * i + a] - s.origin[a];
+      for (int a = 0; a < 3; a++) f[a] = p[0] * inv[a] + p[1] * inv[3 + a] + p[2] * inv[6 + a];
+      for (int a = 0; a < 3; a++) {
+        wrap_[3 * i + a] = s.pbc[a] ? int64_t(std::floor(f[a])) : 0;
+        const double fw = f[a] - double(wrap_[3 * i + a]);
+        c3[3 * i + a] = std::clamp<int64_t>(int64_t(std::floor((fw - lo[a]) / (span[a] / double(ncell_[a])))), 0,
+                                            ncell_[a] - 1);
+      }
+      for (int a = 0; a < 3; a++)
+        wp_[3 * i + a] = s.positions[3 * i + a] - (double(wrap_[3 * i]) * s.basis[a] +
+                                                   double(wrap_[3 * i + 1]) * s.basis[3 + a] +
+                                                   double(wrap_[3 * i + 2]) * s.basis[6 + a]);
+      cell_of_[i] = (c3[3 * i] * ncell_[1] + c3[3 * i + 1]) * ncell_[2] + c3[3 * i + 2];
+    }
+    // Counting sort of the atoms by cell: cell_start_[c] .. cell_start_[c + 1] - 1 in order_.
+    const size_t ncells = size_t(ncell_[0] * ncell_[1] * ncell_[2]);
+    cell_start_.assign(ncells + 1, 0);
+    for (size_t i = 0; i < n; i++) cell_start_[size_t(cell_of_[i]) + 1]++;
+    for (size_t c = 0; c < ncells; c++) cell_start_[c + 1] += cell_start_[c];
+    order_.resize(n);
+    std::vector<size_t> fill(cell_start_.begin(), cell_start_.end() - 1);
+    for (size_t i = 0; i < n; i++) order_[fill[size_t(cell_of_[i])]++] = int64_t(i);
+    // The search streams over the atoms of a cell: their wrapped positions and wraps, in cell order.
+    sp_.resize(3 * n);
+    sw_.resize(3 * n);
+    for (size_t q = 0; q < n; q++)
+      for (int a = 0; a < 3; a++) {
+        sp_[3 * q + a] = wp_[3 * size_t(order_[q]) + a];
+        sw_[3 * q + a] = wrap_[3 * size_t(order_[q]) + a];
+      }
+    // Per axis, the cell coordinate and image shift of every (cell, offset): no division per visit.
+    for (int a = 0; a < 3; a++) {
+      const int64_t span_o = 2 * reach_[a] + 1;
+      axis_[a].assign(size_t(ncell_[a] * span_o), Step{0, 0, false});
+      for (int64_t ci = 0; ci < ncell_[a]; ci++)
+        for (int64_t o = -reach_[a]; o <= reach_[a]; o++) {
+          Step &st = axis_[a][size_t(ci * span_o + o + reach_[a])];
+          int64_t u = ci + o;
+          if (s.pbc[a]) {
+            st.shift = u >= 0 ? u / ncell_[a] : -((-u + ncell_[a] - 1) / ncell_[a]);
+            st.u = u - st.shift * ncell_[a];
+            st.ok = true;
+          } else {
+            st.u = u, st.shift = 0, st.ok = u >= 0 && u < ncell_[a];
+          }
+        }
+    }
+  }
+
+  bool next(Core::Chunk &c) override
+  {
+    if (done_ >= s_.natoms) return false;
+    c.clear();
+    const size_t hi = std::min(s_.natoms, done_ + chunk_);
+    for (size_t k = done_; k < hi; k++) centre(k, c);
+    done_ = hi;
+    return true;
+  }
+
+ private:
+  const Structure &s_;
+  const HostModel &m_;
+  double rc2_, rs2_ = 0;
+  size_t chunk_, done_ = 0;
+  int max_nb_;
+  int64_t ncell_[3], reach_[3];
+  std::vector<int64_t> wrap_, cell_of_, order_, sw_;
+  std::vector<double> wp_, sp_;
+  struct Step {
+    int64_t u, shift;
+    bool ok;
+  };
+  std::vector<Step> axis_[3];
+  std::vector<size_t> cell_start_;
+
+  /* The cells around one cell, with the image shift (search basis) and its vector: the same for every
+   * centre in that cell, and centres come in cell order, so it is built once per cell. */
+  struct Visit {
+    size_t cell;
+    int64_t S[3];
+    double sh[3];
+  };
+  std::vector<Visit> visits_;
+  int64_t visits_of_ = -1;
+
+  void plan_visits(int64_t cid)
+  {
+    visits_.clear();
+    visits_of_ = cid;
+    const int64_t ci[3] = {cid / (ncell_[1] * ncell_[2]), (cid / ncell_[2]) % ncell_[1], cid % ncell_[2]};
+    const Step *tx = &axis_[0][size_t(ci[0] * (2 * reach_[0] + 1))];
+    const Step *ty = &axis_[1][size_t(ci[1] * (2 * reach_[1] + 1))];
+    const Step *tz = &axis_[2][size_t(ci[2] * (2 * reach_[2] + 1))];
+    for (int64_t ox = 0; ox <= 2 * reach_[0]; ox++) {
+      if (!tx[ox].ok) continue;
+      for (int64_t oy = 0; oy <= 2 * reach_[1]; oy++) {
+        if (!ty[oy].ok) continue;
+        for (int64_t oz = 0; oz <= 2 * reach_[2]; oz++) {
+          if (!tz[oz].ok) continue;
+          const size_t cell = size_t((tx[ox].u * ncell_[1] + ty[oy].u) * ncell_[2] + tz[oz].u);
+          if (cell_start_[cell] == cell_start_[cell + 1]) continue;
+          const int64_t sx = tx[ox].shift, sy = ty[oy].shift, sz = tz[oz].shift;
+          Visit v{cell, {sx, sy, sz}, {}};
+          for (int a = 0; a < 3; a++)
+            v.sh[a] = double(sx) * s_.basis[a] + double(sy) * s_.basis[3 + a] + double(sz) * s_.basis[6 + a];
+          visits_.push_back(v);
+        }
+      }
+    }
+  }
+
+  /* Every image of every atom within the search radius of the centre at sorted position k, kept by
+   * the final test. */
+  void centre(size_t k, Core::Chunk &c)
+  {
+    const Structure &s = s_;
+    const size_t i = size_t(order_[k]);
+    c.centres.push_back(int64_t(i));
+    if (cell_of_[i] != visits_of_) plan_visits(cell_of_[i]);
+    const double *pi = &s.positions[3 * i], *wi = &sp_[3 * k];
+    const int64_t *wrap_i = &sw_[3 * k];
+    size_t found = 0;
+    for (const Visit &vis : visits_) {
+      const double ox = vis.sh[0] - wi[0], oy = vis.sh[1] - wi[1], oz = vis.sh[2] - wi[2];
+      const bool home = vis.S[0] == 0 && vis.S[1] == 0 && vis.S[2] == 0;
+      const size_t q1 = cell_start_[vis.cell + 1];
+      for (size_t q = cell_start_[vis.cell]; q < q1; q++) {
+        const double dx = sp_[3 * q] + ox, dy = sp_[3 * q + 1] + oy, dz = sp_[3 * q + 2] + oz;
+        if (!(dx * dx + dy * dy + dz * dz < rs2_)) continue;
+        if (home && q == k) continue;
+        accept(q, vis.S, pi, wrap_i, c, found);
+      }
+    }
+    if (found > size_t(max_nb_)) too_many(i, c);
+    c.end_centre();
+  }
+
+  /* A candidate image: its shift in the caller's cell (the search basis's, unwrapped, through op),
+   * r_ij the Python path's way, and the decisive test. */
+  void accept(size_t q, const int64_t *S, const double *pi, const int64_t *wrap_i, Core::Chunk &c,
+              size_t &found)
+  {
+    const Structure &s = s_;
+    const size_t j = size_t(order_[q]);
+    const int64_t B[3] = {S[0] - sw_[3 * q] + wrap_i[0], S[1] - sw_[3 * q + 1] + wrap_i[1],
+                          S[2] - sw_[3 * q + 2] + wrap_i[2]};
+    int64_t T[3];
+    for (int a = 0; a < 3; a++) T[a] = B[0] * s.op[a] + B[1] * s.op[3 + a] + B[2] * s.op[6 + a];
+    double v[3];
+    for (int a = 0; a < 3; a++) {
+      const double shift = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
+      v[a] = (s.positions[3 * j + a] - pi[a]) + shift;
+    }
+    if (!((v[0] * v[0] + v[1] * v[1]) + v[2] * v[2] < rc2_)) return;
+    // Past sum(sel) the atom is refused (too_many): its neighbours are counted by type, not kept,
+    // so a pile of atoms costs no memory.
+    if (++found > size_t(max_nb_)) {
+      extra_[size_t(s.types[j])]++;
+      return;
+    }
+    c.add(s.types[j], int64_t(j), v[0], v[1], v[2]);
+  }
+
+  /* More neighbours than any atom may have (sum(sel)): refused in check_sel's words (the Python path's),
+   * for the first type above its sel, counting the chunk's earlier centres that exceed sel too. */
+  std::vector<int> extra_ = std::vector<int>(64, 0);
+
+  [[noreturn]] void too_many(size_t i, Core::Chunk &c)
+  {
+    const size_t nt = size_t(m_.ntypes);
+    std::vector<int> count(nt, 0);
+    for (size_t e = c.start.back(); e < c.rtype.size(); e++) count[size_t(c.rtype[e])]++;
+    for (size_t t = 0; t < nt; t++) count[t] += extra_[t];
+    size_t bad_t = 0;
+    while (bad_t + 1 < nt && count[bad_t] <= m_.sel[bad_t]) bad_t++;
+    size_t n_bad = 1;
+    for (size_t a = 0; a + 1 < c.start.size(); a++) {
+      std::vector<int> ca(nt, 0);
+      for (size_t e = c.start[a]; e < c.start[a + 1]; e++) ca[size_t(c.rtype[e])]++;
+      for (size_t t = 0; t < nt; t++)
+        if (ca[t] > m_.sel[t]) {
+          n_bad++;
+          break;
+        }
+    }
+    throw Error(ErrorKind::NeighborOverflow,
+                "atom " + std::to_string(i) + " has " + std::to_string(count[bad_t]) + " neighbours of type " +
+                    m_.type_map[bad_t] + " inside rcut, more than sel[" + std::to_string(bad_t) + "]=" +
+                    std::to_string(m_.sel[bad_t]) + " (" + std::to_string(n_bad) +
+                    " atom(s) affected); the hardware holds at most sel neighbours per type and never "
+                    "truncates: increase sel and re-export the model");
+  }
+};
+
+}  // namespace
+
+void Core::compute_periodic(const Structure &s, Result &r)
+{
+  check_types(s.types, s.natoms);
+  CellSource src(s, m_, opt_.chunk_atoms);
+  types_ = s.types;
+  run(src, s.natoms, s.natoms, nullptr, r);
+}
+
+}  // namespace dpfpga

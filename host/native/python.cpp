@@ -1,0 +1,270 @@
+/* The native core as a Python extension (pybind11): host/native.py loads it, and wraps its results and
+ * errors in the Python path's types.
+ *
+ *   Model(text)                                     HostModel::parse (host/native.py host_model_text)
+ *   open_device(spec, model, lanes, timeout, node_rank, stall_cycles) -> Device   (devices.h)
+ *   evaluate_neighbors(model, device, x, types, nlocal, numneigh, neighbors, ids, **options) -> dict
+ *   evaluate_periodic(model, device, positions, types, cell, basis, op, origin, pbc, **options) -> dict
+ *
+ * `device` is a native Device or any Python device (host/devices/base.py: submit, collect, lanes,
+ * depth, name), which the core then drives through the interpreter.  The GIL is released while the
+ * core works and taken back only to call a Python device.  Errors: NativeError(kind, message), kind the
+ * name of the Python exception it stands for (host/native.py raises that one). */
+#include "dpfpga/core.h"
+#include "dpfpga/devices.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+namespace py = pybind11;
+using namespace dpfpga;
+
+namespace {
+
+const char *kind_name(ErrorKind k)
+{
+  switch (k) {
+    case ErrorKind::Structure: return "StructureError";
+    case ErrorKind::NeighborOverflow: return "NeighborOverflowError";
+    case ErrorKind::InputRange: return "InputRangeError";
+    case ErrorKind::CloseContact: return "CloseContactError";
+    case ErrorKind::DeviceFlag: return "DeviceFlagError";
+    case ErrorKind::Type: return "KeyError";
+    case ErrorKind::Device: return "DeviceError";
+    case ErrorKind::DeviceTimeout: return "DeviceTimeout";
+    case ErrorKind::Model: return "ModelFileError";
+  }
+  return "RuntimeError";
+}
+
+/* A numpy array that owns a vector's buffer (no copy). */
+template <typename T>
+py::array_t<T> to_array(std::vector<T> &&v, std::vector<py::ssize_t> shape)
+{
+  auto *owned = new std::vector<T>(std::move(v));
+  py::capsule free_it(owned, [](void *p) { delete static_cast<std::vector<T> *>(p); });
+  return py::array_t<T>(shape, owned->data(), free_it);
+}
+
+/* A Python device driven by the core: every call takes the GIL. */
+class PyDevice : public Device {
+ public:
+  explicit PyDevice(py::object obj) : obj_(std::move(obj))
+  {
+    name_ = py::str(obj_.attr("name"));
+    lanes_ = obj_.attr("lanes").cast<int>();
+    depth_ = py::hasattr(obj_, "depth") ? obj_.attr("depth").cast<int>() : 2;
+  }
+  std::string name() const override { return name_; }
+  int lanes() const override { return lanes_; }
+  int depth() const override { return depth_; }
+  void submit(std::vector<uint64_t> words, size_t n_atoms) override
+  {
+    py::gil_scoped_acquire gil;
+    const py::ssize_t beats = py::ssize_t(words.size() / size_t(lanes_));
+    obj_.attr("submit")(to_array(std::move(words), {beats, py::ssize_t(lanes_)}), n_atoms);
+  }
+  std::vector<uint64_t> collect(double timeout) override
+  {
+    py::gil_scoped_acquire gil;
+    auto out = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>(obj_.attr("collect")(timeout));
+    return std::vector<uint64_t>(out.data(), out.data() + out.size());
+  }
+
+ private:
+  py::object obj_;
+  std::string name_;
+  int lanes_ = 1, depth_ = 2;
+};
+
+/* A native device owned by Python; after close() every use is a DeviceError, not a null pointer. */
+struct NativeDevice {
+  std::unique_ptr<Device> dev;
+  Device &get()
+  {
+    if (!dev) throw Error(ErrorKind::Device, "device is closed");
+    return *dev;
+  }
+};
+
+template <typename F>
+auto with_device(py::object device, F &&f)
+{
+  if (py::isinstance<NativeDevice>(device)) return f(device.cast<NativeDevice &>().get());
+  PyDevice adapter(device);
+  return f(adapter);
+}
+
+Options options_from(size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout)
+{
+  Options o;
+  o.chunk_atoms = chunk_atoms;
+  o.strict = strict;
+  o.allow_below_rmin = allow_below_rmin;
+  o.atomic_virial = atomic_virial;
+  o.timeout = timeout;
+  return o;
+}
+
+py::dict result_dict(Result &&r, size_t natoms)
+{
+  py::dict d;
+  d["energy"] = r.energy;
+  d["forces"] = to_array(std::move(r.forces), {py::ssize_t(natoms), 3});
+  // W is exact in __int128: handed over as (high, low) 64-bit halves, joined in Python.
+  py::list virial;
+  for (const __int128 v : r.virial) virial.append(py::make_tuple(int64_t(v >> 64), uint64_t(v)));
+  d["virial"] = virial;
+  const py::ssize_t nc = py::ssize_t(r.e_atom.size());
+  d["e_atom"] = to_array(std::move(r.e_atom), {nc});
+  d["flags"] = to_array(std::move(r.flags), {nc});
+  if (!r.s_atom.empty()) d["s_atom"] = to_array(std::move(r.s_atom), {py::ssize_t(natoms), 3, 3});
+  d["below_rmin"] = r.below_rmin;
+  py::dict t;
+  t["neighbors_encode"] = r.timings.neighbors_encode;
+  t["device_wait"] = r.timings.device_wait;
+  t["assemble"] = r.timings.assemble;
+  t["total"] = r.timings.total;
+  d["timings"] = t;
+  return d;
+}
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+}  // namespace
+
+PYBIND11_MODULE(_dpfpga_native, m)
+{
+  m.doc() = "dpfpga native host core (host/native/); use it through host.native";
+  static py::exception<Error> native_error(m, "NativeError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error &e) {
+      py::object args = py::make_tuple(kind_name(e.kind), e.what());
+      PyErr_SetObject(native_error.ptr(), args.ptr());
+    }
+  });
+
+  py::class_<HostModel>(m, "Model")
+      .def(py::init(&HostModel::parse), py::arg("text"))
+      .def_readonly("hash", &HostModel::hash)
+      .def_readonly("rcut", &HostModel::rcut)
+      .def_readonly("type_map", &HostModel::type_map)
+      .def_readonly("sel", &HostModel::sel);
+
+  py::class_<NativeDevice>(m, "Device")
+      .def_property_readonly("name", [](NativeDevice &d) { return d.get().name(); })
+      .def_property_readonly("lanes", [](NativeDevice &d) { return d.get().lanes(); })
+      .def_property_readonly("depth", [](NativeDevice &d) { return d.get().depth(); })
+      .def("describe", [](NativeDevice &d) { return d.get().describe(); })
+      .def("begin", [](NativeDevice &d) { py::gil_scoped_release nogil; d.get().begin(); })
+      .def("end", [](NativeDevice &d) { py::gil_scoped_release nogil; d.get().end(); })
+      .def("submit",
+           [](NativeDevice &d, carray<uint64_t> words, size_t n_atoms) {
+             std::vector<uint64_t> v(words.data(), words.data() + words.size());
+             py::gil_scoped_release nogil;
+             d.get().submit(std::move(v), n_atoms);
+           },
+           py::arg("words"), py::arg("n_atoms"))
+      .def("collect",
+           [](NativeDevice &d, std::optional<double> timeout) {
+             std::vector<uint64_t> out;
+             {
+               py::gil_scoped_release nogil;
+               out = d.get().collect(timeout.value_or(1e9));
+             }
+             const int lanes = d.get().lanes();
+             const py::ssize_t beats = py::ssize_t(out.size() / size_t(lanes));
+             return to_array(std::move(out), {beats, py::ssize_t(lanes)});
+           },
+           py::arg("timeout") = py::none())
+      // Destructors join threads and reap processes: without the GIL, so that Python threads (a card
+      // simulator in the same process) keep running meanwhile.
+      .def("close", [](NativeDevice &d) {
+        std::unique_ptr<Device> gone = std::move(d.dev);
+        py::gil_scoped_release nogil;
+        gone.reset();
+      });
+
+  m.def("open_device",
+        [](const std::string &spec, const HostModel &model, int lanes, double timeout, int node_rank,
+           long stall_cycles) {
+          DeviceConfig c;
+          c.lanes = lanes;
+          c.timeout = timeout;
+          c.node_rank = node_rank;
+          c.stall_cycles = stall_cycles;
+          py::gil_scoped_release nogil;
+          return NativeDevice{open_device(spec, model, c)};
+        },
+        py::arg("spec"), py::arg("model"), py::arg("lanes") = 1, py::arg("timeout") = 60.0, py::arg("node_rank") = 0,
+        py::arg("stall_cycles") = 5000000L);
+
+  m.def("evaluate_neighbors",
+        [](const HostModel &model, py::object device, carray<double> x, carray<int32_t> types, size_t nlocal,
+           carray<int64_t> numneigh, carray<int64_t> neighbors, std::optional<carray<int64_t>> ids,
+           size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout) {
+          Domain d;
+          d.nall = size_t(types.size());
+          d.nlocal = nlocal;
+          if (size_t(x.size()) != 3 * d.nall || size_t(numneigh.size()) != nlocal)
+            throw Error(ErrorKind::Structure, "positions, types and neighbour counts do not match");
+          d.x = x.data();
+          d.types = types.data();
+          d.numneigh = numneigh.data();
+          d.neighbors = neighbors.data();
+          int64_t total = 0;
+          for (size_t i = 0; i < nlocal; i++) total += d.numneigh[i];
+          if (total != int64_t(neighbors.size()))
+            throw Error(ErrorKind::Structure, "neighbour counts sum to " + std::to_string(total) +
+                                                  ", the list holds " + std::to_string(neighbors.size()) + " entries");
+          if (ids && size_t(ids->size()) != d.nall) throw Error(ErrorKind::Structure, "one id per atom expected");
+          d.ids = ids ? ids->data() : nullptr;
+          Result r;
+          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout);
+          with_device(device, [&](Device &dev) {
+            py::gil_scoped_release nogil;
+            Core(model, dev, o).compute_neighbors(d, r);
+            return 0;
+          });
+          return result_dict(std::move(r), d.nall);
+        },
+        py::arg("model"), py::arg("device"), py::arg("x"), py::arg("types"), py::arg("nlocal"), py::arg("numneigh"),
+        py::arg("neighbors"), py::arg("ids") = py::none(), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
+        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0);
+
+  m.def("evaluate_periodic",
+        [](const HostModel &model, py::object device, carray<double> positions, carray<int32_t> types,
+           carray<double> cell, carray<double> basis, carray<int64_t> op, carray<double> origin,
+           std::vector<bool> pbc, size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial,
+           double timeout) {
+          Structure s;
+          s.natoms = size_t(types.size());
+          if (size_t(positions.size()) != 3 * s.natoms || cell.size() != 9 || basis.size() != 9 || op.size() != 9 ||
+              origin.size() != 3 || pbc.size() != 3)
+            throw Error(ErrorKind::Structure, "positions, types, cell, basis, op, origin or pbc have the wrong shape");
+          s.positions = positions.data();
+          s.types = types.data();
+          std::memcpy(s.cell, cell.data(), sizeof s.cell);
+          std::memcpy(s.basis, basis.data(), sizeof s.basis);
+          std::memcpy(s.op, op.data(), sizeof s.op);
+          std::memcpy(s.origin, origin.data(), sizeof s.origin);
+          for (int a = 0; a < 3; a++) s.pbc[a] = pbc[size_t(a)];
+          Result r;
+          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout);
+          with_device(device, [&](Device &dev) {
+            py::gil_scoped_release nogil;
+            Core(model, dev, o).compute_periodic(s, r);
+            return 0;
+          });
+          return result_dict(std::move(r), s.natoms);
+        },
+        py::arg("model"), py::arg("device"), py::arg("positions"), py::arg("types"), py::arg("cell"), py::arg("basis"),
+        py::arg("op"), py::arg("origin"), py::arg("pbc"), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
+        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0);
+}

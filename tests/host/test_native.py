@@ -1,0 +1,255 @@
+"""The native host core (host/native/, C++) against the Python path it copies: the same integers for
+energy, forces, virial, per-atom energies and virials and flags, and the same errors, on the three
+bundled models and structures of every kind (random, triclinic, small and skewed cells, partly
+periodic, open clusters, an MD code's ghosts and skin), with the zero and reference devices, several
+lanes and chunk sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contract import modelfile
+from contract.paths import MODELS
+from host import native
+from host.devices import DeviceError, DeviceTimeout, open_device
+from host.devices.base import WorkerDevice
+from host.evaluate import Evaluator
+from model.assembly import CloseContactError, DeviceFlagError
+from model.neighbors import NeighborOverflowError, StructureError, edges
+from support import random_structure
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native core not built: {native.why_not()}")
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def qm(request):
+    return modelfile.load(MODELS[request.param])
+
+
+def both(qm, device, call, **options):
+    """(Python result, native result) of one evaluation."""
+    out = []
+    for nat in (False, True):
+        ev = Evaluator(qm, device, native=nat, **options)
+        out.append(call(ev))
+    return out
+
+
+def assert_same(a, b):
+    assert a.energy_int == b.energy_int
+    assert a.energy == b.energy
+    assert (a.forces_int == b.forces_int).all() and (a.forces == b.forces).all()
+    assert (a.virial_int == b.virial_int).all() and (a.virial == b.virial).all()
+    assert (a.atomic_energies == b.atomic_energies).all()
+    assert (a.flags == b.flags).all()
+    assert a.below_rmin_records == b.below_rmin_records
+    if a.atomic_virial is not None:
+        assert (a.atomic_virial == b.atomic_virial).all()
+
+
+def structure(kind: str, qm, seed: int):
+    """positions, cell, pbc, types of a structure of one kind, with the model's types."""
+    ntypes = qm.config.ntypes
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        pos, cell, types = random_structure(natoms=60, box=12.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=False)
+        return pos, cell, True, types
+    if kind == "triclinic":
+        pos, cell, types = random_structure(natoms=60, box=12.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=True)
+        return pos, cell, True, types
+    if kind == "small-cell":  # several images of each atom within rcut
+        pos, cell, types = random_structure(natoms=6, box=5.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=True)
+        return pos, cell, True, types
+    if kind == "skewed":  # the same lattice as a cube, given by a skewed basis (searched on a reduced one)
+        pos, cell, types = random_structure(natoms=40, box=11.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=False)
+        skew = np.array([[1, 0, 0], [7, 1, 0], [5, 9, 1]]) @ cell
+        return pos + rng.integers(-2, 3, (len(pos), 1)) * cell[1], skew, True, types
+    if kind == "slab":  # periodic along two axes
+        pos, cell, types = random_structure(natoms=50, box=12.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=True)
+        return pos, cell, [True, True, False], types
+    if kind == "cluster":  # no cell at all
+        pos, cell, types = random_structure(natoms=40, box=11.0, ntypes=ntypes, dmin=2.3, seed=seed, triclinic=False)
+        return pos, None, False, types
+    raise ValueError(kind)
+
+
+KINDS = ["random", "triclinic", "small-cell", "skewed", "slab", "cluster"]
+
+
+@pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
+@pytest.mark.parametrize("kind", KINDS)
+def test_structures_give_the_python_paths_integers(qm, kind, seed):
+    pos, cell, pbc, types = structure(kind, qm, seed)
+    with open_device("reference", qm) as dev:
+        a, b = both(qm, dev, lambda ev: ev.compute(pos, cell, pbc, types, atomic_virial=True), chunk_atoms=17)
+    assert_same(a, b)
+    assert np.abs(a.forces).max() > 0  # a device that computes
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+@pytest.mark.parametrize("device", ["zero", "reference"])
+def test_devices_and_lanes(qm, device, lanes):
+    pos, cell, pbc, types = structure("triclinic", qm, 5)
+    with open_device(device, qm, lanes=lanes) as dev:
+        for chunk in (1, 7, 4096):
+            a, b = both(qm, dev, lambda ev: ev.compute(pos, cell, pbc, types, atomic_virial=True), chunk_atoms=chunk)
+            assert_same(a, b)
+
+
+def domain(pos, cell, types, rcut, skin=1.0):
+    """An MD code's view of a periodic structure: local atoms, then every periodic image within
+    rcut + skin of the cell as a ghost, and the local atoms' full neighbour list with a skin (in a
+    shuffled order)."""
+    shifts = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)])
+    ghosts = (pos[None] + (shifts @ cell)[:, None]).reshape(-1, 3)
+    gtypes = np.tile(types, len(shifts))
+    frac = ghosts @ np.linalg.inv(cell)
+    reach = (rcut + skin) * np.linalg.norm(np.linalg.inv(cell), axis=0)
+    keep = ((frac > -reach) & (frac < 1 + reach)).all(axis=1)
+    x = np.concatenate([pos, ghosts[keep]])
+    t = np.concatenate([types, gtypes[keep]])
+    e = edges(x, np.zeros((3, 3)), False, rcut + skin)
+    e_i, e_j = e.i[e.i < len(pos)], e.j[e.i < len(pos)]
+    rng = np.random.default_rng(0)
+    order = np.lexsort((rng.random(len(e_i)), e_i))
+    numneigh = np.bincount(e_i, minlength=len(pos))
+    return x, t, len(pos), numneigh, e_j[order]
+
+
+def test_md_domain_with_ghosts_and_skin(qm):
+    pos, cell, types = random_structure(natoms=64, box=12.5, ntypes=qm.config.ntypes, dmin=2.3, seed=4)
+    x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+    ids = np.arange(len(x)) * 3 + 11
+    with open_device("reference", qm, lanes=2) as dev:
+        a, b = both(qm, dev, lambda ev: ev.compute_neighbors(x, t, nlocal, numneigh, neighbors, atomic_virial=True,
+                                                              atom_ids=ids), chunk_atoms=20)
+    assert_same(a, b)
+    assert a.forces.shape == (len(x), 3) and len(a.atomic_energies) == nlocal
+    # and the periodic path agrees on the energy of the same structure
+    with open_device("reference", qm) as dev:
+        c = Evaluator(qm, dev, native=True).compute(pos, cell, True, types)
+    assert c.energy_int == a.energy_int
+
+
+def test_close_contact_same_error_and_allowed_count(qm):
+    pos, cell, types = random_structure(natoms=40, box=11.0, ntypes=qm.config.ntypes, dmin=2.4, seed=2)
+    d = pos[7] - pos[3]
+    pos[7] = pos[3] + d / np.linalg.norm(d) * 0.9 * qm.config.r_min
+    with open_device("reference", qm) as dev:
+        errors = []
+        for nat in (False, True):
+            with pytest.raises(CloseContactError) as e:
+                Evaluator(qm, dev, native=nat).compute(pos, cell, True, types)
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
+        assert "atoms 3 and 7" in errors[0] or "atoms 7 and 3" in errors[0]
+        a, b = both(qm, dev, lambda ev: ev.compute(pos, cell, True, types), allow_below_rmin=True)
+    assert_same(a, b)
+    assert a.below_rmin_records >= 2  # the pair, seen from each of its atoms
+
+
+def test_more_neighbours_than_sel_same_error(qm):
+    # a simple cubic crystal 2.1 Å apart, two types on alternating planes: above sel within rcut
+    a, n = 2.1, 4
+    grid = np.array([[i, j, k] for i in range(n) for j in range(n) for k in range(n)], dtype=float)
+    pos, cell, types = grid * a, np.eye(3) * a * n, (grid[:, 0].astype(int) % qm.config.ntypes)
+    x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+    with open_device("zero", qm) as dev:
+        messages = []
+        for nat in (False, True):
+            with pytest.raises(NeighborOverflowError) as e:
+                Evaluator(qm, dev, native=nat).compute_neighbors(x, t, nlocal, numneigh, neighbors,
+                                                                 atom_ids=np.arange(len(x)) + 5)
+            messages.append(str(e.value))
+            with pytest.raises(NeighborOverflowError):
+                Evaluator(qm, dev, native=nat).compute(pos, cell, True, types)
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("atom 5 has ")
+
+
+def test_type_and_self_neighbour_errors_are_the_python_paths(qm):
+    pos, cell, types = random_structure(natoms=20, box=10.0, ntypes=qm.config.ntypes, dmin=2.3, seed=3)
+    with open_device("zero", qm) as dev:
+        for bad in ([qm.config.ntypes], [-1]):
+            t = types.copy()
+            t[4] = bad[0]
+            texts = []
+            for nat in (False, True):
+                with pytest.raises(KeyError) as e:
+                    Evaluator(qm, dev, native=nat).compute(pos, cell, True, t)
+                texts.append(str(e.value))
+            assert texts[0] == texts[1]
+        x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+        neighbors = neighbors.copy()
+        neighbors[numneigh[0]] = 1  # atom 1 listed as its own neighbour
+        texts = []
+        for nat in (False, True):
+            with pytest.raises(StructureError) as e:
+                Evaluator(qm, dev, native=nat).compute_neighbors(x, t, nlocal, numneigh, neighbors)
+            texts.append(str(e.value))
+        assert texts[0] == texts[1] == "atom 1 is listed as its own neighbour"
+
+
+class Broken(WorkerDevice):
+    """A device whose answers break the contract in one way."""
+
+    name = "broken"
+
+    def __init__(self, qm, how):
+        super().__init__(qm)
+        self.how = how
+
+    def process(self, beats, n_atoms):
+        from contract import wire
+        ctype, nbr_type, nbr_d, tags, count = self.decode(beats, n_atoms)
+        if self.how == "silent":
+            import time
+            time.sleep(30)
+        if self.how == "order":
+            tags = tags[::-1]
+        flags = np.zeros(n_atoms, dtype=np.int64)
+        if self.how == "saturate":
+            flags[2] = 2
+        return wire.encode_results(np.zeros(n_atoms), np.zeros(nbr_type.shape + (3,)), flags, count, tags, self.lanes)
+
+
+@pytest.mark.parametrize("how, error", [("order", DeviceFlagError), ("saturate", DeviceFlagError),
+                                        ("silent", DeviceTimeout)])
+def test_device_failures_end_in_the_python_paths_errors(qm, how, error):
+    # an MD domain: both paths chunk it the same way, so the first failure found is the same one
+    pos, cell, types = random_structure(natoms=20, box=10.0, ntypes=qm.config.ntypes, dmin=2.3, seed=3)
+    x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+    texts = []
+    for nat in (False, True):
+        dev = Broken(qm, how)
+        dev.open()
+        try:
+            with pytest.raises(error) as e:
+                Evaluator(qm, dev, native=nat, timeout=1.0).compute_neighbors(x, t, nlocal, numneigh, neighbors)
+        finally:
+            dev.close() if how != "silent" else None
+        texts.append(str(e.value))
+    assert texts[0] == texts[1]
+
+
+def test_native_zero_device_frames_like_the_python_one(qm):
+    from contract import wire
+    pos, cell, types = random_structure(natoms=30, box=10.0, ntypes=qm.config.ntypes, dmin=2.3, seed=8)
+    rng = np.random.default_rng(8)
+    nbr_type = rng.integers(-1, qm.config.ntypes, (30, 40))
+    d = rng.integers(-1000, 1000, (30, 40, 3))
+    for lanes in (1, 4):
+        beats = wire.encode_atoms(types, nbr_type, d, lanes)
+        with open_device("zero", qm, lanes=lanes) as py, native.open_device("zero", qm, lanes=lanes) as nat:
+            assert (py.run(beats, 30) == nat.run(beats, 30)).all()
+            with pytest.raises(DeviceError, match="announces 31 atoms"):
+                nat.run(beats, 31)
+
+
+def test_host_model_text_round_trips(qm):
+    m = native.model_of(qm)
+    assert m.hash == modelfile.content_hash(qm)
+    assert m.rcut == qm.config.rcut and list(m.sel) == list(qm.config.sel) and list(m.type_map) == qm.config.type_map
+    with pytest.raises(modelfile.ModelFileError, match="incomplete"):
+        native._call(native.module().Model, native.host_model_text(qm).replace("end\n", ""))
