@@ -19,6 +19,7 @@
  * The harness's stderr goes to an unlinked temporary file, so it can never fill a pipe and block. */
 #include "dpfpga/devices.h"
 #include "dpfpga/wire.h"
+#include "stream.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -143,7 +144,7 @@ class RtlDevice : public Device {
     if (words.size() % size_t(lanes_) != 0)
       throw Error(ErrorKind::Device, "rtl: a chunk of " + std::to_string(words.size()) + " words is not whole beats of " +
                                          std::to_string(lanes_) + " lanes");
-    chunks_.push_back(n_atoms);
+    stream_.expect(n_atoms);
     if (!words.empty()) writes_.push_back(std::move(words));
     write_cv_.notify_one();
     const uint64_t one = 1;
@@ -324,55 +325,22 @@ class RtlDevice : public Device {
 
   void reader()
   {
-    const size_t beat = 8 * size_t(lanes_);
-    std::vector<uint8_t> buf;  // buf[0:start] handed out, buf[start:pos] the current chunk's atoms
-    size_t start = 0, pos = 0;
-    long chunk_left = -1;      // atoms the current chunk still waits for (-1: no chunk taken yet)
     std::unique_ptr<uint8_t[]> scratch(new uint8_t[READ_SIZE]);
     for (;;) {
       {
         std::lock_guard<std::mutex> g(mu_);
         if (stopping_) return;
-        for (;;) {  // cut whatever is complete into atoms and chunks
-          if (chunk_left < 0) {
-            if (chunks_.empty()) break;
-            chunk_left = long(chunks_.front());
-            chunks_.pop_front();
-          }
-          if (chunk_left == 0) {
-            std::vector<uint64_t> out((pos - start) / 8);
-            if (!out.empty()) std::memcpy(out.data(), buf.data() + start, pos - start);
-            done_.push_back(std::move(out));
-            done_cv_.notify_all();
-            chunk_left = -1;
-            start = pos;
-            continue;
-          }
-          if (buf.size() - pos < beat) break;
-          uint64_t head;
-          std::memcpy(&head, buf.data() + pos, 8);
-          if (w::kind(head) != w::HEADER) {
-            if (!failure_) failure_ = "rtl: expected a result header, got word " + hex(head, 16);
-            done_cv_.notify_all();
-            return;
-          }
-          const size_t n = w::output_header::N.get(head);
-          const size_t size = beat * (1 + (n + size_t(lanes_) - 1) / size_t(lanes_));
-          if (buf.size() - pos < size) break;
-          pos += size;
-          chunk_left--;
-        }
-        if (chunk_left < 0 && buf.size() > pos) {
+        const size_t before = done_.size();
+        const ResultStream::Break br = stream_.cut(done_);
+        if (done_.size() != before) done_cv_.notify_all();
+        if (br.kind != ResultStream::Break::NONE) {
           if (!failure_)
-            failure_ = "rtl: the simulator sent " + std::to_string(buf.size() - pos) + " bytes nobody asked for";
+            failure_ = br.kind == ResultStream::Break::NOT_A_HEADER
+                           ? "rtl: expected a result header, got word " + hex(br.word, 16)
+                           : "rtl: the simulator sent " + std::to_string(br.bytes) + " bytes nobody asked for";
           done_cv_.notify_all();
           return;
         }
-      }
-      if (start > (size_t(1) << 22)) {  // forget what is handed out: memory stays bounded by a chunk
-        buf.erase(buf.begin(), buf.begin() + long(start));
-        pos -= start;
-        start = 0;
       }
       pollfd p[3] = {{stop_.fd, POLLIN, 0}, {wake_.fd, POLLIN, 0}, {out_.fd, POLLIN, 0}};
       if (::poll(p, 3, POLL_MS) <= 0) continue;
@@ -391,7 +359,8 @@ class RtlDevice : public Device {
         return fail(std::string("rtl: reading from the simulator failed: ") + std::strerror(err));
       }
       if (got == 0) return fail(ended());
-      buf.insert(buf.end(), scratch.get(), scratch.get() + got);
+      std::lock_guard<std::mutex> g(mu_);
+      stream_.append(scratch.get(), size_t(got));
     }
   }
 
@@ -407,7 +376,7 @@ class RtlDevice : public Device {
   std::condition_variable write_cv_, done_cv_;
   bool stopping_ = false;
   std::deque<std::vector<uint64_t>> writes_;  // chunks for the writer
-  std::deque<size_t> chunks_;                 // atoms per submitted chunk, for the reader
+  ResultStream stream_{lanes_};               // the simulator's output cut into chunks
   std::deque<std::vector<uint64_t>> done_;    // output words per chunk, in order
   std::optional<std::string> failure_;        // what ended the reader or writer
   std::optional<std::string> failed_;         // the error a collect() reported: the device is spent

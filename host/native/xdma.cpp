@@ -46,6 +46,7 @@
 #include "dpfpga/devices.h"
 #include "dpfpga/regs.h"
 #include "dpfpga/wire.h"
+#include "stream.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -193,7 +194,7 @@ class XdmaDevice : public Device {
       throw Error(ErrorKind::Device, prefix_ + ": a chunk of " + std::to_string(words.size()) +
                                          " words is not whole beats of " + std::to_string(lanes_) + " lanes");
     std::lock_guard<std::mutex> g(mu_);
-    chunks_.push_back(n_atoms);
+    stream_.expect(n_atoms);
     submitted_++;
     if (!words.empty()) writes_.push_back(std::move(words));
     write_cv_.notify_one();
@@ -313,6 +314,7 @@ class XdmaDevice : public Device {
       throw Error(ErrorKind::Device, prefix_ + ": card has " + std::to_string(lanes) + " lanes, more than the " +
                                          std::to_string(MAX_LANES) + " this host takes (a corrupt LANES register?)");
     lanes_ = int(lanes);
+    stream_ = ResultStream(lanes_);
     std::string card_hash;
     for (unsigned k = 0; k < regs::HASH_WORDS; k++) {
       char b[9];
@@ -417,7 +419,7 @@ class XdmaDevice : public Device {
     {
       std::lock_guard<std::mutex> g(mu_);
       writes_.clear();
-      chunks_.clear();
+      stream_.clear();
       done_.clear();
       failure_.reset();
       submitted_ = collected_ = 0;
@@ -522,54 +524,23 @@ class XdmaDevice : public Device {
 
   void reader()
   {
-    const size_t beat = 8 * size_t(lanes_);
-    std::vector<uint8_t> buf;      // buf[0:start] handed out, buf[start:pos] the current chunk's atoms
-    size_t start = 0, pos = 0;
-    long chunk_left = -1;          // atoms the current chunk still waits for (-1: no chunk taken yet)
     std::unique_ptr<uint8_t[]> scratch(new uint8_t[READ_SIZE]);
     for (;;) {
       bool want_data;
       {
         std::lock_guard<std::mutex> g(mu_);
         if (stopping_) return;
-        // Cut whatever is complete into atoms and chunks.
-        for (;;) {
-          if (chunk_left < 0) {
-            if (chunks_.empty()) break;
-            chunk_left = long(chunks_.front());
-            chunks_.pop_front();
-          }
-          if (chunk_left == 0) {
-            std::vector<uint64_t> out((pos - start) / 8);
-            if (!out.empty()) std::memcpy(out.data(), buf.data() + start, pos - start);
-            done_.push_back(std::move(out));
-            done_cv_.notify_all();
-            chunk_left = -1;
-            start = pos;
-            continue;
-          }
-          if (buf.size() - pos < beat) break;
-          uint64_t head;
-          std::memcpy(&head, buf.data() + pos, 8);
-          if (w::kind(head) != w::HEADER)
-            return fail_locked(prefix_ + ": stream broken: expected a result header, got word " + hex(head, 16) +
-                               "; " + state());
-          const size_t n = w::output_header::N.get(head);
-          const size_t size = beat * (1 + (n + size_t(lanes_) - 1) / size_t(lanes_));
-          if (buf.size() - pos < size) break;
-          pos += size;
-          chunk_left--;
-        }
-        if (chunk_left < 0 && buf.size() > pos)
-          return fail_locked(prefix_ + ": the card sent " + std::to_string(buf.size() - pos) +
-                             " bytes nobody asked for; " + state());
+        const size_t before = done_.size();
+        const ResultStream::Break br = stream_.cut(done_);
+        if (done_.size() != before) done_cv_.notify_all();
+        if (br.kind == ResultStream::Break::NOT_A_HEADER)
+          return fail_locked(prefix_ + ": stream broken: expected a result header, got word " + hex(br.word, 16) +
+                             "; " + state());
+        if (br.kind == ResultStream::Break::UNASKED)
+          return fail_locked(prefix_ + ": the card sent " + std::to_string(br.bytes) + " bytes nobody asked for; " +
+                             state());
         // Read only in our turn on a shared card: between begin() and end(), or with chunks in flight.
-        want_data = held_ || chunk_left >= 0 || !chunks_.empty();
-      }
-      if (start > (size_t(1) << 22)) {  // forget what is handed out: memory stays bounded by a chunk
-        buf.erase(buf.begin(), buf.begin() + long(start));
-        pos -= start;
-        start = 0;
+        want_data = held_ || stream_.busy();
       }
       pollfd p[3] = {{stop_.fd, POLLIN, 0}, {wake_.fd, POLLIN, 0}, {c2h_.fd, POLLIN, 0}};
       const int n = ::poll(p, want_data ? 3 : 2, POLL_MS);
@@ -588,7 +559,7 @@ class XdmaDevice : public Device {
         // Decide and read under mu_: once end() has cleared held_ (before it lets go of the card),
         // no read of ours can start, so the next holder's results are never taken here.
         std::lock_guard<std::mutex> g(mu_);
-        if (stopping_ || !(held_ || chunk_left >= 0 || !chunks_.empty())) continue;
+        if (stopping_ || !(held_ || stream_.busy())) continue;
         got = ::read(c2h_.fd, scratch.get(), READ_SIZE);
         err = errno;
       }
@@ -597,7 +568,8 @@ class XdmaDevice : public Device {
         return fail(prefix_ + ": c2h read failed: " + std::strerror(err) + "; " + state());
       }
       if (got == 0) return fail(prefix_ + ": the card closed its output stream; " + state());
-      buf.insert(buf.end(), scratch.get(), scratch.get() + got);
+      std::lock_guard<std::mutex> g(mu_);
+      stream_.append(scratch.get(), size_t(got));
     }
   }
 
@@ -616,7 +588,7 @@ class XdmaDevice : public Device {
   bool stopping_ = false;
   bool held_ = false;     // between begin() and end()
   std::deque<std::vector<uint64_t>> writes_;  // chunks for the writer
-  std::deque<size_t> chunks_;                 // atoms per submitted chunk, for the reader
+  ResultStream stream_{1};                    // the output stream cut into chunks (lanes set at open)
   std::deque<std::vector<uint64_t>> done_;    // output words per chunk, in order
   std::optional<std::string> failure_;        // the first failure: every later collect() reports it
   uint64_t submitted_ = 0, collected_ = 0;
