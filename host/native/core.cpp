@@ -156,12 +156,23 @@ class GivenSource : public Core::Source {
     for (size_t i = lo_; i < hi; i++) {
       c.centres.push_back(int64_t(i));
       const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
-      for (size_t k = start_[i]; k < start_[i + 1]; k++) {
-        const int64_t j = d_.neighbors[k];
+      // Candidates (a skin's worth more than the pairs) kept without a branch per candidate, whose
+      // outcome a CPU cannot predict: each is written, and the count advances when it is inside.
+      const size_t n_cand = start_[i + 1] - start_[i];
+      if (keep_.size() < n_cand) keep_.resize(n_cand), kv_.resize(3 * n_cand);
+      const int64_t *cand = d_.neighbors + start_[i];
+      size_t m = 0;
+      for (size_t k = 0; k < n_cand; k++) {
+        const int64_t j = cand[k];
         const double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
-        if (!((vx * vx + vy * vy) + vz * vz < rc2_)) continue;
+        keep_[m] = j;
+        kv_[3 * m] = vx, kv_[3 * m + 1] = vy, kv_[3 * m + 2] = vz;
+        m += (vx * vx + vy * vy) + vz * vz < rc2_;
+      }
+      for (size_t k = 0; k < m; k++) {
+        const int64_t j = keep_[k];
         if (size_t(j) == i) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
-        c.add(d_.types[j], j, vx, vy, vz);
+        c.add(d_.types[j], j, kv_[3 * k], kv_[3 * k + 1], kv_[3 * k + 2]);
       }
       c.end_centre();
     }
@@ -174,6 +185,8 @@ class GivenSource : public Core::Source {
   double rc2_;
   size_t chunk_, lo_ = 0;
   std::vector<size_t> start_;
+  std::vector<int64_t> keep_;  // one centre's candidates inside rcut (indices, then r_ij)
+  std::vector<double> kv_;
 };
 
 }  // namespace

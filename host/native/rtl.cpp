@@ -19,6 +19,7 @@
  * The harness's stderr goes to an unlinked temporary file, so it can never fill a pipe and block. */
 #include "dpfpga/devices.h"
 #include "dpfpga/wire.h"
+#include "posix.h"
 #include "stream.h"
 
 #include <errno.h>
@@ -53,7 +54,11 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "wire words are little-endian; this code copies them as they are in memory");
 
 namespace w = wire;
-using Clock = std::chrono::steady_clock;
+using posix::Clock;
+using posix::Fd;
+using posix::hex;
+using posix::seconds;
+using posix::since;
 
 constexpr size_t READ_SIZE = size_t(1) << 20;  // bytes per read() of the harness's stdout
 constexpr int PIPE_SIZE = 1 << 20;             // ask for 1 MiB pipes (default 64 KiB): fewer wake-ups
@@ -62,40 +67,11 @@ constexpr double REAP_S = 10.0;                // after EOF on stdout, how long 
 constexpr double LINGER_S = 0.5;               // the destructor's grace before SIGKILL
 constexpr size_t STDERR_TAIL = 4000;           // bytes of the harness's stderr in a message
 
-std::string hex(uint64_t v, int digits)
-{
-  char b[32];
-  std::snprintf(b, sizeof b, "0x%0*llx", digits, static_cast<unsigned long long>(v));
-  return b;
-}
-
-std::string seconds(double s)
-{
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", s);
-  return b;
-}
-
 [[noreturn]] void throw_errno(const std::string &what)
 {
   const int err = errno;
   throw Error(ErrorKind::Device, what + ": " + std::strerror(err));
 }
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  Fd(const Fd &) = delete;
-  Fd &operator=(const Fd &) = delete;
-  ~Fd() { reset(); }
-  void reset(int f = -1)
-  {
-    if (fd >= 0) ::close(fd);
-    fd = f;
-  }
-};
 
 class RtlDevice : public Device {
  public:

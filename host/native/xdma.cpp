@@ -46,6 +46,7 @@
 #include "dpfpga/devices.h"
 #include "dpfpga/regs.h"
 #include "dpfpga/wire.h"
+#include "posix.h"
 #include "stream.h"
 
 #include <errno.h>
@@ -75,7 +76,11 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "wire words and registers are little-endian; this code copies them as they are in memory");
 
 namespace w = wire;
-using Clock = std::chrono::steady_clock;
+using posix::Clock;
+using posix::Fd;
+using posix::hex;
+using posix::seconds;
+using posix::since;
 
 constexpr size_t MAX_TRANSFER = size_t(4) << 20;  // bytes per h2c write(): bounds the driver's pinned pages
 constexpr size_t READ_SIZE = size_t(1) << 20;     // bytes per c2h read()
@@ -84,37 +89,6 @@ constexpr uint32_t MAX_LANES = 4096;              // a LANES register above this
 constexpr double STATUS_SLICE_S = 0.5;            // collect() looks at STATUS.error this often
 constexpr int LOCK_POLL_MAX_US = 1000;            // longest sleep between tries for a shared card's lock
 constexpr uint32_t SUPPORTED_VERSIONS[] = {regs::SHELL_VERSION};  // shell interfaces this host drives
-
-std::string hex(uint64_t v, int digits = 0)
-{
-  char b[32];
-  std::snprintf(b, sizeof b, "0x%0*llx", digits, static_cast<unsigned long long>(v));
-  return b;
-}
-
-std::string seconds(double s)
-{
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", s);
-  return b;
-}
-
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-/* A descriptor closed when it goes out of scope. */
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd &) = delete;
-  Fd &operator=(const Fd &) = delete;
-  ~Fd() { reset(); }
-  void reset(int f = -1)
-  {
-    if (fd >= 0) ::close(fd);
-    fd = f;
-  }
-};
 
 class XdmaDevice : public Device {
  public:
