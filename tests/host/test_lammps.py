@@ -623,11 +623,19 @@ def test_private_folder_is_removed_when_lammps_ends(plugin, model_path, tmp_path
         "error-on-rank-0": (gete(repeat=3, a=4.3), 1, "", 0),  # compressed: too many neighbours
         "error-on-rank-1-of-2": (crowded_right_half(), 2, "processors 2 1 1\n", 1)}[case]
     write_data(tmp_path / "a.data", atoms)
-    # `shell` runs on rank 0 while the service runs: so the folder is shown to be made where we look.
-    rc, out = lmp(tmp_path, grid + HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\n"
-                  f"shell ls -d {tmpdir_short}/dpfpga-nvnmd-* > folder.txt\npair_coeff * * Ge Te\nrun 0\n",
-                  np_=np_, tmpdir=tmpdir_short)
-    assert (tmp_path / "folder.txt").read_text().startswith(f"{tmpdir_short}/dpfpga-nvnmd-")
+    # When rank 1 aborts, MPICH's mpiexec sometimes ends the run before forwarding that rank's output
+    # (about one run in 16, its ERROR line lost: tests/host/test_lammps_native.py both_hosts_fail_alike):
+    # such a run is repeated, up to 3 times; each must still leave no folder behind.
+    for _ in range(3 if failing_rank == 1 else 1):
+        # `shell` runs on rank 0 while the service runs: so the folder is shown to be made where we look.
+        rc, out = lmp(tmp_path, grid + HEAD.format(data="a.data") + f"pair_style nvnmd {model_path}\n"
+                      f"shell ls -d {tmpdir_short}/dpfpga-nvnmd-* > folder.txt\npair_coeff * * Ge Te\nrun 0\n",
+                      np_=np_, tmpdir=tmpdir_short)
+        assert (tmp_path / "folder.txt").read_text().startswith(f"{tmpdir_short}/dpfpga-nvnmd-")
+        if failing_rank is None or any(line.startswith("ERROR") for line in out.splitlines()):
+            break
+        assert rc != 0, out[-3000:]
+        assert_private_folders_removed(tmpdir_short)
     if failing_rank is None:
         assert rc == 0, out[-3000:]
     else:
