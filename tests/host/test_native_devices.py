@@ -399,7 +399,19 @@ def rtl_env(tmp_path_factory, native_devices):
     path = tmp_path_factory.mktemp("model") / "tiny.npz"
     modelfile.save(copy.copy(tiny_qm()), path)
     qm = modelfile.load(path)
-    return SimpleNamespace(qm=qm, exe={lanes: native_devices.rtl_harness(qm, lanes) for lanes in (1, 2)})
+    return SimpleNamespace(qm=qm, exe=_Harnesses(qm, native_devices))
+
+
+class _Harnesses(dict):
+    """The Verilator harness per lane count, built when a test first asks for it (each is minutes)."""
+
+    def __init__(self, qm, native_devices):
+        super().__init__()
+        self.qm, self.native_devices = qm, native_devices
+
+    def __missing__(self, lanes):
+        self[lanes] = self.native_devices.rtl_harness(self.qm, lanes)
+        return self[lanes]
 
 
 def reference(qm, work, lanes):
@@ -408,7 +420,8 @@ def reference(qm, work, lanes):
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("lanes,seed", [(1, 5), (2, 6)], ids=["lanes1-seed5", "lanes2-seed6"])
+@pytest.mark.parametrize("lanes,seed", [(1, 5), pytest.param(2, 6, marks=pytest.mark.slow)],
+                         ids=["lanes1-seed5", "lanes2-seed6"])  # two lanes: a second Verilator build (slow)
 def test_xdma_rtl_card_bit_exact(rtl_env, native_devices, tmp_path, lanes, seed):
     from host.devices import open_device
     from sim.xdma_card import XdmaCard
@@ -431,7 +444,8 @@ def test_xdma_rtl_card_bit_exact(rtl_env, native_devices, tmp_path, lanes, seed)
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("lanes,seed", [(1, 5), (2, 6)], ids=["lanes1-seed5", "lanes2-seed6"])
+@pytest.mark.parametrize("lanes,seed", [(1, 5), pytest.param(2, 6, marks=pytest.mark.slow)],
+                         ids=["lanes1-seed5", "lanes2-seed6"])  # two lanes: a second Verilator build (slow)
 def test_rtl_bit_exact(rtl_env, native_devices, lanes, seed):
     from host.devices.rtl import RtlDevice
     qm = rtl_env.qm
