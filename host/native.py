@@ -144,11 +144,17 @@ def module():
 
 @lru_cache(maxsize=None)
 def available() -> bool:
-    """True when the extension loads (building it now if needed); the reason it does not: `why_not()`."""
+    """True when the extension loads (building it now if needed); the reason it does not: `why_not()`.
+    The first time it does not, a warning says why (the Python path then does the work: the same numbers,
+    slower), unless the core was switched off on purpose (DPFPGA_NATIVE=0)."""
     try:
         module()
         return True
-    except (NativeBuildError, ImportError, OSError):
+    except (NativeBuildError, ImportError, OSError) as e:
+        if os.environ.get("DPFPGA_NATIVE") != "0":
+            import warnings
+            warnings.warn(f"dpfpga: the native host core is not available, the Python path runs instead: "
+                          f"{str(e)[-2000:]}", RuntimeWarning, stacklevel=2)
         return False
 
 
@@ -334,6 +340,15 @@ def _options(ev) -> dict:
                 timeout=1e9 if ev.timeout is None else float(ev.timeout))
 
 
+def _evaluate(ev, fn, n_centres: int, *args, **kwargs):
+    """Run one core evaluation, with the Python path's progress bar (tqdm, per chunk) when asked."""
+    if not ev.progress:
+        return _call(fn, *args, **kwargs)
+    from tqdm import tqdm
+    with tqdm(total=n_centres, unit="atom", desc=f"{ev.device.name}", leave=False) as bar:
+        return _call(fn, *args, progress=bar.update, **kwargs)
+
+
 def evaluate_neighbors(ev, positions, types, nlocal, numneigh, neighbors, atomic_virial=False, atom_ids=None):
     """Evaluator.compute_neighbors through the core (same checks, same errors, same integers)."""
     import numpy as np
@@ -344,7 +359,7 @@ def evaluate_neighbors(ev, positions, types, nlocal, numneigh, neighbors, atomic
     types = check_types(types, ev.qm.config)
     g = GivenNeighbors(positions, types, nlocal, numneigh, neighbors, ev.qm.config.rcut, ev.chunk_atoms)
     ids = None if atom_ids is None else np.ascontiguousarray(atom_ids, dtype=np.int64)
-    d = _call(module().evaluate_neighbors, model_of(ev.qm), _device_for_core(ev.device), g.x,
+    d = _evaluate(ev, module().evaluate_neighbors, g.nlocal, model_of(ev.qm), _device_for_core(ev.device), g.x,
               np.ascontiguousarray(types, dtype=np.int32), g.nlocal, g.numneigh, g.neighbors, ids,
               atomic_virial=bool(atomic_virial), **_options(ev))
     return _result(ev, d, atomic_virial)
@@ -361,7 +376,7 @@ def evaluate_structure(ev, positions, cell, pbc, types, atomic_virial=False):
     cfg = ev.qm.config
     types = check_types(types, cfg)
     f = frame(positions, cell, pbc, cfg.rcut, sum(cfg.sel))
-    d = _call(module().evaluate_periodic, model_of(ev.qm), _device_for_core(ev.device), f.pos,
+    d = _evaluate(ev, module().evaluate_periodic, len(f.pos), model_of(ev.qm), _device_for_core(ev.device), f.pos,
               np.ascontiguousarray(types, dtype=np.int32), np.ascontiguousarray(f.cell, dtype=np.float64),
               np.ascontiguousarray(f.basis, dtype=np.float64), np.ascontiguousarray(f.op, dtype=np.int64),
               np.ascontiguousarray(f.origin, dtype=np.float64), [bool(p) for p in f.pbc],

@@ -462,6 +462,7 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
     r.timings.device_wait += seconds() - t;
     t = seconds();
     fold(pool[slot], out, r);
+    if (opt_.on_chunk) opt_.on_chunk(pool[slot].size());
     // The next chunk's words go into this buffer: no fresh pages per chunk.
     if (out.capacity() > spare.capacity()) spare.swap(out);
     r.timings.assemble += seconds() - t;

@@ -4,6 +4,8 @@
  *   Model(text)                                     HostModel::parse (host/native.py host_model_text)
  *   open_device(spec, model, lanes, timeout, node_rank, stall_cycles) -> Device   (devices.h)
  *   evaluate_neighbors(model, device, x, types, nlocal, numneigh, neighbors, ids, **options) -> dict
+ *                                                   (options: chunk_atoms, strict, allow_below_rmin,
+ *                                                    atomic_virial, timeout, progress(n) per chunk)
  *   evaluate_periodic(model, device, positions, types, cell, basis, op, origin, pbc, **options) -> dict
  *
  * `device` is a native Device or any Python device (host/devices/base.py: submit, collect, lanes,
@@ -98,9 +100,20 @@ auto with_device(py::object device, F &&f)
   return f(adapter);
 }
 
-Options options_from(size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout)
+Options options_from(size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout,
+                     py::object progress)
 {
   Options o;
+  if (!progress.is_none()) {
+    // Copied along with Options while the GIL is released: hold a plain handle (the caller's argument
+    // keeps the callable alive for the call) and take the GIL only to call it.
+    PyObject *fn = progress.ptr();
+    o.on_chunk = [fn](size_t n) {
+      py::gil_scoped_acquire gil;
+      py::handle callable(fn);
+      callable(n);
+    };
+  }
   o.chunk_atoms = chunk_atoms;
   o.strict = strict;
   o.allow_below_rmin = allow_below_rmin;
@@ -208,7 +221,8 @@ PYBIND11_MODULE(_dpfpga_native, m)
   m.def("evaluate_neighbors",
         [](const HostModel &model, py::object device, carray<double> x, carray<int32_t> types, size_t nlocal,
            carray<int64_t> numneigh, carray<int64_t> neighbors, std::optional<carray<int64_t>> ids,
-           size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout) {
+           size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout,
+           py::object progress) {
           Domain d;
           d.nall = size_t(types.size());
           d.nlocal = nlocal;
@@ -226,7 +240,7 @@ PYBIND11_MODULE(_dpfpga_native, m)
           if (ids && size_t(ids->size()) != d.nall) throw Error(ErrorKind::Structure, "one id per atom expected");
           d.ids = ids ? ids->data() : nullptr;
           Result r;
-          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout);
+          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
           with_device(device, [&](Device &dev) {
             py::gil_scoped_release nogil;
             Core(model, dev, o).compute_neighbors(d, r);
@@ -236,13 +250,14 @@ PYBIND11_MODULE(_dpfpga_native, m)
         },
         py::arg("model"), py::arg("device"), py::arg("x"), py::arg("types"), py::arg("nlocal"), py::arg("numneigh"),
         py::arg("neighbors"), py::arg("ids") = py::none(), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
-        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0);
+        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0,
+        py::arg("progress") = py::none());
 
   m.def("evaluate_periodic",
         [](const HostModel &model, py::object device, carray<double> positions, carray<int32_t> types,
            carray<double> cell, carray<double> basis, carray<int64_t> op, carray<double> origin,
            std::vector<bool> pbc, size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial,
-           double timeout) {
+           double timeout, py::object progress) {
           Structure s;
           s.natoms = size_t(types.size());
           if (size_t(positions.size()) != 3 * s.natoms || cell.size() != 9 || basis.size() != 9 || op.size() != 9 ||
@@ -256,7 +271,7 @@ PYBIND11_MODULE(_dpfpga_native, m)
           std::memcpy(s.origin, origin.data(), sizeof s.origin);
           for (int a = 0; a < 3; a++) s.pbc[a] = pbc[size_t(a)];
           Result r;
-          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout);
+          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
           with_device(device, [&](Device &dev) {
             py::gil_scoped_release nogil;
             Core(model, dev, o).compute_periodic(s, r);
@@ -266,5 +281,6 @@ PYBIND11_MODULE(_dpfpga_native, m)
         },
         py::arg("model"), py::arg("device"), py::arg("positions"), py::arg("types"), py::arg("cell"), py::arg("basis"),
         py::arg("op"), py::arg("origin"), py::arg("pbc"), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
-        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0);
+        py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0,
+        py::arg("progress") = py::none());
 }

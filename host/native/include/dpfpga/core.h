@@ -32,6 +32,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -108,6 +109,8 @@ struct Options {
   bool allow_below_rmin = false;  // else a pair below r_min is an Error(CloseContact)
   bool atomic_virial = false;     // fill Result::s_atom
   double timeout = 600.0;         // s, per chunk
+  /* Called after each chunk's fold with the number of its centres (a progress bar); may be empty. */
+  std::function<void(size_t)> on_chunk;
 };
 
 /* An MD code's domain: local atoms 0..nlocal-1, then ghosts; the local atoms' full neighbour
