@@ -321,7 +321,7 @@ void PairNVNMD::settings(int narg, char **arg)
                device_name_ == "reference" ? "the NumPy reference is Python: it runs in the service"
                                            : std::string("in-process devices: zero, xdma[:PREFIX[,PREFIX...]], rtl"));
   if (host.empty() && !in_process && device_name_ != "reference")
-    error->all(FLERR, "pair nvnmd: unknown device {}; choose from {} (or any device of the service with "
+    error->all(FLERR, "pair nvnmd: unknown device '{}'; choose from {} (or any device of the service with "
                       "`host service`)", device_name_, DEVICES);
   host_ = (host == "service" || !socket_.empty() || !in_process) ? Host::Service : Host::Native;
   if (host_ == Host::Service && lanes_given)
