@@ -108,7 +108,7 @@ class Evaluator:
 
     def _evaluate(self, chunks, types, ncenters: int, atomic_virial: bool, atom_ids=None) -> Result:
         """Run every chunk (centres are atoms 0..ncenters-1) and fold the results (module docstring)."""
-        qm, cfg, F = self.qm, self.qm.config, self.qm.formats
+        qm, F = self.qm, self.qm.formats
         n = len(types)
         t0 = time.perf_counter()
         forces = np.zeros((n, 3), dtype=np.int64)
@@ -138,24 +138,15 @@ class Evaluator:
         it = iter(chunks)
         while True:
             t = time.perf_counter()
-            ch = next(it, None)
-            if ch is None:
+            try:
+                prepared = self._prepare(next(it, None), types, atom_ids)
+            except Exception:
+                self._drain(in_flight)
+                raise
+            if prepared is None:
                 break
-            b = ch.blocks
-            # Name atoms by their global index (or the caller's ids) in errors.
-            names = ch.centers if atom_ids is None else np.asarray(atom_ids)[ch.centers]
-            check_sel(count_by_type(ch.edges, types, len(ch.centers), cfg.ntypes), cfg.sel, cfg.type_map,
-                      names=names)
-            atom = np.broadcast_to(names[:, None], b.nbr_type.shape)
-            d = quantize_displacements(b.nbr_vec, F["coord"], atom)
-            d[b.nbr_type < 0] = 0
-            close = below_rmin(qm, b.nbr_type, d)
-            if close.any():
-                if not self.allow_below_rmin:
-                    ids = ch.blocks.nbr_index if atom_ids is None else np.asarray(atom_ids)[ch.blocks.nbr_index]
-                    raise close_contact_error(qm, close, b.nbr_vec, names, ids)
-                n_close += int(close.sum())
-            beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers)
+            ch, d, beats, close_records = prepared
+            n_close += close_records
             timing["neighbors_encode"] += time.perf_counter() - t
             while len(in_flight) >= self.device.depth:
                 finish_one()
@@ -179,6 +170,38 @@ class Evaluator:
             atomic_virial=None if w_atom is None else w_atom * (-0.5 * scale_v),
             energy_int=energy_int, forces_int=forces, virial_int=virial, flags=flags, timings=timing,
             below_rmin_records=n_close)
+
+    def _prepare(self, ch, types, atom_ids):
+        """One chunk's checks (sel, input range, r_min: errors name the atom) and wire words:
+        (chunk, quantized displacements, beats, records below r_min), or None after the last chunk."""
+        if ch is None:
+            return None
+        qm, cfg, F = self.qm, self.qm.config, self.qm.formats
+        b = ch.blocks
+        # Name atoms by their global index (or the caller's ids) in errors.
+        names = ch.centers if atom_ids is None else np.asarray(atom_ids)[ch.centers]
+        check_sel(count_by_type(ch.edges, types, len(ch.centers), cfg.ntypes), cfg.sel, cfg.type_map, names=names)
+        atom = np.broadcast_to(names[:, None], b.nbr_type.shape)
+        d = quantize_displacements(b.nbr_vec, F["coord"], atom)
+        d[b.nbr_type < 0] = 0
+        close = below_rmin(qm, b.nbr_type, d)
+        if close.any() and not self.allow_below_rmin:
+            ids = ch.blocks.nbr_index if atom_ids is None else np.asarray(atom_ids)[ch.blocks.nbr_index]
+            raise close_contact_error(qm, close, b.nbr_vec, names, ids)
+        beats = wire.encode_atoms(b.center_type, b.nbr_type, d, self.lanes, tags=ch.centers)
+        return ch, d, beats, int(close.sum())
+
+    def _drain(self, in_flight) -> None:
+        """A structure refused with earlier chunks still on the device: take their results, unread, so that
+        the next evaluation on this device reads its own (a device that fails meanwhile stops the drain:
+        its own error handling takes over)."""
+        from .devices import DeviceError
+        while in_flight:
+            in_flight.popleft()
+            try:
+                self.device.collect(self.timeout)
+            except (DeviceError, ValueError):
+                break
 
     def _fold(self, ch, d, out, forces, e_atom, flags, virial, w_atom):
         b = ch.blocks

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from contract.paths import INCLUDE_DIR
@@ -129,7 +129,7 @@ def build(force: bool = False, quiet: bool = True) -> Path:
     return target
 
 
-@lru_cache(maxsize=None)
+@cache
 def module():
     """The extension module, built on first use (NativeBuildError says why it cannot be)."""
     if os.environ.get("DPFPGA_NATIVE") == "0":
@@ -142,7 +142,7 @@ def module():
     return mod
 
 
-@lru_cache(maxsize=None)
+@cache
 def available() -> bool:
     """True when the extension loads (building it now if needed); the reason it does not: `why_not()`.
     The first time it does not, a warning says why (the Python path then does the work: the same numbers,

@@ -473,11 +473,25 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
     while (true) {
       double t = seconds();
       Chunk &c = pool[next_slot];
-      if (!src.next(c)) break;
-      check_and_quantize(c, ids, r);
       std::vector<uint64_t> words;
-      words.swap(spare);
-      encode(c, words);
+      try {
+        if (!src.next(c)) break;
+        check_and_quantize(c, ids, r);
+        words.swap(spare);
+        encode(c, words);
+      } catch (...) {
+        // Refused (a structure error, a close pair, ...) with earlier chunks still on the device: take
+        // their results, unread, so that the next evaluation on this device reads its own.
+        while (!in_flight.empty()) {
+          in_flight.pop_front();
+          try {
+            dev_.collect(opt_.timeout);
+          } catch (...) {
+            break;  // the device failed as well: its own error handling (end(), a reopen) takes over
+          }
+        }
+        throw;
+      }
       r.timings.neighbors_encode += seconds() - t;
       while (in_flight.size() >= depth) finish_one();
       dev_.submit(std::move(words), c.size());

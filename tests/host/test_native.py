@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import random_structure
 
 from contract import modelfile
 from contract.paths import MODELS
@@ -17,7 +18,7 @@ from host.devices.base import WorkerDevice
 from host.evaluate import Evaluator
 from model.assembly import CloseContactError, DeviceFlagError
 from model.neighbors import NeighborOverflowError, StructureError, edges
-from support import random_structure
+
 
 def _toolchain_missing() -> str:
     """Why the core cannot be built here at all (no compiler, no pybind11), or ''."""
@@ -298,3 +299,26 @@ def test_progress_bar_counts_every_atom(qm, monkeypatch):
         shown = Evaluator(qm, dev, native=True, chunk_atoms=7, progress=True).compute(pos, cell, pbc, types)
     assert_same(quiet, shown)
     assert sum(counted) == len(pos) and len(counted) == -(-len(pos) // 7)  # every centre, once per chunk
+
+
+@pytest.mark.parametrize("nat", [False, True], ids=["python", "native"])
+def test_a_refused_structure_leaves_the_device_in_step(qm, nat):
+    """A structure refused part-way (its close pair in a later chunk, earlier chunks already on the device)
+    must not leave their results behind: the next structure on the same device gets its own."""
+    pos, cell, types = random_structure(natoms=40, box=11.0, ntypes=qm.config.ntypes, dmin=2.4, seed=2)
+    x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+    bad = x.copy()
+    others = np.delete(x, [36, 37], axis=0)
+    for u in np.random.default_rng(0).normal(size=(200, 3)):  # a spot 0.9 r_min from 36, clear of the rest
+        p = x[36] + u / np.linalg.norm(u) * 0.9 * qm.config.r_min
+        if np.linalg.norm(others - p, axis=1).min() > qm.config.r_min + 0.2:
+            bad[37] = p
+            break
+    with open_device("reference", qm) as dev:
+        ev = Evaluator(qm, dev, native=nat, chunk_atoms=5)
+        with pytest.raises(CloseContactError, match="atoms 3[67] and 3[67] "):  # the last chunk of 5 atoms
+            ev.compute_neighbors(bad, t, nlocal, numneigh, neighbors)
+        after = ev.compute_neighbors(x, t, nlocal, numneigh, neighbors)
+    with open_device("reference", qm) as dev:
+        fresh = Evaluator(qm, dev, native=nat, chunk_atoms=5).compute_neighbors(x, t, nlocal, numneigh, neighbors)
+    assert_same(after, fresh)
