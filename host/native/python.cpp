@@ -145,6 +145,21 @@ py::dict result_dict(Result &&r, size_t natoms)
   return d;
 }
 
+/* One evaluation: the core on `device` (native, or a Python one through the interpreter) without the
+ * GIL, its integers as a dict. */
+template <typename F>
+py::dict evaluate(const HostModel &model, py::object device, const Options &o, size_t natoms, F &&compute)
+{
+  Result r;
+  with_device(device, [&](Device &dev) {
+    py::gil_scoped_release nogil;
+    Core core(model, dev, o);
+    compute(core, r);
+    return 0;
+  });
+  return result_dict(std::move(r), natoms);
+}
+
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
@@ -239,14 +254,8 @@ PYBIND11_MODULE(_dpfpga_native, m)
                                                   ", the list holds " + std::to_string(neighbors.size()) + " entries");
           if (ids && size_t(ids->size()) != d.nall) throw Error(ErrorKind::Structure, "one id per atom expected");
           d.ids = ids ? ids->data() : nullptr;
-          Result r;
-          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
-          with_device(device, [&](Device &dev) {
-            py::gil_scoped_release nogil;
-            Core(model, dev, o).compute_neighbors(d, r);
-            return 0;
-          });
-          return result_dict(std::move(r), d.nall);
+          const Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
+          return evaluate(model, device, o, d.nall, [&](Core &core, Result &r) { core.compute_neighbors(d, r); });
         },
         py::arg("model"), py::arg("device"), py::arg("x"), py::arg("types"), py::arg("nlocal"), py::arg("numneigh"),
         py::arg("neighbors"), py::arg("ids") = py::none(), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
@@ -270,14 +279,8 @@ PYBIND11_MODULE(_dpfpga_native, m)
           std::memcpy(s.op, op.data(), sizeof s.op);
           std::memcpy(s.origin, origin.data(), sizeof s.origin);
           for (int a = 0; a < 3; a++) s.pbc[a] = pbc[size_t(a)];
-          Result r;
-          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
-          with_device(device, [&](Device &dev) {
-            py::gil_scoped_release nogil;
-            Core(model, dev, o).compute_periodic(s, r);
-            return 0;
-          });
-          return result_dict(std::move(r), s.natoms);
+          const Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
+          return evaluate(model, device, o, s.natoms, [&](Core &core, Result &r) { core.compute_periodic(s, r); });
         },
         py::arg("model"), py::arg("device"), py::arg("positions"), py::arg("types"), py::arg("cell"), py::arg("basis"),
         py::arg("op"), py::arg("origin"), py::arg("pbc"), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
