@@ -233,7 +233,7 @@ PairNVNMD::~PairNVNMD()
  * before its service (SIGTERM; the private directory removed). */
 void PairNVNMD::release()
 {
-  for (auto &c : cores_) c.reset();
+  core_.reset();
   device_.reset();
   model_.reset();
   client_.reset();
@@ -519,19 +519,21 @@ void PairNVNMD::compute(int eflag, int vflag)
 
 /* ---- host native ------------------------------------------------------------------------------- */
 
-dpfpga::Core &PairNVNMD::core_for(bool atomic_virial)
+/* The core, made when first needed, set for this step: the pair sum of the virial only on the steps
+ * that need a pressure or per-atom virials (LAMMPS's vflag), as its own pair styles tally it. */
+dpfpga::Core &PairNVNMD::core_for(bool virial, bool atomic_virial)
 {
-  auto &core = cores_[atomic_virial ? 1 : 0];
-  if (!core) {
+  if (!core_) {
     dpfpga::Options o;
     o.chunk_atoms = size_t(chunk_atoms_);
     o.strict = true;  // flagged atoms are an error, as in the service
     o.allow_below_rmin = allow_below_rmin_;
-    o.atomic_virial = atomic_virial;
     o.timeout = timeout_;
-    core = std::make_unique<dpfpga::Core>(*model_, *device_, o);
+    core_ = std::make_unique<dpfpga::Core>(*model_, *device_, o);
   }
-  return *core;
+  core_->options().virial = virial;
+  core_->options().atomic_virial = atomic_virial;
+  return *core_;
 }
 
 /* The Domain the core reads: LAMMPS's own positions (atom->x is one contiguous nmax x 3 block: no copy),
@@ -560,7 +562,8 @@ void PairNVNMD::build_domain(dpfpga::Domain &d)
   for (int i = 0; i < nall; i++) model_types_[i] = to_model[type[i]];
 
   const int shape[3] = {nlocal, nall, inum};
-  if (neighbor->ago != 0 && std::equal(shape, shape + 3, csr_shape_)) {
+  d.list_unchanged = neighbor->ago != 0 && std::equal(shape, shape + 3, csr_shape_);
+  if (d.list_unchanged) {
     csr_reused_++;
   } else {
     std::copy(shape, shape + 3, csr_shape_);
@@ -617,7 +620,7 @@ void PairNVNMD::compute_native()
   dpfpga::Result &r = result_;
   r.timings = dpfpga::Timings();
   try {
-    core_for(vflag_atom).compute_neighbors(d, r);
+    core_for(vflag_global, vflag_atom).compute_neighbors(d, r);
   } catch (const std::exception &e) {
     native_error("step " + std::to_string(update->ntimestep) + " failed", e, true);
   }

@@ -97,12 +97,11 @@ class PairNVNMD : public Pair {
   dpfpga::StructureRequest request_;
   dpfpga::Reply reply_;
 
-  // host native.  Declared in this order so that the cores go first, then the device they drive, then
-  // the model both refer to.  A Core's Options are fixed at construction and LAMMPS asks for per-atom
-  // virials on some steps only: one core without, one with, each made when first needed.
+  // host native.  Declared in this order so that the core goes first, then the device it drives, then
+  // the model both refer to.  Each step sets what LAMMPS asks of it (global and per-atom virial).
   std::unique_ptr<dpfpga::HostModel> model_;
   std::unique_ptr<dpfpga::Device> device_;
-  std::unique_ptr<dpfpga::Core> cores_[2];
+  std::unique_ptr<dpfpga::Core> core_;
   dpfpga::Result result_;
   std::vector<int32_t> model_types_;                  // nall
   std::vector<int64_t> ids_, numneigh_, neighbors_;   // nall; nlocal; CSR (reused between steps)
@@ -122,7 +121,7 @@ class PairNVNMD : public Pair {
   void start_native();
   void compute_service();
   void compute_native();
-  dpfpga::Core &core_for(bool atomic_virial);
+  dpfpga::Core &core_for(bool virial, bool atomic_virial);
   void build_domain(dpfpga::Domain &d);
   void count_below_rmin(uint64_t records);
   void report();

@@ -121,7 +121,6 @@ class CellSource : public Core::Source {
   bool next(Core::Chunk &c) override
   {
     if (done_ >= s_.natoms) return false;
-    c.clear();
     const size_t hi = std::min(s_.natoms, done_ + chunk_);
     for (size_t k = done_; k < hi; k++) centre(k, c);
     done_ = hi;
@@ -154,6 +153,7 @@ class CellSource : public Core::Source {
   std::vector<Visit> visits_;
   int64_t visits_of_ = -1;
   std::vector<size_t> near_;  // one cell's candidates within the search radius
+  Pairs p_;                   // one centre's pairs inside rcut
 
   void plan_visits(int64_t cid)
   {
@@ -187,10 +187,11 @@ class CellSource : public Core::Source {
   {
     const Structure &s = s_;
     const size_t i = size_t(order_[k]);
-    c.centres.push_back(int64_t(i));
     if (cell_of_[i] != visits_of_) plan_visits(cell_of_[i]);
     const double *pi = &s.positions[3 * i], *wi = &sp_[3 * k];
     const int64_t *wrap_i = &sw_[3 * k];
+    p_.room(size_t(max_nb_));
+    p_.n = 0;
     size_t found = 0;
     for (const Visit &vis : visits_) {
       const double ox = vis.sh[0] - wi[0], oy = vis.sh[1] - wi[1], oz = vis.sh[2] - wi[2];
@@ -205,16 +206,15 @@ class CellSource : public Core::Source {
         near_[m] = q;
         m += (dx * dx + dy * dy + dz * dz < rs2_) & !(home && q == k);
       }
-      for (size_t t = 0; t < m; t++) accept(near_[t], vis.S, pi, wrap_i, c, found);
+      for (size_t t = 0; t < m; t++) accept(near_[t], vis.S, pi, wrap_i, found);
     }
     if (found > size_t(max_nb_)) too_many(i, c);
-    c.end_centre();
+    c.add_centre(int64_t(i), p_);
   }
 
   /* A candidate image: its shift in the caller's cell (the search basis's, unwrapped, through op),
    * r_ij the Python path's way, and the decisive test. */
-  void accept(size_t q, const int64_t *S, const double *pi, const int64_t *wrap_i, Core::Chunk &c,
-              size_t &found)
+  void accept(size_t q, const int64_t *S, const double *pi, const int64_t *wrap_i, size_t &found)
   {
     const Structure &s = s_;
     const size_t j = size_t(order_[q]);
@@ -234,31 +234,23 @@ class CellSource : public Core::Source {
       extra_[size_t(s.types[j])]++;
       return;
     }
-    c.add(s.types[j], int64_t(j), v[0], v[1], v[2]);
+    const size_t n = p_.n++;
+    p_.j[n] = int64_t(j), p_.x[n] = v[0], p_.y[n] = v[1], p_.z[n] = v[2];
   }
 
   /* More neighbours than any atom may have (sum(sel)): refused in check_sel's words (the Python path's),
    * for the first type above its sel, counting the chunk's earlier centres that exceed sel too. */
   std::vector<int> extra_ = std::vector<int>(64, 0);
 
-  [[noreturn]] void too_many(size_t i, Core::Chunk &c)
+  [[noreturn]] void too_many(size_t i, const Core::Chunk &c)
   {
     const size_t nt = size_t(m_.ntypes);
     std::vector<int> count(nt, 0);
-    for (size_t e = c.start.back(); e < c.rtype.size(); e++) count[size_t(c.rtype[e])]++;
+    for (size_t e = 0; e < p_.n; e++) count[size_t(s_.types[p_.j[e]])]++;
     for (size_t t = 0; t < nt; t++) count[t] += extra_[t];
     size_t bad_t = 0;
     while (bad_t + 1 < nt && count[bad_t] <= m_.sel[bad_t]) bad_t++;
-    size_t n_bad = 1;
-    for (size_t a = 0; a + 1 < c.start.size(); a++) {
-      std::vector<int> ca(nt, 0);
-      for (size_t e = c.start[a]; e < c.start[a + 1]; e++) ca[size_t(c.rtype[e])]++;
-      for (size_t t = 0; t < nt; t++)
-        if (ca[t] > m_.sel[t]) {
-          n_bad++;
-          break;
-        }
-    }
+    const size_t n_bad = 1 + c.problems.sel_atoms;  // this centre and the chunk's earlier ones above sel
     throw Error(ErrorKind::NeighborOverflow,
                 "atom " + std::to_string(i) + " has " + std::to_string(count[bad_t]) + " neighbours of type " +
                     m_.type_map[bad_t] + " inside rcut, more than sel[" + std::to_string(bad_t) + "]=" +

@@ -132,7 +132,124 @@ int64_t name_of(const int64_t *ids, int64_t index) { return ids ? ids[index] : i
 
 }  // namespace
 
-// ---- one chunk ------------------------------------------------------------------------------------------
+// ---- a chunk's records: one pass from pairs to wire words (chunk.h) -----------------------------------
+
+namespace {
+
+/* The input words of m records, and whether any is outside the coord format or below r_min: one map
+ * over structure-of-arrays, which the compiler vectorizes (cloned for AVX2 where the CPU has it; the
+ * clones compute the same bits, as every operation here is exact or IEEE-rounded the same way).
+ *
+ *   q = floor(v * 2^frac + 0.5)   (model.assembly.quantize_displacements), inside [lo, hi]
+ *   u = qx^2 + qy^2 + qz^2 < x_min   (model.assembly.below_rmin: the s table's first input)
+ *
+ * floor: truncation toward zero, one less for a negative non-integer, without a branch (the sign is
+ * unpredictable).  A component is first clamped into the range (a NaN to lo), as the conversion would
+ * be undefined outside it; it was inside when the clamp left it unchanged (a NaN never is), and a record
+ * with one that was not is refused anyway.  u in double is exact: |q| <= 2^17, u < 2^37. */
+__attribute__((target_clones("avx2", "default"))) void encode_records(
+    size_t m, const double *x, const double *y, const double *z, const int32_t *type, uint64_t *out, double scale,
+    double lo, double hi, double x_min, int &any_bad, int &any_close)
+{
+  const double top = hi - 1.0;  // the largest value inside
+  auto clamp = [lo, top](double v) {
+    const double a = v > lo ? v : lo;
+    return a < top ? a : top;
+  };
+  auto floor_of = [](double v) {
+    const double t = double(int32_t(v));
+    return t - double(t > v);
+  };
+  int bad = 0, close = 0;
+  for (size_t k = 0; k < m; k++) {
+    const double yx = x[k] * scale + 0.5, yy = y[k] * scale + 0.5, yz = z[k] * scale + 0.5;
+    const double vx = clamp(yx), vy = clamp(yy), vz = clamp(yz);
+    bad |= int(vx != yx) | int(vy != yy) | int(vz != yz);
+    const double fx = floor_of(vx), fy = floor_of(vy), fz = floor_of(vz);
+    close |= int((fx * fx + fy * fy) + fz * fz < x_min);
+    out[k] = w::input_record::KIND_BITS | w::input_record::TYPE.put(uint64_t(type[k])) |
+             w::input_record::DX.put(uint64_t(int64_t(int32_t(fx)))) |
+             w::input_record::DY.put(uint64_t(int64_t(int32_t(fy)))) |
+             w::input_record::DZ.put(uint64_t(int64_t(int32_t(fz))));
+  }
+  any_bad = bad, any_close = close;
+}
+
+/* floor(y) for y in [lo, hi) (encode_records, one component at a time, for the rare record that failed). */
+inline int64_t floor_in_range(double y, bool ok)
+{
+  const double v = ok ? y : 0.0;
+  const int64_t t = int64_t(int32_t(v));
+  return t - int64_t(double(t) > v);
+}
+
+}  // namespace
+
+void Core::Chunk::add_centre(int64_t i, const Pairs &p)
+{
+  const Encoding &e = *enc;
+  const size_t m = p.n, L = e.lanes, base = nbr.size();
+  centres.push_back(i);
+  if (type_.size() < m) type_.resize(m);
+  // The neighbours' types (checked against the type map before the search), counted for sel.
+  int count[1 << w::TYPE_BITS] = {};
+  for (size_t k = 0; k < m; k++) count[type_[k] = e.types[p.j[k]]]++;
+  // A header beat (the header, then pad words), the records in beats of L, the last beat padded (the
+  // words start as zeros: PAD).  A count beyond the COUNT field is above sel as well: such a chunk is
+  // refused before it is sent.
+  const size_t at = words.size();
+  words.resize(at + L + m + (L - m % L) % L);
+  uint64_t *out = words.data() + at;
+  out[0] = w::input_header::KIND_BITS | w::input_header::CTYPE.put(uint64_t(e.types[i])) |
+           w::input_header::COUNT.put(m) | w::input_header::TAG.put(w::tag_of(uint64_t(i)));
+  int any_bad = 0, any_close = 0;
+  encode_records(m, p.x.data(), p.y.data(), p.z.data(), type_.data(), out + L, e.scale, e.lo, e.hi, double(e.x_min),
+                 any_bad, any_close);
+  if (e.keep_records) rec.insert(rec.end(), out + L, out + L + m);
+  nbr.insert(nbr.end(), p.j.begin(), p.j.begin() + ptrdiff_t(m));
+  start.push_back(nbr.size());
+  if (any_bad || any_close) note_range_and_close(p, base);
+  // sel per type (model.neighbors.check_sel): the first centre above it, its lowest such type.
+  for (int t = 0; t < e.ntypes; t++)
+    if (count[t] > e.sel[t]) {
+      if (problems.sel_atoms == 0)
+        problems.sel_centre = centres.size() - 1, problems.sel_type = size_t(t), problems.sel_count = count[t];
+      problems.sel_atoms++;
+      break;
+    }
+}
+
+/* The records of the centre just added, again, for what failed: the first component outside the coord
+ * format (record order, then x, y, z), and the records below r_min with the closest pair's distance
+ * (|r_ij| the Python path's way: sqrt((x*x + y*y) + z*z)), skipping the records that are out of range. */
+void Core::Chunk::note_range_and_close(const Pairs &p, size_t base)
+{
+  const Encoding &e = *enc;
+  bool atom_close = false;
+  for (size_t k = 0; k < p.n; k++) {
+    const double v[3] = {p.x[k], p.y[k], p.z[k]};
+    int64_t q[3];
+    bool bad = false;
+    for (int a = 0; a < 3; a++) {
+      const double y = v[a] * e.scale + 0.5;
+      const bool ok = y >= e.lo && y < e.hi;
+      q[a] = floor_in_range(y, ok);
+      if (!ok && !bad && problems.range_records == 0)
+        problems.range_record = base + k, problems.range_axis = a, problems.range_value = v[a];
+      bad = bad || !ok;
+    }
+    if (bad) {
+      problems.range_records++;
+      continue;
+    }
+    if (q[0] * q[0] + q[1] * q[1] + q[2] * q[2] >= e.x_min) continue;
+    problems.close_records++;
+    atom_close = true;
+    const double r = std::sqrt((v[0] * v[0] + v[1] * v[1]) + v[2] * v[2]);
+    if (r < problems.close_r) problems.close_r = r, problems.close_record = base + k;
+  }
+  problems.close_atoms += atom_close;
+}
 
 namespace {
 
@@ -149,32 +266,30 @@ class GivenSource : public Core::Source {
   bool next(Core::Chunk &c) override
   {
     if (lo_ >= d_.nlocal) return false;
-    c.clear();
     const size_t hi = std::min(d_.nlocal, lo_ + chunk_);
-    c.reserve(start_[hi] - start_[lo_]);
     const double *x = d_.x;
     for (size_t i = lo_; i < hi; i++) {
-      c.centres.push_back(int64_t(i));
-      const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
-      // Candidates (a skin's worth more than the pairs) kept without a branch per candidate, whose
-      // outcome a CPU cannot predict: each is written, and the count advances when it is inside.
       const size_t n_cand = start_[i + 1] - start_[i];
-      if (keep_.size() < n_cand) keep_.resize(n_cand), kv_.resize(3 * n_cand);
       const int64_t *cand = d_.neighbors + start_[i];
+      // Candidates (a skin's worth more than the pairs) kept without a branch per candidate, whose
+      // outcome a CPU cannot predict: each is written, and the count advances when it is inside.  (A
+      // vectorized distance pass needs a gather, which the compiler does not make for this CPU.)
+      const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
+      p_.room(n_cand);
+      int64_t *pj = p_.j.data();
+      double *px = p_.x.data(), *py = p_.y.data(), *pz = p_.z.data();
       size_t m = 0;
+      bool self = false;
       for (size_t k = 0; k < n_cand; k++) {
         const int64_t j = cand[k];
         const double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
-        keep_[m] = j;
-        kv_[3 * m] = vx, kv_[3 * m + 1] = vy, kv_[3 * m + 2] = vz;
+        pj[m] = j, px[m] = vx, py[m] = vy, pz[m] = vz;
+        self |= size_t(j) == i;
         m += (vx * vx + vy * vy) + vz * vz < rc2_;
       }
-      for (size_t k = 0; k < m; k++) {
-        const int64_t j = keep_[k];
-        if (size_t(j) == i) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
-        c.add(d_.types[j], j, kv_[3 * k], kv_[3 * k + 1], kv_[3 * k + 2]);
-      }
-      c.end_centre();
+      if (self) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
+      p_.n = m;
+      c.add_centre(int64_t(i), p_);
     }
     lo_ = hi;
     return true;
@@ -185,211 +300,175 @@ class GivenSource : public Core::Source {
   double rc2_;
   size_t chunk_, lo_ = 0;
   std::vector<size_t> start_;
-  std::vector<int64_t> keep_;  // one centre's candidates inside rcut (indices, then r_ij)
-  std::vector<double> kv_;
+  Pairs p_;  // one centre's pairs inside rcut
 };
 
 }  // namespace
 
 // ---- the checks, in the Python path's order (host/evaluate.py Evaluator._evaluate) -----------------------
 
-void Core::check_and_quantize(Chunk &c, const int64_t *ids, Result &r)
+/* Refuse a chunk for what add_centre noted: more neighbours than sel (model.neighbors.check_sel), then a
+ * displacement outside the coord format (model.assembly.quantize_displacements), then a pair below r_min
+ * (model.assembly.close_contact_error) unless allowed; each message the Python path's. */
+void Core::check(const Chunk &c, const int64_t *ids, Result &r) const
 {
-  const size_t k = c.size(), nt = size_t(m_.ntypes);
-  // 1. sel per type (model.neighbors.check_sel): the first centre, its lowest type, and how many centres.
-  {
-    std::vector<int> count(nt);
-    size_t n_bad = 0, bad_c = 0, bad_t = 0;
-    int bad_n = 0;
-    for (size_t a = 0; a < k; a++) {
-      std::fill(count.begin(), count.end(), 0);
-      for (size_t e = c.start[a]; e < c.start[a + 1]; e++) count[size_t(c.rtype[e])]++;
-      for (size_t t = 0; t < nt; t++)
-        if (count[t] > m_.sel[t]) {
-          if (n_bad == 0) bad_c = a, bad_t = t, bad_n = count[t];
-          n_bad++;
-          break;
-        }
-    }
-    if (n_bad)
-      throw Error(ErrorKind::NeighborOverflow,
-                  "atom " + std::to_string(name_of(ids, c.centres[bad_c])) + " has " + std::to_string(bad_n) +
-                      " neighbours of type " + m_.type_map[bad_t] + " inside rcut, more than sel[" +
-                      std::to_string(bad_t) + "]=" + std::to_string(m_.sel[bad_t]) + " (" + std::to_string(n_bad) +
-                      " atom(s) affected); the hardware holds at most sel neighbours per type and never "
-                      "truncates: increase sel and re-export the model");
-  }
-  // 2. quantize: q = floor(v * 2^frac + 0.5), every component inside the coord format
-  // (model.assembly.quantize_displacements), and 3. r_min: the hardware's own integer test,
-  // u = dx^2 + dy^2 + dz^2 below the s table's first input (model.assembly.below_rmin), in one pass;
-  // a range error is reported before a close contact, as the Python path checks them in that order.
-  const double scale = std::ldexp(1.0, m_.coord_frac);
-  const double lo = double(m_.coord_lo), hi = double(m_.coord_hi) + 1.0;
-  const int64_t x_min = m_.table_x_min;
-  const size_t n = c.records();
-  c.d.resize(3 * n);
-  const double *vec = c.vec.data();
-  int32_t *dq = c.d.data();
-  size_t n_bad = 0, first = SIZE_MAX, n_close = 0, closest = SIZE_MAX;
-  double r_closest = std::numeric_limits<double>::infinity();
-  for (size_t e = 0; e < n; e++) {
-    bool bad = false;
-    for (int a = 0; a < 3; a++) {
-      const double y = vec[3 * e + a] * scale + 0.5;
-      // floor(y) inside the format's range (std::floor is a libm call without SSE4.1): y is in
-      // [lo, hi + 1) exactly when floor(y) is in [lo, hi], and there truncation toward zero, one
-      // less for a negative non-integer, is floor.  NaN fails the range test.
-      if (!(y >= lo && y < hi)) {
-        if (first == SIZE_MAX) first = 3 * e + size_t(a);
-        bad = true;
-        dq[3 * e + a] = 0;
-        continue;
-      }
-      int32_t t = int32_t(y);
-      dq[3 * e + a] = double(t) > y ? t - 1 : t;
-    }
-    n_bad += bad;
-    const int64_t dx = dq[3 * e], dy = dq[3 * e + 1], dz = dq[3 * e + 2];
-    if (bad || dx * dx + dy * dy + dz * dz >= x_min) continue;
-    n_close++;
-    const double vx = vec[3 * e], vy = vec[3 * e + 1], vz = vec[3 * e + 2];
-    const double rr = std::sqrt((vx * vx + vy * vy) + vz * vz);
-    if (rr < r_closest) r_closest = rr, closest = e;
-  }
-  if (n_bad) {
-    const size_t e = first / 3;
-    const size_t a = size_t(std::upper_bound(c.start.begin(), c.start.end(), e) - c.start.begin()) - 1;
+  const Chunk::Problems &p = c.problems;
+  auto centre_of = [&](size_t record) {
+    return size_t(std::upper_bound(c.start.begin(), c.start.end(), record) - c.start.begin()) - 1;
+  };
+  if (p.sel_atoms)
+    throw Error(ErrorKind::NeighborOverflow,
+                "atom " + std::to_string(name_of(ids, c.centres[p.sel_centre])) + " has " +
+                    std::to_string(p.sel_count) + " neighbours of type " + m_.type_map[p.sel_type] +
+                    " inside rcut, more than sel[" + std::to_string(p.sel_type) + "]=" +
+                    std::to_string(m_.sel[p.sel_type]) + " (" + std::to_string(p.sel_atoms) +
+                    " atom(s) affected); the hardware holds at most sel neighbours per type and never "
+                    "truncates: increase sel and re-export the model");
+  if (p.range_records)
     throw Error(ErrorKind::InputRange,
-                "atom " + std::to_string(name_of(ids, c.centres[a])) + ": displacement component " +
-                    fmt("%.6g", c.vec[first]) + " Å does not fit the input format " + m_.coord_describe +
-                    " (|dx| <= " + fmt("%.4g", m_.coord_max_value) + " Å); " + std::to_string(n_bad) +
-                    " record(s) affected");
-  }
-  if (n_close && !opt_.allow_below_rmin) {
-    size_t atoms = 0;
-    for (size_t a = 0; a < k; a++)
-      for (size_t e = c.start[a]; e < c.start[a + 1]; e++) {
-        const int64_t dx = c.d[3 * e], dy = c.d[3 * e + 1], dz = c.d[3 * e + 2];
-        if (dx * dx + dy * dy + dz * dz < m_.table_x_min) {
-          atoms++;
-          break;
-        }
-      }
-    const size_t a = size_t(std::upper_bound(c.start.begin(), c.start.end(), closest) - c.start.begin()) - 1;
+                "atom " + std::to_string(name_of(ids, c.centres[centre_of(p.range_record)])) +
+                    ": displacement component " + fmt("%.6g", p.range_value) + " Å does not fit the input format " +
+                    m_.coord_describe + " (|dx| <= " + fmt("%.4g", m_.coord_max_value) + " Å); " +
+                    std::to_string(p.range_records) + " record(s) affected");
+  if (p.close_records && !opt_.allow_below_rmin) {
     std::string data = m_.training_min_distance > 0
                            ? "; the training data's shortest distance is " + fmt("%.3f", m_.training_min_distance) + " Å"
                            : "";
     throw Error(ErrorKind::CloseContact,
-                "atoms " + std::to_string(name_of(ids, c.centres[a])) + " and " +
-                    std::to_string(name_of(ids, c.nbr[closest])) + " are " + fmt("%.4f", r_closest) +
+                "atoms " + std::to_string(name_of(ids, c.centres[centre_of(p.close_record)])) + " and " +
+                    std::to_string(name_of(ids, c.nbr[p.close_record])) + " are " + fmt("%.4f", p.close_r) +
                     " Å apart, closer than the model's r_min " + fmt("%g", m_.r_min) + " Å where its tables start" +
-                    data + " (" + std::to_string(atoms) +
+                    data + " (" + std::to_string(p.close_atoms) +
                     " atom(s) with such a neighbour). The model says nothing about such distances: usually the "
                     "time step or the temperature is too high, or a short-range repulsion is missing. To go on, "
                     "allow it (LAMMPS: `pair_style nvnmd MODEL below_rmin allow`, best inside `pair_style "
                     "hybrid/overlay ... zbl INNER OUTER`; ASE: Calculator(..., allow_below_rmin=True)): the tables "
                     "are then held constant below r_min");
   }
-  r.below_rmin += n_close;
-}
-
-// ---- wire words (dpfpga/wire.h, generated from contract/wire.py) -----------------------------------------
-
-void Core::encode(const Chunk &c, std::vector<uint64_t> &out) const
-{
-  const size_t L = size_t(dev_.lanes()), k = c.size();
-  size_t beats = 0;
-  for (size_t a = 0; a < k; a++) beats += 1 + (c.start[a + 1] - c.start[a] + L - 1) / L;
-  out.assign(beats * L, 0);  // zero words are PAD
-  size_t at = 0;
-  for (size_t a = 0; a < k; a++) {
-    const size_t count = c.start[a + 1] - c.start[a];
-    const int32_t ctype = types_[size_t(c.centres[a])];
-    out[at] = w::input_header::KIND_BITS | w::input_header::CTYPE.put(uint64_t(ctype)) |
-              w::input_header::COUNT.put(count) | w::input_header::TAG.put(w::tag_of(uint64_t(c.centres[a])));
-    at += L;
-    size_t slot = 0;
-    for (size_t e = c.start[a]; e < c.start[a + 1]; e++) {
-      out[at + slot] = w::input_record::KIND_BITS | w::input_record::TYPE.put(uint64_t(c.rtype[e])) |
-                       w::input_record::DX.put(uint64_t(int64_t(c.d[3 * e]))) |
-                       w::input_record::DY.put(uint64_t(int64_t(c.d[3 * e + 1]))) |
-                       w::input_record::DZ.put(uint64_t(int64_t(c.d[3 * e + 2])));
-      if (++slot == L) slot = 0, at += L;
-    }
-    if (slot) at += L;
-  }
+  r.below_rmin += p.close_records;
 }
 
 // ---- the fold: exact integers (host/evaluate.py Evaluator._fold) -----------------------------------------
 
-void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r)
+namespace {
+
+/* r_ij (x) dE/dr_ij of one record, from its input word (d, coord format) and its output word (g,
+ * format F): |d| <= 2^17 and |g| <= 2^19 fit int32, their product int64. */
+inline void pair_virial(uint64_t in, uint64_t out, int64_t *s)
+{
+  const int32_t d[3] = {int32_t(w::input_record::DX.get_signed(in)), int32_t(w::input_record::DY.get_signed(in)),
+                        int32_t(w::input_record::DZ.get_signed(in))};
+  const int32_t g[3] = {int32_t(w::output_record::DEDX.get_signed(out)),
+                        int32_t(w::output_record::DEDY.get_signed(out)),
+                        int32_t(w::output_record::DEDZ.get_signed(out))};
+  for (int x = 0; x < 3; x++)
+    for (int y = 0; y < 3; y++) s[3 * x + y] = int64_t(d[x]) * int64_t(g[y]);
+}
+
+/* w += sum over one centre's n records of r_ij (x) dE/dr_ij.  The fields go to int32 arrays first
+ * (|d| <= 2^17, |g| <= 2^19), so that the products are widening int32 x int32 -> int64 ones, which the
+ * compiler vectorizes (cloned for AVX2); each is below 2^37, their sum over n < 2^10 records (the COUNT
+ * field) far inside int64. */
+__attribute__((target_clones("avx2", "default"))) void virial_sum(size_t n, const uint64_t *in, const uint64_t *out,
+                                                                 int64_t *w9)
+{
+  constexpr size_t MAX = size_t(1) << w::COUNT_BITS;
+  int32_t d[3][MAX], g[3][MAX];
+  for (size_t q = 0; q < n; q++) {
+    d[0][q] = int32_t(w::input_record::DX.get_signed(in[q]));
+    d[1][q] = int32_t(w::input_record::DY.get_signed(in[q]));
+    d[2][q] = int32_t(w::input_record::DZ.get_signed(in[q]));
+    g[0][q] = int32_t(w::output_record::DEDX.get_signed(out[q]));
+    g[1][q] = int32_t(w::output_record::DEDY.get_signed(out[q]));
+    g[2][q] = int32_t(w::output_record::DEDZ.get_signed(out[q]));
+  }
+  for (int x = 0; x < 3; x++)
+    for (int y = 0; y < 3; y++) {
+      int64_t s = 0;
+      for (size_t q = 0; q < n; q++) s += int64_t(d[x][q]) * int64_t(g[y][q]);
+      w9[3 * x + y] += s;
+    }
+}
+
+}  // namespace
+
+void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) const
 {
   const size_t L = size_t(dev_.lanes()), k = c.size();
-  const std::string dev = dev_.name();
-  if (out.size() % L) throw Error(ErrorKind::Device, dev + ": a result of " + std::to_string(out.size()) + " words is not whole beats");
+  if (out.size() % L)
+    throw Error(ErrorKind::Device, dev_.name() + ": a result of " + std::to_string(out.size()) + " words is not whole beats");
   const size_t beats = out.size() / L;
-  // Per chunk, W's partial sums stay far inside int64 (|d| < 2^17, |g| < 2^19, < 2^20 records).
-  int64_t wsum[9] = {};
+  int64_t wsum[9] = {};  // exact in int64 per chunk: virial_sum
+  int64_t *forces = r.forces.data();
   size_t b = 0;
   for (size_t a = 0; a < k; a++) {
     const int64_t centre = c.centres[a];
     if (b >= beats)
-      throw Error(ErrorKind::Device, dev + ": expected " + std::to_string(k) + " result headers, found " + std::to_string(a));
+      throw Error(ErrorKind::Device, dev_.name() + ": expected " + std::to_string(k) + " result headers, found " +
+                                         std::to_string(a));
     const uint64_t head = out[b * L];
     if (w::kind(head) != w::HEADER)
-      throw Error(ErrorKind::Device, dev + ": result beat " + std::to_string(b) + " should start atom " +
+      throw Error(ErrorKind::Device, dev_.name() + ": result beat " + std::to_string(b) + " should start atom " +
                                          std::to_string(centre) + " with a header, has a " +
                                          (w::kind(head) == w::RECORD ? "record" : "pad") + " word");
     for (size_t s = 1; s < L; s++)
       if (w::kind(out[b * L + s]) != w::PAD)
-        throw Error(ErrorKind::Device, dev + ": header beat " + std::to_string(b) + " has non-pad words");
+        throw Error(ErrorKind::Device, dev_.name() + ": header beat " + std::to_string(b) + " has non-pad words");
     const uint64_t tag = w::output_header::TAG.get(head), want = w::tag_of(uint64_t(centre));
     if (tag != want)
-      throw Error(ErrorKind::DeviceFlag, dev + ": results out of order at atom " + std::to_string(centre) + " (tag " +
-                                             std::to_string(tag) + ", expected " + std::to_string(want) + ")");
+      throw Error(ErrorKind::DeviceFlag, dev_.name() + ": results out of order at atom " + std::to_string(centre) +
+                                             " (tag " + std::to_string(tag) + ", expected " + std::to_string(want) + ")");
     const size_t n = size_t(w::output_header::N.get(head)), count = c.start[a + 1] - c.start[a];
     uint32_t flags = uint32_t(w::output_header::FLAGS.get(head));
     r.e_atom[size_t(centre)] = w::output_header::ENERGY.get_signed(head);
     b++;
     const size_t rec_beats = (n + L - 1) / L;
     if (b + rec_beats > beats)
-      throw Error(ErrorKind::Device, dev + ": atom " + std::to_string(centre) + ": header says " + std::to_string(n) +
-                                         " records, the stream ends first");
-    // n < count: the device dropped records (its flags say why); records beyond count are not ours.
-    // An atom's records fill its record beats' slots in order: words b*L .. b*L + n - 1.
-    const uint64_t *rec = &out[b * L];
-    for (size_t q = 0; q < n; q++) {
-      const uint64_t word = rec[q];
-      if (w::kind(word) != w::RECORD)
-        throw Error(ErrorKind::Device, dev + ": atom " + std::to_string(centre) + ": header says " + std::to_string(n) +
-                                           " records, stream has " + std::to_string(q));
-      if (w::output_record::SATURATED.get(word)) flags |= w::flags::SATURATED;
-      if (q >= count) continue;
-      const size_t e = c.start[a] + q;
-      const int64_t g[3] = {w::output_record::DEDX.get_signed(word), w::output_record::DEDY.get_signed(word),
-                            w::output_record::DEDZ.get_signed(word)};
-      const int64_t dv[3] = {c.d[3 * e], c.d[3 * e + 1], c.d[3 * e + 2]};
-      int64_t *fi = &r.forces[3 * size_t(centre)], *fj = &r.forces[3 * size_t(c.nbr[e])];
-      for (int x = 0; x < 3; x++) fi[x] += g[x], fj[x] -= g[x];
-      for (int x = 0; x < 3; x++)
-        for (int y = 0; y < 3; y++) wsum[3 * x + y] += dv[x] * g[y];
-      if (opt_.atomic_virial) {
-        int64_t *si = &r.s_atom[9 * size_t(centre)], *sj = &r.s_atom[9 * size_t(c.nbr[e])];
-        for (int x = 0; x < 3; x++)
-          for (int y = 0; y < 3; y++) si[3 * x + y] += dv[x] * g[y], sj[3 * x + y] += dv[x] * g[y];
-      }
+      throw Error(ErrorKind::Device, dev_.name() + ": atom " + std::to_string(centre) + ": header says " +
+                                         std::to_string(n) + " records, the stream ends first");
+    // An atom's records fill its record beats' slots in order: words b*L .. b*L + n - 1, then pad.
+    // Their kinds and saturation bits are tested for all at once: one branch per atom, not per word.
+    const uint64_t *o = &out[b * L];
+    uint64_t not_record = 0, any = 0, not_pad = 0;
+    for (size_t q = 0; q < n; q++) not_record |= w::kind(o[q]) ^ w::RECORD, any |= o[q];
+    for (size_t q = n; q < rec_beats * L; q++) not_pad |= o[q];
+    if (not_record) {
+      size_t q = 0;
+      while (w::kind(o[q]) == w::RECORD) q++;
+      throw Error(ErrorKind::Device, dev_.name() + ": atom " + std::to_string(centre) + ": header says " +
+                                         std::to_string(n) + " records, stream has " + std::to_string(q));
     }
-    for (size_t q = n; q < rec_beats * L; q++)
-      if (w::kind(rec[q]) != w::PAD)
-        throw Error(ErrorKind::Device, dev + ": atom " + std::to_string(centre) + ": a word after its " +
-                                           std::to_string(n) + " records in its last beat is not pad");
+    if (not_pad)
+      throw Error(ErrorKind::Device, dev_.name() + ": atom " + std::to_string(centre) + ": a word after its " +
+                                         std::to_string(n) + " records in its last beat is not pad");
+    if (w::output_record::SATURATED.get(any)) flags |= w::flags::SATURATED;
+    // n < count: the device dropped records (its flags say why); records beyond count are not ours.
+    const size_t used = std::min(n, count);
+    const int64_t *nb = &c.nbr[c.start[a]];
+    int64_t fi[3] = {};
+    for (size_t q = 0; q < used; q++) {
+      const int64_t g[3] = {w::output_record::DEDX.get_signed(o[q]), w::output_record::DEDY.get_signed(o[q]),
+                            w::output_record::DEDZ.get_signed(o[q])};
+      int64_t *fj = forces + 3 * nb[q];
+      for (int x = 0; x < 3; x++) fi[x] += g[x], fj[x] -= g[x];
+    }
+    for (int x = 0; x < 3; x++) forces[3 * centre + x] += fi[x];
+    if (opt_.virial) virial_sum(used, c.rec.data() + c.start[a], o, wsum);
+    if (opt_.atomic_virial)
+      for (size_t q = 0; q < used; q++) {
+        int64_t s[9];
+        pair_virial(c.rec[c.start[a] + q], o[q], s);
+        int64_t *si = &r.s_atom[9 * size_t(centre)], *sj = &r.s_atom[9 * size_t(nb[q])];
+        for (int x = 0; x < 9; x++) si[x] += s[x], sj[x] += s[x];
+      }
     b += rec_beats;
     r.flags[size_t(centre)] = int64_t(flags);
   }
   if (b != beats)
-    throw Error(ErrorKind::Device, dev + ": " + std::to_string(beats - b) + " result beat(s) after the chunk's " +
+    throw Error(ErrorKind::Device, dev_.name() + ": " + std::to_string(beats - b) + " result beat(s) after the chunk's " +
                                        std::to_string(k) + " atoms");
-  for (int x = 0; x < 9; x++) r.virial[x] -= wsum[x];
+  if (opt_.virial)
+    for (int x = 0; x < 9; x++) r.virial[x] -= wsum[x];
 }
 
 // ---- the loop: chunks in flight ---------------------------------------------------------------------------
@@ -401,8 +480,13 @@ Core::Core(const HostModel &model, Device &device, const Options &options) : m_(
 
 Core::~Core() = default;
 
+/* The checks over every atom and list entry come first, as in the Python path; each is one branch-free
+ * pass, and only a failing one goes back to find and name the first culprit. */
 void Core::check_types(const int32_t *types, size_t n)
 {
+  bool bad = false;
+  for (size_t i = 0; i < n; i++) bad |= uint32_t(types[i]) >= uint32_t(m_.ntypes);
+  if (!bad) return;
   for (size_t i = 0; i < n; i++)
     if (types[i] < 0 || types[i] >= m_.ntypes)
       throw Error(ErrorKind::Type, "atom " + std::to_string(i) + ": type " + std::to_string(types[i]) +
@@ -413,21 +497,31 @@ void Core::compute_neighbors(const Domain &d, Result &r)
 {
   if (d.nlocal > d.nall) throw Error(ErrorKind::Structure, "more local atoms than atoms");
   check_types(d.types, d.nall);
-  for (size_t i = 0; i < d.nall; i++)
+  bool bad = false;
+  for (size_t k = 0; k < 3 * d.nall; k++) bad |= !(std::fabs(d.x[k]) <= std::numeric_limits<double>::max());
+  for (size_t i = 0; bad && i < d.nall; i++)
     if (!std::isfinite(d.x[3 * i]) || !std::isfinite(d.x[3 * i + 1]) || !std::isfinite(d.x[3 * i + 2]))
       throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + ": position [" + fmt("%.17g", d.x[3 * i]) + ", " +
                                             fmt("%.17g", d.x[3 * i + 1]) + ", " + fmt("%.17g", d.x[3 * i + 2]) +
                                             "] is not finite");
-  size_t total = 0;
-  for (size_t i = 0; i < d.nlocal; i++) {
-    if (d.numneigh[i] < 0) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + ": negative neighbour count");
-    total += size_t(d.numneigh[i]);
+  // The list's entries: checked unless the caller says it is the one this core checked last time.
+  const bool checked = d.list_unchanged && list_checked_ && d.nall == list_nall_;
+  list_checked_ = false;
+  if (!checked) {
+    size_t total = 0;
+    for (size_t i = 0; i < d.nlocal; i++) {
+      if (d.numneigh[i] < 0)
+        throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + ": negative neighbour count");
+      total += size_t(d.numneigh[i]);
+    }
+    for (size_t k = 0; k < total; k++) bad |= uint64_t(d.neighbors[k]) >= uint64_t(d.nall);  // negative: huge
+    for (size_t k = 0; bad && k < total; k++)
+      if (d.neighbors[k] < 0 || size_t(d.neighbors[k]) >= d.nall)
+        throw Error(ErrorKind::Structure, "neighbour list entry " + std::to_string(k) + " = " +
+                                              std::to_string(d.neighbors[k]) + " is not an atom index (0 .. " +
+                                              std::to_string(int64_t(d.nall) - 1) + ")");
   }
-  for (size_t k = 0; k < total; k++)
-    if (d.neighbors[k] < 0 || size_t(d.neighbors[k]) >= d.nall)
-      throw Error(ErrorKind::Structure, "neighbour list entry " + std::to_string(k) + " = " +
-                                            std::to_string(d.neighbors[k]) + " is not an atom index (0 .. " +
-                                            std::to_string(int64_t(d.nall) - 1) + ")");
+  list_checked_ = true, list_nall_ = d.nall;
   GivenSource src(d, m_.rcut, opt_.chunk_atoms);
   types_ = d.types;
   run(src, d.nlocal, d.nall, d.ids, r);
@@ -468,17 +562,30 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
     r.timings.assemble += seconds() - t;
   };
 
+  // What add_centre needs, for this evaluation.
+  Encoding enc;
+  enc.scale = std::ldexp(1.0, m_.coord_frac);
+  enc.lo = double(m_.coord_lo);
+  enc.hi = double(m_.coord_hi) + 1.0;
+  enc.x_min = m_.table_x_min;
+  enc.ntypes = m_.ntypes;
+  enc.sel = m_.sel.data();
+  enc.lanes = size_t(dev_.lanes());
+  enc.types = types_;
+  enc.keep_records = opt_.virial || opt_.atomic_virial;
+
   dev_.begin();
   try {
     while (true) {
       double t = seconds();
       Chunk &c = pool[next_slot];
-      std::vector<uint64_t> words;
+      c.clear();
+      c.enc = &enc;
+      c.words.swap(spare);  // the words buffer of a chunk collected earlier: no fresh pages per chunk
+      c.words.clear();
       try {
         if (!src.next(c)) break;
-        check_and_quantize(c, ids, r);
-        words.swap(spare);
-        encode(c, words);
+        check(c, ids, r);
       } catch (...) {
         // Refused (a structure error, a close pair, ...) with earlier chunks still on the device: take
         // their results, unread, so that the next evaluation on this device reads its own.
@@ -494,7 +601,7 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
       }
       r.timings.neighbors_encode += seconds() - t;
       while (in_flight.size() >= depth) finish_one();
-      dev_.submit(std::move(words), c.size());
+      dev_.submit(std::move(c.words), c.size());
       in_flight.push_back(next_slot);
       next_slot = (next_slot + 1) % pool.size();
     }

@@ -107,6 +107,7 @@ struct Options {
   size_t chunk_atoms = 4096;      // centre atoms per chunk (memory and pipelining granularity)
   bool strict = true;             // flagged atoms (saturation, ...) are an Error(DeviceFlag)
   bool allow_below_rmin = false;  // else a pair below r_min is an Error(CloseContact)
+  bool virial = true;             // fill Result::virial (an MD step that needs no pressure skips the pair sum)
   bool atomic_virial = false;     // fill Result::s_atom
   double timeout = 600.0;         // s, per chunk
   /* Called after each chunk's fold with the number of its centres (a progress bar); may be empty. */
@@ -122,6 +123,9 @@ struct Domain {
   const int64_t *numneigh = nullptr;  // nlocal
   const int64_t *neighbors = nullptr; // sum(numneigh), indices into x
   const int64_t *ids = nullptr;       // nall names for messages (LAMMPS atom ids); null: the index
+  /* numneigh and neighbors hold what they held at this Core's previous compute_neighbors (an MD code
+   * between two list builds): the core checked every entry then and does not again. */
+  bool list_unchanged = false;
 };
 
 /* A structure with a lattice (ASE): positions, the caller's cell and periodicity, and the basis the
@@ -163,6 +167,8 @@ class Core {
   Core &operator=(const Core &) = delete;
   void compute_neighbors(const Domain &domain, Result &result);
   void compute_periodic(const Structure &structure, Result &result);
+  /* The options of the evaluations to come (an MD code asks for the virial on some steps only). */
+  Options &options() { return opt_; }
 
   struct Chunk;   // a chunk's centres and records (core.cpp)
   class Source;   // where chunks come from: a neighbour list (core.cpp) or the cell list (cells.cpp)
@@ -174,11 +180,12 @@ class Core {
   const int32_t *types_ = nullptr;  // of the evaluation under way
   std::vector<Chunk> pool_;         // chunks' buffers, kept between evaluations
   std::vector<uint64_t> spare_;     // a words buffer, kept between evaluations
+  bool list_checked_ = false;       // the previous compute_neighbors checked its list (Domain::list_unchanged)
+  size_t list_nall_ = 0;
 
   void check_types(const int32_t *types, size_t n);
-  void check_and_quantize(Chunk &c, const int64_t *ids, Result &r);
-  void encode(const Chunk &c, std::vector<uint64_t> &words) const;
-  void fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r);
+  void check(const Chunk &c, const int64_t *ids, Result &r) const;
+  void fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) const;
   void run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, Result &r);
 };
 
