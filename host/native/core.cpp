@@ -5,6 +5,7 @@
 #include "dpfpga/core.h"
 
 #include "chunk.h"
+#include "simd.h"
 #include "dpfpga/wire.h"
 
 #include <algorithm>
@@ -137,8 +138,7 @@ int64_t name_of(const int64_t *ids, int64_t index) { return ids ? ids[index] : i
 namespace {
 
 /* The input words of m records, and whether any is outside the coord format or below r_min: one map
- * over structure-of-arrays, which the compiler vectorizes (cloned for AVX2 where the CPU has it; the
- * clones compute the same bits, as every operation here is exact or IEEE-rounded the same way).
+ * over structure-of-arrays, which the compiler vectorizes (simd.h: cloned for AVX2).
  *
  *   q = floor(v * 2^frac + 0.5)   (model.assembly.quantize_displacements), inside [lo, hi]
  *   u = qx^2 + qy^2 + qz^2 < x_min   (model.assembly.below_rmin: the s table's first input)
@@ -147,7 +147,7 @@ namespace {
  * unpredictable).  A component is first clamped into the range (a NaN to lo), as the conversion would
  * be undefined outside it; it was inside when the clamp left it unchanged (a NaN never is), and a record
  * with one that was not is refused anyway.  u in double is exact: |q| <= 2^17, u < 2^37. */
-__attribute__((target_clones("avx2", "default"))) void encode_records(
+DPFPGA_VECTOR_CLONES void encode_records(
     size_t m, const double *x, const double *y, const double *z, const int32_t *type, uint64_t *out, double scale,
     double lo, double hi, double x_min, int &any_bad, int &any_close)
 {
@@ -369,8 +369,7 @@ inline void pair_virial(uint64_t in, uint64_t out, int64_t *s)
  * (|d| <= 2^17, |g| <= 2^19), so that the products are widening int32 x int32 -> int64 ones, which the
  * compiler vectorizes (cloned for AVX2); each is below 2^37, their sum over n < 2^10 records (the COUNT
  * field) far inside int64. */
-__attribute__((target_clones("avx2", "default"))) void virial_sum(size_t n, const uint64_t *in, const uint64_t *out,
-                                                                 int64_t *w9)
+DPFPGA_VECTOR_CLONES void virial_sum(size_t n, const uint64_t *in, const uint64_t *out, int64_t *w9)
 {
   constexpr size_t MAX = size_t(1) << w::COUNT_BITS;
   int32_t d[3][MAX], g[3][MAX];
