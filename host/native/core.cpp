@@ -151,7 +151,7 @@ DPFPGA_VECTOR_CLONES void encode_records(
     size_t m, const double *x, const double *y, const double *z, const int32_t *type, uint64_t *out, double scale,
     double lo, double hi, double x_min, int &any_bad, int &any_close)
 {
-  const double top = hi - 1.0;  // the largest value inside
+  const double top = std::nextafter(hi, lo);  // the largest double below hi: inside, floor(top) = coord_hi
   auto clamp = [lo, top](double v) {
     const double a = v > lo ? v : lo;
     return a < top ? a : top;

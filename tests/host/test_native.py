@@ -16,7 +16,7 @@ from host import native
 from host.devices import DeviceError, DeviceTimeout, open_device
 from host.devices.base import WorkerDevice
 from host.evaluate import Evaluator
-from model.assembly import CloseContactError, DeviceFlagError
+from model.assembly import CloseContactError, DeviceFlagError, InputRangeError
 from model.neighbors import NeighborOverflowError, StructureError, edges
 
 
@@ -166,6 +166,45 @@ def test_close_contact_same_error_and_allowed_count(qm):
         a, b = both(qm, dev, lambda ev: ev.compute(pos, cell, True, types), allow_below_rmin=True)
     assert_same(a, b)
     assert a.below_rmin_records >= 2  # the pair, seen from each of its atoms
+
+
+def narrow_coord(qm, frac: int):
+    """The model with a narrower coord format (frac bits more: the range halves per bit), so that
+    displacements inside rcut can fall outside it."""
+    import copy
+
+    from contract.fixedpoint import Fmt
+    c = copy.copy(qm)
+    old = qm.formats["coord"]
+    c.formats = dict(qm.formats, coord=Fmt(old.bits, frac, old.signed))
+    return c
+
+
+@pytest.mark.parametrize("side", [1, -1], ids=["positive", "negative"])
+@pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
+def test_displacements_at_and_beyond_the_coord_range(side, seed):
+    """A component whose q = floor(v 2^frac + 0.5) is the format's last value fits; one a step further
+    does not: both paths agree on each, and on the error's text."""
+    qm = narrow_coord(modelfile.load(MODELS["GeTe"]), 15)  # |dx| <= 4 Å, rcut 7 Å
+    f = qm.formats["coord"]
+    rng = np.random.default_rng(seed)
+    # A pair along x at the edge, a fraction of a step inside it, the rest of the cluster well inside.
+    # The pair is seen from both atoms, r_ji = -r_ij: the edge both fit is q = hi one way, -hi the other
+    # (lo = -hi - 1 is out of reach for a pair).
+    inside = side * (f.hi + 0.5 - rng.uniform(0.05, 0.45)) / 2.0 ** f.frac
+    pos = np.array([[0.0, 0.0, 0.0], [inside, 0.3, -0.2], [side * 1.6, 1.7, 0.4]])
+    types = np.array([0, 1, 0])
+    with open_device("zero", qm) as dev:
+        a, b = both(qm, dev, lambda ev: ev.compute(pos, None, False, types), allow_below_rmin=True)
+        assert_same(a, b)
+        pos[1, 0] += side * 1.0 / 2.0 ** f.frac  # one step further: outside
+        messages = []
+        for nat in (False, True):
+            with pytest.raises(InputRangeError) as e:
+                Evaluator(qm, dev, native=nat, allow_below_rmin=True).compute(pos, None, False, types)
+            messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    assert "does not fit the input format s18.15" in messages[0] and "record(s) affected" in messages[0]
 
 
 def test_more_neighbours_than_sel_same_error(qm):
