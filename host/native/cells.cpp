@@ -13,6 +13,7 @@
 #include "dpfpga/core.h"
 
 #include "chunk.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -36,6 +37,18 @@ void invert3(const double *m, double *inv)
   inv[0] = A / det, inv[1] = -(b * i - c * h) / det, inv[2] = (b * f - c * e) / det;
   inv[3] = B / det, inv[4] = (a * i - c * g) / det, inv[5] = -(a * f - c * d) / det;
   inv[6] = C / det, inv[7] = -(a * h - b * g) / det, inv[8] = (a * e - b * d) / det;
+}
+
+/* Which of n atoms (one cell's, one axis per array) lie within sqrt(r2) of the centre, o being the
+ * image's shift minus the centre's position: a map the compiler vectorizes (simd.h).  A pre-selection:
+ * accept() decides on the vectors the Python path computes. */
+DPFPGA_VECTOR_CLONES void within(size_t n, const double *x, const double *y, const double *z, double ox, double oy,
+                                 double oz, double r2, int64_t *out)
+{
+  for (size_t q = 0; q < n; q++) {
+    const double dx = x[q] + ox, dy = y[q] + oy, dz = z[q] + oz;
+    out[q] = int64_t(dx * dx + dy * dy + dz * dz < r2);
+  }
 }
 
 class CellSource : public Core::Source {
@@ -92,11 +105,11 @@ class CellSource : public Core::Source {
     std::vector<size_t> fill(cell_start_.begin(), cell_start_.end() - 1);
     for (size_t i = 0; i < n; i++) order_[fill[size_t(cell_of_[i])]++] = int64_t(i);
     // The search streams over the atoms of a cell: their wrapped positions and wraps, in cell order.
-    sp_.resize(3 * n);
+    for (auto *v : {&spx_, &spy_, &spz_}) v->resize(n);
     sw_.resize(3 * n);
     for (size_t q = 0; q < n; q++)
       for (int a = 0; a < 3; a++) {
-        sp_[3 * q + a] = wp_[3 * size_t(order_[q]) + a];
+        (a == 0 ? spx_ : a == 1 ? spy_ : spz_)[q] = wp_[3 * size_t(order_[q]) + a];
         sw_[3 * q + a] = wrap_[3 * size_t(order_[q]) + a];
       }
     // Per axis, the cell coordinate and image shift of every (cell, offset): no division per visit.
@@ -135,7 +148,7 @@ class CellSource : public Core::Source {
   int max_nb_;
   int64_t ncell_[3], reach_[3];
   std::vector<int64_t> wrap_, cell_of_, order_, sw_;
-  std::vector<double> wp_, sp_;
+  std::vector<double> wp_, spx_, spy_, spz_;  // wrapped positions; in cell order, one array per axis
   struct Step {
     int64_t u, shift;
     bool ok;
@@ -152,7 +165,8 @@ class CellSource : public Core::Source {
   };
   std::vector<Visit> visits_;
   int64_t visits_of_ = -1;
-  std::vector<size_t> near_;  // one cell's candidates within the search radius
+  std::vector<size_t> near_;      // one cell's candidates within the search radius
+  std::vector<int64_t> is_near_;  // per atom of the cell: within it (1) or not (0)
   Pairs p_;                   // one centre's pairs inside rcut
 
   void plan_visits(int64_t cid)
@@ -188,7 +202,7 @@ class CellSource : public Core::Source {
     const Structure &s = s_;
     const size_t i = size_t(order_[k]);
     if (cell_of_[i] != visits_of_) plan_visits(cell_of_[i]);
-    const double *pi = &s.positions[3 * i], *wi = &sp_[3 * k];
+    const double *pi = &s.positions[3 * i], wi[3] = {spx_[k], spy_[k], spz_[k]};
     const int64_t *wrap_i = &sw_[3 * k];
     p_.room(size_t(max_nb_));
     p_.n = 0;
@@ -197,14 +211,16 @@ class CellSource : public Core::Source {
       const double ox = vis.sh[0] - wi[0], oy = vis.sh[1] - wi[1], oz = vis.sh[2] - wi[2];
       const bool home = vis.S[0] == 0 && vis.S[1] == 0 && vis.S[2] == 0;
       const size_t q1 = cell_start_[vis.cell + 1];
-      // Candidates kept without a branch per candidate (its outcome is unpredictable), then accepted.
+      // The cell's atoms tested in one vectorized pass, then those near kept without a branch per
+      // candidate (its outcome is unpredictable), then accepted.
       const size_t q0 = cell_start_[vis.cell];
-      if (near_.size() < q1 - q0) near_.resize(q1 - q0);
+      if (near_.size() < q1 - q0) near_.resize(q1 - q0), is_near_.resize(q1 - q0);
+      within(q1 - q0, &spx_[q0], &spy_[q0], &spz_[q0], ox, oy, oz, rs2_, is_near_.data());
+      if (home && k >= q0 && k < q1) is_near_[k - q0] = 0;  // the centre itself, unshifted
       size_t m = 0;
       for (size_t q = q0; q < q1; q++) {
-        const double dx = sp_[3 * q] + ox, dy = sp_[3 * q + 1] + oy, dz = sp_[3 * q + 2] + oz;
         near_[m] = q;
-        m += (dx * dx + dy * dy + dz * dz < rs2_) & !(home && q == k);
+        m += size_t(is_near_[q - q0]);
       }
       for (size_t t = 0; t < m; t++) accept(near_[t], vis.S, pi, wrap_i, found);
     }
