@@ -30,7 +30,10 @@ further steps, then the timed `run N`.  Cases:
   the core's own split; unpack: its integers into LAMMPS's arrays; total: the whole pair compute; core:
   the core's own total);
 * nvnmd_reference: `pair_style nvnmd MODEL device reference` -- the full path, with the bit-exact
-  NumPy reference as the device.
+  NumPy reference as the device;
+* nvnmd_cpu: `pair_style nvnmd MODEL device cpu host native` -- the same bits from the cpu device (the
+  pipeline in C++, host/native/cpu.cpp) in LAMMPS's process, on the cores the rank may use (--cpus 0:
+  one core, one thread).
 
 Figures of the timed run, from LAMMPS's log: "Loop time of X on P procs for N steps with A atoms"
 (s/step, s/step/atom), the "MPI task timing breakdown" rows (Pair, Neigh, Comm, ... avg over ranks, per
@@ -90,9 +93,10 @@ CASES = {
     "nvnmd_zero": "nvnmd device zero (service)",
     "nvnmd_zero_native": "nvnmd device zero (native)",
     "nvnmd_reference": "nvnmd device reference",
+    "nvnmd_cpu": "nvnmd device cpu (native)",
 }
 #: Where each nvnmd case's host work runs (pair_style nvnmd ... host H).
-HOST = {"nvnmd_zero": "service", "nvnmd_zero_native": "native", "nvnmd_reference": "service"}
+HOST = {"nvnmd_zero": "service", "nvnmd_zero_native": "native", "nvnmd_reference": "service", "nvnmd_cpu": "native"}
 #: The issue's acceptance bound on the native host overhead, s/step/atom (1 rank, one core, zero device).
 NATIVE_OVERHEAD_TARGET = 3e-7
 TIMING_SECTIONS = ("Pair", "Neigh", "Comm", "Output", "Modify", "Other")
@@ -345,7 +349,8 @@ def main(argv=None):
     p.add_argument("--model", default=str(EXAMPLE_MODEL))
     p.add_argument("--sizes", type=int, nargs="+", default=[8, 16],
                    help="cubic cells per box edge (8 atoms each): 8 -> 4096 atoms, 16 -> 32768 (default 8 16)")
-    p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    p.add_argument("--cases", nargs="+", choices=list(CASES), default=[c for c in CASES if c != "nvnmd_cpu"],
+                   help="default: all but nvnmd_cpu (benchmarks/cpu_device.py runs that one)")
     p.add_argument("--steps-pair-zero", type=int, nargs="+", default=[1000, 200],
                    help="timed steps of pair_style zero, one per size (the last repeats)")
     p.add_argument("--steps-zero-device", type=int, nargs="+", default=[40, 10],
@@ -354,6 +359,8 @@ def main(argv=None):
                    help="timed steps of nvnmd device zero host native, one per size")
     p.add_argument("--steps-reference", type=int, nargs="+", default=[20, 5],
                    help="timed steps of nvnmd device reference, one per size")
+    p.add_argument("--steps-cpu", type=int, nargs="+", default=[50, 10],
+                   help="timed steps of nvnmd device cpu, one per size")
     p.add_argument("--warmup", type=int, default=0, help="MD steps after `run 0` before the timed run (default 0)")
     p.add_argument("--service", choices=["warm", "private"], default="warm",
                    help="warm (default): a service started here, warmed by a first LAMMPS run, timed over "
@@ -384,7 +391,8 @@ def main(argv=None):
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     steps_of = {"pair_zero": args.steps_pair_zero, "nvnmd_zero": args.steps_zero_device,
-                "nvnmd_zero_native": args.steps_zero_native, "nvnmd_reference": args.steps_reference}
+                "nvnmd_zero_native": args.steps_zero_native, "nvnmd_reference": args.steps_reference,
+                "nvnmd_cpu": args.steps_cpu}
 
     result = {"benchmark": "lammps_loop", "model": args.model, "nproc": os.cpu_count(), "np": args.np,
               "threads": args.threads, "host": platform.node(), "timestep_ps": args.timestep,

@@ -125,7 +125,7 @@ def cmd_native_model(args) -> int:
 
     from .native import host_model_text, rtl_harness
     qm = modelfile.load(args.model)
-    text = host_model_text(qm)
+    text = host_model_text(qm, pipeline=True)  # with the pipeline's integers: what device cpu computes with
     if args.rtl_harness:
         text += f"rtl_harness {rtl_harness(qm, args.lanes)}\n"
     sys.stdout.write(text)

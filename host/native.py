@@ -5,7 +5,8 @@ compiled into the LAMMPS plugin from the same sources with the same flags.
     native.available()            # True when the extension is built or can be built here
     native.module()               # the extension (pybind11): Model, Device, evaluate_*; builds if needed
     native.host_model_text(qm)    # what the C++ core reads of a model file (HostModel::parse)
-    native.open_device("zero", qm)          # an in-process device (zero, xdma:PREFIX, rtl)
+    native.open_device("zero", qm)          # an in-process device (zero, cpu, xdma:PREFIX, rtl)
+    native.open_device("cpu", qm, threads=2)  # the bit-exact pipeline on this machine's cores
 
 host.evaluate.Evaluator uses the core when it is available (native=None) and the Python path, the
 readable specification, with native=False: both give the same integers (tests/host/test_native.py).
@@ -34,7 +35,7 @@ from contract.paths import INCLUDE_DIR
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 NATIVE_INCLUDE = SOURCE_DIR / "include"
 #: The core and its in-process devices: compiled into the Python extension and into the LAMMPS plugin.
-CORE_SOURCES = ("core.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "xdma.cpp", "rtl.cpp")
+CORE_SOURCES = ("core.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "cpu.cpp", "xdma.cpp", "rtl.cpp")
 BINDING_SOURCE = "python.cpp"
 MODULE_NAME = "_dpfpga_native"
 #: One set of flags for every build of the core (extension, plugin, sanitizer tests).  -O3 vectorizes the
@@ -171,9 +172,11 @@ def why_not() -> str:
 
 # ---- what the core reads of a model file --------------------------------------------------------------
 
-def host_model_text(qm) -> str:
+def host_model_text(qm, pipeline: bool = False) -> str:
     """The model constants the host core needs, one `key value...` line each (HostModel::parse reads it;
-    floats in Python's repr, which strtod reads back exactly)."""
+    floats in Python's repr, which strtod reads back exactly).  `pipeline`: also every integer of the
+    fixed-point pipeline (formats, tables, fitting weights: `pipeline_*` lines, host/native/pipeline.h),
+    which the cpu device computes with (about 2 MB of text for the bundled models)."""
     from contract.modelfile import content_hash
     cfg, F = qm.config, qm.formats
     coord = F["coord"]
@@ -196,9 +199,39 @@ def host_model_text(qm) -> str:
         f"energy_frac {F['E'].frac}",
         f"force_frac {F['F'].frac}",
         "energy_bias " + " ".join(str(int(b)) for b in qm.energy_bias),
-        "end",
     ]
+    if pipeline:
+        lines += pipeline_lines(qm)
+    lines.append("end")
     return "\n".join(lines) + "\n"
+
+
+def pipeline_lines(qm) -> list[str]:
+    """The `pipeline_*` lines of the host model text: the model file's integers, unchanged."""
+    import numpy as np
+    cfg = qm.config
+
+    def ints(a) -> str:
+        return " ".join(map(str, np.asarray(a, dtype=np.int64).ravel().tolist()))
+
+    def fmt(f) -> str:
+        return f"{f.bits} {f.frac} {int(f.signed)}"
+
+    lines = [f"pipeline_config {cfg.m1} {cfg.axis_neurons} {cfg.norm_shift} {cfg.desc_shift}"]
+    lines += [f"pipeline_format {name} {fmt(f)}" for name, f in sorted(qm.formats.items())]
+    tables = [("s", qm.table_s), ("h", qm.table_h)] + [(f"g{t}", g) for t, g in enumerate(qm.table_g)]
+    for name, t in tables:
+        lines.append(f"pipeline_table {name} {t.x_frac} {t.seg_shift} {t.xi_bits} {t.x_min} {t.nseg} {t.nch} "
+                     f"{fmt(t.coef_fmt)} {fmt(t.out_fmt)} {fmt(t.dout_fmt)}")
+        lines.append(f"pipeline_table_coef {name} {ints(t.coef)}")
+    for t, layers in enumerate(qm.fit):
+        for k, layer in enumerate(layers):
+            lines.append(f"pipeline_layer {t} {k} {layer.W.shape[0]} {layer.W.shape[1]} {layer.wfrac} "
+                         f"{int(layer.resnet)}")
+            lines.append(f"pipeline_layer_w {t} {k} {ints(layer.W)}")
+            lines.append(f"pipeline_layer_b {t} {k} {ints(layer.b)}")
+        lines.append(f"pipeline_out {t} {qm.out_wfrac[t]} {ints(qm.out_w[t])}")
+    return lines
 
 
 def rtl_harness(qm, lanes: int = 1) -> Path:
@@ -218,10 +251,12 @@ class NativeDevice:
     depth = 2
 
     def __init__(self, spec: str, qm, lanes: int = 1, timeout: float = 60.0, node_rank: int = 0,
-                 stall_cycles: int = 5_000_000):
+                 stall_cycles: int = 5_000_000, threads: int = 0):
         self.qm, self.spec = qm, spec
-        self.handle = _call(module().open_device, spec, model_of(qm), lanes=lanes, timeout=timeout,
-                            node_rank=node_rank, stall_cycles=stall_cycles)
+        # The cpu device computes with the pipeline's constants: the text that carries them (~2 MB).
+        model = model_of(qm, pipeline=spec.partition(":")[0] == "cpu")
+        self.handle = _call(module().open_device, spec, model, lanes=lanes, timeout=timeout,
+                            node_rank=node_rank, stall_cycles=stall_cycles, threads=threads)
         self.name, self.lanes, self.depth = self.handle.name, self.handle.lanes, self.handle.depth
         self.model_hash = qm.hash
 
@@ -259,8 +294,10 @@ class NativeDevice:
 
 
 def open_device(spec: str, qm, **options) -> NativeDevice:
-    """An in-process native device: `zero`, `xdma:PREFIX[,PREFIX...]` or `rtl` (its harness is built
-    here, `host.native.rtl_harness`) / `rtl:HARNESS`."""
+    """An in-process native device: `zero`, `cpu` (the bit-exact pipeline on this machine's cores;
+    `threads=N`, default the cores this process may use; `cpu:generic`: portable kernels),
+    `xdma:PREFIX[,PREFIX...]` or `rtl` (its harness is built here, `host.native.rtl_harness`) /
+    `rtl:HARNESS`."""
     if spec == "rtl":
         spec = f"rtl:{rtl_harness(qm, options.get('lanes', 1))}"
     return NativeDevice(spec, qm, **options)
@@ -271,9 +308,10 @@ def _model_for_text(text: str):
     return module().Model(text)
 
 
-def model_of(qm):
-    """The core's HostModel of a model (parsed once per model)."""
-    return _model_for_text(host_model_text(qm))
+def model_of(qm, pipeline: bool = False):
+    """The core's HostModel of a model (parsed once per model); `pipeline`: with the pipeline's constants
+    (what the cpu device needs)."""
+    return _model_for_text(host_model_text(qm, pipeline=pipeline))
 
 
 def _errors() -> dict:

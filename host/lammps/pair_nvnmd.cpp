@@ -49,13 +49,14 @@ constexpr double PRESELECT_MARGIN = 1e-6;  // Å
 constexpr double STARTUP_TIMEOUT = 1800.0;  // s
 
 const char *USAGE = "pair_style nvnmd MODEL [device NAME] [host native|service] [socket PATH] [timeout SECONDS] "
-                    "[python EXE] [chunk N] [lanes N] [below_rmin error|allow]";
-const char *DEVICES = "reference, zero, xdma[:PREFIX[,PREFIX...]], rtl";
+                    "[python EXE] [chunk N] [lanes N] [threads N] [below_rmin error|allow]";
+const char *DEVICES = "reference, cpu, zero, xdma[:PREFIX[,PREFIX...]], rtl";
 
 /* Devices the native core runs in this process.  The NumPy reference lives in Python: the service. */
 bool runs_in_process(const std::string &device)
 {
-  return device == "zero" || device == "rtl" || device == "xdma" || device.rfind("xdma:", 0) == 0;
+  return device == "zero" || device == "rtl" || device == "xdma" || device.rfind("xdma:", 0) == 0 ||
+         device == "cpu" || device.rfind("cpu:", 0) == 0;
 }
 
 /* What host/service.py writes before the message of a structure that failed, by the Python exception
@@ -274,7 +275,8 @@ void PairNVNMD::settings(int narg, char **arg)
   if (!realpath(arg[0], resolved))
     error->all(FLERR, "pair nvnmd: cannot read model file {}: {}", arg[0], std::strerror(errno));
   model_file_ = resolved;
-  bool device_given = false, python_given = false, lanes_given = false;
+  bool device_given = false, python_given = false, lanes_given = false, threads_given = false;
+  threads_ = 0;
   std::string host;
   for (int k = 1; k < narg; k += 2) {
     std::string key = arg[k];
@@ -306,6 +308,10 @@ void PairNVNMD::settings(int narg, char **arg)
       lanes_ = utils::inumeric(FLERR, value, false, lmp);
       if (lanes_ < 1) error->all(FLERR, "pair nvnmd: lanes must be >= 1, got {}", value);
       lanes_given = true;
+    } else if (key == "threads") {
+      threads_ = utils::inumeric(FLERR, value, false, lmp);
+      if (threads_ < 1) error->all(FLERR, "pair nvnmd: threads must be >= 1, got {}", value);
+      threads_given = true;
     } else {
       error->all(FLERR, "pair nvnmd: unknown keyword {}; usage: {}", key, USAGE);
     }
@@ -319,7 +325,7 @@ void PairNVNMD::settings(int narg, char **arg)
   if (host == "native" && !in_process)
     error->all(FLERR, "pair nvnmd: device {} does not run in-process ({}); drop `host native`", device_name_,
                device_name_ == "reference" ? "the NumPy reference is Python: it runs in the service"
-                                           : std::string("in-process devices: zero, xdma[:PREFIX[,PREFIX...]], rtl"));
+                                           : std::string("in-process devices: cpu, zero, xdma[:PREFIX[,PREFIX...]], rtl"));
   if (host.empty() && !in_process && device_name_ != "reference")
     error->all(FLERR, "pair nvnmd: unknown device '{}'; choose from {} (or any device of the service with "
                       "`host service`)", device_name_, DEVICES);
@@ -327,6 +333,8 @@ void PairNVNMD::settings(int narg, char **arg)
   if (host_ == Host::Service && lanes_given)
     error->all(FLERR, "pair nvnmd: `lanes` applies to the in-process devices (host native); the service opens "
                       "its device with one lane");
+  if (threads_given && (host_ == Host::Service || device_name_.rfind("cpu", 0) != 0))
+    error->all(FLERR, "pair nvnmd: `threads` applies to device cpu in-process (host native)");
   if (host_ == Host::Native)
     start_native();
   else
@@ -425,6 +433,7 @@ void PairNVNMD::start_native()
   config.lanes = lanes_;
   config.timeout = timeout_;
   config.node_rank = node_rank;  // xdma with several cards: this rank drives card node_rank % cards
+  config.threads = threads_;      // cpu: 0 = the cores this rank may run on
   try {
     device_ = dpfpga::open_device(spec, *model_, config);
   } catch (const std::exception &e) {

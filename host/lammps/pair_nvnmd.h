@@ -83,6 +83,7 @@ class PairNVNMD : public Pair {
   Host host_ = Host::Service;
   double timeout_ = 600.0;
   int chunk_atoms_ = 4096, lanes_ = 1;
+  int threads_ = 0;  // device cpu: threads (0: the cores this rank may run on)
   bool allow_below_rmin_ = false;
 
   // the model, as either host describes it

@@ -7,6 +7,7 @@
 #include "chunk.h"
 #include "simd.h"
 #include "dpfpga/wire.h"
+#include "pipeline.h"
 
 #include <algorithm>
 #include <chrono>
@@ -56,6 +57,9 @@ HostModel HostModel::parse(const std::string &text)
       have_bias = true;
     } else if (key == "coord_describe") {
       if (!(ls >> m.coord_describe)) throw bad();
+    } else if (key.rfind("pipeline_", 0) == 0) {
+      if (!m.pipeline) m.pipeline = std::make_shared<PipelineConstants>();
+      parse_pipeline_line(*m.pipeline, key, ls, line);
     } else {
       // Numbers: floats through strtod, which reads Python's repr back exactly.
       std::string v;

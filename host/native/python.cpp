@@ -2,7 +2,7 @@
  * errors in the Python path's types.
  *
  *   Model(text)                                     HostModel::parse (host/native.py host_model_text)
- *   open_device(spec, model, lanes, timeout, node_rank, stall_cycles) -> Device   (devices.h)
+ *   open_device(spec, model, lanes, timeout, node_rank, stall_cycles, threads) -> Device   (devices.h)
  *   evaluate_neighbors(model, device, x, types, nlocal, numneigh, neighbors, ids, **options) -> dict
  *                                                   (options: chunk_atoms, strict, allow_below_rmin,
  *                                                    atomic_virial, timeout, progress(n) per chunk)
@@ -221,8 +221,9 @@ PYBIND11_MODULE(_dpfpga_native, m)
 
   m.def("open_device",
         [](const std::string &spec, const HostModel &model, int lanes, double timeout, int node_rank,
-           long stall_cycles) {
+           long stall_cycles, int threads) {
           DeviceConfig c;
+          c.threads = threads;
           c.lanes = lanes;
           c.timeout = timeout;
           c.node_rank = node_rank;
@@ -231,7 +232,7 @@ PYBIND11_MODULE(_dpfpga_native, m)
           return NativeDevice{open_device(spec, model, c)};
         },
         py::arg("spec"), py::arg("model"), py::arg("lanes") = 1, py::arg("timeout") = 60.0, py::arg("node_rank") = 0,
-        py::arg("stall_cycles") = 5000000L);
+        py::arg("stall_cycles") = 5000000L, py::arg("threads") = 0);
 
   m.def("evaluate_neighbors",
         [](const HostModel &model, py::object device, carray<double> x, carray<int32_t> types, size_t nlocal,

@@ -40,6 +40,8 @@
 
 namespace dpfpga {
 
+struct PipelineConstants;  // the fixed-point pipeline's constants, for the cpu device (pipeline.h)
+
 /* The Python exception each error stands for (model.neighbors / model.assembly / host.devices). */
 enum class ErrorKind {
   Structure,         // model.neighbors.StructureError
@@ -76,6 +78,9 @@ struct HostModel {
   double training_min_distance = 0.0;  // Å, 0 when the model file does not record it
   int energy_frac = 0, force_frac = 0;
   std::vector<int64_t> energy_bias;    // per type, format E
+  /* The text's `pipeline_*` lines (host_model_text(qm, pipeline=True)): what the cpu device computes
+   * with; null when the text has none (every other device needs none). */
+  std::shared_ptr<PipelineConstants> pipeline;
 
   static HostModel parse(const std::string &text);
   int sum_sel() const;

@@ -1,0 +1,282 @@
+/* The cpu device's vector kernels (cpu.cpp), written once over a vector type and compiled twice by
+ * cpu.cpp: inside `#pragma GCC target("avx2,fma")` with 4 doubles per vector and fused multiply-adds,
+ * and portably with 2 doubles per vector (SSE2 on x86-64, NEON elsewhere); cpu.cpp picks one at run
+ * time.  No include guard: included once per copy, inside that copy's namespace, which provides
+ *
+ *   VW            doubles per vector (a power of two, 2 or 4)
+ *   V, VF, VI32   VW doubles, VW floats, VW int32 (GCC vector extensions)
+ *   vfloor(V)     lane-wise floor
+ *   vfma(a, b, c) a * b + c, fused or not
+ *   vmin, vmax    lane-wise
+ *   vbroadcast(p) *p in every lane
+ *
+ * Why doubles: every value here is an integer of a fixed-point format, and every product and every
+ * partial sum below stays within +-2^53 for any inputs the formats allow (cpu.cpp checks each bound
+ * from the model's formats when the device opens, and refuses a model that would break one), so
+ * float64 holds them exactly and a sum is the same integer in any order and with or without fusing:
+ * FMA changes nothing but speed.  Rounding is the reference's (contract/fixedpoint.py shift_round):
+ * sr(v) = floor((v + half) * mul) with half = 2^(k-1), mul = 2^-k for a right shift by k > 0 (exact:
+ * |v| + half <= 2^53, and scaling by a power of two is exact), and half = 0, mul = 2^-k for k <= 0.
+ * Saturation clips to the format's range and raises a flag, as fixedpoint.saturate does.
+ *
+ * Layouts: matrices are row-major with a row stride `ld` that is a multiple of 8 (the padded width of
+ * a layer); padded columns of weights and biases are zero, so padded columns of activations stay zero
+ * and raise no flag. */
+
+namespace {
+
+inline V splat(double x)
+{
+  V v;
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++) v[l] = x;
+  return v;
+}
+inline V load(const double *p)
+{
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(double *p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+inline V load_f(const float *p)
+{
+  VF f;
+  __builtin_memcpy(&f, p, sizeof f);
+  return __builtin_convertvector(f, V);
+}
+inline V load_i(const int32_t *p)
+{
+  VI32 i;
+  __builtin_memcpy(&i, p, sizeof i);
+  return __builtin_convertvector(i, V);
+}
+inline void store_f(float *p, V v)
+{
+  const VF f = __builtin_convertvector(v, VF);  // exact: the values are integers of at most 24 bits
+  __builtin_memcpy(p, &f, sizeof f);
+}
+inline double hsum(V v)
+{
+  double s = 0;
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++) s += v[l];  // exact: integers below 2^53
+  return s;
+}
+inline V sr(V v, const DShift &s) { return vfloor((v + vbroadcast(&s.half)) * vbroadcast(&s.mul)); }
+/* sr(a b + c): the product and the sum are exact integers, so fusing them changes nothing. */
+inline V sr_fma(V a, V b, V c, const DShift &s) { return vfloor(vfma(a, b, c + vbroadcast(&s.half)) * vbroadcast(&s.mul)); }
+/* Clip to [lo, hi]; lanes outside set their bit of `flag`. */
+inline V clip(V v, const DRange &r, VI &flag)
+{
+  const V c = vmin(vmax(v, vbroadcast(&r.lo)), vbroadcast(&r.hi));
+  flag |= c != v;
+  return c;
+}
+inline bool any(VI flag)
+{
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++)
+    if (flag[l]) return true;
+  return false;
+}
+
+}  // namespace
+
+/* C (rows x 8 * panels) = A (rows x K, stride lda) @ B, B packed by gemm_pack (cpu.cpp): panels of 8
+ * columns, each K rows of 8 values.  rows is a multiple of GEMM_ROWS. */
+void gemm(int rows, int K, int panels, const double *A, int lda, const double *B, double *C, int ldc)
+{
+  constexpr int NV = 8 / VW;  // vectors per panel row
+  for (int p = 0; p < panels; p++) {
+    const double *Bp = B + size_t(p) * size_t(K) * 8;
+    for (int i = 0; i < rows; i += GEMM_ROWS) {
+      // GEMM_ROWS x 8 accumulators held in registers (AVX2: 12 of the 16 ymm) over the whole K loop
+      V acc[GEMM_ROWS][NV] = {};
+      const double *a = A + size_t(i) * size_t(lda);
+      for (int k = 0; k < K; k++) {
+        V b[NV];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) b[v] = load(Bp + size_t(k) * 8 + size_t(v) * VW);
+#pragma GCC unroll 8
+        for (int r = 0; r < GEMM_ROWS; r++) {
+          const V x = vbroadcast(a + size_t(r) * size_t(lda) + size_t(k));
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; v++) acc[r][v] = vfma(x, b[v], acc[r][v]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < GEMM_ROWS; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; v++) store(C + size_t(i + r) * size_t(ldc) + size_t(p) * 8 + size_t(v) * VW, acc[r][v]);
+    }
+  }
+}
+
+/* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table (stored as
+ * floats: 18-bit integers), and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
+ * coefficient result, or s past the table's end). */
+bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const int64_t *s, const double *R, float *G,
+           float *dG, double *GR, const int32_t **cf, double *xi, uint8_t *below)
+{
+  const int m1 = e.m1;
+  VI flag{};
+  bool sat = false;
+  // Per record: its segment's coefficients (null past the table's end), its position in the segment.
+  for (int j = 0; j < nrec; j++) {
+    const GTable &t = e.g[type[j]];
+    below[j] = s[j] < t.x_min;
+    const int64_t x = below[j] ? t.x_min : s[j];
+    const int64_t idx = x >> t.index_shift;
+    cf[j] = idx < t.nseg ? t.coef + size_t(idx) * 3 * size_t(m1) : nullptr;
+    xi[j] = double((x >> (t.index_shift - t.xi_bits)) & t.xi_mask);
+    // The tables (hundreds of kB) do not stay in cache: ask for this record's segment now.
+    if (cf[j])
+      for (size_t off = 0; off < 3 * size_t(m1) * sizeof(int32_t); off += 64)
+        __builtin_prefetch(reinterpret_cast<const char *>(cf[j]) + off);
+  }
+  // Channel block by channel block, so that the four GR sums stay in registers over the records.
+  for (int c = 0; c < m1; c += VW) {
+    V acc0{}, acc1{}, acc2{}, acc3{};
+    for (int j = 0; j < nrec; j++) {
+      float *Gj = G + size_t(j) * size_t(m1) + size_t(c), *dGj = dG + size_t(j) * size_t(m1) + size_t(c);
+      if (!cf[j]) {  // past the last segment: G = G' = 0, and that counts as saturation
+        sat = true;
+        store_f(Gj, splat(0));
+        store_f(dGj, splat(0));
+        continue;
+      }
+      const GTable &t = e.g[type[j]];
+      const V x = splat(xi[j]);
+      const int32_t *p = cf[j] + c;
+      const V a = load_i(p), b = load_i(p + m1), cc = load_i(p + 2 * m1);
+      const V tt = sr_fma(cc, x, splat(0), t.xi);  // |c xi| < 2^(coef + xi_bits)
+      const V y = clip(sr(a + sr_fma(b + tt, x, splat(0), t.xi), t.y), t.out, flag);
+      // below x_min the table is constant: no slope, and no flag for it
+      const V dy = below[j] ? splat(0) : clip(sr(b + tt + tt, t.dy), t.dout, flag);
+      store_f(Gj, y);
+      store_f(dGj, dy);
+      const double *Rj = R + 4 * size_t(j);  // |R G| sums: see CpuModel (GR)
+      acc0 = vfma(vbroadcast(Rj), y, acc0);
+      acc1 = vfma(vbroadcast(Rj + 1), y, acc1);
+      acc2 = vfma(vbroadcast(Rj + 2), y, acc2);
+      acc3 = vfma(vbroadcast(Rj + 3), y, acc3);
+    }
+    store(GR + c, clip(sr(acc0, e.gr), e.gr_range, flag));
+    store(GR + m1 + c, clip(sr(acc1, e.gr), e.gr_range, flag));
+    store(GR + 2 * m1 + c, clip(sr(acc2, e.gr), e.gr_range, flag));
+    store(GR + 3 * m1 + c, clip(sr(acc3, e.gr), e.gr_range, flag));
+  }
+  return sat || any(flag);
+}
+
+/* Stage 10's sums for one atom's records: dR_j = rq(G_j dGR^T), dGj = rq(R_j dGR), and
+ * dS_g = sr(sum_c dGj[c] G'_j[c]).  Returns whether anything saturated. */
+bool backward(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG, const double *dGR,
+              double *dR, double *dSg)
+{
+  const int m1 = k.m1;
+  VI flag{};
+  bool sat = false;
+  for (int j = 0; j < nrec; j++) {
+    const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
+    const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
+    V a0{}, a1{}, a2{}, a3{}, as{};
+    for (int c = 0; c < m1; c += VW) {
+      const V g = load_f(Gj + c), dg = load_f(dGj + c);
+      const V d0 = load(dGR + c), d1 = load(dGR + m1 + c), d2 = load(dGR + 2 * m1 + c), d3 = load(dGR + 3 * m1 + c);
+      a0 = vfma(g, d0, a0);
+      a1 = vfma(g, d1, a1);
+      a2 = vfma(g, d2, a2);
+      a3 = vfma(g, d3, a3);
+      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), k.dgj), k.dgj_range, flag);
+      as = vfma(gj, dg, as);
+    }
+    const double sums[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    for (int q = 0; q < 4; q++) {
+      double v = std::floor((sums[q] + k.dr.half) * k.dr.mul);
+      if (v < k.dr_range.lo || v > k.dr_range.hi) sat = true, v = v < k.dr_range.lo ? k.dr_range.lo : k.dr_range.hi;
+      dR[4 * j + q] = v;
+    }
+    dSg[j] = std::floor((hsum(as) + k.dsg.half) * k.dsg.mul);
+  }
+  return sat || any(flag);
+}
+
+/* A fitting layer's activation, row by row: z = sat(sr(acc) + b) (no flag: tanh4 is flat long before the
+ * Z range ends), y = tanh4(z) shifted to A, x = rq(x_prev + y) for a resnet layer (flagged), else y;
+ * dphi = tanh4'(z).  rowsat[r] |= any flag of row r. */
+void activate(const LayerConsts &L, int rows, const double *acc, const double *xprev, double *x, double *dphi,
+              uint8_t *rowsat)
+{
+  const int P = L.p_out;
+  const V one = splat(L.one), two = splat(L.two), three4 = splat(L.three_quarters), zero = splat(0);
+  for (int r = 0; r < rows; r++) {
+    VI flag{}, unflagged{};
+    const double *ar = acc + size_t(r) * size_t(P);
+    for (int c = 0; c < P; c += VW) {
+      const V z = clip(sr(load(ar + c), L.z) + load(L.b + c), L.z_range, unflagged);
+      // tanh4 (model/reference.py): |za^2| <= 2^(2f+2), |xx (xx/16 - za/4)| <= 2^(2f+4): checked < 2^53
+      const V az = z < zero ? -z : z;
+      const V za = az > two ? two : az;
+      const V xx = sr(za * za, L.f);
+      const V q = sr(xx * (sr(xx, L.r4) - sr(za, L.r2)), L.f);
+      const V ya = za + q;
+      const V dq = sr(xx * (sr(za, L.r2) - three4), L.f);
+      store(dphi + size_t(r) * size_t(P) + size_t(c), az >= two ? zero : one + dq);
+      const V y = sr(z < zero ? -ya : ya, L.y);
+      if (L.resnet) {
+        store(x + size_t(r) * size_t(P) + size_t(c),
+              clip(sr(load(xprev + size_t(r) * size_t(P) + size_t(c)) + y, L.a), L.a_range, flag));
+      } else {
+        store(x + size_t(r) * size_t(P) + size_t(c), y);
+      }
+    }
+    if (any(flag)) rowsat[r] = 1;
+  }
+}
+
+/* energy[r] = rq(x_r . w) (format E, flagged). */
+void energy(const OutConsts &o, int rows, const double *x, double *e, uint8_t *rowsat)
+{
+  for (int r = 0; r < rows; r++) {
+    V acc{};
+    for (int c = 0; c < o.p; c += VW) acc = vfma(load(x + size_t(r) * size_t(o.p) + size_t(c)), load(o.w + c), acc);
+    double v = std::floor((hsum(acc) + o.e.half) * o.e.mul);
+    if (v < o.e_range.lo || v > o.e_range.hi) rowsat[r] = 1, v = v < o.e_range.lo ? o.e_range.lo : o.e_range.hi;
+    e[r] = v;
+  }
+}
+
+/* out[r] = rq(a[r] * b[r]) (or rq(a[r] + b[r]) when `add`), width P, flagged per row; b == nullptr: the
+ * row vector b0 for every row. */
+void combine(int rows, int P, const double *a, const double *b, const double *b0, bool add, const DShift &s,
+             const DRange &range, double *out, uint8_t *rowsat)
+{
+  for (int r = 0; r < rows; r++) {
+    VI flag{};
+    const double *ar = a + size_t(r) * size_t(P);
+    const double *br = b ? b + size_t(r) * size_t(P) : b0;
+    double *o = out + size_t(r) * size_t(P);
+    for (int c = 0; c < P; c += VW) {
+      const V x = load(ar + c), y = load(br + c);
+      store(o + c, clip(sr(add ? x + y : x * y, s), range, flag));
+    }
+    if (any(flag)) rowsat[r] = 1;
+  }
+}
+
+/* out[r] = rq(a[r]) width P, flagged per row. */
+void requant(int rows, int P, const double *a, const DShift &s, const DRange &range, double *out, uint8_t *rowsat)
+{
+  for (int r = 0; r < rows; r++) {
+    VI flag{};
+    for (int c = 0; c < P; c += VW) {
+      const size_t q = size_t(r) * size_t(P) + size_t(c);
+      store(out + q, clip(sr(load(a + q), s), range, flag));
+    }
+    if (any(flag)) rowsat[r] = 1;
+  }
+}
+
+const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant};
