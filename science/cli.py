@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from contract.cli import CommandLine, arg, out_arg, set_threads, threads_arg
+from contract.cli import CommandLine, arg, model_arg, out_arg, set_threads, threads_arg
 from contract.modelfile import ModelFileError
 
 # model/cli.py's MOVED_TO_SCIENCE names these again (model may not import science) to point old command
@@ -23,6 +23,9 @@ OVERVIEW = """\
 dpfpga science workflows: what is done with a model of `python -m model` (structure of MD trajectories,
 one-command recipes from teacher data to a model file, accuracy per phase, teacher-labelled datasets).
 
+  python -m science melt [-o build/melt]                 the main job: 4,096 GeTe atoms melted through LAMMPS with
+                                                         the cpu device, liquid g(r) over AIMD's, s/step/atom beside
+                                                         the NumPy reference device's
   python -m science rdf TRAJ -o OUT [--altbc]            g(r), coordination numbers (and ALTBC) of a trajectory,
                                                          compared with the AIMD reference curves of a-GeTe
   python -m science recipe RECIPE.json -o RUN_DIR [--short]
@@ -226,6 +229,30 @@ def cmd_phases(args):
     from .phases import markdown_table
     print(markdown_table(doc["metrics"]))
     print("wrote " + ", ".join(doc["files"].values()))
+
+
+@cli.command("melt", "the main job: melt GeTe through LAMMPS with the cpu device, g(r) against AIMD, timing",
+             out_arg("output folder (default build/melt)", default="build/melt"),
+             model_arg(),
+             arg("--cells", type=int, default=8, help="rock-salt cells along each axis, 8 atoms each (default 8: "
+                                                      "4,096 atoms)"),
+             arg("--steps", type=int, default=1000, help="MD steps of 2 fs, four stages (default 1000)"),
+             arg("--threads", type=int, default=0, metavar="N",
+                 help="cpu device threads (default 0: every core this process may use)"),
+             arg("--reference-steps", type=int, default=3, help="steps timed with the NumPy reference device"),
+             arg("--seed", type=int, default=20261207, help="velocity seed"))
+def cmd_melt(args):
+    from contract.paths import EXAMPLE_MODEL
+
+    from .melt import Protocol, main_job
+    if args.cells < 2 or args.steps < 4 or args.threads < 0 or args.reference_steps < 1:
+        raise ValueError(f"need --cells >= 2, --steps >= 4, --threads >= 0, --reference-steps >= 1; got "
+                         f"{args.cells}, {args.steps}, {args.threads}, {args.reference_steps}")
+    model = Path(args.model).resolve() if args.model else EXAMPLE_MODEL
+    if not model.exists():
+        raise ValueError(f"model file {model} does not exist")
+    main_job(Path(args.out).resolve(), Protocol(cells=args.cells, steps=args.steps, seed=args.seed), model,
+             threads=args.threads, reference_steps=args.reference_steps)
 
 
 @cli.command("melt-quench", "melt-quench MD with a teacher potential -> DeePMD npy + provenance",
