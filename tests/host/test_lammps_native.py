@@ -282,7 +282,7 @@ def test_unknown_element_same_error(plugin, model_path, tmp_path):
 def test_bad_device_and_host_choices(plugin, model_path, tmp_path, case):
     write_data(tmp_path / "a.data", gete(repeat=2))
     style, texts = {
-        "unknown-device": ("device bogus", ["unknown device 'bogus'; choose from reference, zero, xdma"]),
+        "unknown-device": ("device bogus", ["unknown device 'bogus'; choose from reference, cpu, zero, xdma"]),
         "xdma-absent": (f"device xdma:{tmp_path}/no-card", ["cannot open device xdma:", "no-card"]),
         "reference-in-process": ("device reference host native", ["device reference does not run in-process"]),
         "socket-in-process": (f"socket {tmp_path}/s.sock host native", ["drop `host native` or drop `socket`"]),
