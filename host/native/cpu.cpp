@@ -185,6 +185,7 @@ struct DRange {
 
 struct GTable {  // one neighbour type's G table, coefficients as int32 [segment][a b c][channel]
   const int32_t *coef = nullptr;
+  const uint8_t *safe = nullptr;  // per segment: G and G' inside their formats for every xi and channel
   int64_t nseg = 0, x_min = 0, xi_mask = 0;
   int index_shift = 0, xi_bits = 0;
   DShift xi, y, dy;
@@ -331,6 +332,7 @@ class CpuModel {
   std::map<std::string, PipelineFormat> F;
   ITable ts, th;
   std::vector<std::vector<int32_t>> g_coef;  // per neighbour type
+  std::vector<std::vector<uint8_t>> g_safe;  // per neighbour type and segment: GTable::safe
   EmbedConsts embed;
   BackConsts back;
   std::vector<std::vector<LayerConsts>> fit;  // per centre type
@@ -379,7 +381,32 @@ class CpuModel {
   }
   static DRange range(const PipelineFormat &f) { return {double(f.lo()), double(f.hi())}; }
   void check_table(const PipelineTable &t, const std::string &name, int nch);
+  static std::vector<uint8_t> safe_segments(const PipelineTable &t);
 };
+
+/* Per segment of a G table: 1 when, for every xi and every channel, the value and the slope (model/reference.py
+ * table_lookup, int64 as there) lie inside their formats, so that the embed kernel may skip clipping
+ * them (clipping would change nothing and flag nothing).  Every xi is tried: 2^xi_bits per segment. */
+std::vector<uint8_t> CpuModel::safe_segments(const PipelineTable &t)
+{
+  const int kb = t.xi_bits, ky = t.coef.frac - t.out.frac, kd = t.coef.frac - t.seg_shift - t.dout.frac;
+  // Wider positions than 2^12 per segment would make this check slow: then every segment clips.
+  std::vector<uint8_t> safe(size_t(t.nseg), kb <= 12);
+  if (kb > 12) return safe;
+  for (int s = 0; s < t.nseg; s++) {
+    bool flag = false;
+    for (int ch = 0; ch < t.nch && !flag; ch++) {
+      const int64_t *c = &t.values[(size_t(s) * size_t(t.nch) + size_t(ch)) * 3];
+      for (int64_t xi = 0; xi < (int64_t(1) << kb) && !flag; xi++) {
+        const int64_t tt = sr64(c[2] * xi, kb);
+        sat64(sr64(c[0] + sr64((c[1] + tt) * xi, kb), ky), t.out, flag);
+        sat64(sr64(c[1] + 2 * tt, kd), t.dout, flag);
+      }
+    }
+    safe[size_t(s)] = !flag;
+  }
+  return safe;
+}
 
 void CpuModel::check_table(const PipelineTable &t, const std::string &name, int nch)
 {
@@ -462,11 +489,12 @@ CpuModel::CpuModel(const HostModel &hm)
     g.y = dshift(pt.coef.frac - pt.out.frac, cm + 2, "table " + name + " value");
     g.dy = dshift(pt.coef.frac - pt.seg_shift - pt.dout.frac, cm + 2, "table " + name + " slope");
     g.out = range(pt.out), g.dout = range(pt.dout);
+    g_safe.push_back(safe_segments(pt));  // after the bounds above: int64 holds every step
     need(pt.out.magnitude() <= 24 && pt.dout.magnitude() <= 24,
          "table " + name + ": G and G' wider than 24 bits (kept as float32, exact up to 2^24)");
     embed.g.push_back(g);
   }
-  for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data();
+  for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data(), embed.g[size_t(t)].safe = g_safe[size_t(t)].data();
   need(mag("R") <= 24 && mag("G") <= 24 && mag("dG") <= 24, "R, G or dG wider than 24 bits");
   embed.gr = dshift(fr("R") + fr("G") + ns - fr("GR"), mag("R") + mag("G") + ceil_log2(sum_sel),
                     "GR = sum over sum(sel) records of R (" + fmt("R").describe() + ") G (" + fmt("G").describe() + ")");

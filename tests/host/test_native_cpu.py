@@ -180,6 +180,35 @@ def test_exactness_worst_case(gete_qm):
         check(w, dev, ct, nt, d, 24, 1)
 
 
+def rehashed(w):
+    w.hash = ""
+    w.hash = modelfile.content_hash(w)
+    return w
+
+
+def test_g_tables_that_saturate_and_clamp(gete_qm):
+    """The embed kernel skips clipping G and G' in a segment where no position and no channel leaves the
+    formats (checked when the model loads; every segment of the bundled models): a table whose every other
+    segment saturates G (a at the coefficient maximum) or G' (b at its minimum), and one whose x_min lies
+    inside the range that the records use (the constant part below it: no slope), against the reference,
+    through both kernel sets."""
+    qm = rehashed(copy.deepcopy(gete_qm))
+    g0, g1 = qm.table_g[0], qm.table_g[1]
+    g0.coef = g0.coef.copy()
+    g0.coef[0::4, 5, 0] = g0.coef_fmt.hi                 # y = a >> (coef.frac - out.frac): past G's range
+    g0.coef[1::4, 7, 1] = -(1 << (g0.coef_fmt.bits - 1))  # dy from b: past G''s range
+    g1.x_min = int(np.median(np.arange(g1.nseg)) * 2 ** (g1.x_frac - g1.seg_shift)) // 2 + 5
+    rehashed(qm)
+    ct, nt, d = records(qm, 60, 31, rlo=2.0, rhi=7.0)
+    beats = wire.encode_atoms(ct, nt, d, 1)
+    expect = process_beats(qm, beats, len(ct), 1)
+    _, _, flags, _ = wire.decode_results(expect, len(ct), nt.shape[1])
+    assert (flags & FLAG_SATURATED).mean() > 0.5  # the saturating segments are in use
+    for spec in ("cpu", "cpu:generic"):
+        with native.open_device(spec, qm, threads=2) as dev:
+            assert (dev.run(beats, len(ct)) == expect).all(), spec
+
+
 def test_a_model_beyond_the_bounds_is_refused(gete_qm):
     """Weights of 21 bits: first-layer sums could reach 2^53, beyond float64's exact integers."""
     w = copy.deepcopy(gete_qm)
