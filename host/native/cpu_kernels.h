@@ -238,6 +238,8 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
   const int m1 = k.m1;
   VI flag{};
   bool sat = false;
+  const VShift sdgj = vshift(k.dgj);
+  const VRange dgj_range = vrange(k.dgj_range);
   for (int j = 0; j < nrec; j++) {
     const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
     const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
@@ -249,10 +251,11 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
       a1 = vfma(g, d1, a1);
       a2 = vfma(g, d2, a2);
       a3 = vfma(g, d3, a3);
-      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), k.dgj), k.dgj_range, flag);
+      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), sdgj), dgj_range, flag);
       as = vfma(gj, dg, as);
     }
-    const double sums[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    double sums[4];
+    hsum4(a0, a1, a2, a3, sums);
     for (int q = 0; q < 4; q++) {
       double v = std::floor((sums[q] + k.dr.half) * k.dr.mul);
       if (v < k.dr_range.lo || v > k.dr_range.hi) sat = true, v = v < k.dr_range.lo ? k.dr_range.lo : k.dr_range.hi;
@@ -261,6 +264,88 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
     dSg[j] = std::floor((hsum(as) + k.dsg.half) * k.dsg.mul);
   }
   return sat || any(flag);
+}
+
+/* max |p[i]| over n values (n a multiple of VW). */
+double maxabs(int n, const double *p)
+{
+  V m = splat(0);
+  for (int i = 0; i < n; i += VW) {
+    const V v = load(p + i);
+    m = vmax(m, vmax(v, -v));
+  }
+  double r = 0;
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++) r = std::max(r, m[l]);
+  return r;
+}
+
+namespace {
+inline double sr1(double v, const DShift &s) { return std::floor((v + s.half) * s.mul); }
+inline double clip1(double v, const DRange &r, bool &flag)
+{
+  const double c = std::min(std::max(v, r.lo), r.hi);
+  flag |= c != v;
+  return c;
+}
+}  // namespace
+
+/* Stage 6 in float64 for one atom: x[c M2 + b] = rq(sum_k GR[k][c] GR[k][b]).  Only for an atom whose
+ * sums, and their rounding, stay below 2^53 (the caller checks 4 max|GR|^2 + half < 2^53: the int64 path
+ * otherwise).  Returns whether anything saturated. */
+bool descriptor(const DescConsts &d, const double *GR, double *x)
+{
+  const int m1 = d.m1, m2 = d.m2;
+  VI flag{};
+  bool sat = false;
+  const VShift s = vshift(d.d);
+  const VRange range = vrange(d.d_range);
+  for (int c = 0; c < m1; c++) {
+    const V g0 = vbroadcast(GR + c), g1 = vbroadcast(GR + m1 + c), g2 = vbroadcast(GR + 2 * m1 + c),
+            g3 = vbroadcast(GR + 3 * m1 + c);
+    int b = 0;
+    for (; b + VW <= m2; b += VW)
+      store(x + c * m2 + b, clip(sr(vfma(g3, load(GR + 3 * m1 + b), vfma(g2, load(GR + 2 * m1 + b),
+                                     vfma(g1, load(GR + m1 + b), g0 * load(GR + b)))), s), range, flag));
+    for (; b < m2; b++) {
+      const double acc = GR[c] * GR[b] + GR[m1 + c] * GR[m1 + b] + GR[2 * m1 + c] * GR[2 * m1 + b] +
+                         GR[3 * m1 + c] * GR[3 * m1 + b];
+      x[c * m2 + b] = clip1(sr1(acc, d.d), d.d_range, sat);
+    }
+  }
+  return sat || any(flag);
+}
+
+/* Stage 9 in float64 for one atom: dGR[k][c] = rq(sum_b GR[k][b] dD[c][b] + (c < M2) sum_a GR[k][a] dD[a][c])
+ * with dD[c][b] = dD[c M2 + b].  Only for an atom whose sums stay below 2^53 (the caller checks
+ * (M1 + M2) max|GR| max|dD| + half < 2^53: the int64 path otherwise).  Scratch: dDT (M2 x M1), ext (4 x M1).
+ * Returns whether anything saturated. */
+bool dgr(const DescConsts &d, const double *GR, const double *dD, double *dDT, double *ext, double *dGR)
+{
+  const int m1 = d.m1, m2 = d.m2;
+  VI flag{};
+  for (int c = 0; c < m1; c++)
+    for (int b = 0; b < m2; b++) dDT[b * m1 + c] = dD[c * m2 + b];
+  // ext[k][c] = sum_a GR[k][a] dD[a][c] for c < M2, zero beyond
+  for (int k = 0; k < 4; k++)
+    for (int c = 0; c < m1; c++) {
+      double e = 0;
+      if (c < m2) {
+        V acc = splat(0);
+        for (int a = 0; a < m1; a += VW) acc = vfma(load(GR + k * m1 + a), load(dDT + c * m1 + a), acc);
+        e = hsum(acc);
+      }
+      ext[k * m1 + c] = e;
+    }
+  const VShift s = vshift(d.dgr);
+  const VRange range = vrange(d.dgr_range);
+  for (int k = 0; k < 4; k++)
+    for (int c = 0; c < m1; c += VW) {
+      V acc = load(ext + k * m1 + c);
+      for (int b = 0; b < m2; b++) acc = vfma(vbroadcast(GR + k * m1 + b), load(dDT + b * m1 + c), acc);
+      store(dGR + k * m1 + c, clip(sr(acc, s), range, flag));
+    }
+  return any(flag);
 }
 
 /* A fitting layer's activation, row by row: z = sat(sr(acc) + b) (no flag: tanh4 is flat long before the
@@ -339,4 +424,4 @@ void requant(int rows, int P, const double *a, const DShift &s, const DRange &ra
   }
 }
 
-const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant};
+const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant, maxabs, descriptor, dgr};

@@ -209,6 +209,39 @@ def test_g_tables_that_saturate_and_clamp(gete_qm):
             assert (dev.run(beats, len(ct)) == expect).all(), spec
 
 
+def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm, monkeypatch):
+    """Stages 6 (D = GR^T GR) and 9 (dGR = GR dD) run in float64 for an atom whose sums stay below 2^53
+    (4 max|GR|^2, (M1 + M2) max|GR| max|dD|: every atom of the bundled models, |GR| <= 2^25 of 2^26) and in
+    int64 otherwise.  Sparse and crowded atoms: with the model as it is (float64), with GR two bits wider
+    (crowded atoms' D in int64), and with DPFPGA_CPU_INT64_STAGES=1 (both stages in int64 for every atom),
+    through both kernel sets."""
+    sparse = records(gete_qm, 20, 41, rlo=3.0, rhi=7.5)
+    dense = records(gete_qm, 20, 42, rlo=1.0, rhi=2.2)
+    ct, nt, d = (np.concatenate([a, b]) for a, b in zip(sparse, dense))
+    wide = copy.deepcopy(gete_qm)
+    GR = wide.formats["GR"]
+    wide.formats = dict(wide.formats, GR=type(GR)(GR.bits + 2, GR.frac + 2))
+    rehashed(wide)
+    beats = wire.encode_atoms(ct, nt, d, 1)
+    for qm, d_slow in ((gete_qm, 0), (wide, 5)):
+        cfg, F = qm.config, qm.formats
+        trace = {}
+        evaluate(qm, NeighborRecords(ct, nt, d), trace=trace)
+        gmax = np.abs(trace["GR"]).reshape(len(ct), -1).max(axis=1).astype(float)
+        dmax = np.abs(trace["dD"]).max(axis=1).astype(float)
+        k_d = 2 * F["GR"].frac - cfg.desc_shift - F["D"].frac
+        k_dgr = F["GR"].frac + F["dD"].frac - cfg.desc_shift - F["dGR"].frac
+        slow_d = (4 * gmax ** 2 >= 2.0 ** 53 - 2.0 ** (k_d - 1)).sum()
+        assert (slow_d >= d_slow) if d_slow else slow_d == 0
+        assert ((cfg.m1 + cfg.axis_neurons) * gmax * dmax < 2.0 ** 53 - 2.0 ** (k_dgr - 1)).all()
+        expect = process_beats(qm, beats, len(ct), 1)
+        for force_int64 in ("0", "1"):
+            monkeypatch.setenv("DPFPGA_CPU_INT64_STAGES", force_int64)
+            for spec in ("cpu", "cpu:generic"):
+                with native.open_device(spec, qm, threads=1) as dev:
+                    assert (dev.run(beats, len(ct)) == expect).all(), (spec, force_int64)
+
+
 def test_a_model_beyond_the_bounds_is_refused(gete_qm):
     """Weights of 21 bits: first-layer sums could reach 2^53, beyond float64's exact integers."""
     w = copy.deepcopy(gete_qm)
