@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -185,6 +186,7 @@ struct DRange {
 
 struct GTable {  // one neighbour type's G table, coefficients as int32 [segment][a b c][channel]
   const int32_t *coef = nullptr;
+  const uint8_t *safe = nullptr;  // per segment: G and G' inside their formats for every xi and channel
   int64_t nseg = 0, x_min = 0, xi_mask = 0;
   int index_shift = 0, xi_bits = 0;
   DShift xi, y, dy;
@@ -200,6 +202,11 @@ struct BackConsts {
   int m1 = 0;
   DShift dr, dgj, dsg;
   DRange dr_range, dgj_range;
+};
+struct DescConsts {  // stages 6 and 9 in float64 (atoms whose sums stay below 2^53)
+  int m1 = 0, m2 = 0;
+  DShift d, dgr;
+  DRange d_range, dgr_range;
 };
 struct LayerConsts {
   int n_in = 0, n_out = 0, p_in = 0, p_out = 0;
@@ -231,6 +238,9 @@ typedef void (*EnergyFn)(const OutConsts &, int, const double *, double *, uint8
 typedef void (*CombineFn)(int, int, const double *, const double *, const double *, bool, const DShift &,
                           const DRange &, double *, uint8_t *);
 typedef void (*RequantFn)(int, int, const double *, const DShift &, const DRange &, double *, uint8_t *);
+typedef double (*MaxAbsFn)(int, const double *);
+typedef bool (*DescriptorFn)(const DescConsts &, const double *, double *);
+typedef bool (*DgrFn)(const DescConsts &, const double *, const double *, double *, double *, double *);
 
 struct Kernels {
   const char *name;
@@ -241,6 +251,9 @@ struct Kernels {
   EnergyFn energy;
   CombineFn combine;
   RequantFn requant;
+  MaxAbsFn maxabs;
+  DescriptorFn descriptor;
+  DgrFn dgr;
 };
 
 }  // namespace
@@ -259,6 +272,11 @@ inline V vfma(V a, V b, V c) { return a * b + c; }
 inline V vmin(V a, V b) { return a < b ? a : b; }
 inline V vmax(V a, V b) { return a > b ? a : b; }
 inline V vbroadcast(const double *p) { return V{*p, *p}; }
+/* out[q] = the sum of aq's lanes (exact: integers below 2^53, any order) */
+inline void hsum4(V a0, V a1, V a2, V a3, double *out)
+{
+  out[0] = a0[0] + a0[1], out[1] = a1[0] + a1[1], out[2] = a2[0] + a2[1], out[3] = a3[0] + a3[1];
+}
 }  // namespace
 #define KERNEL_NAME "portable"
 #include "cpu_kernels.h"
@@ -281,6 +299,14 @@ inline V vfma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
 inline V vmin(V a, V b) { return _mm256_min_pd(a, b); }
 inline V vmax(V a, V b) { return _mm256_max_pd(a, b); }
 inline V vbroadcast(const double *p) { return _mm256_broadcast_sd(p); }
+/* out[q] = the sum of aq's lanes (exact: integers below 2^53, any order): two horizontal adds and one
+ * cross-lane add instead of four reductions */
+inline void hsum4(V a0, V a1, V a2, V a3, double *out)
+{
+  const __m256d h01 = _mm256_hadd_pd(a0, a1), h23 = _mm256_hadd_pd(a2, a3);  // (a0 01, a1 01, a0 23, a1 23)
+  const __m256d lo = _mm256_permute2f128_pd(h01, h23, 0x20), hi = _mm256_permute2f128_pd(h01, h23, 0x31);
+  _mm256_storeu_pd(out, _mm256_add_pd(lo, hi));
+}
 }  // namespace
 #define KERNEL_NAME "avx2+fma"
 #include "cpu_kernels.h"
@@ -331,8 +357,11 @@ class CpuModel {
   std::map<std::string, PipelineFormat> F;
   ITable ts, th;
   std::vector<std::vector<int32_t>> g_coef;  // per neighbour type
+  std::vector<std::vector<uint8_t>> g_safe;  // per neighbour type and segment: GTable::safe
   EmbedConsts embed;
   BackConsts back;
+  DescConsts desc;
+  double d_fast_max = 0, dgr_fast_max = 0;  // the float64 paths of stages 6 and 9: see fitting()
   std::vector<std::vector<LayerConsts>> fit;  // per centre type
   std::vector<OutConsts> out;
   std::vector<std::vector<double>> g0;      // per centre type: rq(out_w) to GA, the backward pass's start
@@ -379,7 +408,32 @@ class CpuModel {
   }
   static DRange range(const PipelineFormat &f) { return {double(f.lo()), double(f.hi())}; }
   void check_table(const PipelineTable &t, const std::string &name, int nch);
+  static std::vector<uint8_t> safe_segments(const PipelineTable &t);
 };
+
+/* Per segment of a G table: 1 when, for every xi and every channel, the value and the slope (model/reference.py
+ * table_lookup, int64 as there) lie inside their formats, so that the embed kernel may skip clipping
+ * them (clipping would change nothing and flag nothing).  Every xi is tried: 2^xi_bits per segment. */
+std::vector<uint8_t> CpuModel::safe_segments(const PipelineTable &t)
+{
+  const int kb = t.xi_bits, ky = t.coef.frac - t.out.frac, kd = t.coef.frac - t.seg_shift - t.dout.frac;
+  // Wider positions than 2^12 per segment would make this check slow: then every segment clips.
+  std::vector<uint8_t> safe(size_t(t.nseg), kb <= 12);
+  if (kb > 12) return safe;
+  for (int s = 0; s < t.nseg; s++) {
+    bool flag = false;
+    for (int ch = 0; ch < t.nch && !flag; ch++) {
+      const int64_t *c = &t.values[(size_t(s) * size_t(t.nch) + size_t(ch)) * 3];
+      for (int64_t xi = 0; xi < (int64_t(1) << kb) && !flag; xi++) {
+        const int64_t tt = sr64(c[2] * xi, kb);
+        sat64(sr64(c[0] + sr64((c[1] + tt) * xi, kb), ky), t.out, flag);
+        sat64(sr64(c[1] + 2 * tt, kd), t.dout, flag);
+      }
+    }
+    safe[size_t(s)] = !flag;
+  }
+  return safe;
+}
 
 void CpuModel::check_table(const PipelineTable &t, const std::string &name, int nch)
 {
@@ -462,11 +516,12 @@ CpuModel::CpuModel(const HostModel &hm)
     g.y = dshift(pt.coef.frac - pt.out.frac, cm + 2, "table " + name + " value");
     g.dy = dshift(pt.coef.frac - pt.seg_shift - pt.dout.frac, cm + 2, "table " + name + " slope");
     g.out = range(pt.out), g.dout = range(pt.dout);
+    g_safe.push_back(safe_segments(pt));  // after the bounds above: int64 holds every step
     need(pt.out.magnitude() <= 24 && pt.dout.magnitude() <= 24,
          "table " + name + ": G and G' wider than 24 bits (kept as float32, exact up to 2^24)");
     embed.g.push_back(g);
   }
-  for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data();
+  for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data(), embed.g[size_t(t)].safe = g_safe[size_t(t)].data();
   need(mag("R") <= 24 && mag("G") <= 24 && mag("dG") <= 24, "R, G or dG wider than 24 bits");
   embed.gr = dshift(fr("R") + fr("G") + ns - fr("GR"), mag("R") + mag("G") + ceil_log2(sum_sel),
                     "GR = sum over sum(sel) records of R (" + fmt("R").describe() + ") G (" + fmt("G").describe() + ")");
@@ -474,6 +529,11 @@ CpuModel::CpuModel(const HostModel &hm)
 
   // -- stage 6 (int64): D = rq(GR^T GR[:, :M2]), 4 terms
   k_d = ishift(2 * fr("GR") - ds - fr("D"), 2 * mag("GR") + 2, "D = GR^T GR");
+  // ... and in float64 for an atom with 4 max|GR|^2 + half < 2^53 (typical atoms: |GR| ~ 2^21 of 2^26)
+  desc.m1 = m1, desc.m2 = m2;
+  desc.d = dshift(2 * fr("GR") - ds - fr("D"), 0, "D");
+  desc.d_range = range(fmt("D"));
+  d_fast_max = std::ldexp(1.0, 53 + std::min(2 * fr("GR") - ds - fr("D"), 0)) - desc.d.half;
 
   // -- stages 7-8: the fitting nets (float64 GEMMs)
   const PipelineFormat &W = fmt("W");
@@ -577,6 +637,13 @@ CpuModel::CpuModel(const HostModel &hm)
   // -- stage 9 (int64): dGR, M2 + M1 terms of GR dD
   k_dgr = ishift(fr("GR") + fr("dD") - ds - fr("dGR"), mag("GR") + mag("dD") + ceil_log2(m1 + m2), "dGR");
   need(mag("dGR") <= 52, "dGR wider than float64's exact integers");
+  // ... and in float64 for an atom with (M1 + M2) max|GR| max|dD| + half < 2^53
+  desc.dgr = dshift(fr("GR") + fr("dD") - ds - fr("dGR"), 0, "dGR");
+  desc.dgr_range = range(fmt("dGR"));
+  dgr_fast_max = std::ldexp(1.0, 53 + std::min(fr("GR") + fr("dD") - ds - fr("dGR"), 0)) - desc.dgr.half;
+  // Tests only (tests/host/test_native_cpu.py): DPFPGA_CPU_INT64_STAGES=1 sends every atom down the int64
+  // paths of stages 6 and 9, which the bundled models' atoms never need.
+  if (const char *e = std::getenv("DPFPGA_CPU_INT64_STAGES"); e && std::string(e) == "1") d_fast_max = dgr_fast_max = 0;
   // -- stage 10 (float64 sums, then int64)
   back.dr = dshift(fr("G") + fr("dGR") + ns - fr("dR"), mag("G") + mag("dGR") + ceil_log2(m1), "dR = G dGR^T");
   back.dr_range = range(fmt("dR"));
@@ -704,6 +771,7 @@ struct Workspace {
   // per atom of the batch
   std::vector<double> GR, dGR;           // 4 * M1 per atom
   std::vector<int64_t> GRi;
+  std::vector<double> gmax, dDT, ext;    // stages 6 and 9 in float64: per member max|GR|; scratch
   std::vector<uint8_t> sat, small;
   std::vector<int> row;                  // the atom's row in its centre type's matrices
   std::vector<size_t> rfirst;            // the atom's first record in the batch's arrays
@@ -880,6 +948,8 @@ class CpuDevice : public Device {
     for (auto *v : {&ws.G, &ws.dG}) fit_size(*v, size_t(m1) * nrec);
     for (auto *v : {&ws.GR, &ws.dGR}) fit_size(*v, 4 * size_t(m1) * na);
     fit_size(ws.GRi, 4 * size_t(m1));
+    fit_size(ws.dDT, size_t(m1) * size_t(m.m2));
+    fit_size(ws.ext, 4 * size_t(m1));
     ws.sat.assign(na, 0);
     ws.small.assign(na, 0);
     fit_size(ws.row, na);
@@ -983,10 +1053,18 @@ class CpuDevice : public Device {
     fit_size(ws.x0, size_t(rows) * size_t(p0));
     std::fill(ws.x0.begin(), ws.x0.begin() + long(rows) * p0, 0.0);
     ws.rowsat.assign(size_t(rows), 0);
-    // stage 6: D[c * M2 + b] = rq(sum_k GR[k][c] GR[k][b]), int64 (|GR|^2 sums pass 2^53)
+    // stage 6: D[c * M2 + b] = rq(sum_k GR[k][c] GR[k][b]): float64 where this atom's sums stay below
+    // 2^53 (4 max|GR|^2 + half, exact as computed: GR < 2^26; rounding it can only refuse more atoms),
+    // else int64 (a saturated GR's squares pass 2^53)
+    fit_size(ws.gmax, size_t(nm));
     for (int r = 0; r < nm; r++) {
       const size_t q = size_t(ws.members[size_t(r)]);
       const double *GR = &ws.GR[4 * size_t(m1) * q];
+      const double g = ws.gmax[size_t(r)] = k_->maxabs(4 * m1, GR);
+      if (4 * g * g < m.d_fast_max) {
+        ws.rowsat[size_t(r)] = k_->descriptor(m.desc, GR, &ws.x0[size_t(r) * size_t(p0)]);
+        continue;
+      }
       int64_t *gi = ws.GRi.data();
       for (int v = 0; v < 4 * m1; v++) gi[v] = int64_t(GR[v]);
       bool sat = false;
@@ -1047,10 +1125,17 @@ class CpuDevice : public Device {
       a_.energy[i] = int64_t(ws.e[size_t(r)]);
       bool sat = ws.rowsat[size_t(r)] || m.g0_sat[size_t(t)];
       const double *dD = &ws.acc[size_t(r) * size_t(p0)];  // dDm[c][b] = dD[c * M2 + b]
-      int64_t *gi = ws.GRi.data();
       const double *GR = &ws.GR[4 * size_t(m1) * q];
-      for (int v = 0; v < 4 * m1; v++) gi[v] = int64_t(GR[v]);
       double *dGR = &ws.dGR[4 * size_t(m1) * q];
+      // float64 where (M1 + M2) max|GR| max|dD| + half < 2^53 (as for D; the product of two values below
+      // 2^26 is exact, the factor's rounding can only refuse more atoms), else int64
+      if (double(m1 + m2) * (ws.gmax[size_t(r)] * k_->maxabs(m1 * m2, dD)) < m.dgr_fast_max) {
+        sat |= k_->dgr(m.desc, GR, dD, ws.dDT.data(), ws.ext.data(), dGR);
+        ws.sat[q] |= sat;
+        continue;
+      }
+      int64_t *gi = ws.GRi.data();
+      for (int v = 0; v < 4 * m1; v++) gi[v] = int64_t(GR[v]);
       for (int k = 0; k < 4; k++)
         for (int c = 0; c < m1; c++) {
           int64_t acc = 0;

@@ -73,6 +73,24 @@ inline V clip(V v, const DRange &r, VI &flag)
   flag |= c != v;
   return c;
 }
+/* A shift and a range as vectors, held in registers over a loop (stores through float pointers could
+ * alias the constants in memory, so the compiler would load them again each iteration). */
+struct VShift {
+  V half, mul;
+};
+struct VRange {
+  V lo, hi;
+};
+inline VShift vshift(const DShift &s) { return {vbroadcast(&s.half), vbroadcast(&s.mul)}; }
+inline VRange vrange(const DRange &r) { return {vbroadcast(&r.lo), vbroadcast(&r.hi)}; }
+inline V sr(V v, const VShift &s) { return vfloor((v + s.half) * s.mul); }
+inline V sr_fma(V a, V b, V c, const VShift &s) { return vfloor(vfma(a, b, c + s.half) * s.mul); }
+inline V clip(V v, const VRange &r, VI &flag)
+{
+  const V c = vmin(vmax(v, r.lo), r.hi);
+  flag |= c != v;
+  return c;
+}
 inline bool any(VI flag)
 {
 #pragma GCC unroll 4
@@ -113,6 +131,60 @@ void gemm(int rows, int K, int panels, const double *A, int lda, const double *B
   }
 }
 
+namespace {
+
+/* One record's G and G' over all channels from its segment's coefficients p (a, b, c rows of m1).
+ * CLIP: the segment may saturate (GTable::safe), so clip and flag; otherwise every value is inside its
+ * format for every xi (checked when the model loads), and clipping would change nothing.  SLOPE: false
+ * below x_min, where the table is constant (G' = 0, and no flag for it). */
+template <bool CLIP, bool SLOPE>
+inline void g_row(const GTable &t, int m1, const int32_t *p, double xi, float *G, float *dG, VI &flag)
+{
+  const V x = splat(xi), zero = splat(0);
+  const VShift sxi = vshift(t.xi), sy = vshift(t.y), sdy = vshift(t.dy);
+  const VRange out = vrange(t.out), dout = vrange(t.dout);
+  for (int c = 0; c < m1; c += VW) {
+    const V a = load_i(p + c), b = load_i(p + m1 + c), cc = load_i(p + 2 * m1 + c);
+    const V tt = sr_fma(cc, x, zero, sxi);  // |c xi| < 2^(coef + xi_bits)
+    V y = sr(a + sr_fma(b + tt, x, zero, sxi), sy);
+    V dy = SLOPE ? sr(b + tt + tt, sdy) : zero;
+    if (CLIP) {
+      y = clip(y, out, flag);
+      if (SLOPE) dy = clip(dy, dout, flag);
+    }
+    store_f(G + c, y);
+    store_f(dG + c, dy);
+  }
+}
+
+/* acc[k][v] += R_j[k] G_j[c + v VW] over the records, NV vectors of channels from c; then GR = rq(acc). */
+template <int NV>
+inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const float *G, int c, double *GR, VI &flag)
+{
+  const int m1 = e.m1;
+  const VShift sgr = vshift(e.gr);
+  const VRange gr_range = vrange(e.gr_range);
+  V acc[4][NV] = {};
+  for (int j = 0; j < nrec; j++) {
+    const double *Rj = R + 4 * size_t(j);  // |R G| sums: see CpuModel (GR)
+    V g[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) g[v] = load_f(G + size_t(j) * size_t(m1) + size_t(c + v * VW));
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+      const V r = vbroadcast(Rj + k);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) acc[k][v] = vfma(r, g[v], acc[k][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; k++)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) store(GR + size_t(k) * size_t(m1) + size_t(c + v * VW), clip(sr(acc[k][v], sgr), gr_range, flag));
+}
+
+}  // namespace
+
 /* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table (stored as
  * floats: 18-bit integers), and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
  * coefficient result, or s past the table's end). */
@@ -135,38 +207,26 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const int64_t *s
       for (size_t off = 0; off < 3 * size_t(m1) * sizeof(int32_t); off += 64)
         __builtin_prefetch(reinterpret_cast<const char *>(cf[j]) + off);
   }
-  // Channel block by channel block, so that the four GR sums stay in registers over the records.
-  for (int c = 0; c < m1; c += VW) {
-    V acc0{}, acc1{}, acc2{}, acc3{};
-    for (int j = 0; j < nrec; j++) {
-      float *Gj = G + size_t(j) * size_t(m1) + size_t(c), *dGj = dG + size_t(j) * size_t(m1) + size_t(c);
-      if (!cf[j]) {  // past the last segment: G = G' = 0, and that counts as saturation
-        sat = true;
-        store_f(Gj, splat(0));
-        store_f(dGj, splat(0));
-        continue;
-      }
-      const GTable &t = e.g[type[j]];
-      const V x = splat(xi[j]);
-      const int32_t *p = cf[j] + c;
-      const V a = load_i(p), b = load_i(p + m1), cc = load_i(p + 2 * m1);
-      const V tt = sr_fma(cc, x, splat(0), t.xi);  // |c xi| < 2^(coef + xi_bits)
-      const V y = clip(sr(a + sr_fma(b + tt, x, splat(0), t.xi), t.y), t.out, flag);
-      // below x_min the table is constant: no slope, and no flag for it
-      const V dy = below[j] ? splat(0) : clip(sr(b + tt + tt, t.dy), t.dout, flag);
-      store_f(Gj, y);
-      store_f(dGj, dy);
-      const double *Rj = R + 4 * size_t(j);  // |R G| sums: see CpuModel (GR)
-      acc0 = vfma(vbroadcast(Rj), y, acc0);
-      acc1 = vfma(vbroadcast(Rj + 1), y, acc1);
-      acc2 = vfma(vbroadcast(Rj + 2), y, acc2);
-      acc3 = vfma(vbroadcast(Rj + 3), y, acc3);
+  // Record by record, all channels: the record's constants and segment are fetched once.
+  for (int j = 0; j < nrec; j++) {
+    float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
+    if (!cf[j]) {  // past the last segment: G = G' = 0, and that counts as saturation
+      sat = true;
+      std::fill(Gj, Gj + m1, 0.0f);
+      std::fill(dGj, dGj + m1, 0.0f);
+      continue;
     }
-    store(GR + c, clip(sr(acc0, e.gr), e.gr_range, flag));
-    store(GR + m1 + c, clip(sr(acc1, e.gr), e.gr_range, flag));
-    store(GR + 2 * m1 + c, clip(sr(acc2, e.gr), e.gr_range, flag));
-    store(GR + 3 * m1 + c, clip(sr(acc3, e.gr), e.gr_range, flag));
+    const GTable &t = e.g[type[j]];
+    const bool safe = t.safe[(cf[j] - t.coef) / (3 * m1)];
+    if (below[j])
+      safe ? g_row<false, false>(t, m1, cf[j], xi[j], Gj, dGj, flag) : g_row<true, false>(t, m1, cf[j], xi[j], Gj, dGj, flag);
+    else
+      safe ? g_row<false, true>(t, m1, cf[j], xi[j], Gj, dGj, flag) : g_row<true, true>(t, m1, cf[j], xi[j], Gj, dGj, flag);
   }
+  // GR = R^T G, two vectors of channels at a time (8 sums in registers over the records)
+  int c = 0;
+  for (; c + 2 * VW <= m1; c += 2 * VW) gr_block<2>(e, nrec, R, G, c, GR, flag);
+  for (; c < m1; c += VW) gr_block<1>(e, nrec, R, G, c, GR, flag);
   return sat || any(flag);
 }
 
@@ -178,6 +238,8 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
   const int m1 = k.m1;
   VI flag{};
   bool sat = false;
+  const VShift sdgj = vshift(k.dgj);
+  const VRange dgj_range = vrange(k.dgj_range);
   for (int j = 0; j < nrec; j++) {
     const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
     const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
@@ -189,10 +251,11 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
       a1 = vfma(g, d1, a1);
       a2 = vfma(g, d2, a2);
       a3 = vfma(g, d3, a3);
-      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), k.dgj), k.dgj_range, flag);
+      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), sdgj), dgj_range, flag);
       as = vfma(gj, dg, as);
     }
-    const double sums[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    double sums[4];
+    hsum4(a0, a1, a2, a3, sums);
     for (int q = 0; q < 4; q++) {
       double v = std::floor((sums[q] + k.dr.half) * k.dr.mul);
       if (v < k.dr_range.lo || v > k.dr_range.hi) sat = true, v = v < k.dr_range.lo ? k.dr_range.lo : k.dr_range.hi;
@@ -201,6 +264,88 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
     dSg[j] = std::floor((hsum(as) + k.dsg.half) * k.dsg.mul);
   }
   return sat || any(flag);
+}
+
+/* max |p[i]| over n values (n a multiple of VW). */
+double maxabs(int n, const double *p)
+{
+  V m = splat(0);
+  for (int i = 0; i < n; i += VW) {
+    const V v = load(p + i);
+    m = vmax(m, vmax(v, -v));
+  }
+  double r = 0;
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++) r = std::max(r, m[l]);
+  return r;
+}
+
+namespace {
+inline double sr1(double v, const DShift &s) { return std::floor((v + s.half) * s.mul); }
+inline double clip1(double v, const DRange &r, bool &flag)
+{
+  const double c = std::min(std::max(v, r.lo), r.hi);
+  flag |= c != v;
+  return c;
+}
+}  // namespace
+
+/* Stage 6 in float64 for one atom: x[c M2 + b] = rq(sum_k GR[k][c] GR[k][b]).  Only for an atom whose
+ * sums, and their rounding, stay below 2^53 (the caller checks 4 max|GR|^2 + half < 2^53: the int64 path
+ * otherwise).  Returns whether anything saturated. */
+bool descriptor(const DescConsts &d, const double *GR, double *x)
+{
+  const int m1 = d.m1, m2 = d.m2;
+  VI flag{};
+  bool sat = false;
+  const VShift s = vshift(d.d);
+  const VRange range = vrange(d.d_range);
+  for (int c = 0; c < m1; c++) {
+    const V g0 = vbroadcast(GR + c), g1 = vbroadcast(GR + m1 + c), g2 = vbroadcast(GR + 2 * m1 + c),
+            g3 = vbroadcast(GR + 3 * m1 + c);
+    int b = 0;
+    for (; b + VW <= m2; b += VW)
+      store(x + c * m2 + b, clip(sr(vfma(g3, load(GR + 3 * m1 + b), vfma(g2, load(GR + 2 * m1 + b),
+                                     vfma(g1, load(GR + m1 + b), g0 * load(GR + b)))), s), range, flag));
+    for (; b < m2; b++) {
+      const double acc = GR[c] * GR[b] + GR[m1 + c] * GR[m1 + b] + GR[2 * m1 + c] * GR[2 * m1 + b] +
+                         GR[3 * m1 + c] * GR[3 * m1 + b];
+      x[c * m2 + b] = clip1(sr1(acc, d.d), d.d_range, sat);
+    }
+  }
+  return sat || any(flag);
+}
+
+/* Stage 9 in float64 for one atom: dGR[k][c] = rq(sum_b GR[k][b] dD[c][b] + (c < M2) sum_a GR[k][a] dD[a][c])
+ * with dD[c][b] = dD[c M2 + b].  Only for an atom whose sums stay below 2^53 (the caller checks
+ * (M1 + M2) max|GR| max|dD| + half < 2^53: the int64 path otherwise).  Scratch: dDT (M2 x M1), ext (4 x M1).
+ * Returns whether anything saturated. */
+bool dgr(const DescConsts &d, const double *GR, const double *dD, double *dDT, double *ext, double *dGR)
+{
+  const int m1 = d.m1, m2 = d.m2;
+  VI flag{};
+  for (int c = 0; c < m1; c++)
+    for (int b = 0; b < m2; b++) dDT[b * m1 + c] = dD[c * m2 + b];
+  // ext[k][c] = sum_a GR[k][a] dD[a][c] for c < M2, zero beyond
+  for (int k = 0; k < 4; k++)
+    for (int c = 0; c < m1; c++) {
+      double e = 0;
+      if (c < m2) {
+        V acc = splat(0);
+        for (int a = 0; a < m1; a += VW) acc = vfma(load(GR + k * m1 + a), load(dDT + c * m1 + a), acc);
+        e = hsum(acc);
+      }
+      ext[k * m1 + c] = e;
+    }
+  const VShift s = vshift(d.dgr);
+  const VRange range = vrange(d.dgr_range);
+  for (int k = 0; k < 4; k++)
+    for (int c = 0; c < m1; c += VW) {
+      V acc = load(ext + k * m1 + c);
+      for (int b = 0; b < m2; b++) acc = vfma(vbroadcast(GR + k * m1 + b), load(dDT + b * m1 + c), acc);
+      store(dGR + k * m1 + c, clip(sr(acc, s), range, flag));
+    }
+  return any(flag);
 }
 
 /* A fitting layer's activation, row by row: z = sat(sr(acc) + b) (no flag: tanh4 is flat long before the
@@ -279,4 +424,4 @@ void requant(int rows, int P, const double *a, const DShift &s, const DRange &ra
   }
 }
 
-const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant};
+const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant, maxabs, descriptor, dgr};

@@ -180,6 +180,68 @@ def test_exactness_worst_case(gete_qm):
         check(w, dev, ct, nt, d, 24, 1)
 
 
+def rehashed(w):
+    w.hash = ""
+    w.hash = modelfile.content_hash(w)
+    return w
+
+
+def test_g_tables_that_saturate_and_clamp(gete_qm):
+    """The embed kernel skips clipping G and G' in a segment where no position and no channel leaves the
+    formats (checked when the model loads; every segment of the bundled models): a table whose every other
+    segment saturates G (a at the coefficient maximum) or G' (b at its minimum), and one whose x_min lies
+    inside the range that the records use (the constant part below it: no slope), against the reference,
+    through both kernel sets."""
+    qm = rehashed(copy.deepcopy(gete_qm))
+    g0, g1 = qm.table_g[0], qm.table_g[1]
+    g0.coef = g0.coef.copy()
+    g0.coef[0::4, 5, 0] = g0.coef_fmt.hi                 # y = a >> (coef.frac - out.frac): past G's range
+    g0.coef[1::4, 7, 1] = -(1 << (g0.coef_fmt.bits - 1))  # dy from b: past G''s range
+    g1.x_min = int(np.median(np.arange(g1.nseg)) * 2 ** (g1.x_frac - g1.seg_shift)) // 2 + 5
+    rehashed(qm)
+    ct, nt, d = records(qm, 60, 31, rlo=2.0, rhi=7.0)
+    beats = wire.encode_atoms(ct, nt, d, 1)
+    expect = process_beats(qm, beats, len(ct), 1)
+    _, _, flags, _ = wire.decode_results(expect, len(ct), nt.shape[1])
+    assert (flags & FLAG_SATURATED).mean() > 0.5  # the saturating segments are in use
+    for spec in ("cpu", "cpu:generic"):
+        with native.open_device(spec, qm, threads=2) as dev:
+            assert (dev.run(beats, len(ct)) == expect).all(), spec
+
+
+def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm, monkeypatch):
+    """Stages 6 (D = GR^T GR) and 9 (dGR = GR dD) run in float64 for an atom whose sums stay below 2^53
+    (4 max|GR|^2, (M1 + M2) max|GR| max|dD|: every atom of the bundled models, |GR| <= 2^25 of 2^26) and in
+    int64 otherwise.  Sparse and crowded atoms: with the model as it is (float64), with GR two bits wider
+    (crowded atoms' D in int64), and with DPFPGA_CPU_INT64_STAGES=1 (both stages in int64 for every atom),
+    through both kernel sets."""
+    sparse = records(gete_qm, 20, 41, rlo=3.0, rhi=7.5)
+    dense = records(gete_qm, 20, 42, rlo=1.0, rhi=2.2)
+    ct, nt, d = (np.concatenate([a, b]) for a, b in zip(sparse, dense))
+    wide = copy.deepcopy(gete_qm)
+    GR = wide.formats["GR"]
+    wide.formats = dict(wide.formats, GR=type(GR)(GR.bits + 2, GR.frac + 2))
+    rehashed(wide)
+    beats = wire.encode_atoms(ct, nt, d, 1)
+    for qm, d_slow in ((gete_qm, 0), (wide, 5)):
+        cfg, F = qm.config, qm.formats
+        trace = {}
+        evaluate(qm, NeighborRecords(ct, nt, d), trace=trace)
+        gmax = np.abs(trace["GR"]).reshape(len(ct), -1).max(axis=1).astype(float)
+        dmax = np.abs(trace["dD"]).max(axis=1).astype(float)
+        k_d = 2 * F["GR"].frac - cfg.desc_shift - F["D"].frac
+        k_dgr = F["GR"].frac + F["dD"].frac - cfg.desc_shift - F["dGR"].frac
+        slow_d = (4 * gmax ** 2 >= 2.0 ** 53 - 2.0 ** (k_d - 1)).sum()
+        assert (slow_d >= d_slow) if d_slow else slow_d == 0
+        assert ((cfg.m1 + cfg.axis_neurons) * gmax * dmax < 2.0 ** 53 - 2.0 ** (k_dgr - 1)).all()
+        expect = process_beats(qm, beats, len(ct), 1)
+        for force_int64 in ("0", "1"):
+            monkeypatch.setenv("DPFPGA_CPU_INT64_STAGES", force_int64)
+            for spec in ("cpu", "cpu:generic"):
+                with native.open_device(spec, qm, threads=1) as dev:
+                    assert (dev.run(beats, len(ct)) == expect).all(), (spec, force_int64)
+
+
 def test_a_model_beyond_the_bounds_is_refused(gete_qm):
     """Weights of 21 bits: first-layer sums could reach 2^53, beyond float64's exact integers."""
     w = copy.deepcopy(gete_qm)
