@@ -40,7 +40,7 @@ cli = CommandLine("python -m model", OVERVIEW, errors=(ModelFileError, KeyError,
 
 @cli.command("train", "train the float model from a JSON config",
              arg("config", help="training JSON (model, data, training sections)"),
-             out_arg("run directory (default: <config name>-run)"),
+             out_arg("run directory (default: runs/<config name>)"),
              arg("--steps", type=int, help="override training.steps"),
              arg("--threads", type=int, metavar="N", help="torch threads (default: the config's training.threads, "
                  f"else {default_threads()}, which fits this machine: 0 is torch's default, every core)"))
@@ -52,7 +52,7 @@ def cmd_train(args):
         tcfg = replace(tcfg, steps=args.steps)
     tcfg = replace(tcfg, threads=args.threads if args.threads is not None else (tcfg.threads or default_threads()))
     set_threads(tcfg.threads)
-    out = Path(args.out or Path(args.config).with_suffix("").name + "-run")
+    out = Path(args.out or Path("runs") / Path(args.config).with_suffix("").name)
     train(mcfg, dcfg, tcfg, out)
     print(f"float model: {out / 'model.pt'}")
 
