@@ -122,8 +122,9 @@ def r_min_text(qm) -> str:
 @cli.command("info", "describe a model file", arg("model", help="model file (.npz)"),
              arg("--json", action="store_true", help="also print the whole header"))
 def cmd_info(args):
-    """Configuration, r_min and the training data's shortest distance, formats, tables, fitting layers and
-    the content hash; --json adds the whole header (provenance included)."""
+    """Configuration, r_min and the training data's shortest distance, formats, tables, fitting layers,
+    the content hash and the provenance (training data and split, checkpoint, fine-tuning, RMSE before
+    and after); --json adds the whole header."""
     from contract import modelfile
     qm = modelfile.load(args.model)
     cfg = qm.config
@@ -145,8 +146,38 @@ def cmd_info(args):
     for t, layers in enumerate(qm.fit):
         print(f"fit[{cfg.type_map[t]}]: " + ", ".join(f"{l.W.shape[0]}x{l.W.shape[1]} W s{qm.formats['W'].bits}.{l.wfrac}"
                                                     for l in layers) + f", out s{qm.formats['W'].bits}.{qm.out_wfrac[t]}")
+    for line in provenance_lines(qm.provenance or {}):
+        print(line)
     if args.json:
         print(json.dumps(qm.header(), indent=1))
+
+
+def provenance_lines(prov: dict) -> list[str]:
+    """Where a model file came from, in words: its training data and split, the checkpoint it was
+    quantized from, the fine-tuning and the RMSE before and after (r_min and the neighbour statistics
+    have lines of their own).  --json prints the whole record."""
+    lines = []
+    data = prov.get("data")
+    if data:
+        lines.append(f"training data: {', '.join(map(str, data.get('systems', [])))} (validation fraction "
+                     f"{data.get('valid_fraction')}, split seed {data.get('seed')}: the frames never trained on)")
+    q = prov.get("quantization")
+    if q:
+        ft = q.get("finetune") or {}
+        lines.append(f"quantized from {q.get('checkpoint')}: QAT fine-tuning {ft.get('steps', 0)} steps at lr "
+                     f"{ft.get('lr')}" + (f" ({q['seconds']:.0f} s in all)" if q.get("seconds") is not None else ""))
+        for key, name in (("float", "float model"), ("quantized_before_finetune", "quantized, before QAT"),
+                          ("quantized_after_finetune", "quantized, after QAT")):
+            r = q.get(key)
+            if r and "rmse_e" in r and "rmse_f" in r:
+                lines.append(f"  {name:<22} energy RMSE {r['rmse_e'] * 1e3:.2f} meV/atom, force RMSE "
+                             f"{r['rmse_f'] * 1e3:.1f} meV/Å on {r.get('frames')} validation frames")
+    other = sorted(set(prov) - {"data", "quantization", "r_min", "neighbors"})
+    if other:
+        lines.append(f"provenance also records: {', '.join(other)} (--json prints them)")
+    if not prov:
+        lines.append("provenance: none recorded in this model file")
+    return lines
 
 
 @cli.command("example", "print the path of the bundled example model")

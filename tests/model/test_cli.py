@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,11 @@ def test_info_of_the_bundled_model_shows_r_min_and_the_training_data_shortest_di
     assert r.returncode == 0, r.stderr
     assert "r_min 1.85 Å: the tables start here" in r.stdout
     assert "training data's shortest distance 2.0633 Å (3840 frames" in r.stdout
+    # the provenance without --json: data and split, checkpoint, fine-tuning, RMSE before/after
+    assert "training data: " in r.stdout and "(validation fraction 0.4, split seed 1" in r.stdout
+    assert "QAT fine-tuning 3000 steps at lr 1e-06" in r.stdout
+    assert re.search(r"quantized, after QAT +energy RMSE 8\.21 meV/atom, force RMSE 203\.9 meV/Å on 64", r.stdout)
+    assert "calibration_ranges" in r.stdout and '"calibration_ranges"' not in r.stdout  # named, not dumped
 
 
 def test_errors_are_one_clear_line(tmp_path):
