@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -277,7 +278,8 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
     if todo:
         seconds, source = synth_estimate(todo, cache_dir, jobs)
         log(f"      estimate: about {_duration(seconds)} for the {len(todo)} runs not cached "
-            f"({sum(len(u.text) for u in todo) / 1e3:,.0f} kB of Verilog, {jobs} at a time; from {source})")
+            f"({sum(len(u.text) for u in todo) / 1e3:,.0f} kB of Verilog, {jobs} at a time; from {source})"
+            + load_note())
 
     def run(u):
         log(f"      synth {_short(u.name)} ({len(u.text) / 1e3:.0f} kB of Verilog) ...")
@@ -346,6 +348,16 @@ def synth_estimate(todo: list[Unit], cache_dir: Path, jobs: int) -> tuple[float,
         rate, source = REFERENCE_SECONDS_PER_KB, f"{REFERENCE_SECONDS_PER_KB} s/kB measured in {REFERENCE_SOURCE}"
     each = [len(u.text) / 1e3 * rate for u in todo]
     return max(sum(each) / max(1, jobs), max(each)), source
+
+
+def load_note() -> str:
+    """A warning where other work already fills the cores (Yosys then gets a share of one: measured, the
+    largest run took 4x its reference time at load 5 on 2 cores)."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return ""
+    return f"; the load is {load:.1f} on {cores} cores now: expect longer" if load > cores else ""
 
 
 def _duration(seconds: float) -> str:

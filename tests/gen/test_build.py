@@ -252,6 +252,15 @@ def test_synthesis_time_is_estimated_before_it_starts(small_build, tmp_path):
     assert two == pytest.approx(max(seconds / 2, max(len(u.text) for u in units) / 1e3 * 2.0))
 
 
+def test_the_estimate_warns_on_a_loaded_machine(monkeypatch):
+    from gen.flow import synth
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(synth.os, "getloadavg", lambda: (5.1, 5.0, 4.8))
+    assert synth.load_note() == "; the load is 5.1 on 2 cores now: expect longer"
+    monkeypatch.setattr(synth.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert synth.load_note() == ""
+
+
 def test_module_split_and_units(small_build):
     """The per-module synthesis plan covers every module once, black-boxing submodules."""
     from gen.build import TOP, instance_counts, module_units, split_modules
