@@ -68,6 +68,12 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def torch_threads() -> int:
+    """The threads torch runs on now (what --threads set), for a command's report."""
+    import torch
+    return torch.get_num_threads()
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (the message names the value)."""
     try:

@@ -12,7 +12,8 @@ resource estimate for the platform's device and a throughput model, compared wit
 
   python -m gen build [--model M.npz] [-o DIR] [knobs] [--platform NAME]
         model file -> DIR/pipeline.v, pipeline.il, lint.log, yosys.log, report.json, report.md
-        (default: the bundled model; DIR = build/<model file stem>)
+        (default: the bundled model; DIR = build/<model file stem>-L<lanes>-fp<fit-par>-dp<desc-par>-E<engines>,
+         one folder per model and knobs)
 
 Platforms (`--platform`): verilog (default: RTL and report only); vu9p (PCIe shell around the
 pipeline and a Vivado project for xcvu9p-flgb2104-2-i in DIR/vu9p/, with regmap.json for the host,
@@ -37,7 +38,8 @@ def _choices(name):
 
 @cli.command("build", "model file -> RTL, lint, resource estimate, report",
              model_arg("quantized model file (.npz; default: the bundled GeTe model)"),
-             out_arg("output directory (default: build/<model file stem>)"),
+             out_arg("output directory (default: build/<model file stem>-L<lanes>-fp<fit-par>-dp<desc-par>-E<engines>); "
+                     "files of a build of another model or knobs there are removed first"),
              arg("--lanes", type=positive_int, default=1, help="neighbour records per cycle in the record stages (default 1)"),
              arg("--fit-par", type=positive_int, default=1,
                  help="fitting-net outputs per cycle; divides the fitting width (default 1)"),
@@ -62,9 +64,10 @@ def _choices(name):
              arg("--cache-dir", help="synthesis result cache (default <out>/../.synth-cache)"))
 def cmd_build(args) -> int:
     """Generate the pipeline for a model file: Verilog + RTLIL, Verilator lint, Yosys resource estimate
-    for the platform's device (slow the first time: results are cached per module), report.json and
-    report.md.  Throughput uses the model file's neighbour statistics (recorded at quantization), or
-    --neighbours N.  Exit codes: 0 done, 1 lint or synthesis failed (report written), 2 bad model file,
+    for the platform's device (slow the first time: ~20 min for the bundled model on 2 cores, estimated
+    before it starts; results are cached per module), report.json and report.md, in a folder named by
+    the model and the knobs.  Throughput uses the model file's neighbour statistics (recorded at
+    quantization), or --neighbours N.  Exit codes: 0 done, 1 lint or synthesis failed (report written), 2 bad model file,
     knobs or options, or a missing tool."""
     import gen  # noqa: F401  (raises Python's int->str digit limit for wide ROMs)
 

@@ -20,6 +20,7 @@ every source file the generator can depend on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from . import platforms
 from .flow import TOP, BuildError, version
-from .flow.emit import emit, knob_dict
+from .flow.emit import STAMP, emit, knob_dict
 from .flow.lint import LINT_ACCEPTED, LINT_DISABLED, run_lint, skipped
 from .flow.report import (
     SEED_TABLE_I,
@@ -51,7 +52,7 @@ PLATFORMS = platforms.names()
 STEPS = ("load", "hdl", "platform", "lint", "synth", "report")
 
 __all__ = ["LINT_ACCEPTED", "LINT_DISABLED", "PLATFORMS", "SEED_TABLE_I", "STEPS", "SYNTH_METHODS", "TOP",
-           "BuildError", "Unit", "build", "find_tools", "instance_counts", "load_design", "module_units",
+           "BuildError", "Unit", "build", "clear_other_build", "default_out", "find_tools", "knob_label", "instance_counts", "load_design", "module_units",
            "report_markdown", "run_lint", "split_modules", "synth_unit", "verilator_path"]
 
 
@@ -71,7 +72,7 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
     if synth_method not in SYNTH_METHODS:
         raise BuildError(f"unknown synthesis method {synth_method!r} (available: {', '.join(SYNTH_METHODS)})")
     model = Path(model) if model is not None else EXAMPLE_MODEL
-    out = Path(out) if out is not None else Path("build") / model.stem
+    out = Path(out) if out is not None else default_out(model, knobs)
     progress = Progress(log)
 
     with progress.step("load", "load the model and check the knobs"):
@@ -79,6 +80,9 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
         fit = plat.check_fit(qm, design)
         nb = neighbour_estimate(qm, neighbours)
         tools = find_tools(lint=lint, synth=synth)
+        gone = clear_other_build(out, qm, knobs)
+        if gone:
+            log(f"      {out}/ held a build of {gone['of']}: removed its {', '.join(gone['removed'])}")
         out.mkdir(parents=True, exist_ok=True)
         log(f"      {model} (hash {qm.hash[:12]}), knobs {knob_dict(knobs)} -> {out}/")
         log(f"      neighbours per atom: {nb['mean']:g} ({nb['source']})" if nb["mean"] is not None
@@ -113,6 +117,46 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
     write_report(report, out)
     log(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return report
+
+
+def knob_label(knobs: Knobs) -> str:
+    """The knobs in a folder name: L<lanes>-fp<fit_par>-dp<desc_par>-E<engines> (as docs/reports names builds)."""
+    return f"L{knobs.lanes}-fp{knobs.fit_par}-dp{knobs.desc_par}-E{knobs.engines}"
+
+
+def default_out(model: Path, knobs: Knobs) -> Path:
+    """build/<model file stem>-<knob_label>: a build with other knobs gets a folder of its own."""
+    return Path("build") / f"{Path(model).stem}-{knob_label(knobs)}"
+
+
+#: what a build writes in its folder (platforms write out/<platform name>/)
+BUILD_FILES = ("pipeline.il", "pipeline.v", STAMP, "lint.log", "yosys.log", "report.json", "report.md")
+
+
+def clear_other_build(out: Path, qm, knobs: Knobs) -> dict | None:
+    """Remove what a build of another model or other knobs left in `out` (its stamp says whose), so that
+    no step this build skips (--no-synth, --no-lint, another platform) leaves the other design's files
+    beside this one's.  Returns {"of": whose, "removed": names}, or None where there was nothing to remove."""
+    try:
+        stamp = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if stamp.get("model_hash") == qm.hash and stamp.get("knobs") == knob_dict(knobs):
+        return None
+    removed = []
+    for name in BUILD_FILES + ("synth",) + tuple(PLATFORMS):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name + ("/" if name == "synth" or name in PLATFORMS else ""))
+    old = stamp.get("knobs") or {}
+    of = (f"model {str(stamp.get('model_hash'))[:12]}, knobs "
+          f"{knob_label(Knobs(**old)) if set(old) == set(knob_dict(knobs)) else old}")
+    return {"of": of, "removed": removed}
 
 
 class Progress:

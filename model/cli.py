@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from contract.cli import CommandLine, arg, model_arg, out_arg, set_threads
+from contract.cli import CommandLine, arg, default_threads, model_arg, out_arg, set_threads, threads_arg, torch_threads
 from contract.modelfile import ModelFileError
 from contract.paths import EXAMPLE_MODEL, GETE_AIMD, shared_data
 
@@ -40,18 +40,19 @@ cli = CommandLine("python -m model", OVERVIEW, errors=(ModelFileError, KeyError,
 
 @cli.command("train", "train the float model from a JSON config",
              arg("config", help="training JSON (model, data, training sections)"),
-             out_arg("run directory (default: <config name>-run)"),
+             out_arg("run directory (default: runs/<config name>)"),
              arg("--steps", type=int, help="override training.steps"),
              arg("--threads", type=int, metavar="N", help="torch threads (default: the config's training.threads, "
-                 "else 1, which fits this machine: 0 is torch's default, every core)"))
+                 f"else {default_threads()}, which fits this machine: 0 is torch's default, every core)"))
 def cmd_train(args):
     """Train the float model; writes RUN_DIR/model.pt, train.json, lcurve.out and checkpoints."""
     from .train import load_json_config, train
     mcfg, dcfg, tcfg = load_json_config(args.config)
     if args.steps is not None:
         tcfg = replace(tcfg, steps=args.steps)
-    tcfg = replace(tcfg, threads=args.threads if args.threads is not None else (tcfg.threads or 1))
-    out = Path(args.out or Path(args.config).with_suffix("").name + "-run")
+    tcfg = replace(tcfg, threads=args.threads if args.threads is not None else (tcfg.threads or default_threads()))
+    set_threads(tcfg.threads)
+    out = Path(args.out or Path("runs") / Path(args.config).with_suffix("").name)
     train(mcfg, dcfg, tcfg, out)
     print(f"float model: {out / 'model.pt'}")
 
@@ -64,8 +65,7 @@ def cmd_train(args):
              arg("--lr", type=float, default=1e-6, help="fine-tuning learning rate (constant)"),
              arg("--eval-frames", type=int, default=64, help="validation frames for the before/after RMSE"),
              arg("--calib-frames", type=int, default=16, help="frames used to calibrate formats"),
-             arg("--threads", type=int, default=1, metavar="N", help="torch threads (default 1, which fits this "
-                 "machine; 0: torch's default, every core)"))
+             threads_arg())
 def cmd_quantize(args):
     """Choose r_min and the formats from the training data, build the tables and integer weights, fine-tune
     with quantization in the loop, and write the model file (its provenance holds the report)."""
@@ -73,7 +73,7 @@ def cmd_quantize(args):
     from .pipeline import quantize_and_finetune
     report = quantize_and_finetune(args.checkpoint, args.out, config=args.config, steps=args.finetune_steps,
                                    lr=args.lr, eval_frames=args.eval_frames, calib_frames=args.calib_frames)
-    print(json.dumps(report, indent=1))
+    print(json.dumps({**report, "torch_threads": torch_threads()}, indent=1))
     print(f"model file: {Path(args.out).resolve()}")
 
 
@@ -82,9 +82,11 @@ def cmd_quantize(args):
              arg("--json", help="write metrics JSON here"), arg("--plot", help="write parity plot PNG here"),
              arg("--csv", help="write per-frame energies CSV here"),
              arg("--max-frames", type=int, help="evaluate a random subset of this many frames"),
-             arg("--seed", type=int, default=0, help="seed of that subset"))
+             arg("--seed", type=int, default=0, help="seed of that subset"),
+             threads_arg())
 def cmd_test(args):
     """Energy, force (and virial) RMSE of the float model and of the bit-exact quantized one."""
+    set_threads(args.threads)
     from contract import modelfile
     from .data import load_systems
     from .metrics import test_model
@@ -94,7 +96,7 @@ def cmd_test(args):
     m = test_model(qm, float_model(qm), systems, max_frames=args.max_frames, seed=args.seed,
                    json_path=args.json, plot_path=args.plot, csv_path=args.csv)
     f, q = m["float"], m["quantized"]
-    print(f"frames: {m['frames']}")
+    print(f"frames: {m['frames']} (torch threads: {torch_threads()})")
     for name, r in (("float", f), ("quantized", q)):
         print(f"{name:>10}: energy RMSE {r.get('rmse_e', float('nan')) * 1e3:8.3f} meV/atom   "
               f"force RMSE {r.get('rmse_f', float('nan')) * 1e3:8.2f} meV/Å")
@@ -120,8 +122,9 @@ def r_min_text(qm) -> str:
 @cli.command("info", "describe a model file", arg("model", help="model file (.npz)"),
              arg("--json", action="store_true", help="also print the whole header"))
 def cmd_info(args):
-    """Configuration, r_min and the training data's shortest distance, formats, tables, fitting layers and
-    the content hash; --json adds the whole header (provenance included)."""
+    """Configuration, r_min and the training data's shortest distance, formats, tables, fitting layers,
+    the content hash and the provenance (training data and split, checkpoint, fine-tuning, RMSE before
+    and after); --json adds the whole header."""
     from contract import modelfile
     qm = modelfile.load(args.model)
     cfg = qm.config
@@ -143,8 +146,38 @@ def cmd_info(args):
     for t, layers in enumerate(qm.fit):
         print(f"fit[{cfg.type_map[t]}]: " + ", ".join(f"{l.W.shape[0]}x{l.W.shape[1]} W s{qm.formats['W'].bits}.{l.wfrac}"
                                                     for l in layers) + f", out s{qm.formats['W'].bits}.{qm.out_wfrac[t]}")
+    for line in provenance_lines(qm.provenance or {}):
+        print(line)
     if args.json:
         print(json.dumps(qm.header(), indent=1))
+
+
+def provenance_lines(prov: dict) -> list[str]:
+    """Where a model file came from, in words: its training data and split, the checkpoint it was
+    quantized from, the fine-tuning and the RMSE before and after (r_min and the neighbour statistics
+    have lines of their own).  --json prints the whole record."""
+    lines = []
+    data = prov.get("data")
+    if data:
+        lines.append(f"training data: {', '.join(map(str, data.get('systems', [])))} (validation fraction "
+                     f"{data.get('valid_fraction')}, split seed {data.get('seed')}: the frames never trained on)")
+    q = prov.get("quantization")
+    if q:
+        ft = q.get("finetune") or {}
+        lines.append(f"quantized from {q.get('checkpoint')}: QAT fine-tuning {ft.get('steps', 0)} steps at lr "
+                     f"{ft.get('lr')}" + (f" ({q['seconds']:.0f} s in all)" if q.get("seconds") is not None else ""))
+        for key, name in (("float", "float model"), ("quantized_before_finetune", "quantized, before QAT"),
+                          ("quantized_after_finetune", "quantized, after QAT")):
+            r = q.get(key)
+            if r and "rmse_e" in r and "rmse_f" in r:
+                lines.append(f"  {name:<22} energy RMSE {r['rmse_e'] * 1e3:.2f} meV/atom, force RMSE "
+                             f"{r['rmse_f'] * 1e3:.1f} meV/Å on {r.get('frames')} validation frames")
+    other = sorted(set(prov) - {"data", "quantization", "r_min", "neighbors"})
+    if other:
+        lines.append(f"provenance also records: {', '.join(other)} (--json prints them)")
+    if not prov:
+        lines.append("provenance: none recorded in this model file")
+    return lines
 
 
 @cli.command("example", "print the path of the bundled example model")
@@ -157,11 +190,12 @@ def cmd_example(args):
 @cli.command("demo", "run the bundled model end to end on a generated GeTe structure",
              model_arg(), out_arg("output folder (default build/demo)", default="build/demo"),
              arg("--frames", type=int, default=16, help="validation AIMD frames for the DFT comparison"),
-             arg("--no-dft", action="store_true", help="skip the comparison with ../shared/data"))
+             arg("--no-dft", action="store_true", help="skip the comparison with ../shared/data"),
+             threads_arg())
 def cmd_demo(args):
     """The README's main job: bundled model, generated GeTe structure, reference vs float, JSON out; then,
     where ../shared/data holds the GeTe AIMD frames, the model against DFT on frames of its training
-    data's validation split (never trained on)."""
+    data's validation split (never trained on), named in demo.json."""
     import numpy as np
     from ase.build import bulk
 
@@ -170,6 +204,7 @@ def cmd_demo(args):
     from .data import System
     from .metrics import predict_float
     from .quantize import float_model
+    set_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     qm = modelfile.load(args.model or EXAMPLE_MODEL)
@@ -181,6 +216,7 @@ def cmd_demo(args):
                     cells=atoms.cell.array[None], pbc=True)
     e_f, f_f, v_f = predict_float(float_model(qm), system, 0)
     report = {"model": str(Path(args.model or EXAMPLE_MODEL).resolve()), "model_hash": qm.hash,
+              "torch_threads": torch_threads(),
               "structure": "rock-salt GeTe 3x3x3 (216 atoms), a = 6.0 Å, 0.08 Å Gaussian displacements, seed 0",
               "reference": {"energy_eV": a.energy, "energy_int": a.energy_int, "max_force_eV_per_A":
                             float(np.abs(a.forces).max()), "flags": int(np.bitwise_or.reduce(a.flags))},
@@ -198,27 +234,48 @@ def cmd_demo(args):
                header="type,fx_ref,fy_ref,fz_ref,fx_float,fy_float,fz_float", comments="", fmt="%.10g")
     shared = shared_data() / GETE_AIMD
     if shared.exists() and not args.no_dft:
-        from .data import load_systems, split_frames
-        from .metrics import test_model
-        # Frames the model never trained on: the validation side of its own training split (the model file
-        # records the data's split fraction and seed); the other 60 % were trained on.
-        split = qm.provenance.get("data") or {}
-        fraction, seed = split.get("valid_fraction", 0.4), split.get("seed", 1)
-        systems = [s.remap_types(qm.config.type_map) for s in load_systems(shared)]
-        _, valid = split_frames(systems, fraction, seed)
-        m = test_model(qm, float_model(qm), valid, max_frames=args.frames, json_path=out / "dft-metrics.json",
-                       plot_path=out / "parity.png")
-        m["frames_from"] = (f"the validation split ({fraction:.0%} of the frames, split seed {seed}) of {shared}: "
-                            "frames the model never trained on")
-        report["vs_dft"] = m
-        print(f"vs DFT ({m['frames']} random frames of {m['frames_from']}):")
+        report["vs_dft"] = demo_vs_dft(qm, shared, args.frames, out)
+        m = report["vs_dft"]
+        print(f"vs DFT: {m['frames']} frames the model never trained on: {m['frames_from']}; listed in demo.json "
+              "(vs_dft.frame_list)")
         for name in ("float", "quantized"):
             r = m[name]
             print(f"  {name:>9}: energy RMSE {r['rmse_e'] * 1e3:.2f} meV/atom, force RMSE {r['rmse_f'] * 1e3:.1f} meV/Å")
     else:
-        print(f"(no DFT comparison: {shared} not found)")
+        print(f"(no DFT comparison: {shared} not found)" if not args.no_dft else "(no DFT comparison: --no-dft)")
     (out / "demo.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / 'demo.json'}, {out / 'forces.csv'}" + (f", {out / 'parity.png'}" if "vs_dft" in report else ""))
+
+
+def demo_vs_dft(qm, shared: Path, frames: int, out: Path, seed: int = 0) -> dict:
+    """The model against DFT on `frames` random frames of the validation side of its own training split
+    (the model file records the data's split fraction and seed; the other side was trained on).  The
+    metrics name every frame: its system folder (relative to `shared`) and its frame number there."""
+    from .data import load_systems, split_indices
+    from .metrics import select_frames, test_model
+    from .quantize import float_model
+    split = qm.provenance.get("data") or {}
+    if "valid_fraction" not in split or "seed" not in split:
+        raise ValueError(f"the model file records no training split (provenance 'data'): the demo cannot tell "
+                         f"which frames of {shared} it never trained on; run with --no-dft")
+    fraction, split_seed = split["valid_fraction"], split["seed"]
+    systems = [s.remap_types(qm.config.type_map) for s in load_systems(shared)]
+    valid, names = [], []
+    for system, (_, idx) in zip(systems, split_indices(systems, fraction, split_seed)):
+        if len(idx):
+            valid.append(system.subset(idx))
+            names.append((Path(system.name).resolve().relative_to(shared.resolve()).as_posix(), idx))
+    # the same frames test_model picks (select_frames, same seed), named by their place in the data
+    index = {id(s): k for k, s in enumerate(valid)}
+    listed = [{"system": names[index[id(s)]][0], "frame": int(names[index[id(s)]][1][f])}
+              for s, f in select_frames(valid, frames, seed)]
+    m = test_model(qm, float_model(qm), valid, max_frames=frames, seed=seed, json_path=out / "dft-metrics.json",
+                   plot_path=out / "parity.png")
+    m["frames_from"] = (f"{len(listed)} random (seed {seed}) of the {sum(s.nframes for s in valid)} validation "
+                        f"frames ({fraction:.0%} split, split seed {split_seed}) of {shared}")
+    m["frame_list"] = listed
+    (out / "dft-metrics.json").write_text(json.dumps(m, indent=1))
+    return m
 
 
 # The science workflows moved to `python -m science` (science/cli.py).  model is below science in the

@@ -662,6 +662,29 @@ def load_ase(
 # ---------------------------------------------------------------------------
 
 
+def split_indices(
+    systems: Sequence[System],
+    valid_fraction: float = 0.4,
+    seed: int = 0,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The frame numbers `split_frames` puts on each side: one ``(train, valid)`` pair of sorted index
+    arrays per system, in system order (so a caller can name the frames it evaluates)."""
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for system in systems:
+        n = system.nframes
+        if n <= 1:
+            out.append((np.arange(n), np.zeros(0, dtype=np.int64)))
+            continue
+        perm = rng.permutation(n)
+        # floor(x + 0.5) instead of round(): Python rounds halves to even.
+        n_valid = min(int(np.floor(n * valid_fraction + 0.5)), n - 1)
+        out.append((np.sort(perm[n_valid:]), np.sort(perm[:n_valid])))
+    return out
+
+
 def split_frames(
     systems: Sequence[System],
     valid_fraction: float = 0.4,
@@ -676,27 +699,15 @@ def split_frames(
     and seed always give the same split.  Each side keeps its frames in
     their original order.  Training never ends up empty for a system: a
     one-frame system goes entirely to training.  Systems left with no frames
-    on a side are dropped from that side.
+    on a side are dropped from that side.  `split_indices` gives the frame
+    numbers of each side.
     """
-    if not 0.0 <= valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    rng = np.random.default_rng(seed)
     train: list[System] = []
     valid: list[System] = []
-    for system in systems:
-        n = system.nframes
-        if n == 0:
-            continue
-        if n == 1:
-            train.append(system.subset([0]))
-            continue
-        perm = rng.permutation(n)
-        # floor(x + 0.5) instead of round(): Python rounds halves to even.
-        n_valid = min(int(np.floor(n * valid_fraction + 0.5)), n - 1)
-        valid_idx = np.sort(perm[:n_valid])
-        train_idx = np.sort(perm[n_valid:])
-        train.append(system.subset(train_idx))
-        if n_valid > 0:
+    for system, (train_idx, valid_idx) in zip(systems, split_indices(systems, valid_fraction, seed)):
+        if len(train_idx):
+            train.append(system.subset(train_idx))
+        if len(valid_idx):
             valid.append(system.subset(valid_idx))
     return train, valid
 

@@ -73,10 +73,19 @@ def rmse_of(c: dict) -> dict:
 
 
 def parity_plot(results: dict[str, dict], path: Path, title: str = "") -> None:
-    """Energy and force parity for each model (as the seed's Fig. 2)."""
+    """Energy and force parity for each model (as the seed's Fig. 2), written to `path`."""
+    import matplotlib.pyplot as plt
+    fig = parity_figure(results, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parity_figure(results: dict[str, dict], title: str = ""):
+    """The figure of `parity_plot`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(len(results), 2, figsize=(9, 4.2 * len(results)), squeeze=False)
     for row, (name, c) in zip(axes, results.items()):
         r = rmse_of(c)
@@ -85,6 +94,10 @@ def parity_plot(results: dict[str, dict], path: Path, title: str = "") -> None:
         ax.plot(e_ref, e_pred, ".", ms=3, alpha=0.6)
         lims = [min(e_ref.min(), e_pred.min()), max(e_ref.max(), e_pred.max())] if len(e_ref) else [0, 1]
         ax.plot(lims, lims, "k--", lw=0.8)
+        # energies per atom span a few tenths of an eV at -164: six-digit labels, so few of them,
+        # else the x labels run into each other
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=4))
         ax.set_xlabel("DFT energy (eV/atom)")
         ax.set_ylabel(f"{name} energy (eV/atom)")
         ax.set_title(f"{name}: RMSE {r.get('rmse_e', float('nan')) * 1e3:.2f} meV/atom")
@@ -98,8 +111,7 @@ def parity_plot(results: dict[str, dict], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def test_model(qm: QuantizedModel, float_model: DeepPot, systems, max_frames: int | None = None,

@@ -58,7 +58,8 @@ def quantize_and_finetune(checkpoint, output, config=None, steps: int = 2000, lr
         qat = QATDeepPot(model, formats)
         ft = replace(tcfg, steps=steps, lr_start=lr, lr_stop=lr, decay_steps=max(steps, 1),
                      pref_e=[tcfg.pref_e[1]] * 2, pref_f=[tcfg.pref_f[1]] * 2, pref_v=[tcfg.pref_v[1]] * 2,
-                     disp_freq=max(1, steps // 10), save_freq=steps + 1, seed=seed)
+                     disp_freq=max(1, steps // 10), save_freq=steps + 1, seed=seed,
+                     threads=0)  # 0: the threads the caller set (quantize --threads), not train.json's
         outdir = Path(output).with_suffix("").parent / (Path(output).stem + "-finetune")
         Trainer(qat, train_sys, valid_sys, ft, outdir, params=[p for p in qat.parameters() if p.requires_grad],
                 label="QAT fine-tune").run()

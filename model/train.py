@@ -262,6 +262,8 @@ def prepare(cfg: ModelConfig, data: DataConfig, seed: int):
 def train(cfg: ModelConfig, data: DataConfig, tcfg: TrainConfig, outdir: str | Path) -> DeepPot:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     train_sys, valid_sys, stats = prepare(cfg, data, tcfg.seed)
     model = DeepPot(cfg, seed=tcfg.seed)
@@ -269,7 +271,8 @@ def train(cfg: ModelConfig, data: DataConfig, tcfg: TrainConfig, outdir: str | P
     if all(s.energies is not None for s in train_sys):
         model.bias_atom_e[:] = torch.as_tensor(energy_bias(train_sys, cfg.ntypes))
     (outdir / "train.json").write_text(json.dumps(
-        {"model": cfg.to_dict(), "data": asdict(data), "training": asdict(tcfg), "statistics": stats}, indent=1))
+        {"model": cfg.to_dict(), "data": asdict(data), "training": asdict(tcfg), "statistics": stats,
+         "torch_threads": torch.get_num_threads()}, indent=1))
     Trainer(model, train_sys, valid_sys, tcfg, outdir,
             save_fn=lambda p: save_checkpoint(model, p)).run()
     save_checkpoint(model, outdir / "model.pt")

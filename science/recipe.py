@@ -292,6 +292,8 @@ def evaluate_model(model_path, data: DataConfig, evaluation: dict, json_path=Non
         if not same:
             print(f"warning: the model file records training data {prov}, but the split evaluated is "
                   f"{dataclasses.asdict(data)}: its 'validation' frames may have been trained on", file=sys.stderr)
+    n = len(ph.pick_frames(loaded.frames, evaluation["max_frames_per_phase"], evaluation["seed"]))
+    print(evaluation_hint(n), flush=True)
     t1 = time.time()
     result = ph.evaluate(qm, loaded.frames, evaluation["max_frames_per_phase"], evaluation["seed"])
     evaluate_seconds = time.time() - t1
@@ -306,6 +308,22 @@ def evaluate_model(model_path, data: DataConfig, evaluation: dict, json_path=Non
     files = ph.write_outputs(result, loaded.info, json_path, markdown_path, figure_prefix, ev, header, doc_extra)
     return {**doc_extra, "metrics": result.metrics, "files": {k: str(v) for k, v in files.items()},
             "frames_available": len(loaded.frames)}
+
+
+#: seconds per frame (float model + quantized reference, one torch thread) of the evaluation behind
+#: docs/GeTe-accuracy.md: 3,362 GeTe frames (216 and 64 atoms) in 785 s (docs/figures/gete-accuracy.json,
+#: predict_seconds; tests/science keeps the two equal).  A loaded machine takes 2-5x as long.
+MEASURED_S_PER_FRAME = 0.23
+
+
+def evaluation_hint(frames: int) -> str:
+    """What an evaluation of `frames` frames will take, said before it starts (the whole GeTe validation
+    split runs past 10 minutes on a busy machine)."""
+    seconds = frames * MEASURED_S_PER_FRAME
+    took = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    return (f"evaluating {frames} frames with the float model and the quantized reference: about {took} at "
+            f"{MEASURED_S_PER_FRAME} s/frame (measured for docs/GeTe-accuracy.md on 2 cores; longer on a busy "
+            "machine); progress bars follow" + ("" if frames <= 200 else "; --max-frames-per-phase N for a sample"))
 
 
 def _threads() -> int:

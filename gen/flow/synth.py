@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -30,6 +31,14 @@ from pathlib import Path
 from . import TOP, version
 
 METHODS = ("modules", "flat")
+
+#: Yosys seconds per kB of a run's Verilog when this machine's cache has no timed runs yet: measured by the
+#: build in docs/reports/GeTe-L1-fp1-dp1-E13.json (its 12 distinct modules run anew, 4.4 MB of Verilog in
+#: 1282 s of synth_xilinx, one run at a time on a busy 2-core machine; the sizes from the same model's
+#: pipeline.v).  Run time grows about linearly with the text (0.07-0.5 s/kB by module), so this is a rough
+#: guide, not a promise.
+REFERENCE_SECONDS_PER_KB = 0.29
+REFERENCE_SOURCE = "docs/reports/GeTe-L1-fp1-dp1-E13.json (2 busy cores)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +234,8 @@ def synth_unit(u: Unit, synth_dir: Path, yosys: dict, method: str, timeout: floa
         return {"ok": False, "seconds": seconds,
                 "error": f"no statistics: Yosys exit code {rc} during '{passes[-1] if passes else '?'}', "
                          f"last log line '{tail[0].strip()[:200]}'"}
-    return {"ok": True, "seconds": seconds, "exit_code": rc, "resources": target.count(cells), "cells": cells}
+    return {"ok": True, "seconds": seconds, "exit_code": rc, "resources": target.count(cells), "cells": cells,
+            "verilog_kB": round(len(u.text) / 1e3, 1)}
 
 
 def parse_stat(stat: dict, top: str) -> dict[str, int]:
@@ -250,7 +260,9 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
     counts = instance_counts(mods, TOP)
     units = module_units(mods, counts, target) if method == "modules" else [flat_unit(text, target)]
     synth_dir = out / "synth"
-    synth_dir.mkdir(exist_ok=True)
+    if synth_dir.is_dir():  # scratch of an earlier run, perhaps of other modules: the cache keeps the results
+        shutil.rmtree(synth_dir)
+    synth_dir.mkdir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     todo = []
     for u in units:
@@ -263,6 +275,11 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
             todo.append(u)
     log(f"      {len(units)} Yosys runs for {len(mods)} modules ({len(units) - len(todo)} cached); "
         f"scripts in {synth_dir}/, log in {out / 'yosys.log'}")
+    if todo:
+        seconds, source = synth_estimate(todo, cache_dir, jobs)
+        log(f"      estimate: about {_duration(seconds)} for the {len(todo)} runs not cached "
+            f"({sum(len(u.text) for u in todo) / 1e3:,.0f} kB of Verilog, {jobs} at a time; from {source})"
+            + load_note())
 
     def run(u):
         log(f"      synth {_short(u.name)} ({len(u.text) / 1e3:.0f} kB of Verilog) ...")
@@ -311,6 +328,40 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
         return base | {"resources": dict.fromkeys(resources), "resources_skipped": f"synthesis failed ({why})",
                        "resources_partial": {**total, "without": [m for u in failed for m in u.members]}}
     return base | {"resources": total, "resources_skipped": None}
+
+
+def synth_estimate(todo: list[Unit], cache_dir: Path, jobs: int) -> tuple[float, str]:
+    """Seconds the runs in `todo` will take, and where the rate comes from: the timed runs in this
+    cache (this machine's own records: seconds over kB of Verilog), else REFERENCE_SECONDS_PER_KB.
+    With `jobs` in parallel the largest run still takes its own time."""
+    secs = kb = 0.0
+    for f in Path(cache_dir).glob("*.json"):
+        try:
+            r = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and r.get("ok") and r.get("verilog_kB") and r.get("seconds") is not None:
+            secs, kb = secs + r["seconds"], kb + r["verilog_kB"]
+    if kb > 0:
+        rate, source = secs / kb, f"this machine's {_duration(secs)} of earlier runs in {cache_dir}: {secs / kb:.2f} s/kB"
+    else:
+        rate, source = REFERENCE_SECONDS_PER_KB, f"{REFERENCE_SECONDS_PER_KB} s/kB measured in {REFERENCE_SOURCE}"
+    each = [len(u.text) / 1e3 * rate for u in todo]
+    return max(sum(each) / max(1, jobs), max(each)), source
+
+
+def load_note() -> str:
+    """A warning where other work already fills the cores (Yosys then gets a share of one: measured, the
+    largest run took 4x its reference time at load 5 on 2 cores)."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return ""
+    return f"; the load is {load:.1f} on {cores} cores now: expect longer" if load > cores else ""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def method_text(target: SynthTarget, method: str, engines: int) -> str:

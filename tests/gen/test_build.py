@@ -192,6 +192,75 @@ def test_rerun_reuses_the_rtl(small_build, small_model, tmp_path):
     assert r["lint"]["skipped"] == "--no-lint" and r["lint"]["passed"] is None
 
 
+def test_default_folder_is_named_by_model_and_knobs(small_model, tmp_path):
+    """Two builds with other knobs get two folders (build/<stem>-L..-fp..-dp..-E..), not one overwritten."""
+    for knobs, folder in ((("--lanes", 2), "small-L2-fp1-dp1-E1"), (("--fit-par", 4, "--engines", 2), "small-L1-fp4-dp1-E2")):
+        p = run("build", "--model", small_model, "--no-synth", "--no-lint", *knobs, cwd=tmp_path)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"-> build/{folder}/" in p.stdout
+    assert sorted(d.name for d in (tmp_path / "build").iterdir()) == ["small-L1-fp4-dp1-E2", "small-L2-fp1-dp1-E1"]
+    r = json.loads((tmp_path / "build" / "small-L1-fp4-dp1-E2" / "report.json").read_text())
+    assert r["knobs"] == {"lanes": 1, "fit_par": 4, "desc_par": 1, "engines": 2}
+
+
+def test_a_build_with_other_knobs_clears_the_folder_first(small_build, small_model, tmp_path):
+    """-o of a folder that holds another design's build: none of its files stay beside the new RTL."""
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(small_build[0], out)
+    (out / "synth").mkdir()
+    (out / "synth" / "old.v").write_text("module old; endmodule\n")
+    (out / "yosys.log").write_text("a synthesis of the L2-fp4-dp1-E2 design\n")
+    (out / "mine.txt").write_text("not the flow's")
+    p = run("build", "--model", small_model, "--out", out, "--no-synth", "--no-lint", "--lanes", 1)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "held a build of model" in p.stdout and "knobs L2-fp4-dp1-E2" in p.stdout
+    assert not (out / "yosys.log").exists() and not (out / "synth").exists() and not (out / "lint.log").exists()
+    assert (out / "mine.txt").exists()  # only the flow's own files go
+    assert json.loads((out / "report.json").read_text())["knobs"]["lanes"] == 1
+    # the same design again: nothing removed, the RTL reused
+    p = run("build", "--model", small_model, "--out", out, "--no-synth", "--no-lint", "--lanes", 1)
+    assert p.returncode == 0 and "held a build" not in p.stdout and "reused pipeline.il" in p.stdout
+
+
+def test_synthesis_time_is_estimated_before_it_starts(small_build, tmp_path):
+    """The estimate line comes before the first Yosys run; its rate is this machine's cached runs' where
+    there are any, else the documented reference build's."""
+    from gen.build import TOP, instance_counts, module_units, split_modules
+    from gen.flow import synth
+    from gen.platforms import vu9p
+    out, _ = small_build
+    lines = []
+    cache = tmp_path / "cache"
+    # a Yosys that writes no statistics: every run fails at once, and nothing reaches the cache
+    fake = {"exe": "/bin/true", "version": "test"}
+    synth.estimate_resources(out / "pipeline.v", tmp_path, fake, 2, target=vu9p.ESTIMATE, method="modules", jobs=1,
+                             timeout=10, cache_dir=cache, log=lines.append)
+    first_run = next(k for k, l in enumerate(lines) if l.strip().startswith("synth "))
+    estimate = [l for l in lines[:first_run] if "estimate: about" in l]
+    assert len(estimate) == 1 and "docs/reports/GeTe-L1-fp1-dp1-E13.json" in estimate[0], lines[:first_run]
+    units = module_units(split_modules((out / "pipeline.v").read_text()), instance_counts(
+        split_modules((out / "pipeline.v").read_text()), TOP), vu9p.ESTIMATE)
+    seconds, _ = synth.synth_estimate(units, cache, 1)
+    assert seconds == pytest.approx(sum(len(u.text) for u in units) / 1e3 * synth.REFERENCE_SECONDS_PER_KB)
+    # with timed runs in the cache (this machine's records) their rate is used: 2 s/kB here
+    (cache / "a.json").write_text(json.dumps({"ok": True, "seconds": 20.0, "verilog_kB": 10.0}))
+    seconds, source = synth.synth_estimate(units, cache, 1)
+    assert seconds == pytest.approx(sum(len(u.text) for u in units) / 1e3 * 2.0) and str(cache) in source
+    # two at a time: half, but never less than the largest run
+    two, _ = synth.synth_estimate(units, cache, 2)
+    assert two == pytest.approx(max(seconds / 2, max(len(u.text) for u in units) / 1e3 * 2.0))
+
+
+def test_the_estimate_warns_on_a_loaded_machine(monkeypatch):
+    from gen.flow import synth
+    monkeypatch.setattr(synth.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(synth.os, "getloadavg", lambda: (5.1, 5.0, 4.8))
+    assert synth.load_note() == "; the load is 5.1 on 2 cores now: expect longer"
+    monkeypatch.setattr(synth.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert synth.load_note() == ""
+
+
 def test_module_split_and_units(small_build):
     """The per-module synthesis plan covers every module once, black-boxing submodules."""
     from gen.build import TOP, instance_counts, module_units, split_modules

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,12 +80,16 @@ def test_train_then_quantize(labelled, tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     r = run("train", tmp_path / "cfg.json", "-o", tmp_path / "run")
     assert r.returncode == 0, r.stderr
+    # no --threads, no training.threads: one torch thread (contract.cli.default_threads), not every core
+    assert json.loads((tmp_path / "run" / "train.json").read_text())["torch_threads"] == 1
     for f in ("model.pt", "ckpt-3.pt", "ckpt-6.pt", "lcurve.out", "lcurve.png", "train.json"):
         assert (tmp_path / "run" / f).exists(), f
     assert len((tmp_path / "run" / "lcurve.out").read_text().splitlines()) == 1 + 3
     r = run("quantize", tmp_path / "run" / "model.pt", "-o", tmp_path / "q.npz", "--finetune-steps", "2",
-            "--eval-frames", "2", "--calib-frames", "2")
+            "--eval-frames", "2", "--calib-frames", "2", "--threads", "2")
     assert r.returncode == 0, r.stderr
+    # --threads holds through the fine-tuning (train.json's training.threads does not override it)
+    assert json.loads(r.stdout[:r.stdout.index("model file:")])["torch_threads"] == 2
     qm = modelfile.load(tmp_path / "q.npz")
     q = qm.provenance["quantization"]
     assert {"float", "quantized_before_finetune", "quantized_after_finetune"} <= set(q)
@@ -102,6 +107,11 @@ def test_info_of_the_bundled_model_shows_r_min_and_the_training_data_shortest_di
     assert r.returncode == 0, r.stderr
     assert "r_min 1.85 Å: the tables start here" in r.stdout
     assert "training data's shortest distance 2.0633 Å (3840 frames" in r.stdout
+    # the provenance without --json: data and split, checkpoint, fine-tuning, RMSE before/after
+    assert "training data: " in r.stdout and "(validation fraction 0.4, split seed 1" in r.stdout
+    assert "QAT fine-tuning 3000 steps at lr 1e-06" in r.stdout
+    assert re.search(r"quantized, after QAT +energy RMSE 8\.21 meV/atom, force RMSE 203\.9 meV/Å on 64", r.stdout)
+    assert "calibration_ranges" in r.stdout and '"calibration_ranges"' not in r.stdout  # named, not dumped
 
 
 def test_errors_are_one_clear_line(tmp_path):
@@ -120,3 +130,73 @@ def test_demo_main_job(tmp_path):
     assert report["reference"]["flags"] == 0
     assert abs(report["reference_minus_float"]["energy_meV_per_atom"]) < 0.1
     assert (tmp_path / "forces.csv").exists()
+
+
+#: every command that runs torch (trains, quantizes or evaluates the float model)
+TORCH_COMMANDS = ("train", "quantize", "test", "demo")
+
+
+def test_every_torch_command_has_threads_defaulting_to_one():
+    from contract.cli import default_threads
+    from model.cli import cli
+    parser = cli.parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    for name in TORCH_COMMANDS:
+        option = next((a for a in sub.choices[name]._actions if a.dest == "threads"), None)
+        assert option is not None and option.option_strings == ["--threads"], name
+        # train's default is the config's training.threads, else default_threads() (resolved in cmd_train)
+        assert option.default == (None if name == "train" else default_threads()) == (None if name == "train" else 1)
+
+
+def test_demo_runs_on_the_threads_asked_for(tmp_path):
+    """The default fits a 2-core machine (1 thread: 5-7x faster training there than torch's every-core
+    default); --threads N is what torch runs on."""
+    for args, want in (((), 1), (("--threads", "2"), 2)):
+        r = run("demo", "--no-dft", "-o", tmp_path, *args)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "demo.json").read_text())["torch_threads"] == want, args
+    r = run("demo", "--no-dft", "-o", tmp_path, "--threads", "-1")
+    assert r.returncode == 2 and r.stderr.startswith("error: --threads must be >= 0") and "Traceback" not in r.stderr
+
+
+def test_parity_plot_tick_labels_do_not_overlap():
+    """Energies per atom of a GeTe melt-quench (-164.75 .. -164.45 eV/atom): six-digit tick labels."""
+    from model.metrics import parity_figure
+    rng = np.random.default_rng(0)
+    e = rng.uniform(-164.75, -164.45, 16) * 216
+    f = rng.normal(0, 1, 16 * 216 * 3)
+    c = {"e_ref": e, "e_pred": e + rng.normal(0, 2, 16), "natoms": np.full(16, 216), "f_ref": f,
+         "f_pred": f + rng.normal(0, 0.2, f.size), "v_ref": np.full((16, 9), np.nan), "v_pred": np.zeros((16, 9))}
+    fig = parity_figure({"float": c, "quantized": c})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+            assert len(boxes) >= 2
+            for a, b in zip(boxes, boxes[1:]):
+                assert not a.overlaps(b), (ax.get_xlabel(), axis.axis_name, [t.get_text() for t in axis.get_ticklabels()])
+
+
+@pytest.mark.shared_data
+def test_demo_compares_with_frames_the_model_never_trained_on(tmp_path):
+    """The frames of the DFT comparison are named, all on the validation side of the bundled model's own
+    split (the model file's provenance), and the README quotes the figures the demo prints."""
+    from support import GETE_216, require_shared
+    from model.data import load_systems, split_indices
+    require_shared(GETE_216)
+    r = run("demo", "-o", tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "demo.json").read_text())["vs_dft"]
+    assert m["frames"] == len(m["frame_list"]) == 16 and "never trained on" in r.stdout
+    split = modelfile.load(EXAMPLE_MODEL).provenance["data"]
+    systems = load_systems(GETE_216)
+    sides = {Path(s.name).resolve().relative_to(GETE_216.resolve()).as_posix(): (set(t), set(v)) for s, (t, v) in
+             zip(systems, split_indices(systems, split["valid_fraction"], split["seed"]))}
+    for frame in m["frame_list"]:
+        trained, held_out = sides[frame["system"]]
+        assert frame["frame"] in held_out and frame["frame"] not in trained, frame
+    readme = (REPO / "README.md").read_text()
+    for name in ("float", "quantized"):
+        figures = f"{m[name]['rmse_e'] * 1e3:.2f} meV/atom, force RMSE {m[name]['rmse_f'] * 1e3:.1f} meV/Å"
+        assert figures in r.stdout and figures in readme, (name, figures)

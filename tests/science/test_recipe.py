@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -259,6 +260,20 @@ def test_phases_command(tiny_tree, tmp_path, capsys):
     for f in ("accuracy.md", "parity-all.png", "parity-crystalline.png", "parity-phases.png"):
         assert (tmp_path / "out" / f).is_file(), f
     assert "| **overall**" in p.out
+    # the time it will take, said before it starts
+    hint = re.search(r"^evaluating (\d+) frames with the float model and the quantized reference: about (\d+) s", p.out, re.M)
+    assert hint and p.out.index(hint.group(0)) < p.out.index("| **overall**"), p.out
+    assert int(hint.group(1)) == len(ph.pick_frames(ph.load_frames(
+        [str(tiny_tree / "216atom-melt-quench")], 0.4, 1, ["Ge", "Te"], [str(tiny_tree / "64atom-npt")], 500).frames, 1, 0))
+
+
+def test_the_evaluation_hint_uses_the_documented_measurement():
+    """MEASURED_S_PER_FRAME is the docs' own evaluation (docs/figures/gete-accuracy.json), not a guess."""
+    from science.recipe import MEASURED_S_PER_FRAME, evaluation_hint
+    doc = json.loads((REPO / "docs" / "figures" / "gete-accuracy.json").read_text())
+    assert MEASURED_S_PER_FRAME == round(doc["predict_seconds"] / doc["metrics"]["frames"], 2)
+    assert evaluation_hint(2560).startswith("evaluating 2560 frames") and "about 10 min" in evaluation_hint(2560)
+    assert "--max-frames-per-phase" in evaluation_hint(2560) and "--max-frames-per-phase" not in evaluation_hint(16)
 
 
 # ---- the recipe -----------------------------------------------------------------------------------

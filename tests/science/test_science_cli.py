@@ -69,3 +69,24 @@ def test_moved_command_says_where_it_went(cmd, tmp_path):
     assert not (tmp_path / "out").exists()
     # the command it names exists there, with the same name
     assert run("science", *cmd, "--help").returncode == 0
+
+
+def test_every_torch_command_has_threads_defaulting_to_one():
+    """The workflows that train or evaluate (recipe, phases, the teachers' data) run on one torch thread
+    unless told otherwise: torch's every-core default oversubscribes the 2-core machine (5-7x slower)."""
+    import argparse
+
+    from science.cli import cli
+
+    def leaves(parser, words=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from leaves(sub, words + (name,))
+                return
+        yield " ".join(words), parser
+
+    threads = {name: next((a.default for a in p._actions if a.dest == "threads"), None)
+               for name, p in leaves(cli.parser())}
+    for name in ("recipe", "phases", "data melt-quench", "data teacher-test"):
+        assert threads[name] == 1, (name, threads)
