@@ -1,4 +1,5 @@
-"""Small pieces every benchmark script uses: timing repeated runs and writing the JSON figures."""
+"""Small pieces the benchmark scripts share: timing repeated runs, writing the JSON figures, and the float
+model's evaluation of a structure (the baseline the quantized paths are compared with)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,22 @@ def write_json(result: dict, path) -> Path:
     path.write_text(json.dumps(result, indent=1, default=str))
     print(f"JSON: {path}")
     return path
+
+
+def float_evaluation(qm, nb, types):
+    """A call that evaluates the float model the quantized `qm` came from on neighbour blocks `nb`
+    (model.assembly.neighbor_blocks) with model.network.evaluate: (energy, forces, virial, ...)."""
+    import numpy as np
+    import torch
+
+    from model.network import evaluate
+    from model.quantize import float_model
+    fm = float_model(qm)
+    n = len(types)
+    valid = nb.nbr_type >= 0
+    center = torch.as_tensor(np.broadcast_to(np.arange(n)[:, None], valid.shape)[valid])
+    neighbor = torch.as_tensor(nb.nbr_index[valid])
+    rij = torch.as_tensor(nb.nbr_vec[valid])
+    atype = torch.as_tensor(types)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return lambda: evaluate(fm, rij, center, neighbor, atype, zeros, 1)

@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import timed_median, write_json  # noqa: E402
+from bench_common import float_evaluation, timed_median, write_json  # noqa: E402
 from host_native import gete_box  # noqa: E402
 from contract import modelfile  # noqa: E402
 from contract.paths import EXAMPLE_MODEL  # noqa: E402
@@ -57,21 +57,11 @@ def float_case(qm, atoms, types, threads: int, repeat: int):
     import torch
 
     from model.assembly import neighbor_blocks
-    from model.network import evaluate as float_evaluate
-    from model.quantize import float_model
     torch.set_num_threads(threads)
-    n = len(atoms)
     nb = neighbor_blocks(qm, atoms.positions, atoms.cell.array, True, types)
-    fm = float_model(qm)
-    valid = nb.nbr_type >= 0
-    center = torch.as_tensor(np.broadcast_to(np.arange(n)[:, None], valid.shape)[valid])
-    neighbor = torch.as_tensor(nb.nbr_index[valid])
-    rij = torch.as_tensor(nb.nbr_vec[valid])
-    atype = torch.as_tensor(types)
-    zeros = torch.zeros(n, dtype=torch.long)
-    run = lambda: float_evaluate(fm, rij, center, neighbor, atype, zeros, 1)  # noqa: E731
+    run = float_evaluation(qm, nb, types)
     run()
-    return timed_median(run, repeat)[1] / n
+    return timed_median(run, repeat)[1] / len(atoms)
 
 
 def device_case(qm, atoms, types, spec: str, repeat: int, **options):

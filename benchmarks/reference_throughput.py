@@ -26,13 +26,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench_common import timed, write_json  # noqa: E402
+from bench_common import float_evaluation, timed, write_json  # noqa: E402
 from contract.paths import shared_data  # noqa: E402
 from contract import modelfile  # noqa: E402
 from model.assembly import assemble, neighbor_blocks, quantize_records  # noqa: E402
 from contract.paths import EXAMPLE_MODEL  # noqa: E402
-from model.network import evaluate as float_evaluate  # noqa: E402
-from model.quantize import float_model  # noqa: E402
 from model.reference import evaluate  # noqa: E402
 
 SHARED = shared_data() / "GeTe-aimd" / "64atom-npt" / "data.002"
@@ -71,14 +69,7 @@ def main(argv=None):
     res, t_ref = timed(lambda: evaluate(qm, rec), args.repeat)
     asm, t_asm = timed(lambda: assemble(qm, rec, res, nb.nbr_index, n), args.repeat)
 
-    fm = float_model(qm)
-    valid = nb.nbr_type >= 0
-    center = torch.as_tensor(np.broadcast_to(np.arange(n)[:, None], valid.shape)[valid])
-    neighbor = torch.as_tensor(nb.nbr_index[valid])
-    rij = torch.as_tensor(nb.nbr_vec[valid])
-    atype = torch.as_tensor(types)
-    zeros = torch.zeros(n, dtype=torch.long)
-    (ef, ff, vf, _), t_float = timed(lambda: float_evaluate(fm, rij, center, neighbor, atype, zeros, 1), args.repeat)
+    (ef, ff, vf, _), t_float = timed(float_evaluation(qm, nb, types), args.repeat)
 
     med = statistics.median
     stages = {"neighbor_list": t_nl, "quantize_records": t_q, "reference": t_ref, "assembly": t_asm,
