@@ -64,6 +64,15 @@ def lammps_input(cells: int, model: Path, threads: int, steps: int, seed: int, s
     ]) + "\n"
 
 
+def is_thermo(line: str) -> bool:
+    """A thermo row: step temp pe etotal press, all numbers."""
+    fields = line.split()
+    try:
+        return len(fields) == 5 and fields[0].isdigit() and all(float(f) == float(f) for f in fields[1:])
+    except ValueError:
+        return False
+
+
 def vm_hwm_kb(pid: int) -> int:
     """The process's peak resident set so far (VmHWM, kB), 0 once it is gone."""
     try:
@@ -124,7 +133,7 @@ def main(argv=None) -> int:
                 last_error = s
             elif m := LOOP_RE.match(s):
                 loops.append((float(m[1]), int(m[3])))
-            elif s.split(" ", 1)[0].isdigit():
+            elif is_thermo(s):
                 print(f"  [{time.monotonic() - t0:6.0f} s] step {s}", flush=True)
         rc = proc.wait()
     end_joules = rapl_joules()
