@@ -55,8 +55,7 @@ struct Core::Chunk {
     size_t sel_atoms = 0, sel_centre = 0, sel_type = 0;  // centres above sel; the first, its lowest such type
     int sel_count = 0;
     size_t range_records = 0, range_record = 0;  // records with a component outside the coord format
-    int range_axis = 0;
-    double range_value = 0;
+    double range_value = 0;                      // the first such component (Å)
     size_t close_records = 0, close_atoms = 0, close_record = 0;  // records below r_min; the closest
     double close_r = std::numeric_limits<double>::infinity();
   } problems;

@@ -239,7 +239,7 @@ void Core::Chunk::note_range_and_close(const Pairs &p, size_t base)
       const bool ok = y >= e.lo && y < e.hi;
       q[a] = floor_in_range(y, ok);
       if (!ok && !bad && problems.range_records == 0)
-        problems.range_record = base + k, problems.range_axis = a, problems.range_value = v[a];
+        problems.range_record = base + k, problems.range_value = v[a];
       bad = bad || !ok;
     }
     if (bad) {
@@ -401,7 +401,6 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
   if (out.size() % L)
     throw Error(ErrorKind::Device, dev_.name() + ": a result of " + std::to_string(out.size()) + " words is not whole beats");
   const size_t beats = out.size() / L;
-  int64_t wsum[9] = {};  // exact in int64 per chunk: virial_sum
   int64_t *forces = r.forces.data();
   size_t b = 0;
   for (size_t a = 0; a < k; a++) {
@@ -431,7 +430,7 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
                                          std::to_string(n) + " records, the stream ends first");
     // An atom's records fill its record beats' slots in order: words b*L .. b*L + n - 1, then pad.
     // Their kinds and saturation bits are tested for all at once: one branch per atom, not per word.
-    const uint64_t *o = &out[b * L];
+    const uint64_t *o = out.data() + b * L;
     uint64_t not_record = 0, any = 0, not_pad = 0;
     for (size_t q = 0; q < n; q++) not_record |= w::kind(o[q]) ^ w::RECORD, any |= o[q];
     for (size_t q = n; q < rec_beats * L; q++) not_pad |= o[q];
@@ -447,7 +446,7 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
     if (w::output_record::SATURATED.get(any)) flags |= w::flags::SATURATED;
     // n < count: the device dropped records (its flags say why); records beyond count are not ours.
     const size_t used = std::min(n, count);
-    const int64_t *nb = &c.nbr[c.start[a]];
+    const int64_t *nb = c.nbr.data() + c.start[a];  // (an atom without records may end the list)
     int64_t fi[3] = {};
     for (size_t q = 0; q < used; q++) {
       const int64_t g[3] = {w::output_record::DEDX.get_signed(o[q]), w::output_record::DEDY.get_signed(o[q]),
@@ -456,7 +455,11 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
       for (int x = 0; x < 3; x++) fi[x] += g[x], fj[x] -= g[x];
     }
     for (int x = 0; x < 3; x++) forces[3 * centre + x] += fi[x];
-    if (opt_.virial) virial_sum(used, c.rec.data() + c.start[a], o, wsum);
+    if (opt_.virial) {
+      int64_t w9[9] = {};  // one centre's sum, exact in int64 (virial_sum); the total in __int128
+      virial_sum(used, c.rec.data() + c.start[a], o, w9);
+      for (int x = 0; x < 9; x++) r.virial[x] -= w9[x];
+    }
     if (opt_.atomic_virial)
       for (size_t q = 0; q < used; q++) {
         int64_t s[9];
@@ -470,8 +473,6 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
   if (b != beats)
     throw Error(ErrorKind::Device, dev_.name() + ": " + std::to_string(beats - b) + " result beat(s) after the chunk's " +
                                        std::to_string(k) + " atoms");
-  if (opt_.virial)
-    for (int x = 0; x < 9; x++) r.virial[x] -= wsum[x];
 }
 
 // ---- the loop: chunks in flight ---------------------------------------------------------------------------
