@@ -23,13 +23,15 @@ to be left out.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from contract.paths import EXAMPLE_MODEL
 
@@ -87,7 +89,7 @@ def lammps_input(p: Protocol, model: Path, device: str, steps_override: int | No
         if k == len(stages):
             # at least 8 frames of the stage, its first included
             every = max(min(p.every, n // 8), 1)
-            lines += [f"reset_timestep 0",
+            lines += ["reset_timestep 0",
                       f"dump liquid all custom {every} liquid.lammpstrj id type element x y z",
                       "dump_modify liquid element Ge Te sort id"]
         lines += [f"run {n}", "unfix nvt"]
@@ -107,8 +109,11 @@ def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout
     bar = tqdm(total=progress_steps, unit="step", desc=name, disable=not progress_steps)
     with open(out / f"{name}.out", "w") as screen:
         proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
-        t_end = time.monotonic() + timeout
+                                errors="replace", bufsize=1, start_new_session=True)
+        # A LAMMPS that stops printing is stopped all the same: a timer kills its process group (the `lmp`
+        # console script and the binary it runs, which holds the pipe).
+        watchdog = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
+        watchdog.start()
         offset = last = 0  # thermo steps restart at 0 after reset_timestep: count on from the last one
         for line in proc.stdout:
             screen.write(line)
@@ -126,11 +131,12 @@ def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout
                 last = step
                 bar.n = min(offset + step, progress_steps)
                 bar.refresh()
-            if time.monotonic() > t_end:
-                proc.kill()
-                raise RuntimeError(f"LAMMPS ran past {timeout:.0f} s; see {out / (name + '.out')}")
         rc = proc.wait()
+        timed_out = not watchdog.is_alive()
+        watchdog.cancel()
     bar.close()
+    if timed_out:
+        raise RuntimeError(f"LAMMPS ran past {timeout:.0f} s and was stopped; see {out / (name + '.out')}")
     if rc != 0:
         raise RuntimeError(f"LAMMPS failed ({last_error or f'exit status {rc}'}); see {out / (name + '.out')}")
     return loops

