@@ -27,8 +27,10 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(EXAMPLE_MODEL))
     p.add_argument("--watts", type=float, default=280.0, help="stated power of --power-cores cores, W")
     p.add_argument("--power-cores", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=7200.0, help="stop LAMMPS after this many seconds")
     p.add_argument("-o", "--out", default=str(REPO / "build" / "seed-scale"))
     args = p.parse_args(argv)
     if args.cells < 2 or args.steps < 1 or args.threads < 0 or args.skin <= 0:
@@ -120,7 +123,10 @@ def main(argv=None) -> int:
     loops, joules, last_error = [], None, ""
     with open(out / "lammps.out", "w") as screen:
         proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
+                                errors="replace", bufsize=1, start_new_session=True)
+        # stopped at --timeout even when it prints nothing: its whole process group
+        watchdog = threading.Timer(args.timeout, os.killpg, (proc.pid, signal.SIGKILL))
+        watchdog.start()
         hwm_kb = 0
         for line in proc.stdout:
             screen.write(line)
@@ -136,7 +142,11 @@ def main(argv=None) -> int:
             elif is_thermo(s):
                 print(f"  [{time.monotonic() - t0:6.0f} s] step {s}", flush=True)
         rc = proc.wait()
+        timed_out = not watchdog.is_alive()
+        watchdog.cancel()
     end_joules = rapl_joules()
+    if timed_out:
+        sys.exit(f"LAMMPS ran past --timeout {args.timeout:g} s and was stopped; see {out / 'lammps.out'}")
     if rc != 0 or len(loops) < 2:
         sys.exit(f"LAMMPS failed ({last_error or f'exit status {rc}'}); see {out / 'lammps.out'}")
     wall = time.monotonic() - t0
