@@ -96,6 +96,15 @@ def lammps_input(p: Protocol, model: Path, device: str, steps_override: int | No
     return "\n".join(lines) + "\n"
 
 
+def is_thermo(line: str) -> bool:
+    """A thermo row of these inputs: step temp pe etotal press, all numbers."""
+    fields = line.split()
+    try:
+        return len(fields) == 5 and fields[0].isdigit() and all(float(f) == float(f) for f in fields[1:])
+    except ValueError:
+        return False
+
+
 def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout: float = 3600.0) -> list[tuple]:
     """Run LAMMPS on `text` in `out` (input NAME.in, log NAME.log, screen NAME.out); a tqdm bar over the
     thermo steps.  Returns the (seconds, procs, steps, atoms) of every `run`.  A failed run raises
@@ -124,8 +133,8 @@ def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout
                 bar.set_description(f"{name}: {m[3]}")
             elif s.startswith("ERROR"):
                 last_error = s
-            elif progress_steps and s.split(" ", 1)[0].isdigit():
-                step = int(s.split(" ", 1)[0])
+            elif progress_steps and is_thermo(s):
+                step = int(s.split()[0])
                 if step < last:
                     offset += last
                 last = step

@@ -39,7 +39,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from contract.paths import EXAMPLE_MODEL  # noqa: E402
-from science.melt import LATTICE, LOOP_RE  # noqa: E402
+from science.melt import LATTICE, LOOP_RE, is_thermo  # noqa: E402
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
@@ -64,15 +64,6 @@ def lammps_input(cells: int, model: Path, threads: int, steps: int, seed: int, s
         'print "STAGE setup"', "run 0",
         'print "STAGE timed"', f"run {steps}",
     ]) + "\n"
-
-
-def is_thermo(line: str) -> bool:
-    """A thermo row: step temp pe etotal press, all numbers."""
-    fields = line.split()
-    try:
-        return len(fields) == 5 and fields[0].isdigit() and all(float(f) == float(f) for f in fields[1:])
-    except ValueError:
-        return False
 
 
 def vm_hwm_kb(pid: int) -> int:

@@ -53,3 +53,10 @@ def test_a_lammps_that_hangs_is_stopped_at_the_timeout(tmp_path):
     with pytest.raises(RuntimeError, match="ran past 3 s and was stopped"):
         run_lammps("shell sleep 60\n", tmp_path, "hang", timeout=3)
     assert time.monotonic() - t0 < 30
+
+
+def test_thermo_rows_are_told_from_other_numbered_lines():
+    from science.melt import is_thermo
+    assert is_thermo("120   1203.5   -1319021.2   -1318711.8   -32296.968")
+    assert not is_thermo("1 by 1 by 1 MPI processor grid")
+    assert not is_thermo("Step Temp PotEng TotEng Press")
