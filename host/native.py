@@ -295,7 +295,8 @@ class NativeDevice:
 
 def open_device(spec: str, qm, **options) -> NativeDevice:
     """An in-process native device: `zero`, `cpu` (the bit-exact pipeline on this machine's cores;
-    `threads=N`, default the cores this process may use; `cpu:generic`: portable kernels),
+    `threads=N`, default the cores this process may use; `cpu:generic`: portable kernels, `cpu:int64`: D
+    and dGR in int64 for every atom, options joined by commas),
     `xdma:PREFIX[,PREFIX...]` or `rtl` (its harness is built here, `host.native.rtl_harness`) /
     `rtl:HARNESS`."""
     if spec == "rtl":

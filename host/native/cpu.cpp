@@ -21,7 +21,8 @@
  * Every float64 value is an integer whose magnitude the model's formats bound below 2^53; open_cpu
  * checks each of those bounds (and the int64 ones) and refuses a model that would break one, naming the
  * layer or format (CpuModel below).  Kernels: cpu_kernels.h, compiled for AVX2+FMA and portably; the
- * AVX2 copy runs where the CPU has it (spec `cpu:generic` forces the portable one). */
+ * AVX2 copy runs where the CPU has it (spec `cpu:generic` forces the portable one; `cpu:int64`, or
+ * `cpu:generic,int64`, computes stages 6 and 9 in int64 for every atom: a cross-check, same words). */
 #include "dpfpga/devices.h"
 #include "dpfpga/wire.h"
 #include "pipeline.h"
@@ -370,7 +371,8 @@ class CpuModel {
   int k_r0 = 0, k_rh = 0, k_d = 0, k_dgr = 0, k_ds_r = 0, k_ds = 0, k_dh = 0, k_du_s = 0, k_du_h = 0, k_du = 0,
       k_f_r = 0, k_f_u = 0, k_f = 0;
 
-  explicit CpuModel(const HostModel &hm);
+  /* int64_stages: stages 6 and 9 in int64 for every atom (spec `cpu:int64`), not float64 where exact. */
+  explicit CpuModel(const HostModel &hm, bool int64_stages = false);
 
   const PipelineFormat &fmt(const char *name) const { return F.at(name); }
 
@@ -447,7 +449,7 @@ void CpuModel::check_table(const PipelineTable &t, const std::string &name, int 
                                                    " outside " + t.coef.describe());
 }
 
-CpuModel::CpuModel(const HostModel &hm)
+CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
 {
   need(bool(hm.pipeline), "the host model text has no pipeline_* lines (host/native.py: host_model_text(qm, "
                           "pipeline=True); `python -m host native-model` prints them)");
@@ -641,9 +643,9 @@ CpuModel::CpuModel(const HostModel &hm)
   desc.dgr = dshift(fr("GR") + fr("dD") - ds - fr("dGR"), 0, "dGR");
   desc.dgr_range = range(fmt("dGR"));
   dgr_fast_max = std::ldexp(1.0, 53 + std::min(fr("GR") + fr("dD") - ds - fr("dGR"), 0)) - desc.dgr.half;
-  // Tests only (tests/host/test_native_cpu.py): DPFPGA_CPU_INT64_STAGES=1 sends every atom down the int64
-  // paths of stages 6 and 9, which the bundled models' atoms never need.
-  if (const char *e = std::getenv("DPFPGA_CPU_INT64_STAGES"); e && std::string(e) == "1") d_fast_max = dgr_fast_max = 0;
+  // `cpu:int64` sends every atom down the int64 paths of stages 6 and 9, which the bundled models' atoms
+  // never need: a cross-check of the float64 ones (tests/host/test_native_cpu.py), same words, slower.
+  if (int64_stages) d_fast_max = dgr_fast_max = 0;
   // -- stage 10 (float64 sums, then int64)
   back.dr = dshift(fr("G") + fr("dGR") + ns - fr("dR"), mag("G") + mag("dGR") + ceil_log2(m1), "dR = G dGR^T");
   back.dr_range = range(fmt("dR"));
@@ -790,8 +792,8 @@ void fit_size(std::vector<T> &v, size_t n)
 
 class CpuDevice : public Device {
  public:
-  CpuDevice(const HostModel &hm, const DeviceConfig &config, bool portable)
-      : m_(hm), lanes_(config.lanes), pool_(config.threads), ws_(size_t(config.threads))
+  CpuDevice(const HostModel &hm, const DeviceConfig &config, bool portable, bool int64_stages)
+      : m_(hm, int64_stages), lanes_(config.lanes), pool_(config.threads), ws_(size_t(config.threads))
   {
 #ifdef DPFPGA_CPU_X86
     if (!portable && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
@@ -1167,12 +1169,22 @@ int default_threads()
 
 std::unique_ptr<Device> open_cpu(const std::string &arg, const HostModel &model, const DeviceConfig &config)
 {
-  if (!arg.empty() && arg != "generic")
-    throw Error(ErrorKind::Device, "cpu: unknown option '" + arg + "' (cpu, or cpu:generic for the portable kernels)");
+  // cpu[:OPTION[,OPTION]]: generic (the portable kernels), int64 (stages 6 and 9 in int64 for every atom)
+  bool portable = false, int64_stages = false;
+  for (size_t at = 0; !arg.empty() && at <= arg.size();) {
+    const size_t comma = std::min(arg.find(',', at), arg.size());
+    const std::string opt = arg.substr(at, comma - at);
+    if (opt == "generic") portable = true;
+    else if (opt == "int64") int64_stages = true;
+    else
+      throw Error(ErrorKind::Device, "cpu: unknown option '" + opt +
+                                         "' (cpu[:generic][,int64]: the portable kernels; stages 6 and 9 in int64)");
+    at = comma + 1;
+  }
   if (config.threads < 0) throw Error(ErrorKind::Device, "cpu: threads must be >= 1, got " + std::to_string(config.threads));
   DeviceConfig c = config;
   if (c.threads == 0) c.threads = default_threads();
-  return std::make_unique<CpuDevice>(model, c, arg == "generic");
+  return std::make_unique<CpuDevice>(model, c, portable, int64_stages);
 }
 
 }  // namespace dpfpga

@@ -209,12 +209,12 @@ def test_g_tables_that_saturate_and_clamp(gete_qm):
             assert (dev.run(beats, len(ct)) == expect).all(), spec
 
 
-def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm, monkeypatch):
+def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm):
     """Stages 6 (D = GR^T GR) and 9 (dGR = GR dD) run in float64 for an atom whose sums stay below 2^53
     (4 max|GR|^2, (M1 + M2) max|GR| max|dD|: every atom of the bundled models, |GR| <= 2^25 of 2^26) and in
     int64 otherwise.  Sparse and crowded atoms: with the model as it is (float64), with GR two bits wider
-    (crowded atoms' D in int64), and with DPFPGA_CPU_INT64_STAGES=1 (both stages in int64 for every atom),
-    through both kernel sets."""
+    (crowded atoms' D in int64), and with `cpu:int64` (both stages in int64 for every atom), through both
+    kernel sets."""
     sparse = records(gete_qm, 20, 41, rlo=3.0, rhi=7.5)
     dense = records(gete_qm, 20, 42, rlo=1.0, rhi=2.2)
     ct, nt, d = (np.concatenate([a, b]) for a, b in zip(sparse, dense))
@@ -235,11 +235,9 @@ def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm, monkeypatch):
         assert (slow_d >= d_slow) if d_slow else slow_d == 0
         assert ((cfg.m1 + cfg.axis_neurons) * gmax * dmax < 2.0 ** 53 - 2.0 ** (k_dgr - 1)).all()
         expect = process_beats(qm, beats, len(ct), 1)
-        for force_int64 in ("0", "1"):
-            monkeypatch.setenv("DPFPGA_CPU_INT64_STAGES", force_int64)
-            for spec in ("cpu", "cpu:generic"):
-                with native.open_device(spec, qm, threads=1) as dev:
-                    assert (dev.run(beats, len(ct)) == expect).all(), (spec, force_int64)
+        for spec in ("cpu", "cpu:generic", "cpu:int64", "cpu:generic,int64"):
+            with native.open_device(spec, qm, threads=1) as dev:
+                assert (dev.run(beats, len(ct)) == expect).all(), spec
 
 
 def test_a_model_beyond_the_bounds_is_refused(gete_qm):
