@@ -59,17 +59,24 @@ class Protocol:
                 ("cool 2000 -> 1200 K", q, 2000.0, 1200.0), ("sample liquid 1200 K", q, 1200.0, 1200.0)]
 
 
-def lammps_input(p: Protocol, model: Path, device: str, steps_override: int | None = None) -> str:
-    """The LAMMPS input: the crystal, the model through `device`, then the stages (or, with
-    steps_override, `run 0` and that many steps at 300 K: the timing of another device)."""
-    lines = [
+def crystal_lines(cells: int) -> list[str]:
+    """LAMMPS lines of rock-salt GeTe at the AIMD density, `cells` cubic cells (8 atoms each) a side: Ge is
+    type 1, Te type 2."""
+    return [
         "units metal", "atom_style atomic", "boundary p p p",
         f"lattice custom {LATTICE} a1 1 0 0 a2 0 1 0 a3 0 0 1 &",
         "  basis 0.0 0.0 0.0 basis 0.5 0.5 0.0 basis 0.5 0.0 0.5 basis 0.0 0.5 0.5 &",
         "  basis 0.5 0.0 0.0 basis 0.0 0.5 0.0 basis 0.0 0.0 0.5 basis 0.5 0.5 0.5",
-        f"region box block 0 {p.cells} 0 {p.cells} 0 {p.cells}", "create_box 2 box",
+        f"region box block 0 {cells} 0 {cells} 0 {cells}", "create_box 2 box",
         "create_atoms 1 box basis 5 2 basis 6 2 basis 7 2 basis 8 2",
         "mass 1 72.630", "mass 2 127.60",
+    ]
+
+
+def lammps_input(p: Protocol, model: Path, device: str, steps_override: int | None = None) -> str:
+    """The LAMMPS input: the crystal, the model through `device`, then the stages (or, with
+    steps_override, `run 0` and that many steps at 300 K: the timing of another device)."""
+    lines = crystal_lines(p.cells) + [
         f"pair_style hybrid/overlay nvnmd {model} device {device} below_rmin allow zbl 1.2 1.8",
         "pair_coeff * * nvnmd Ge Te", "pair_coeff 1 1 zbl 32 32", "pair_coeff 1 2 zbl 32 52",
         "pair_coeff 2 2 zbl 52 52",
@@ -105,10 +112,12 @@ def is_thermo(line: str) -> bool:
         return False
 
 
-def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout: float = 3600.0) -> list[tuple]:
+def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout: float = 3600.0,
+               on_line=None) -> list[tuple]:
     """Run LAMMPS on `text` in `out` (input NAME.in, log NAME.log, screen NAME.out); a tqdm bar over the
-    thermo steps.  Returns the (seconds, procs, steps, atoms) of every `run`.  A failed run raises
-    RuntimeError with LAMMPS's ERROR line."""
+    thermo steps when progress_steps is given; on_line(line, pid), if given, sees every output line.
+    Returns the (seconds, procs, steps, atoms) of every `run`.  A failed run raises RuntimeError with
+    LAMMPS's ERROR line, and so does one still running after `timeout` s, which is killed."""
     from tqdm import tqdm
 
     from host.lammps_plugin import console_script
@@ -127,6 +136,8 @@ def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout
         for line in proc.stdout:
             screen.write(line)
             s = line.strip()
+            if on_line:
+                on_line(s, proc.pid)
             if m := LOOP_RE.match(s):
                 loops.append((float(m[1]), int(m[2]), int(m[3]), int(m[4])))
             elif m := STAGE_RE.match(s):
@@ -151,9 +162,9 @@ def run_lammps(text: str, out: Path, name: str, progress_steps: int = 0, timeout
     return loops
 
 
-def per_step_atom(loops: list[tuple], skip_zero: bool = True) -> float:
+def per_step_atom(loops: list[tuple]) -> float:
     """s/step/atom over the runs with steps (the `run 0` setup left out)."""
-    runs = [r for r in loops if r[2] > 0 or not skip_zero]
+    runs = [r for r in loops if r[2] > 0]
     return sum(r[0] for r in runs) / max(sum(r[2] for r in runs), 1) / runs[0][3]
 
 

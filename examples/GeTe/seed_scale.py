@@ -27,10 +27,7 @@ import argparse
 import json
 import os
 import resource
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,20 +36,13 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from contract.paths import EXAMPLE_MODEL  # noqa: E402
-from science.melt import LATTICE, LOOP_RE, is_thermo  # noqa: E402
+from science.melt import LATTICE, crystal_lines, is_thermo, run_lammps  # noqa: E402
 
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
 
 
 def lammps_input(cells: int, model: Path, threads: int, steps: int, seed: int, skin: float) -> str:
-    return "\n".join([
-        "units metal", "atom_style atomic", "boundary p p p",
-        f"lattice custom {LATTICE} a1 1 0 0 a2 0 1 0 a3 0 0 1 &",
-        "  basis 0.0 0.0 0.0 basis 0.5 0.5 0.0 basis 0.5 0.0 0.5 basis 0.0 0.5 0.5 &",
-        "  basis 0.5 0.0 0.0 basis 0.0 0.5 0.0 basis 0.0 0.0 0.5 basis 0.5 0.5 0.5",
-        f"region box block 0 {cells} 0 {cells} 0 {cells}", "create_box 2 box",
-        "create_atoms 1 box basis 5 2 basis 6 2 basis 7 2 basis 8 2",
-        "mass 1 72.630", "mass 2 127.60",
+    return "\n".join(crystal_lines(cells) + [
         f"neighbor {skin} bin",
         f"pair_style nvnmd {model} device cpu" + (f" threads {threads}" if threads else ""),
         "pair_coeff * * Ge Te",
@@ -99,53 +89,38 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cells < 2 or args.steps < 1 or args.threads < 0 or args.skin <= 0:
         p.error("need --cells >= 2, --steps >= 1, --threads >= 0, --skin > 0")
-    from host.lammps_plugin import console_script
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atoms = 8 * args.cells ** 3
     threads = args.threads or len(os.sched_getaffinity(0))
-    (out / "in.seed-scale").write_text(lammps_input(args.cells, Path(args.model).resolve(), args.threads,
-                                                     args.steps, args.seed, args.skin))
     print(f"seed scale: {atoms:,} GeTe atoms ({args.cells}^3 rock-salt cells, {args.cells * LATTICE / 10:.1f} nm a "
           f"side), {args.steps} NVT steps through LAMMPS, device cpu, {threads} thread(s); in {out}", flush=True)
-    cmd = [console_script("lmp"), "-in", "in.seed-scale", "-log", "log.lammps"]
     t0 = time.monotonic()
-    loops, joules, last_error = [], None, ""
-    with open(out / "lammps.out", "w") as screen:
-        proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1, start_new_session=True)
-        # stopped at --timeout even when it prints nothing: its whole process group
-        watchdog = threading.Timer(args.timeout, os.killpg, (proc.pid, signal.SIGKILL))
-        watchdog.start()
-        hwm_kb = 0
-        for line in proc.stdout:
-            screen.write(line)
-            hwm_kb = max(hwm_kb, vm_hwm_kb(proc.pid))
-            s = line.strip()
-            if s == "STAGE timed":
-                joules = rapl_joules()
-                print(f"  [{time.monotonic() - t0:6.0f} s] set up; timing {args.steps} steps", flush=True)
-            elif s.startswith("ERROR"):
-                last_error = s
-            elif m := LOOP_RE.match(s):
-                loops.append((float(m[1]), int(m[3])))
-            elif is_thermo(s):
-                print(f"  [{time.monotonic() - t0:6.0f} s] step {s}", flush=True)
-        rc = proc.wait()
-        timed_out = not watchdog.is_alive()
-        watchdog.cancel()
-    end_joules = rapl_joules()
-    if timed_out:
-        sys.exit(f"LAMMPS ran past --timeout {args.timeout:g} s and was stopped; see {out / 'lammps.out'}")
-    if rc != 0 or len(loops) < 2:
-        sys.exit(f"LAMMPS failed ({last_error or f'exit status {rc}'}); see {out / 'lammps.out'}")
+    seen = {"hwm_kb": 0, "joules": None}
+
+    def on_line(s: str, pid: int):
+        # LAMMPS's peak resident set, read at every line it prints; the energy counter as timing starts
+        seen["hwm_kb"] = max(seen["hwm_kb"], vm_hwm_kb(pid))
+        if s == "STAGE timed":
+            seen["joules"] = rapl_joules()
+            print(f"  [{time.monotonic() - t0:6.0f} s] set up; timing {args.steps} steps", flush=True)
+        elif is_thermo(s):
+            print(f"  [{time.monotonic() - t0:6.0f} s] step {s}", flush=True)
+
+    text = lammps_input(args.cells, Path(args.model).resolve(), args.threads, args.steps, args.seed, args.skin)
+    try:
+        loops = run_lammps(text, out, "seed-scale", timeout=args.timeout, on_line=on_line)
+    except RuntimeError as e:
+        sys.exit(str(e))
+    if len(loops) < 2:
+        sys.exit(f"LAMMPS ended without the timed run; see {out / 'seed-scale.out'}")
+    end_joules, joules = rapl_joules(), seen["joules"]
     wall = time.monotonic() - t0
-    loop_s, steps = loops[-1]
+    loop_s, _, steps, _ = loops[-1]
     eta_t = loop_s / steps / atoms
     # LAMMPS's own peak (read while it ran, at every output line), or the largest child's as the kernel
     # kept it (getrusage: KiB), whichever is larger
-    peak_rss_gb = max(hwm_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024 / 1e9
+    peak_rss_gb = max(seen["hwm_kb"], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024 / 1e9
     if joules is not None and end_joules is not None and end_joules > joules:
         watts, power = (end_joules - joules) / loop_s, "measured (RAPL package energy over the timed run)"
     else:
@@ -156,7 +131,7 @@ def main(argv=None) -> int:
               "threads": threads, "skin_A": args.skin, "loop_s": loop_s, "wall_s": wall,
               "s_per_step_atom": eta_t, "eta_t_s_per_step_atom": eta_t, "power_W": watts, "power": power,
               "eta_p_J_per_step_atom": eta_t * watts, "peak_rss_GB": peak_rss_gb, "model": args.model,
-              "lammps_log": str(out / "log.lammps")}
+              "lammps_log": str(out / "seed-scale.log")}
     (out / "seed_scale.json").write_text(json.dumps(result, indent=1))
     print(f"\n{atoms:,} atoms, {steps} steps: {eta_t:.3g} s/step/atom (eta_t), eta_p {eta_t * watts:.3g} J/step/atom "
           f"at {watts:.2f} W ({power}); peak RSS {peak_rss_gb:.2f} GB; wall {wall:.0f} s\n{out / 'seed_scale.json'}")
