@@ -141,15 +141,22 @@ int64_t name_of(const int64_t *ids, int64_t index) { return ids ? ids[index] : i
 
 namespace {
 
+/* floor(v) for v inside the coord format (|v| < 2^31): truncation toward zero, one less for a negative
+ * non-integer, without a branch (std::floor is a libm call without SSE4.1). */
+inline double floor_inside(double v)
+{
+  const double t = double(int32_t(v));
+  return t - double(t > v);
+}
+
 /* The input words of m records, and whether any is outside the coord format or below r_min: one map
  * over structure-of-arrays, which the compiler vectorizes (simd.h: cloned for AVX2).
  *
  *   q = floor(v * 2^frac + 0.5)   (model.assembly.quantize_displacements), inside [lo, hi]
  *   u = qx^2 + qy^2 + qz^2 < x_min   (model.assembly.below_rmin: the s table's first input)
  *
- * floor: truncation toward zero, one less for a negative non-integer, without a branch (the sign is
- * unpredictable).  A component is first clamped into the range (a NaN to lo), as the conversion would
- * be undefined outside it; it was inside when the clamp left it unchanged (a NaN never is), and a record
+ * A component is first clamped into the range (a NaN to lo), as the conversion in floor_inside would be
+ * undefined outside it; it was inside when the clamp left it unchanged (a NaN never is), and a record
  * with one that was not is refused anyway.  u in double is exact: |q| <= 2^17, u < 2^37. */
 DPFPGA_VECTOR_CLONES void encode_records(
     size_t m, const double *x, const double *y, const double *z, const int32_t *type, uint64_t *out, double scale,
@@ -160,16 +167,12 @@ DPFPGA_VECTOR_CLONES void encode_records(
     const double a = v > lo ? v : lo;
     return a < top ? a : top;
   };
-  auto floor_of = [](double v) {
-    const double t = double(int32_t(v));
-    return t - double(t > v);
-  };
   int bad = 0, close = 0;
   for (size_t k = 0; k < m; k++) {
     const double yx = x[k] * scale + 0.5, yy = y[k] * scale + 0.5, yz = z[k] * scale + 0.5;
     const double vx = clamp(yx), vy = clamp(yy), vz = clamp(yz);
     bad |= int(vx != yx) | int(vy != yy) | int(vz != yz);
-    const double fx = floor_of(vx), fy = floor_of(vy), fz = floor_of(vz);
+    const double fx = floor_inside(vx), fy = floor_inside(vy), fz = floor_inside(vz);
     close |= int((fx * fx + fy * fy) + fz * fz < x_min);
     out[k] = w::input_record::KIND_BITS | w::input_record::TYPE.put(uint64_t(type[k])) |
              w::input_record::DX.put(uint64_t(int64_t(int32_t(fx)))) |
@@ -177,14 +180,6 @@ DPFPGA_VECTOR_CLONES void encode_records(
              w::input_record::DZ.put(uint64_t(int64_t(int32_t(fz))));
   }
   any_bad = bad, any_close = close;
-}
-
-/* floor(y) for y in [lo, hi) (encode_records, one component at a time, for the rare record that failed). */
-inline int64_t floor_in_range(double y, bool ok)
-{
-  const double v = ok ? y : 0.0;
-  const int64_t t = int64_t(int32_t(v));
-  return t - int64_t(double(t) > v);
 }
 
 }  // namespace
@@ -237,7 +232,7 @@ void Core::Chunk::note_range_and_close(const Pairs &p, size_t base)
     for (int a = 0; a < 3; a++) {
       const double y = v[a] * e.scale + 0.5;
       const bool ok = y >= e.lo && y < e.hi;
-      q[a] = floor_in_range(y, ok);
+      q[a] = ok ? int64_t(floor_inside(y)) : 0;
       if (!ok && !bad && problems.range_records == 0)
         problems.range_record = base + k, problems.range_value = v[a];
       bad = bad || !ok;
