@@ -177,13 +177,39 @@ constexpr int GEMM_ROWS = 6;      // rows of the GEMM micro-kernel (a type's row
 constexpr int MAX_M1 = 256;       // embedding width the kernels' stack buffers hold
 constexpr size_t BATCH_ATOMS = 48;  // atoms per unit of work: their fitting GEMMs, their records in cache
 
-/* sr(v) = floor((v + half) * mul): the reference's shift_round by k, exact on float64 integers. */
+/* sr(v) = floor((v + half) * mul) = floor(v * mul + hmul): the reference's shift_round by k, exact on
+ * float64 integers (cpu_kernels.h). */
 struct DShift {
-  double half = 0, mul = 1;
+  double half = 0, mul = 1, hmul = 0;  // 2^(k-1) (0 for k <= 0), 2^-k, half * mul
 };
 struct DRange {
   double lo = 0, hi = 0;
 };
+
+/* Stages 1-3 and stage 10's last steps, per record in float64 (every value an integer below 2^53: see
+ * CpuModel).  The s and h tables share one grid over u = r^2 (model/quantize.py u_tables), so one
+ * segment row holds both: s a b c, h a b c, 0, 0 (int32); a row of zeros past the last segment gives the
+ * reference's y = y' = 0 there, with no flag. */
+struct RecConsts {
+  const int32_t *coef = nullptr;  // (nseg + 1) rows of 8
+  int64_t nseg = 0, x_min = 0, xi_mask = 0;
+  int index_shift = 0, xi_bits = 0;
+  DShift xi, s_y, s_dy, h_y, h_dy, r0, rh;  // tables, then R = (rq s, rq h d)
+  DRange s_out, s_dout, h_out, h_dout, R;
+  DShift ds_r, dh, du_s, du_h, f_r, f_u;  // stage 10: dS, dH, dU, dE/dr
+  DRange dS, dH, dU, F;
+};
+/* One atom's per-record arrays in a batch's workspace: record j of the atom at index j; room for the
+ * record count rounded up to RECORD_PAD. */
+struct RecordRows {
+  int32_t *type;
+  double *dx, *dy, *dz, *s, *ds, *h, *dh;  // d, and the s and h tables' values and slopes
+  double *R;                               // 4 per record: (R0, R1, R2, R3)
+  double *dR;                              // 4 rows of stride ld: dR_k of record j at dR[k ld + j]
+  size_t ld;
+  double *dSg;
+};
+constexpr int RECORD_PAD = 4;  // a multiple of every kernel set's vector width
 
 struct GTable {  // one neighbour type's G table, coefficients as int32 [segment][a b c][channel]
   const int32_t *coef = nullptr;
@@ -230,10 +256,12 @@ struct OutConsts {
 };
 
 typedef void (*GemmFn)(int, int, int, const double *, int, const double *, double *, int);
-typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const int64_t *, const double *, float *, float *,
+typedef bool (*RecordsFn)(const RecConsts &, int, const uint64_t *, const RecordRows &, bool &);
+typedef bool (*TailFn)(const RecConsts &, int, const RecordRows &, uint64_t *);
+typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const double *, const double *, float *, float *,
                         double *, const int32_t **, double *, uint8_t *);
 typedef bool (*BackFn)(const BackConsts &, int, const double *, const float *, const float *, const double *, double *,
-                       double *);
+                       size_t, double *);
 typedef void (*ActivateFn)(const LayerConsts &, int, const double *, const double *, double *, double *, uint8_t *);
 typedef void (*EnergyFn)(const OutConsts &, int, const double *, double *, uint8_t *);
 typedef void (*CombineFn)(int, int, const double *, const double *, const double *, bool, const DShift &,
@@ -245,6 +273,8 @@ typedef bool (*DgrFn)(const DescConsts &, const double *, const double *, double
 
 struct Kernels {
   const char *name;
+  RecordsFn records;
+  TailFn tail;
   GemmFn gemm;
   EmbedFn embed;
   BackFn backward;
@@ -343,20 +373,13 @@ inline int64_t sat64(int64_t v, const PipelineFormat &f, bool &flag)
   return v;
 }
 
-/* Scalar table (s, h: one channel), int64 as the reference computes it. */
-struct ITable {
-  std::vector<int64_t> coef;  // nseg * 3
-  int64_t nseg = 0, x_min = 0, xi_mask = 0;
-  int index_shift = 0, xi_bits = 0, ky = 0, kd = 0;
-  PipelineFormat out, dout;
-};
-
 class CpuModel {
  public:
   int ntypes = 0, m1 = 0, m2 = 0, sum_sel = 0;
   std::vector<int> sel;
   std::map<std::string, PipelineFormat> F;
-  ITable ts, th;
+  std::vector<int32_t> sh_coef;              // the s and h tables' rows (RecConsts)
+  RecConsts rec;
   std::vector<std::vector<int32_t>> g_coef;  // per neighbour type
   std::vector<std::vector<uint8_t>> g_safe;  // per neighbour type and segment: GTable::safe
   EmbedConsts embed;
@@ -367,9 +390,7 @@ class CpuModel {
   std::vector<OutConsts> out;
   std::vector<std::vector<double>> g0;      // per centre type: rq(out_w) to GA, the backward pass's start
   std::vector<uint8_t> g0_sat;              // ... and whether that saturated (every atom of the type)
-  // int64 stage shifts (model/reference.py's names)
-  int k_r0 = 0, k_rh = 0, k_d = 0, k_dgr = 0, k_ds_r = 0, k_ds = 0, k_dh = 0, k_du_s = 0, k_du_h = 0, k_du = 0,
-      k_f_r = 0, k_f_u = 0, k_f = 0;
+  int k_d = 0, k_dgr = 0;  // stages 6 and 9 in int64 (for atoms the float64 paths cannot take)
 
   /* int64_stages: stages 6 and 9 in int64 for every atom (spec `cpu:int64`), not float64 where exact. */
   explicit CpuModel(const HostModel &hm, bool int64_stages = false);
@@ -399,6 +420,7 @@ class CpuModel {
     DShift s;
     s.half = k > 0 ? std::ldexp(1.0, k - 1) : 0.0;
     s.mul = std::ldexp(1.0, -k);
+    s.hmul = s.half * s.mul;
     return s;
   }
   /* An int64 value bounded by 2^mag (and its shift by k) stays inside int64 when mag <= 62. */
@@ -473,25 +495,45 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   need(fmt("coord").bits <= int(w::COORD_BITS) && fmt("F").bits <= 62 && fmt("E").bits <= 62,
        "coord wider than the wire's COORD_BITS");
 
-  // -- stages 1-3 (int64, per record): u = |d|^2 <= 3 * 2^(2 coord); tables s and h; R
-  const int mag_u = 2 * mag("coord") + 2;
-  ishift(0, mag_u, "r^2");
-  for (auto [tab, name] : {std::pair<ITable *, const char *>{&ts, "s"}, {&th, "h"}}) {
+  // -- stages 1-3 (float64, per record): u = |d|^2 <= 3 * 2^(2 coord) (int64); tables s and h; R
+  ishift(0, 2 * mag("coord") + 2, "r^2");
+  const PipelineTable *tab[2];
+  for (int q = 0; q < 2; q++) {
+    const char *name = q ? "h" : "s";
     auto it = p.tables.find(name);
     need(it != p.tables.end(), std::string("table ") + name + " missing");
-    const PipelineTable &t = it->second;
-    check_table(t, name, 1);
-    tab->coef = t.values;
-    tab->nseg = t.nseg, tab->x_min = t.x_min, tab->index_shift = t.x_frac - t.seg_shift, tab->xi_bits = t.xi_bits;
-    tab->xi_mask = (int64_t(1) << t.xi_bits) - 1;
-    tab->out = t.out, tab->dout = t.dout;
-    const std::string what = std::string("table ") + name;
-    ishift(t.xi_bits, t.coef.magnitude() + t.xi_bits + 1, what + " c xi");
-    tab->ky = ishift(t.coef.frac - t.out.frac, t.coef.magnitude() + 2, what + " value");
-    tab->kd = ishift(t.coef.frac - t.seg_shift - t.dout.frac, t.coef.magnitude() + 2, what + " slope");
+    tab[q] = &it->second;
+    check_table(*tab[q], name, 1);
+    need(tab[q]->coef.magnitude() <= 31, std::string("table ") + name + ": coefficients wider than 32 bits (kept as int32)");
   }
-  k_r0 = ishift(fr("s") - fr("R"), mag("s"), "R from s");
-  k_rh = ishift(fr("h") + fr("coord") - fr("R"), mag("h") + mag("coord"), "R from h d");
+  const PipelineTable &ts = *tab[0], &th = *tab[1];
+  need(ts.x_frac == th.x_frac && ts.seg_shift == th.seg_shift && ts.xi_bits == th.xi_bits && ts.x_min == th.x_min &&
+           ts.nseg == th.nseg,
+       "tables s and h on different grids (x_frac, seg_shift, xi_bits, x_min, nseg): the cpu device reads both "
+       "with one lookup");
+  sh_coef.assign((size_t(ts.nseg) + 1) * 8, 0);
+  for (int64_t g = 0; g < ts.nseg; g++)
+    for (int a = 0; a < 3; a++) {
+      sh_coef[size_t(g) * 8 + size_t(a)] = int32_t(ts.values[size_t(g) * 3 + size_t(a)]);
+      sh_coef[size_t(g) * 8 + 3 + size_t(a)] = int32_t(th.values[size_t(g) * 3 + size_t(a)]);
+    }
+  rec.coef = sh_coef.data();
+  rec.nseg = ts.nseg, rec.x_min = ts.x_min, rec.index_shift = ts.x_frac - ts.seg_shift, rec.xi_bits = ts.xi_bits;
+  rec.xi_mask = (int64_t(1) << ts.xi_bits) - 1;
+  for (int q = 0; q < 2; q++) {
+    const PipelineTable &t = *tab[q];
+    const std::string what = std::string("table ") + (q ? "h" : "s");
+    const int cm = t.coef.magnitude();
+    // |c xi| < 2^(coef + xi_bits); |(b + t) xi| < 2^(coef + 1 + xi_bits); |a + ...|, |b + 2t| < 2^(coef + 2)
+    rec.xi = dshift(t.xi_bits, cm + 1 + t.xi_bits, what + " (b + c xi) xi");
+    (q ? rec.h_y : rec.s_y) = dshift(t.coef.frac - t.out.frac, cm + 2, what + " value");
+    (q ? rec.h_dy : rec.s_dy) = dshift(t.coef.frac - t.seg_shift - t.dout.frac, cm + 2, what + " slope");
+    (q ? rec.h_out : rec.s_out) = range(t.out);
+    (q ? rec.h_dout : rec.s_dout) = range(t.dout);
+  }
+  rec.r0 = dshift(fr("s") - fr("R"), mag("s"), "R from s");
+  rec.rh = dshift(fr("h") + fr("coord") - fr("R"), mag("h") + mag("coord"), "R from h d");
+  rec.R = range(fmt("R"));
 
   // -- stages 4-5 (float64): G tables; GR = rq(sum_j R_j^T G_j) over at most sum(sel) records
   embed.m1 = back.m1 = m1;
@@ -651,16 +693,24 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   back.dr_range = range(fmt("dR"));
   back.dgj = dshift(fr("R") + fr("dGR") + ns - fr("dGj"), mag("R") + mag("dGR") + 2, "dGj = R dGR");
   back.dgj_range = range(fmt("dGj"));
-  back.dsg = dshift(fr("dGj") + fr("dG") - fr("dS"), mag("dGj") + mag("dG") + ceil_log2(m1), "dS from dGj G'");
-  k_ds_r = ishift(fr("dR") - fr("dS"), mag("dR"), "dS from dR");
-  k_ds = ishift(0, mag("dS") + 1, "dS");
-  k_dh = ishift(fr("dR") + fr("coord") - fr("dH"), mag("dR") + mag("coord") + 2, "dH");
-  k_du_s = ishift(fr("dS") + fr("ds") - fr("dU"), mag("dS") + mag("ds"), "dU from dS");
-  k_du_h = ishift(fr("dH") + fr("dh") - fr("dU"), mag("dH") + mag("dh"), "dU from dH");
-  k_du = ishift(0, 62 - 2, "dU");
-  k_f_r = ishift(fr("dR") + fr("h") - fr("F"), mag("dR") + mag("h"), "force from dR h");
-  k_f_u = ishift(fr("dU") + fr("coord") - 1 - fr("F"), mag("dU") + mag("coord"), "force from dU d");
-  k_f = 0;
+  const int back_dsg_k = fr("dGj") + fr("dG") - fr("dS");
+  back.dsg = dshift(back_dsg_k, mag("dGj") + mag("dG") + ceil_log2(m1), "dS from dGj G'");
+  // ... then per record, float64: dS = sat(rq dR0 + dS_g), dH = sat(rq dR.d) (3 terms),
+  // dU = sat(rq dS s' + rq dH h'), dE/dr = sat(rq dR h + rq dU d)
+  // a sum of two values rounded by shifts ka, kb from magnitudes 2^ma, 2^mb: below 2^(max(ma - ka, mb - kb) + 2)
+  auto sum_mag = [](int ma, int ka, int mb, int kb) { return std::max(std::max(ma - ka, 0), std::max(mb - kb, 0)) + 2; };
+  rec.ds_r = dshift(fr("dR") - fr("dS"), mag("dR"), "dS from dR");
+  dshift(0, sum_mag(mag("dR"), fr("dR") - fr("dS"), mag("dGj") + mag("dG") + ceil_log2(m1), back_dsg_k), "dS");
+  rec.dh = dshift(fr("dR") + fr("coord") - fr("dH"), mag("dR") + mag("coord") + 2, "dH");
+  rec.du_s = dshift(fr("dS") + fr("ds") - fr("dU"), mag("dS") + mag("ds"), "dU from dS");
+  rec.du_h = dshift(fr("dH") + fr("dh") - fr("dU"), mag("dH") + mag("dh"), "dU from dH");
+  dshift(0, sum_mag(mag("dS") + mag("ds"), fr("dS") + fr("ds") - fr("dU"), mag("dH") + mag("dh"),
+                    fr("dH") + fr("dh") - fr("dU")), "dU");
+  rec.f_r = dshift(fr("dR") + fr("h") - fr("F"), mag("dR") + mag("h"), "force from dR h");
+  rec.f_u = dshift(fr("dU") + fr("coord") - 1 - fr("F"), mag("dU") + mag("coord"), "force from dU d");
+  dshift(0, sum_mag(mag("dR") + mag("h"), fr("dR") + fr("h") - fr("F"), mag("dU") + mag("coord"),
+                    fr("dU") + fr("coord") - 1 - fr("F")), "force");
+  rec.dS = range(fmt("dS")), rec.dH = range(fmt("dH")), rec.dU = range(fmt("dU")), rec.F = range(fmt("F"));
 }
 
 // ---- threads -------------------------------------------------------------------------------------------
@@ -762,10 +812,9 @@ enum : uint8_t { LIVE = 0, DROPPED = 1, OVER = 2 };
 
 /* One thread's buffers, grown to the largest batch seen. */
 struct Workspace {
-  // per record of the batch
+  // per record of the batch (each atom's records from rfirst, padded to RECORD_PAD): RecordRows
   std::vector<int32_t> type;
-  std::vector<int64_t> d, s, ds, h, dh;  // d: 3 per record
-  std::vector<double> R, dR, dSg;        // R, dR: 4 per record
+  std::vector<double> dx, dy, dz, s, ds, h, dh, R, dR, dSg;  // R: 4 per record; dR: 4 rows of nrec
   std::vector<float> G, dG;              // M1 per record
   std::vector<const int32_t *> cf;       // the embed kernel's scratch: per record
   std::vector<double> xi;
@@ -824,9 +873,19 @@ class CpuDevice : public Device {
     auto [words, n_atoms] = std::move(queue_.front());
     queue_.pop_front();
     decode(words, n_atoms);
-    const size_t n = a_.header.size(), batches = (n + BATCH_ATOMS - 1) / BATCH_ATOMS;
-    pool_.run(batches, [&](size_t b, int id) {
-      batch(b * BATCH_ATOMS, std::min(n, (b + 1) * BATCH_ATOMS), ws_[size_t(id)]);
+    // Batches of one centre type each: a batch's fitting GEMMs then have up to BATCH_ATOMS rows, not
+    // two parts of it, each padded to GEMM_ROWS.
+    order_.clear();
+    std::vector<std::pair<size_t, size_t>> batches;  // [first, last) in order_
+    for (int t = 0; t < m_.ntypes; t++) {
+      const size_t first = order_.size();
+      for (size_t i = 0; i < a_.header.size(); i++)
+        if (a_.state[i] == LIVE && int(w::input_header::CTYPE.get(a_.header[i])) == t) order_.push_back(i);
+      for (size_t b = first; b < order_.size(); b += BATCH_ATOMS)
+        batches.emplace_back(b, std::min(order_.size(), b + BATCH_ATOMS));
+    }
+    pool_.run(batches.size(), [&](size_t b, int id) {
+      batch(&order_[batches[b].first], batches[b].second - batches[b].first, ws_[size_t(id)]);
     });
     return encode();
   }
@@ -839,6 +898,7 @@ class CpuDevice : public Device {
   std::vector<Workspace> ws_;
   std::deque<std::pair<std::vector<uint64_t>, size_t>> queue_;
   Atoms a_;
+  std::vector<size_t> order_;  // the live atoms grouped by centre type: the batches' atoms
 
   /* The words -> atoms, framing checked as contract.wire.decode_atoms checks it (and worded so): a header
    * alone in slot 0 of its beat, then its records in the following beats (PAD words ignored). */
@@ -925,25 +985,22 @@ class CpuDevice : public Device {
     return out;
   }
 
-  /* The pipeline on atoms lo..hi-1 of the chunk. */
-  void batch(size_t lo, size_t hi, Workspace &ws)
+  /* The pipeline on the chunk's live atoms atoms[0 .. na-1]. */
+  void batch(const size_t *atoms, size_t na, Workspace &ws)
   {
     const CpuModel &m = m_;
     const int m1 = m.m1;
-    std::vector<size_t> live;
-    for (size_t i = lo; i < hi; i++)
-      if (a_.state[i] == LIVE) live.push_back(i);
-    const size_t na = live.size();
-    if (!na) return;
+    const std::vector<size_t> live(atoms, atoms + na);
     size_t nrec = 0;
     fit_size(ws.rfirst, na + 1);
-    for (size_t q = 0; q < na; q++) ws.rfirst[q] = nrec, nrec += a_.start[live[q] + 1] - a_.start[live[q]];
+    for (size_t q = 0; q < na; q++) {
+      ws.rfirst[q] = nrec;
+      nrec += (a_.start[live[q] + 1] - a_.start[live[q]] + RECORD_PAD - 1) / RECORD_PAD * RECORD_PAD;
+    }
     ws.rfirst[na] = nrec;
-    for (auto *v : {&ws.d}) fit_size(*v, 3 * nrec);
-    for (auto *v : {&ws.s, &ws.ds, &ws.h, &ws.dh}) fit_size(*v, nrec);
+    for (auto *v : {&ws.dx, &ws.dy, &ws.dz, &ws.s, &ws.ds, &ws.h, &ws.dh, &ws.dSg}) fit_size(*v, nrec);
     fit_size(ws.type, nrec);
     for (auto *v : {&ws.R, &ws.dR}) fit_size(*v, 4 * nrec);
-    fit_size(ws.dSg, nrec);
     fit_size(ws.cf, nrec);
     fit_size(ws.xi, nrec);
     fit_size(ws.below, nrec);
@@ -954,30 +1011,18 @@ class CpuDevice : public Device {
     fit_size(ws.ext, 4 * size_t(m1));
     ws.sat.assign(na, 0);
     ws.small.assign(na, 0);
-    fit_size(ws.row, na);
+    auto rows_of = [&](size_t q) {
+      const size_t j = ws.rfirst[q];
+      return RecordRows{&ws.type[j], &ws.dx[j], &ws.dy[j], &ws.dz[j], &ws.s[j], &ws.ds[j], &ws.h[j], &ws.dh[j],
+                        &ws.R[4 * j], &ws.dR[j], nrec, &ws.dSg[j]};
+    };
 
     // -- stages 1-5: per record r^2, s, h, R; per atom G, GR
-    const PipelineFormat &fR = m.fmt("R");
     for (size_t q = 0; q < na; q++) {
-      const size_t i = live[q];
-      bool sat = false, small = false;
-      for (size_t r = a_.start[i], j = ws.rfirst[q]; r < a_.start[i + 1]; r++, j++) {
-        const uint64_t word = a_.rec[r];
-        ws.type[j] = int32_t(w::input_record::TYPE.get(word));
-        const int64_t dx = w::input_record::DX.get_signed(word), dy = w::input_record::DY.get_signed(word),
-                      dz = w::input_record::DZ.get_signed(word);
-        int64_t *d = &ws.d[3 * j];
-        d[0] = dx, d[1] = dy, d[2] = dz;
-        const int64_t u = dx * dx + dy * dy + dz * dz;
-        bool below = false;
-        lookup(m.ts, u, ws.s[j], ws.ds[j], below, sat);
-        small |= below;
-        lookup(m.th, u, ws.h[j], ws.dh[j], below, sat);
-        double *R = &ws.R[4 * j];
-        R[0] = double(sat64(sr64(ws.s[j], m.k_r0), fR, sat));
-        for (int a = 0; a < 3; a++) R[1 + a] = double(sat64(sr64(ws.h[j] * d[a], m.k_rh), fR, sat));
-      }
-      const size_t j0 = ws.rfirst[q], nr = ws.rfirst[q + 1] - j0;
+      const size_t i = live[q], j0 = ws.rfirst[q], nr = a_.start[i + 1] - a_.start[i];
+      bool small = false, sat = false;
+      if (nr) sat = k_->records(m.rec, int(nr), &a_.rec[a_.start[i]], rows_of(q), small);
+      // no records: GR = 0
       sat |= k_->embed(m.embed, int(nr), &ws.type[j0], &ws.s[j0], &ws.R[4 * j0], &ws.G[size_t(m1) * j0],
                        &ws.dG[size_t(m1) * j0], &ws.GR[4 * size_t(m1) * q], ws.cf.data(), ws.xi.data(),
                        ws.below.data());
@@ -994,52 +1039,16 @@ class CpuDevice : public Device {
       fitting(t, ws, live);
     }
 
-    // -- stages 9-10: dGR per atom, then per record dR, dGj, dS, dH, dU, dE/dr
-    const PipelineFormat &fdS = m.fmt("dS"), &fdH = m.fmt("dH"), &fdU = m.fmt("dU"), &fF = m.fmt("F");
+    // -- stages 9-10: dGR per atom (fitting()), then per record dR, dGj, dS, dH, dU, dE/dr
     for (size_t q = 0; q < na; q++) {
-      const size_t i = live[q], j0 = ws.rfirst[q], nr = ws.rfirst[q + 1] - j0;
+      const size_t i = live[q], j0 = ws.rfirst[q], nr = a_.start[i + 1] - a_.start[i];
       bool sat = ws.sat[q];
-      const double *dGR = &ws.dGR[4 * size_t(m1) * q];
-      sat |= k_->backward(m.back, int(nr), &ws.R[4 * j0], &ws.G[size_t(m1) * j0], &ws.dG[size_t(m1) * j0], dGR,
-                          &ws.dR[4 * j0], &ws.dSg[j0]);
-      for (size_t j = j0, r = a_.start[i]; j < j0 + nr; j++, r++) {
-        const double *dR = &ws.dR[4 * j];
-        const int64_t *d = &ws.d[3 * j];
-        const int64_t dR0 = int64_t(dR[0]), dRx[3] = {int64_t(dR[1]), int64_t(dR[2]), int64_t(dR[3])};
-        const int64_t dS = sat64(sr64(dR0, m.k_ds_r) + int64_t(ws.dSg[j]), fdS, sat);
-        const int64_t dH = sat64(sr64(dRx[0] * d[0] + dRx[1] * d[1] + dRx[2] * d[2], m.k_dh), fdH, sat);
-        const int64_t dU = sat64(sr64(dS * ws.ds[j], m.k_du_s) + sr64(dH * ws.dh[j], m.k_du_h), fdU, sat);
-        uint64_t word = w::output_record::KIND_BITS;
-        static constexpr const w::Field *AXES[3] = {&w::output_record::DEDX, &w::output_record::DEDY,
-                                                    &w::output_record::DEDZ};
-        for (int a = 0; a < 3; a++) {
-          const int64_t f = sat64(sr64(dRx[a] * ws.h[j], m.k_f_r) + sr64(dU * d[a], m.k_f_u), fF, sat);
-          word |= AXES[a]->put(uint64_t(f));
-        }
-        a_.out[r] = word;
+      if (nr) {
+        sat |= k_->backward(m.back, int(nr), &ws.R[4 * j0], &ws.G[size_t(m1) * j0], &ws.dG[size_t(m1) * j0],
+                            &ws.dGR[4 * size_t(m1) * q], &ws.dR[j0], nrec, &ws.dSg[j0]);
+        sat |= k_->tail(m.rec, int(nr), rows_of(q), &a_.out[a_.start[i]]);
       }
       a_.flags[i] = (sat ? w::flags::SATURATED : 0) | (ws.small[q] ? w::flags::R_BELOW_MIN : 0);
-    }
-  }
-
-  /* model/reference.py table_lookup, one channel, int64. */
-  static void lookup(const ITable &t, int64_t x, int64_t &y, int64_t &dy, bool &below, bool &sat)
-  {
-    below = x < t.x_min;
-    if (below) x = t.x_min;
-    const int64_t idx = x >> t.index_shift;
-    if (idx >= t.nseg) {  // past the end: y = dy = 0, no flag
-      y = dy = 0;
-      return;
-    }
-    const int64_t xi = (x >> (t.index_shift - t.xi_bits)) & t.xi_mask;
-    const int64_t *c = &t.coef[3 * size_t(idx)];
-    const int64_t tt = sr64(c[2] * xi, t.xi_bits);
-    y = sat64(sr64(c[0] + sr64((c[1] + tt) * xi, t.xi_bits), t.ky), t.out, sat);
-    if (below) {
-      dy = 0;
-    } else {
-      dy = sat64(sr64(c[1] + 2 * tt, t.kd), t.dout, sat);
     }
   }
 

@@ -15,8 +15,11 @@
  * from the model's formats when the device opens, and refuses a model that would break one), so
  * float64 holds them exactly and a sum is the same integer in any order and with or without fusing:
  * FMA changes nothing but speed.  Rounding is the reference's (contract/fixedpoint.py shift_round):
- * sr(v) = floor((v + half) * mul) with half = 2^(k-1), mul = 2^-k for a right shift by k > 0 (exact:
- * |v| + half <= 2^53, and scaling by a power of two is exact), and half = 0, mul = 2^-k for k <= 0.
+ * sr(v) = floor((v + half) * mul) with half = 2^(k-1), mul = 2^-k for a right shift by k > 0, and
+ * half = 0, mul = 2^-k for k <= 0, computed as floor(v * mul + half * mul), one multiply-add: v * mul is
+ * exact (a power of two), and so is the sum, (v + half) 2^-k, whenever |v| + half <= 2^53 (the bound
+ * cpu.cpp checks); fused or not, the same value.  A product rounded, sr(a b), is floor(a (b mul) +
+ * half mul) with b mul formed once where b is shared (sr_scaled).
  * Saturation clips to the format's range and raises a flag, as fixedpoint.saturate does.
  *
  * Layouts: matrices are row-major with a row stride `ld` that is a multiple of 8 (the padded width of
@@ -63,9 +66,7 @@ inline double hsum(V v)
   for (int l = 0; l < VW; l++) s += v[l];  // exact: integers below 2^53
   return s;
 }
-inline V sr(V v, const DShift &s) { return vfloor((v + vbroadcast(&s.half)) * vbroadcast(&s.mul)); }
-/* sr(a b + c): the product and the sum are exact integers, so fusing them changes nothing. */
-inline V sr_fma(V a, V b, V c, const DShift &s) { return vfloor(vfma(a, b, c + vbroadcast(&s.half)) * vbroadcast(&s.mul)); }
+inline V sr(V v, const DShift &s) { return vfloor(vfma(v, vbroadcast(&s.mul), vbroadcast(&s.hmul))); }
 /* Clip to [lo, hi]; lanes outside set their bit of `flag`. */
 inline V clip(V v, const DRange &r, VI &flag)
 {
@@ -76,15 +77,16 @@ inline V clip(V v, const DRange &r, VI &flag)
 /* A shift and a range as vectors, held in registers over a loop (stores through float pointers could
  * alias the constants in memory, so the compiler would load them again each iteration). */
 struct VShift {
-  V half, mul;
+  V mul, hmul;
 };
 struct VRange {
   V lo, hi;
 };
-inline VShift vshift(const DShift &s) { return {vbroadcast(&s.half), vbroadcast(&s.mul)}; }
+inline VShift vshift(const DShift &s) { return {vbroadcast(&s.mul), vbroadcast(&s.hmul)}; }
 inline VRange vrange(const DRange &r) { return {vbroadcast(&r.lo), vbroadcast(&r.hi)}; }
-inline V sr(V v, const VShift &s) { return vfloor((v + s.half) * s.mul); }
-inline V sr_fma(V a, V b, V c, const VShift &s) { return vfloor(vfma(a, b, c + s.half) * s.mul); }
+inline V sr(V v, const VShift &s) { return vfloor(vfma(v, s.mul, s.hmul)); }
+/* sr(a b) given bm = b * s's mul */
+inline V sr_scaled(V a, V bm, const VShift &s) { return vfloor(vfma(a, bm, s.hmul)); }
 inline V clip(V v, const VRange &r, VI &flag)
 {
   const V c = vmin(vmax(v, r.lo), r.hi);
@@ -100,6 +102,107 @@ inline bool any(VI flag)
 }
 
 }  // namespace
+
+namespace {
+
+/* One quadratic-table lookup for VW records (model/reference.py table_lookup, one channel): t = rq(c xi),
+ * y = sat(rq(a + rq((b + t) xi))), y' = sat(rq(b + 2t)), and y' = 0 with no flag for a record below the
+ * table's start (`below`, whose position was raised to x_min: the table is constant there).  xim: xi
+ * times sxi's mul. */
+inline void quad(V a, V b, V c, V xim, VI below, const VShift &sxi, const VShift &sy, const VShift &sdy,
+                 const VRange &out, const VRange &dout, V &y, V &dy, VI &flag)
+{
+  const V tt = sr_scaled(c, xim, sxi);
+  y = clip(sr(a + sr_scaled(b + tt, xim, sxi), sy), out, flag);
+  VI slope_flag{};
+  // sr(b + 2t) = floor(2t mul + (b mul + half mul)): every partial sum is (part + half) 2^-k, exact
+  const V d = clip(vfloor(vfma(tt + tt, sdy.mul, vfma(b, sdy.mul, sdy.hmul))), dout, slope_flag);
+  flag |= slope_flag & ~below;
+  dy = below ? splat(0) : d;
+}
+
+}  // namespace
+
+/* Stages 1-3 for one atom's n >= 1 records (input record words): type, d, s, s', h, h' and R = (rq s,
+ * rq h dx, rq h dy, rq h dz), into o's arrays.  The lanes past n repeat the last record (its values go
+ * to the padding, its flags are a real record's).  below: some record lies closer than r_min (u below
+ * the tables' start).  Returns whether anything saturated. */
+bool records(const RecConsts &k, int n, const uint64_t *words, const RecordRows &o, bool &below_any)
+{
+  namespace ir = wire::input_record;
+  const VShift sxi = vshift(k.xi), ssy = vshift(k.s_y), ssdy = vshift(k.s_dy), shy = vshift(k.h_y),
+               shdy = vshift(k.h_dy), sr0 = vshift(k.r0), srh = vshift(k.rh);
+  const VRange s_out = vrange(k.s_out), s_dout = vrange(k.s_dout), h_out = vrange(k.h_out),
+               h_dout = vrange(k.h_dout), rr = vrange(k.R);
+  VI flag{}, below_seen{};
+  for (int j0 = 0; j0 < n; j0 += VW) {
+    // per lane (scalar): the fields, u = |d|^2 (int64: exact), the segment and the position in it
+    V dx, dy, dz, xi, c[6];
+    VI below;
+#pragma GCC unroll 4
+    for (int l = 0; l < VW; l++) {
+      const uint64_t word = words[std::min(j0 + l, n - 1)];
+      const int64_t x0 = ir::DX.get_signed(word), x1 = ir::DY.get_signed(word), x2 = ir::DZ.get_signed(word);
+      const int64_t u = x0 * x0 + x1 * x1 + x2 * x2;
+      const int64_t x = u < k.x_min ? k.x_min : u;
+      const int32_t *row = k.coef + 8 * size_t(std::min(x >> k.index_shift, k.nseg));
+      o.type[j0 + l] = int32_t(ir::TYPE.get(word));
+      dx[l] = double(x0), dy[l] = double(x1), dz[l] = double(x2);
+      xi[l] = double((x >> (k.index_shift - k.xi_bits)) & k.xi_mask);
+      below[l] = u < k.x_min ? -1 : 0;
+#pragma GCC unroll 6
+      for (int q = 0; q < 6; q++) c[q][l] = double(row[q]);
+    }
+    // VW records at once: the two tables, then R
+    V s, ds, h, dh;
+    const V xim = xi * sxi.mul;
+    quad(c[0], c[1], c[2], xim, below, sxi, ssy, ssdy, s_out, s_dout, s, ds, flag);
+    quad(c[3], c[4], c[5], xim, below, sxi, shy, shdy, h_out, h_dout, h, dh, flag);
+    below_seen |= below;
+    store(o.dx + j0, dx), store(o.dy + j0, dy), store(o.dz + j0, dz);
+    store(o.s + j0, s), store(o.ds + j0, ds), store(o.h + j0, h), store(o.dh + j0, dh);
+    const V R0 = clip(sr(s, sr0), rr, flag), R1 = clip(sr(h * dx, srh), rr, flag), R2 = clip(sr(h * dy, srh), rr, flag),
+            R3 = clip(sr(h * dz, srh), rr, flag);
+#pragma GCC unroll 4
+    for (int l = 0; l < VW; l++) {
+      double *R = o.R + 4 * size_t(j0 + l);
+      R[0] = R0[l], R[1] = R1[l], R[2] = R2[l], R[3] = R3[l];
+    }
+  }
+  below_any = any(below_seen);
+  return any(flag);
+}
+
+/* Stage 10's last steps for one atom's n records, from dR and dS_g (backward) and records()' values:
+ * dS = sat(rq dR0 + dS_g), dH = sat(rq dR_xyz . d), dU = sat(rq dS s' + rq dH h'),
+ * dE/dr_a = sat(rq dR_a h + rq dU d_a); their output record words into out[0 .. n-1].  The padding lanes
+ * past n are computed and ignored.  Returns whether anything saturated. */
+bool tail(const RecConsts &k, int n, const RecordRows &o, uint64_t *out)
+{
+  namespace orec = wire::output_record;
+  const VShift sds = vshift(k.ds_r), sdh = vshift(k.dh), sdus = vshift(k.du_s), sduh = vshift(k.du_h),
+               sfr = vshift(k.f_r), sfu = vshift(k.f_u);
+  const VRange rs = vrange(k.dS), rh = vrange(k.dH), ru = vrange(k.dU), rf = vrange(k.F);
+  VI flag{};
+  for (int j0 = 0; j0 < n; j0 += VW) {
+    const V dR0 = load(o.dR + j0), dR1 = load(o.dR + o.ld + j0), dR2 = load(o.dR + 2 * o.ld + j0),
+            dR3 = load(o.dR + 3 * o.ld + j0);
+    const V dx = load(o.dx + j0), dy = load(o.dy + j0), dz = load(o.dz + j0), h = load(o.h + j0);
+    VI f{};
+    const V dS = clip(sr(dR0, sds) + load(o.dSg + j0), rs, f);
+    const V dH = clip(sr(vfma(dR3, dz, vfma(dR2, dy, dR1 * dx)), sdh), rh, f);  // exact: any order
+    const V dU = clip(sr(dS * load(o.ds + j0), sdus) + sr(dH * load(o.dh + j0), sduh), ru, f);
+    const V F0 = clip(sr(dR1 * h, sfr) + sr(dU * dx, sfu), rf, f), F1 = clip(sr(dR2 * h, sfr) + sr(dU * dy, sfu), rf, f),
+            F2 = clip(sr(dR3 * h, sfr) + sr(dU * dz, sfu), rf, f);
+    const int lanes = std::min(VW, n - j0);
+    for (int l = 0; l < lanes; l++) {
+      flag[0] |= f[l];
+      out[j0 + l] = orec::KIND_BITS | orec::DEDX.put(uint64_t(int64_t(F0[l]))) |
+                    orec::DEDY.put(uint64_t(int64_t(F1[l]))) | orec::DEDZ.put(uint64_t(int64_t(F2[l])));
+    }
+  }
+  return any(flag);
+}
 
 /* C (rows x 8 * panels) = A (rows x K, stride lda) @ B, B packed by gemm_pack (cpu.cpp): panels of 8
  * columns, each K rows of 8 values.  rows is a multiple of GEMM_ROWS. */
@@ -140,14 +243,14 @@ namespace {
 template <bool CLIP, bool SLOPE>
 inline void g_row(const GTable &t, int m1, const int32_t *p, double xi, float *G, float *dG, VI &flag)
 {
-  const V x = splat(xi), zero = splat(0);
   const VShift sxi = vshift(t.xi), sy = vshift(t.y), sdy = vshift(t.dy);
+  const V xm = splat(xi * t.xi.mul), zero = splat(0);
   const VRange out = vrange(t.out), dout = vrange(t.dout);
   for (int c = 0; c < m1; c += VW) {
     const V a = load_i(p + c), b = load_i(p + m1 + c), cc = load_i(p + 2 * m1 + c);
-    const V tt = sr_fma(cc, x, zero, sxi);  // |c xi| < 2^(coef + xi_bits)
-    V y = sr(a + sr_fma(b + tt, x, zero, sxi), sy);
-    V dy = SLOPE ? sr(b + tt + tt, sdy) : zero;
+    const V tt = sr_scaled(cc, xm, sxi);  // |c xi| < 2^(coef + xi_bits)
+    V y = sr(a + sr_scaled(b + tt, xm, sxi), sy);
+    V dy = SLOPE ? vfloor(vfma(tt + tt, sdy.mul, vfma(b, sdy.mul, sdy.hmul))) : zero;  // as in quad()
     if (CLIP) {
       y = clip(y, out, flag);
       if (SLOPE) dy = clip(dy, dout, flag);
@@ -188,7 +291,7 @@ inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const floa
 /* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table (stored as
  * floats: 18-bit integers), and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
  * coefficient result, or s past the table's end). */
-bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const int64_t *s, const double *R, float *G,
+bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s, const double *R, float *G,
            float *dG, double *GR, const int32_t **cf, double *xi, uint8_t *below)
 {
   const int m1 = e.m1;
@@ -197,8 +300,9 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const int64_t *s
   // Per record: its segment's coefficients (null past the table's end), its position in the segment.
   for (int j = 0; j < nrec; j++) {
     const GTable &t = e.g[type[j]];
-    below[j] = s[j] < t.x_min;
-    const int64_t x = below[j] ? t.x_min : s[j];
+    const int64_t sj = int64_t(s[j]);
+    below[j] = sj < t.x_min;
+    const int64_t x = below[j] ? t.x_min : sj;
     const int64_t idx = x >> t.index_shift;
     cf[j] = idx < t.nseg ? t.coef + size_t(idx) * 3 * size_t(m1) : nullptr;
     xi[j] = double((x >> (t.index_shift - t.xi_bits)) & t.xi_mask);
@@ -230,10 +334,10 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const int64_t *s
   return sat || any(flag);
 }
 
-/* Stage 10's sums for one atom's records: dR_j = rq(G_j dGR^T), dGj = rq(R_j dGR), and
- * dS_g = sr(sum_c dGj[c] G'_j[c]).  Returns whether anything saturated. */
+/* Stage 10's sums for one atom's records: dR_j = rq(G_j dGR^T) (dR_k of record j at dR[k ld + j]),
+ * dGj = rq(R_j dGR), and dS_g = sr(sum_c dGj[c] G'_j[c]).  Returns whether anything saturated. */
 bool backward(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG, const double *dGR,
-              double *dR, double *dSg)
+              double *dR, size_t ld, double *dSg)
 {
   const int m1 = k.m1;
   VI flag{};
@@ -259,7 +363,7 @@ bool backward(const BackConsts &k, int nrec, const double *R, const float *G, co
     for (int q = 0; q < 4; q++) {
       double v = std::floor((sums[q] + k.dr.half) * k.dr.mul);
       if (v < k.dr_range.lo || v > k.dr_range.hi) sat = true, v = v < k.dr_range.lo ? k.dr_range.lo : k.dr_range.hi;
-      dR[4 * j + q] = v;
+      dR[size_t(q) * ld + size_t(j)] = v;
     }
     dSg[j] = std::floor((hsum(as) + k.dsg.half) * k.dsg.mul);
   }
@@ -424,4 +528,4 @@ void requant(int rows, int P, const double *a, const DShift &s, const DRange &ra
   }
 }
 
-const Kernels KERNELS = {KERNEL_NAME, gemm, embed, backward, activate, energy, combine, requant, maxabs, descriptor, dgr};
+const Kernels KERNELS = {KERNEL_NAME, records, tail, gemm, embed, backward, activate, energy, combine, requant, maxabs, descriptor, dgr};
