@@ -334,42 +334,6 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s,
   return sat || any(flag);
 }
 
-/* Stage 10's sums for one atom's records: dR_j = rq(G_j dGR^T) (dR_k of record j at dR[k ld + j]),
- * dGj = rq(R_j dGR), and dS_g = sr(sum_c dGj[c] G'_j[c]).  Returns whether anything saturated. */
-bool backward(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG, const double *dGR,
-              double *dR, size_t ld, double *dSg)
-{
-  const int m1 = k.m1;
-  VI flag{};
-  bool sat = false;
-  const VShift sdgj = vshift(k.dgj);
-  const VRange dgj_range = vrange(k.dgj_range);
-  for (int j = 0; j < nrec; j++) {
-    const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
-    const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
-    V a0{}, a1{}, a2{}, a3{}, as{};
-    for (int c = 0; c < m1; c += VW) {
-      const V g = load_f(Gj + c), dg = load_f(dGj + c);
-      const V d0 = load(dGR + c), d1 = load(dGR + m1 + c), d2 = load(dGR + 2 * m1 + c), d3 = load(dGR + 3 * m1 + c);
-      a0 = vfma(g, d0, a0);
-      a1 = vfma(g, d1, a1);
-      a2 = vfma(g, d2, a2);
-      a3 = vfma(g, d3, a3);
-      const V gj = clip(sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), sdgj), dgj_range, flag);
-      as = vfma(gj, dg, as);
-    }
-    double sums[4];
-    hsum4(a0, a1, a2, a3, sums);
-    for (int q = 0; q < 4; q++) {
-      double v = std::floor((sums[q] + k.dr.half) * k.dr.mul);
-      if (v < k.dr_range.lo || v > k.dr_range.hi) sat = true, v = v < k.dr_range.lo ? k.dr_range.lo : k.dr_range.hi;
-      dR[size_t(q) * ld + size_t(j)] = v;
-    }
-    dSg[j] = std::floor((hsum(as) + k.dsg.half) * k.dsg.mul);
-  }
-  return sat || any(flag);
-}
-
 /* max |p[i]| over n values (n a multiple of VW). */
 double maxabs(int n, const double *p)
 {
@@ -382,6 +346,73 @@ double maxabs(int n, const double *p)
 #pragma GCC unroll 4
   for (int l = 0; l < VW; l++) r = std::max(r, m[l]);
   return r;
+}
+
+namespace {
+
+/* backward()'s loop; CLIP false: no dGj can leave its format (the caller's bound), so none is clipped. */
+template <bool CLIP>
+bool backward_records(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG,
+                      const double *dGR, double *dR, size_t ld, double *dSg)
+{
+  const int m1 = k.m1;
+  VI flag{};
+  const VShift sdgj = vshift(k.dgj), sdr = vshift(k.dr);
+  const VRange dgj_range = vrange(k.dgj_range), dr_range = vrange(k.dr_range);
+  for (int j = 0; j < nrec; j++) {
+    const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
+    const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
+    V a0{}, a1{}, a2{}, a3{}, as{};
+    for (int c = 0; c < m1; c += VW) {
+      const V g = load_f(Gj + c), dg = load_f(dGj + c);
+      const V d0 = load(dGR + c), d1 = load(dGR + m1 + c), d2 = load(dGR + 2 * m1 + c), d3 = load(dGR + 3 * m1 + c);
+      a0 = vfma(g, d0, a0);
+      a1 = vfma(g, d1, a1);
+      a2 = vfma(g, d2, a2);
+      a3 = vfma(g, d3, a3);
+      V gj = sr(vfma(r3, d3, vfma(r2, d2, vfma(r1, d1, r0 * d0))), sdgj);
+      if (CLIP) gj = clip(gj, dgj_range, flag);
+      as = vfma(gj, dg, as);
+    }
+    // dR_q = rq(sum over channels of a_q), the four at once
+    double sums[4];
+    hsum4(a0, a1, a2, a3, sums);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q += VW) {
+      const V v = clip(sr(load(sums + q), sdr), dr_range, flag);
+#pragma GCC unroll 4
+      for (int l = 0; l < VW; l++) dR[size_t(q + l) * ld + size_t(j)] = v[l];
+    }
+    dSg[j] = std::floor(hsum(as) * k.dsg.mul + k.dsg.hmul);
+  }
+  return any(flag);
+}
+
+}  // namespace
+
+/* Stage 10's sums for one atom's records: dR_j = rq(G_j dGR^T) (dR_k of record j at dR[k ld + j]),
+ * dGj = rq(R_j dGR), and dS_g = sr(sum_c dGj[c] G'_j[c]).  Returns whether anything saturated.
+ * An atom whose dGj cannot leave their format, |sum_k R_jk dGR_kc| <= sum_k max_j |R_jk| max_c |dGR_kc|
+ * rounding inside it (the bound exact in float64: below the 2^53 that cpu.cpp checks for dGj's sums), skips
+ * their clipping: it would change nothing and flag nothing. */
+bool backward(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG, const double *dGR,
+              double *dR, size_t ld, double *dSg)
+{
+  const int m1 = k.m1;
+  V rmax[4 / VW];  // max_j |R_jq| in lane q % VW of rmax[q / VW]
+  for (auto &v : rmax) v = splat(0);
+  for (int j = 0; j < nrec; j++)
+#pragma GCC unroll 2
+    for (int v = 0; v < 4 / VW; v++) {
+      const V r = load(R + 4 * j + v * VW);
+      rmax[v] = vmax(rmax[v], vmax(r, -r));
+    }
+  double bound = 0;
+  for (int q = 0; q < 4; q++) bound += rmax[q / VW][q % VW] * maxabs(m1, dGR + q * m1);
+  const bool inside = std::floor(bound * k.dgj.mul + k.dgj.hmul) <= k.dgj_range.hi &&
+                      std::floor(-bound * k.dgj.mul + k.dgj.hmul) >= k.dgj_range.lo;
+  return inside ? backward_records<false>(k, nrec, R, G, dG, dGR, dR, ld, dSg)
+                : backward_records<true>(k, nrec, R, G, dG, dGR, dR, ld, dSg);
 }
 
 namespace {

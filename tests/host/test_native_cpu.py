@@ -240,6 +240,32 @@ def test_descriptor_and_dgr_in_float64_and_in_int64(gete_qm):
                 assert (dev.run(beats, len(ct)) == expect).all(), spec
 
 
+def test_dgj_clipped_only_where_it_can_saturate(gete_qm):
+    """The backward kernel skips clipping dGj = rq(R_j dGR) for an atom whose bound sum_k max|R_k|
+    max|dGR_k| rounds inside dGj's format (every atom of the bundled models).  With dGj four bits
+    narrower, some atoms saturate there (so they took the clipping path) and some stay within the bound
+    even with max|R_k| at R's format limit (so they skipped it): both, through both kernel sets, against
+    the reference."""
+    ct, nt, d = records(gete_qm, 80, 52, rlo=2.6, rhi=7.5)
+    beats = wire.encode_atoms(ct, nt, d, 1)
+    narrow = copy.deepcopy(gete_qm)
+    F = narrow.formats
+    narrow.formats = dict(F, dGj=type(F["dGj"])(F["dGj"].bits - 4, F["dGj"].frac))
+    rehashed(narrow)
+    _, _, flags, _ = wire.decode_results(process_beats(gete_qm, beats, len(ct), 1), len(ct), nt.shape[1])
+    expect = process_beats(narrow, beats, len(ct), 1)
+    _, _, narrow_flags, _ = wire.decode_results(expect, len(ct), nt.shape[1])
+    assert not (flags & FLAG_SATURATED).any() and (narrow_flags & FLAG_SATURATED).sum() >= 3
+    trace = {}
+    evaluate(narrow, NeighborRecords(ct, nt, d), trace=trace)
+    bound = F["R"].hi * np.abs(trace["dGR"]).max(axis=2).sum(axis=1).astype(float)
+    k = F["R"].frac + F["dGR"].frac + narrow.config.norm_shift - F["dGj"].frac
+    assert (np.floor(bound * 2.0 ** -k + 0.5) <= narrow.formats["dGj"].hi).sum() >= 3
+    for spec in ("cpu", "cpu:generic"):
+        with native.open_device(spec, narrow, threads=1) as dev:
+            assert (dev.run(beats, len(ct)) == expect).all(), spec
+
+
 def test_a_model_beyond_the_bounds_is_refused(gete_qm):
     """Weights of 21 bits: first-layer sums could reach 2^53, beyond float64's exact integers."""
     w = copy.deepcopy(gete_qm)
