@@ -188,10 +188,10 @@ struct DRange {
 
 /* Stages 1-3 and stage 10's last steps, per record in float64 (every value an integer below 2^53: see
  * CpuModel).  The s and h tables share one grid over u = r^2 (model/quantize.py u_tables), so one
- * segment row holds both: s a b c, h a b c, 0, 0 (int32); a row of zeros past the last segment gives the
- * reference's y = y' = 0 there, with no flag. */
+ * segment row holds both: s a b c, h a b c, 0, 0 (one cache line of float64); a row of zeros past the last
+ * segment gives the reference's y = y' = 0 there, with no flag. */
 struct RecConsts {
-  const int32_t *coef = nullptr;  // (nseg + 1) rows of 8
+  const double *coef = nullptr;  // (nseg + 1) rows of 8
   int64_t nseg = 0, x_min = 0, xi_mask = 0;
   int index_shift = 0, xi_bits = 0;
   DShift xi, s_y, s_dy, h_y, h_dy, r0, rh;  // tables, then R = (rq s, rq h d)
@@ -211,8 +211,9 @@ struct RecordRows {
 };
 constexpr int RECORD_PAD = 4;  // a multiple of every kernel set's vector width
 
-struct GTable {  // one neighbour type's G table, coefficients as int32 [segment][a b c][channel]
-  const int32_t *coef = nullptr;
+struct GTable {  // one neighbour type's G table, coefficients [segment][a b c][channel] (float64: no
+                 // int-to-float conversions in the embed kernel, whose conversion pipe is its bottleneck)
+  const double *coef = nullptr;
   const uint8_t *safe = nullptr;  // per segment: G and G' inside their formats for every xi and channel
   int64_t nseg = 0, x_min = 0, xi_mask = 0;
   int index_shift = 0, xi_bits = 0;
@@ -258,9 +259,9 @@ struct OutConsts {
 typedef void (*GemmFn)(int, int, int, const double *, int, const double *, double *, int);
 typedef bool (*RecordsFn)(const RecConsts &, int, const uint64_t *, const RecordRows &, bool &);
 typedef bool (*TailFn)(const RecConsts &, int, const RecordRows &, uint64_t *);
-typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const double *, const double *, float *, float *,
-                        double *, const int32_t **, double *, uint8_t *);
-typedef bool (*BackFn)(const BackConsts &, int, const double *, const float *, const float *, const double *, double *,
+typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const double *, const double *, double *, double *,
+                        double *, const double **, double *, uint8_t *);
+typedef bool (*BackFn)(const BackConsts &, int, const double *, const double *, const double *, const double *, double *,
                        size_t, double *);
 typedef void (*ActivateFn)(const LayerConsts &, int, const double *, const double *, double *, double *, uint8_t *);
 typedef void (*EnergyFn)(const OutConsts &, int, const double *, double *, uint8_t *);
@@ -294,8 +295,6 @@ struct Kernels {
 namespace cpu_generic {
 constexpr int VW = 2;
 typedef double V __attribute__((vector_size(16)));
-typedef float VF __attribute__((vector_size(8)));
-typedef int32_t VI32 __attribute__((vector_size(8)));
 typedef int64_t VI __attribute__((vector_size(16)));
 namespace {
 inline V vfloor(V x) { return V{std::floor(x[0]), std::floor(x[1])}; }
@@ -320,8 +319,6 @@ inline void hsum4(V a0, V a1, V a2, V a3, double *out)
 namespace cpu_avx2 {
 constexpr int VW = 4;
 typedef double V __attribute__((vector_size(32)));
-typedef float VF __attribute__((vector_size(16)));
-typedef int32_t VI32 __attribute__((vector_size(16)));
 typedef int64_t VI __attribute__((vector_size(32)));
 namespace {
 inline V vfloor(V x) { return _mm256_floor_pd(x); }
@@ -378,9 +375,9 @@ class CpuModel {
   int ntypes = 0, m1 = 0, m2 = 0, sum_sel = 0;
   std::vector<int> sel;
   std::map<std::string, PipelineFormat> F;
-  std::vector<int32_t> sh_coef;              // the s and h tables' rows (RecConsts)
+  std::vector<double> sh_coef;               // the s and h tables' rows (RecConsts)
   RecConsts rec;
-  std::vector<std::vector<int32_t>> g_coef;  // per neighbour type
+  std::vector<std::vector<double>> g_coef;   // per neighbour type
   std::vector<std::vector<uint8_t>> g_safe;  // per neighbour type and segment: GTable::safe
   EmbedConsts embed;
   BackConsts back;
@@ -504,7 +501,6 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
     need(it != p.tables.end(), std::string("table ") + name + " missing");
     tab[q] = &it->second;
     check_table(*tab[q], name, 1);
-    need(tab[q]->coef.magnitude() <= 31, std::string("table ") + name + ": coefficients wider than 32 bits (kept as int32)");
   }
   const PipelineTable &ts = *tab[0], &th = *tab[1];
   need(ts.x_frac == th.x_frac && ts.seg_shift == th.seg_shift && ts.xi_bits == th.xi_bits && ts.x_min == th.x_min &&
@@ -514,8 +510,8 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   sh_coef.assign((size_t(ts.nseg) + 1) * 8, 0);
   for (int64_t g = 0; g < ts.nseg; g++)
     for (int a = 0; a < 3; a++) {
-      sh_coef[size_t(g) * 8 + size_t(a)] = int32_t(ts.values[size_t(g) * 3 + size_t(a)]);
-      sh_coef[size_t(g) * 8 + 3 + size_t(a)] = int32_t(th.values[size_t(g) * 3 + size_t(a)]);
+      sh_coef[size_t(g) * 8 + size_t(a)] = double(ts.values[size_t(g) * 3 + size_t(a)]);
+      sh_coef[size_t(g) * 8 + 3 + size_t(a)] = double(th.values[size_t(g) * 3 + size_t(a)]);
     }
   rec.coef = sh_coef.data();
   rec.nseg = ts.nseg, rec.x_min = ts.x_min, rec.index_shift = ts.x_frac - ts.seg_shift, rec.xi_bits = ts.xi_bits;
@@ -544,13 +540,12 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
     need(it != p.tables.end(), "table " + name + " missing");
     const PipelineTable &pt = it->second;
     check_table(pt, name, m1);
-    need(pt.coef.magnitude() <= 31, "table " + name + ": coefficients wider than 32 bits (kept as int32)");
     auto &c = g_coef[size_t(t)];
     c.resize(pt.values.size());
     for (int s = 0; s < pt.nseg; s++)
       for (int ch = 0; ch < m1; ch++)
         for (int a = 0; a < 3; a++)
-          c[(size_t(s) * 3 + size_t(a)) * size_t(m1) + size_t(ch)] = int32_t(pt.values[(size_t(s) * size_t(m1) + size_t(ch)) * 3 + size_t(a)]);
+          c[(size_t(s) * 3 + size_t(a)) * size_t(m1) + size_t(ch)] = double(pt.values[(size_t(s) * size_t(m1) + size_t(ch)) * 3 + size_t(a)]);
     GTable g;
     g.nseg = pt.nseg, g.x_min = pt.x_min, g.index_shift = pt.x_frac - pt.seg_shift, g.xi_bits = pt.xi_bits;
     g.xi_mask = (int64_t(1) << pt.xi_bits) - 1;
@@ -559,14 +554,12 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
     g.xi = dshift(pt.xi_bits, cm + 1 + pt.xi_bits, "table " + name + " (b + c xi) xi");
     g.y = dshift(pt.coef.frac - pt.out.frac, cm + 2, "table " + name + " value");
     g.dy = dshift(pt.coef.frac - pt.seg_shift - pt.dout.frac, cm + 2, "table " + name + " slope");
+    need(pt.out.magnitude() <= 52 && pt.dout.magnitude() <= 52, "table " + name + ": G or G' wider than float64's exact integers");
     g.out = range(pt.out), g.dout = range(pt.dout);
     g_safe.push_back(safe_segments(pt));  // after the bounds above: int64 holds every step
-    need(pt.out.magnitude() <= 24 && pt.dout.magnitude() <= 24,
-         "table " + name + ": G and G' wider than 24 bits (kept as float32, exact up to 2^24)");
     embed.g.push_back(g);
   }
   for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data(), embed.g[size_t(t)].safe = g_safe[size_t(t)].data();
-  need(mag("R") <= 24 && mag("G") <= 24 && mag("dG") <= 24, "R, G or dG wider than 24 bits");
   embed.gr = dshift(fr("R") + fr("G") + ns - fr("GR"), mag("R") + mag("G") + ceil_log2(sum_sel),
                     "GR = sum over sum(sel) records of R (" + fmt("R").describe() + ") G (" + fmt("G").describe() + ")");
   embed.gr_range = range(fmt("GR"));
@@ -815,8 +808,8 @@ struct Workspace {
   // per record of the batch (each atom's records from rfirst, padded to RECORD_PAD): RecordRows
   std::vector<int32_t> type;
   std::vector<double> dx, dy, dz, s, ds, h, dh, R, dR, dSg;  // R: 4 per record; dR: 4 rows of nrec
-  std::vector<float> G, dG;              // M1 per record
-  std::vector<const int32_t *> cf;       // the embed kernel's scratch: per record
+  std::vector<double> G, dG;             // M1 per record
+  std::vector<const double *> cf;        // the embed kernel's scratch: per record
   std::vector<double> xi;
   std::vector<uint8_t> below;
   // per atom of the batch

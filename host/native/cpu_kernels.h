@@ -4,7 +4,7 @@
  * time.  No include guard: included once per copy, inside that copy's namespace, which provides
  *
  *   VW            doubles per vector (a power of two, 2 or 4)
- *   V, VF, VI32   VW doubles, VW floats, VW int32 (GCC vector extensions)
+ *   V, VI         VW doubles, VW int64 (GCC vector extensions)
  *   vfloor(V)     lane-wise floor
  *   vfma(a, b, c) a * b + c, fused or not
  *   vmin, vmax    lane-wise
@@ -42,23 +42,6 @@ inline V load(const double *p)
   return v;
 }
 inline void store(double *p, V v) { __builtin_memcpy(p, &v, sizeof v); }
-inline V load_f(const float *p)
-{
-  VF f;
-  __builtin_memcpy(&f, p, sizeof f);
-  return __builtin_convertvector(f, V);
-}
-inline V load_i(const int32_t *p)
-{
-  VI32 i;
-  __builtin_memcpy(&i, p, sizeof i);
-  return __builtin_convertvector(i, V);
-}
-inline void store_f(float *p, V v)
-{
-  const VF f = __builtin_convertvector(v, VF);  // exact: the values are integers of at most 24 bits
-  __builtin_memcpy(p, &f, sizeof f);
-}
 inline double hsum(V v)
 {
   double s = 0;
@@ -74,7 +57,7 @@ inline V clip(V v, const DRange &r, VI &flag)
   flag |= c != v;
   return c;
 }
-/* A shift and a range as vectors, held in registers over a loop (stores through float pointers could
+/* A shift and a range as vectors, held in registers over a loop (stores through double pointers could
  * alias the constants in memory, so the compiler would load them again each iteration). */
 struct VShift {
   V mul, hmul;
@@ -137,22 +120,26 @@ bool records(const RecConsts &k, int n, const uint64_t *words, const RecordRows 
   VI flag{}, below_seen{};
   for (int j0 = 0; j0 < n; j0 += VW) {
     // per lane (scalar): the fields, u = |d|^2 (int64: exact), the segment and the position in it
-    V dx, dy, dz, xi, c[6];
-    VI below;
+    double lane[10][VW];  // dx, dy, dz, xi, then the row's s a b c, h a b c
+    VI below{};
 #pragma GCC unroll 4
     for (int l = 0; l < VW; l++) {
       const uint64_t word = words[std::min(j0 + l, n - 1)];
       const int64_t x0 = ir::DX.get_signed(word), x1 = ir::DY.get_signed(word), x2 = ir::DZ.get_signed(word);
       const int64_t u = x0 * x0 + x1 * x1 + x2 * x2;
       const int64_t x = u < k.x_min ? k.x_min : u;
-      const int32_t *row = k.coef + 8 * size_t(std::min(x >> k.index_shift, k.nseg));
+      const double *row = k.coef + 8 * size_t(std::min(x >> k.index_shift, k.nseg));
       o.type[j0 + l] = int32_t(ir::TYPE.get(word));
-      dx[l] = double(x0), dy[l] = double(x1), dz[l] = double(x2);
-      xi[l] = double((x >> (k.index_shift - k.xi_bits)) & k.xi_mask);
+      lane[0][l] = double(x0), lane[1][l] = double(x1), lane[2][l] = double(x2);
+      lane[3][l] = double((x >> (k.index_shift - k.xi_bits)) & k.xi_mask);
       below[l] = u < k.x_min ? -1 : 0;
 #pragma GCC unroll 6
-      for (int q = 0; q < 6; q++) c[q][l] = double(row[q]);
+      for (int q = 0; q < 6; q++) lane[4 + q][l] = row[q];
     }
+    const V dx = load(lane[0]), dy = load(lane[1]), dz = load(lane[2]), xi = load(lane[3]);
+    V c[6];
+#pragma GCC unroll 6
+    for (int q = 0; q < 6; q++) c[q] = load(lane[4 + q]);
     // VW records at once: the two tables, then R
     V s, ds, h, dh;
     const V xim = xi * sxi.mul;
@@ -241,13 +228,13 @@ namespace {
  * format for every xi (checked when the model loads), and clipping would change nothing.  SLOPE: false
  * below x_min, where the table is constant (G' = 0, and no flag for it). */
 template <bool CLIP, bool SLOPE>
-inline void g_row(const GTable &t, int m1, const int32_t *p, double xi, float *G, float *dG, VI &flag)
+inline void g_row(const GTable &t, int m1, const double *p, double xi, double *G, double *dG, VI &flag)
 {
   const VShift sxi = vshift(t.xi), sy = vshift(t.y), sdy = vshift(t.dy);
   const V xm = splat(xi * t.xi.mul), zero = splat(0);
   const VRange out = vrange(t.out), dout = vrange(t.dout);
   for (int c = 0; c < m1; c += VW) {
-    const V a = load_i(p + c), b = load_i(p + m1 + c), cc = load_i(p + 2 * m1 + c);
+    const V a = load(p + c), b = load(p + m1 + c), cc = load(p + 2 * m1 + c);
     const V tt = sr_scaled(cc, xm, sxi);  // |c xi| < 2^(coef + xi_bits)
     V y = sr(a + sr_scaled(b + tt, xm, sxi), sy);
     V dy = SLOPE ? vfloor(vfma(tt + tt, sdy.mul, vfma(b, sdy.mul, sdy.hmul))) : zero;  // as in quad()
@@ -255,14 +242,14 @@ inline void g_row(const GTable &t, int m1, const int32_t *p, double xi, float *G
       y = clip(y, out, flag);
       if (SLOPE) dy = clip(dy, dout, flag);
     }
-    store_f(G + c, y);
-    store_f(dG + c, dy);
+    store(G + c, y);
+    store(dG + c, dy);
   }
 }
 
 /* acc[k][v] += R_j[k] G_j[c + v VW] over the records, NV vectors of channels from c; then GR = rq(acc). */
 template <int NV>
-inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const float *G, int c, double *GR, VI &flag)
+inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const double *G, int c, double *GR, VI &flag)
 {
   const int m1 = e.m1;
   const VShift sgr = vshift(e.gr);
@@ -272,7 +259,7 @@ inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const floa
     const double *Rj = R + 4 * size_t(j);  // |R G| sums: see CpuModel (GR)
     V g[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) g[v] = load_f(G + size_t(j) * size_t(m1) + size_t(c + v * VW));
+    for (int v = 0; v < NV; v++) g[v] = load(G + size_t(j) * size_t(m1) + size_t(c + v * VW));
 #pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
       const V r = vbroadcast(Rj + k);
@@ -288,11 +275,10 @@ inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const floa
 
 }  // namespace
 
-/* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table (stored as
- * floats: 18-bit integers), and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
+/* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table, and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
  * coefficient result, or s past the table's end). */
-bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s, const double *R, float *G,
-           float *dG, double *GR, const int32_t **cf, double *xi, uint8_t *below)
+bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s, const double *R, double *G,
+           double *dG, double *GR, const double **cf, double *xi, uint8_t *below)
 {
   const int m1 = e.m1;
   VI flag{};
@@ -308,16 +294,16 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s,
     xi[j] = double((x >> (t.index_shift - t.xi_bits)) & t.xi_mask);
     // The tables (hundreds of kB) do not stay in cache: ask for this record's segment now.
     if (cf[j])
-      for (size_t off = 0; off < 3 * size_t(m1) * sizeof(int32_t); off += 64)
+      for (size_t off = 0; off < 3 * size_t(m1) * sizeof(double); off += 64)
         __builtin_prefetch(reinterpret_cast<const char *>(cf[j]) + off);
   }
   // Record by record, all channels: the record's constants and segment are fetched once.
   for (int j = 0; j < nrec; j++) {
-    float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
+    double *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
     if (!cf[j]) {  // past the last segment: G = G' = 0, and that counts as saturation
       sat = true;
-      std::fill(Gj, Gj + m1, 0.0f);
-      std::fill(dGj, dGj + m1, 0.0f);
+      std::fill(Gj, Gj + m1, 0.0);
+      std::fill(dGj, dGj + m1, 0.0);
       continue;
     }
     const GTable &t = e.g[type[j]];
@@ -352,7 +338,7 @@ namespace {
 
 /* backward()'s loop; CLIP false: no dGj can leave its format (the caller's bound), so none is clipped. */
 template <bool CLIP>
-bool backward_records(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG,
+bool backward_records(const BackConsts &k, int nrec, const double *R, const double *G, const double *dG,
                       const double *dGR, double *dR, size_t ld, double *dSg)
 {
   const int m1 = k.m1;
@@ -360,11 +346,11 @@ bool backward_records(const BackConsts &k, int nrec, const double *R, const floa
   const VShift sdgj = vshift(k.dgj), sdr = vshift(k.dr);
   const VRange dgj_range = vrange(k.dgj_range), dr_range = vrange(k.dr_range);
   for (int j = 0; j < nrec; j++) {
-    const float *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
+    const double *Gj = G + size_t(j) * size_t(m1), *dGj = dG + size_t(j) * size_t(m1);
     const V r0 = splat(R[4 * j]), r1 = splat(R[4 * j + 1]), r2 = splat(R[4 * j + 2]), r3 = splat(R[4 * j + 3]);
     V a0{}, a1{}, a2{}, a3{}, as{};
     for (int c = 0; c < m1; c += VW) {
-      const V g = load_f(Gj + c), dg = load_f(dGj + c);
+      const V g = load(Gj + c), dg = load(dGj + c);
       const V d0 = load(dGR + c), d1 = load(dGR + m1 + c), d2 = load(dGR + 2 * m1 + c), d3 = load(dGR + 3 * m1 + c);
       a0 = vfma(g, d0, a0);
       a1 = vfma(g, d1, a1);
@@ -395,7 +381,7 @@ bool backward_records(const BackConsts &k, int nrec, const double *R, const floa
  * An atom whose dGj cannot leave their format, |sum_k R_jk dGR_kc| <= sum_k max_j |R_jk| max_c |dGR_kc|
  * rounding inside it (the bound exact in float64: below the 2^53 that cpu.cpp checks for dGj's sums), skips
  * their clipping: it would change nothing and flag nothing. */
-bool backward(const BackConsts &k, int nrec, const double *R, const float *G, const float *dG, const double *dGR,
+bool backward(const BackConsts &k, int nrec, const double *R, const double *G, const double *dG, const double *dGR,
               double *dR, size_t ld, double *dSg)
 {
   const int m1 = k.m1;
