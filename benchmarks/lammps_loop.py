@@ -4,7 +4,7 @@
                                      [--steps-pair-zero 1000 200] [--steps-zero-device 40 10]
                                      [--steps-zero-native 200 50] [--steps-reference 20 5]
                                      [--cases pair_zero nvnmd_zero nvnmd_zero_native nvnmd_reference]
-                                     [--service warm|private] [--zero-full] [--json OUT.json]
+                                     [--service warm|private] [--zero-full] [--repeat R] [--json OUT.json]
 
 The issue-18 acceptance figure (host overhead of LAMMPS + zero device over `pair_style zero`, 1 rank on
 one core, >= 19,200 atoms; the service and the native core measured in the same run):
@@ -34,6 +34,10 @@ further steps, then the timed `run N`.  Cases:
 * nvnmd_cpu: `pair_style nvnmd MODEL device cpu host native` -- the same bits from the cpu device (the
   pipeline in C++, host/native/cpu.cpp) in LAMMPS's process, on the cores the rank may use (--cpus 0:
   one core, one thread).
+
+With --repeat R each case runs R times, the cases interleaved; the fastest run of a case stands for it
+(this machine is shared: a slower run measures its other users too) and the s/step/atom of every run is
+printed and kept beside it (JSON: repeats_s_per_step_per_atom, sorted).
 
 Figures of the timed run, from LAMMPS's log: "Loop time of X on P procs for N steps with A atoms"
 (s/step, s/step/atom), the "MPI task timing breakdown" rows (Pair, Neigh, Comm, ... avg over ranks, per
@@ -375,6 +379,9 @@ def main(argv=None):
     p.add_argument("--zero-full", action="store_true",
                    help="pair_style zero 7.0 full: the baseline builds a full neighbour list as nvnmd does "
                         "(default: half list)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="timed runs per case, the cases interleaved; the fastest stands for the case and every "
+                        "run's s/step/atom is reported beside it (default 1)")
     p.add_argument("--seed", type=int, default=12345, help="rattle and velocity seed")
     p.add_argument("--rattle", type=float, default=0.05, help="random displacement, Å (default 0.05)")
     p.add_argument("--temperature", type=float, default=300.0)
@@ -401,7 +408,7 @@ def main(argv=None):
               "zero_full_list": args.zero_full, "workdir": str(folder), "sizes": {}}
     result["load_average_start"] = os.getloadavg()
     runs = [(n, c) for n in args.sizes for c in args.cases]
-    total_runs = sum(1 + (uses_service(c) and args.service == "warm") for _, c in runs)
+    total_runs = args.repeat * sum(1 + (uses_service(c) and args.service == "warm") for _, c in runs)
     print(f"{len(args.sizes)} size(s) x {len(args.cases)} case(s): {total_runs} lmp runs with {args.np} MPI rank(s), "
           f"{args.threads} thread(s), on a {os.cpu_count()}-core machine; work folder {folder}")
     k = 0
@@ -409,46 +416,54 @@ def main(argv=None):
     for i, n in enumerate(args.sizes):
         data, natoms = write_structure(n, args.rattle, args.seed, folder)
         size = result["sizes"][natoms] = {"cells": n, "data": str(data), "cases": {}}
-        for case in args.cases:
-            steps = per_size(steps_of[case], i)
-            name = f"{case}_{natoms}"
-            service = None
-            try:
-                if uses_service(case) and args.service == "warm":
-                    t = time.perf_counter()
-                    service = Service(args.model, device_of(case), args.chunk_atoms, folder, name, args.threads,
-                                      args.cpus)
+        runs_of = {case: [] for case in args.cases}
+        for r in range(args.repeat):  # the cases interleaved, so that each sees the machine's same moods
+            for case in args.cases:
+                steps = per_size(steps_of[case], i)
+                name = f"{case}_{natoms}" + (f"_run{r + 1}" if args.repeat > 1 else "")
+                service = None
+                try:
+                    if uses_service(case) and args.service == "warm":
+                        t = time.perf_counter()
+                        service = Service(args.model, device_of(case), args.chunk_atoms, folder, name, args.threads,
+                                          args.cpus)
+                        k += 1
+                        print(f"[{k}/{total_runs}] {natoms} atoms, {CASES[case]}: service started in "
+                              f"{time.perf_counter() - t:.1f} s, warm-up run (run 0"
+                              f"{f' + run {args.warmup}' if args.warmup else ''}) ...", end=" ", flush=True)
+                        wlog, wwall = run_lammps(name + "_warmup", input_text(data, case, args, None, service.socket),
+                                                 folder, args)
+                        print(f"{wwall:.1f} s", flush=True)
+                        warm = parse_timing(wlog)
                     k += 1
-                    print(f"[{k}/{total_runs}] {natoms} atoms, {CASES[case]}: service started in "
-                          f"{time.perf_counter() - t:.1f} s, warm-up run (run 0"
-                          f"{f' + run {args.warmup}' if args.warmup else ''}) ...", end=" ", flush=True)
-                    wlog, wwall = run_lammps(name + "_warmup", input_text(data, case, args, None, service.socket),
-                                             folder, args)
-                    print(f"{wwall:.1f} s", flush=True)
-                    warm = parse_timing(wlog)
-                k += 1
-                print(f"[{k}/{total_runs}] {natoms} atoms, {CASES[case]}: timed, run 0 + "
-                      f"{f'run {args.warmup} + ' if args.warmup else ''}run {steps} ...", end=" ", flush=True)
-                log, wall = run_lammps(name, input_text(data, case, args, steps, service and service.socket),
-                                       folder, args)
-                print(f"{wall:.1f} s", flush=True)
-            finally:
-                if service:
-                    service.stop()
-            fig = parse_log(log)
-            fig["wall_seconds"] = wall
-            if "lammps_version" not in result:
-                v = RE_VERSION.search(log)
-                result["lammps_version"] = v[1] if v else "unknown"
-            if fig["steps"] != steps or fig["atoms"] != natoms:
-                sys.exit(f"error: {name}: the last run was {fig['steps']} steps with {fig['atoms']} atoms, "
-                         f"expected {steps} with {natoms}")
-            if case != "pair_zero":
-                if "nvnmd_timing" not in fig:
-                    sys.exit(f"error: {name}: no 'pair nvnmd timing' line in {folder / f'log.{name}.lammps'}")
-                fig["per_evaluation"] = {k2: v for k2, v in fig["nvnmd_timing"].items() if k2 != "line"}
-                if service:
-                    fig["warmup_run"] = {"wall_seconds": wwall, "nvnmd_timing": warm}
+                    print(f"[{k}/{total_runs}] {natoms} atoms, {CASES[case]}: timed, run 0 + "
+                          f"{f'run {args.warmup} + ' if args.warmup else ''}run {steps} ...", end=" ", flush=True)
+                    log, wall = run_lammps(name, input_text(data, case, args, steps, service and service.socket),
+                                           folder, args)
+                    print(f"{wall:.1f} s", flush=True)
+                finally:
+                    if service:
+                        service.stop()
+                fig = parse_log(log)
+                fig["wall_seconds"] = wall
+                if "lammps_version" not in result:
+                    v = RE_VERSION.search(log)
+                    result["lammps_version"] = v[1] if v else "unknown"
+                if fig["steps"] != steps or fig["atoms"] != natoms:
+                    sys.exit(f"error: {name}: the last run was {fig['steps']} steps with {fig['atoms']} atoms, "
+                             f"expected {steps} with {natoms}")
+                if case != "pair_zero":
+                    if "nvnmd_timing" not in fig:
+                        sys.exit(f"error: {name}: no 'pair nvnmd timing' line in {folder / f'log.{name}.lammps'}")
+                    fig["per_evaluation"] = {k2: v for k2, v in fig["nvnmd_timing"].items() if k2 != "line"}
+                    if service:
+                        fig["warmup_run"] = {"wall_seconds": wwall, "nvnmd_timing": warm}
+                runs_of[case].append(fig)
+        for case, figs in runs_of.items():
+            # the fastest run stands for the case (the machine is shared: slower runs measure its other
+            # users); every run's s/step/atom is kept beside it
+            fig = min(figs, key=lambda f: f["loop_seconds"])
+            fig["repeats_s_per_step_per_atom"] = sorted(f["loop_seconds"] / f["steps"] / natoms for f in figs)
             size["cases"][case] = fig
         derive(size, natoms)
     result["total_wall_seconds"] = time.perf_counter() - t_all
@@ -526,6 +541,11 @@ def report(result: dict) -> None:
             print(f"  {CASES[case]:30s} {fig['steps']:5d} {fig['s_per_step']:12.4e} {fig['s_per_step_per_atom']:12.3e} "
                   f"{sec.get('Pair', 0):12.4e} {sec.get('Neigh', 0):12.4e} {sec.get('Comm', 0):12.4e} {ratio} "
                   f"{fig.get('ave_neighs_per_atom', float('nan')):11.2f} {int(fig.get('neighbor_list_builds', -1)):9d}")
+        for case, fig in cases.items():
+            reps = fig.get("repeats_s_per_step_per_atom", [])
+            if len(reps) > 1:
+                print(f"  {CASES[case]}: s/step/atom over {len(reps)} runs: fastest {reps[0]:.3e}, median "
+                      f"{reps[len(reps) // 2]:.3e}, slowest {reps[-1]:.3e} (the fastest is shown above)")
         for case, fig in cases.items():
             pe = fig.get("per_evaluation")
             if not pe:
