@@ -44,7 +44,8 @@ MODULE_NAME = "_dpfpga_native"
 CXXFLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-Wall", "-Wextra",
             "-pthread")
 #: DPFPGA_NATIVE_SANITIZE=1 builds (and caches separately) the extension with these as well; run Python
-#: with LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 to use it.
+#: with LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
+#: ASAN_OPTIONS=detect_leaks=0 to use it (libstdc++ preloaded too: else ASan cannot intercept a C++ throw).
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined")
 
 
