@@ -10,13 +10,14 @@
  *
  * How (per chunk, in collect(); submit() only queues):
  *   1. the words are cut into atoms (framing checked as contract.wire.decode_atoms checks it);
- *   2. atoms are taken BATCH_ATOMS at a time by `threads` threads (each batch's results depend on
- *      nothing but its atoms, so any thread count gives the same words):
- *        records: r^2, the s and h tables, R (int64, scalar);
- *        per atom: G(s), G'(s) for 32 channels and GR = sum R^T G (vector kernels, float64 exact), D;
- *        per centre type: the fitting net forward and backward as GEMMs over the batch's atoms of that
- *        type (float64 exact), activations and requantizations as vector kernels;
- *        per atom dGR, per record dR, dGj, dS, dH, dU, dE/dr (vector kernels, then int64 scalar);
+ *   2. the live atoms, grouped by centre type, are taken BATCH_ATOMS of one type at a time by `threads`
+ *      threads (each batch's results depend on nothing but its atoms, so any thread count gives the
+ *      same words); all in vector kernels, float64 exact unless said:
+ *        per record: r^2 (int64), the s and h tables, R;
+ *        per atom: G(s), G'(s) for M1 channels and GR = sum R^T G, D (or int64);
+ *        per batch: the fitting net forward and backward as GEMMs over its atoms, activations and
+ *        requantizations;
+ *        per atom dGR (or int64), per record dR, dGj, dS, dH, dU, dE/dr and the output words;
  *   3. the output words are written.
  * Every float64 value is an integer whose magnitude the model's formats bound below 2^53; open_cpu
  * checks each of those bounds (and the int64 ones) and refuses a model that would break one, naming the
