@@ -3,12 +3,22 @@
 One `ModelConfig` describes the architecture; it travels inside every checkpoint and model file, so a
 model can always be rebuilt from its file alone.  Defaults follow the seed group's GeTe model
 (rcut 7 Å, rcut_smth 2 Å, sel [60, 60], embedding 1x8x16x32, M2 = 4, fitting 3x128).
+
+The last fields are *options* (`OPTIONS`): numerics that DeePMD-kit models imported with
+`python -m model import` need and our own models do not.  Each is off by default, and an option at its
+default is left out of `to_dict`, so that a model that does not use it has exactly the header (and
+content hash) it had before the option existed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+
+#: Fitting-net activations by name: "tanh4" is NVNMD's polynomial, what the hardware computes;
+#: "tanh" is DeePMD-kit's default, which imported float models use (model/network.py maps the names
+#: to functions).
+FIT_ACTIVATIONS = ("tanh4", "tanh")
 
 
 @dataclass
@@ -31,6 +41,19 @@ class ModelConfig:
     norm_shift: int | None = None
     #: D = 2**desc_shift * GR^T GR[:, :M2]: a power-of-two descriptor normalization set from data.
     desc_shift: int = 0
+    # ---- options (OPTIONS: off by default, left out of to_dict when off) ----
+    #: DeePMD's per-centre-type normalisation of the environment: None, or {"s_avg": [...],
+    #: "s_std": [...], "r_std": [...]}, one number per *centre* type t_i.  Then
+    #: R_j = ((s - s_avg[t_i]) / s_std[t_i], h dx / r_std[t_i], h dy / r_std[t_i], h dz / r_std[t_i])
+    #: and the embedding input is R_j0 itself (s_mean / s_std must stay 0 / 1: one normalisation).
+    env_norm: dict | None = None
+    #: DeePMD's padding slots: an atom's environment always has sel[t] rows of each neighbour type t;
+    #: the sel[t] - n_t(i) missing ones are the normalised zero row (-s_avg[t_i] / s_std[t_i], 0, 0, 0),
+    #: embedded by embed[t] like any other row, so they add a constant per (t_i, t) to GR's first row.
+    #: Needs env_norm (without it the zero row adds nothing).
+    pad_slots: bool = False
+    #: Fitting-net activation, one of FIT_ACTIVATIONS.
+    fit_activation: str = "tanh4"
 
     def __post_init__(self):
         if self.norm_shift is None:
@@ -65,9 +88,36 @@ class ModelConfig:
             raise ValueError(f"axis_neurons {self.axis_neurons} > embedding width {self.m1}")
         if self.s_std <= 0:
             raise ValueError(f"s_std must be positive, got {self.s_std}")
+        if self.env_norm is not None:
+            keys = {"s_avg", "s_std", "r_std"}
+            if not isinstance(self.env_norm, dict) or set(self.env_norm) != keys:
+                raise ValueError(f"env_norm must be None or a dict with exactly the keys {sorted(keys)}, "
+                                 f"got {self.env_norm!r}")
+            for k in sorted(keys):
+                v = self.env_norm[k]
+                if not isinstance(v, list) or len(v) != self.ntypes or not all(
+                        isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+                    raise ValueError(f"env_norm[{k!r}] must list one finite number per type "
+                                     f"({self.ntypes}), got {v!r}")
+            for k in ("s_std", "r_std"):
+                if any(x <= 0 for x in self.env_norm[k]):
+                    raise ValueError(f"env_norm[{k!r}] entries must be positive, got {self.env_norm[k]}")
+            if (self.s_mean, self.s_std) != (0.0, 1.0):
+                raise ValueError(f"env_norm normalises the embedding input itself: s_mean / s_std must be 0 / 1, "
+                                 f"got {self.s_mean} / {self.s_std}")
+        if self.pad_slots and self.env_norm is None:
+            raise ValueError("pad_slots needs env_norm: without it a padding slot's row is zero and adds nothing")
+        if self.fit_activation not in FIT_ACTIVATIONS:
+            raise ValueError(f"fit_activation must be one of {list(FIT_ACTIVATIONS)}, got {self.fit_activation!r}")
+
+    def options(self) -> dict:
+        """The options (OPTIONS) this configuration turns on, with their values."""
+        d = asdict(self)
+        return {k: d[k] for k, off in OPTIONS.items() if d[k] != off}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in OPTIONS and v == OPTIONS[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -76,3 +126,20 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
+
+
+#: The options and their "off" values (the dataclass defaults): see the module docstring.
+OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_norm", "pad_slots", "fit_activation")}
+#: The options that the quantized pipeline (NumPy reference, generator, host, cpu device) implements.
+#: A model with any other option on is a float model only: quantizing it, or loading a model file
+#: with it, is refused (`require_quantizable`) rather than computed without it.
+QUANTIZED_OPTIONS: frozenset[str] = frozenset()
+
+
+def require_quantizable(cfg: ModelConfig) -> None:
+    """Raise ValueError naming each option `cfg` turns on that the quantized pipeline lacks."""
+    missing = {k: v for k, v in cfg.options().items() if k not in QUANTIZED_OPTIONS}
+    if missing:
+        raise ValueError("the quantized pipeline (reference, RTL, host) does not implement the model option(s) "
+                         + ", ".join(k if isinstance(v, dict) else f"{k}={v!r}" for k, v in missing.items())
+                         + ": this model runs as a float model only")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.config import ModelConfig
+from contract.config import ModelConfig, require_quantizable
 from contract.fixedpoint import Fmt
 
 MODEL_CLASS = "dpfpga.QuantizedDeepPot"
@@ -339,6 +339,7 @@ def validate(qm: QuantizedModel) -> None:
     """Structural checks a generator or reference relies on; raises ValueError naming the problem."""
     cfg = qm.config
     cfg.validate()
+    require_quantizable(cfg)
     missing = [k for k in REQUIRED_FORMATS if k not in qm.formats]
     if missing:
         raise ValueError(f"formats missing: {missing}")

@@ -21,6 +21,8 @@ the hardware reproduces bit for bit.
   python -m model quantize RUN_DIR/model.pt -o M.npz   calibrate, build tables, fine-tune (QAT), export
   python -m model test M.npz DATA... --json metrics.json --plot parity.png
                                                        RMSE of float and quantized model vs labels
+  python -m model import MODEL.pb -o OUT.pt            a DeePMD-kit se_a model (frozen graph) as our float
+                                                       model (OUT.npz with --calib DATA: quantized)
   python -m model info M.npz                           formats, tables, provenance of a model file
   python -m model example                              path of the bundled GeTe example model
   python -m model demo [-o build/demo]                 the bundled model on a GeTe structure: bit-exact
@@ -102,6 +104,45 @@ def cmd_test(args):
               f"force RMSE {r.get('rmse_f', float('nan')) * 1e3:8.2f} meV/Å")
     d = m["quantized_vs_float"]
     print(f"quantized - float: energy {d['rmse_e'] * 1e3:.4f} meV/atom, force {d['rmse_f'] * 1e3:.4f} meV/Å RMS")
+
+
+@cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow)",
+             arg("source", help="frozen graph (.pb) of `dp freeze`"),
+             out_arg("OUT.pt: the float model as a checkpoint; OUT.npz: the quantized model file (needs --calib)",
+                     required=True),
+             arg("--calib", nargs="+", help="DeePMD systems or ASE-readable files: calibration frames for the "
+                 "quantizer, and the r_min scan"),
+             arg("--calib-frames", type=int, default=16, help="frames used to calibrate formats"),
+             threads_arg())
+def cmd_import(args):
+    """Read the graph, refuse what our model cannot represent (naming the field), build our float model
+    (options env_norm, pad_slots, fit_activation as the graph needs), and write it with its provenance
+    (source file and SHA-256, what was imported, what was folded)."""
+    set_threads(args.threads)
+    from .deepmd import import_graph
+    out = Path(args.out)
+    if out.suffix not in (".pt", ".npz"):
+        raise ValueError(f"-o {out}: write a .pt (float checkpoint) or an .npz (quantized model file)")
+    if out.suffix == ".npz" and not args.calib:
+        raise ValueError("a quantized import (-o *.npz) needs --calib DATA: calibration frames for the quantizer")
+    model, provenance = import_graph(args.source)
+    imp = provenance["import"]
+    print(f"imported {imp['descriptor']} model {args.source} (sha256 {imp['sha256']}): type_map {imp['type_map']}, "
+          f"sel {imp['sel']}, rcut {imp['rcut']}, options {sorted(imp['options'])}")
+    if out.suffix == ".pt":
+        from .train import save_checkpoint
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(model, out, {"provenance": provenance})
+        print(f"float model: {out.resolve()}")
+        return
+    from contract import modelfile
+    from .data import load_systems
+    from .quantize import quantize
+    systems = [s.remap_types(model.cfg.type_map) for s in load_systems(args.calib)]
+    qm = quantize(model, systems, nframes=args.calib_frames)
+    qm.provenance.update(provenance)
+    modelfile.save(qm, out)
+    print(f"model file: {out.resolve()}")
 
 
 def r_min_text(qm) -> str:

@@ -15,6 +15,15 @@ them from hardware output (F_i += dE/dr_ij, F_j -= dE/dr_ij, W = -sum r_ij (x) d
 
 The fitting net uses NVNMD's tanh4 polynomial so that float training and hardware agree; the
 embedding net may use true tanh because the hardware replaces it by tables anyway.
+
+Imported DeePMD-kit models (model/deepmd.py) turn on the config's options (contract.config.OPTIONS):
+
+* env_norm: R_j = ((s - s_avg[t_i]) / s_std[t_i], h x / r_std[t_i], ...) per centre type t_i, and G_j =
+  embed[type_j](R_j0): DeePMD's davg/dstd, which are the same for every slot of a centre type;
+* pad_slots: GR also sums the sel[t] - n_t(i) empty slots of each neighbour type t, each the normalised
+  zero row (x0, 0, 0, 0) with x0 = -s_avg[t_i] / s_std[t_i], i.e. (sel[t] - n_t(i)) x0 embed[t](x0) in
+  GR's first row (NVNMD's "GS" constant per (t_i, t));
+* fit_activation "tanh": DeePMD's fitting activation instead of tanh4.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from contract.config import ModelConfig
+from contract.config import FIT_ACTIVATIONS, ModelConfig
 
 
 def tanh4(x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +45,11 @@ def tanh4(x: torch.Tensor) -> torch.Tensor:
     xa = torch.clamp(torch.abs(x), max=2.0)
     xx = xa * xa
     return torch.sign(x) * (xa + xx * (xx / 16.0 - xa / 4.0))
+
+
+#: The fitting activations by their config name (contract.config.FIT_ACTIVATIONS).
+ACTIVATIONS = {"tanh4": tanh4, "tanh": torch.tanh}
+assert tuple(ACTIVATIONS) == FIT_ACTIVATIONS
 
 
 def switch(r: torch.Tensor, rcut_smth: float, rcut: float) -> torch.Tensor:
@@ -74,8 +88,10 @@ class FittingNet(nn.Module):
     """D (128) -> 128 -> 128 -> 128 -> 1, tanh4; resnet y += phi(Wy + b) on layers with equal width
     after the first (DeePMD's rule), linear output."""
 
-    def __init__(self, n_in: int, neurons: list[int], generator: torch.Generator | None = None):
+    def __init__(self, n_in: int, neurons: list[int], generator: torch.Generator | None = None,
+                 activation: str = "tanh4"):
         super().__init__()
+        self.phi = ACTIVATIONS[activation]
         sizes = [n_in] + list(neurons)
         self.hidden = nn.ModuleList(nn.Linear(a, b, dtype=torch.float64) for a, b in zip(sizes, sizes[1:]))
         self.out = nn.Linear(sizes[-1], 1, dtype=torch.float64)
@@ -90,7 +106,7 @@ class FittingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for k, lin in enumerate(self.hidden):
-            y = tanh4(lin(x))
+            y = self.phi(lin(x))
             x = x + y if self.resnet(k) else y
         return self.out(x).squeeze(-1)
 
@@ -103,38 +119,85 @@ class DeepPot(nn.Module):
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
         self.embed = nn.ModuleList(EmbeddingNet(cfg.embed_neurons, g) for _ in range(cfg.ntypes))
-        self.fit = nn.ModuleList(FittingNet(cfg.descriptor_dim, cfg.fit_neurons, g) for _ in range(cfg.ntypes))
+        self.fit = nn.ModuleList(FittingNet(cfg.descriptor_dim, cfg.fit_neurons, g, cfg.fit_activation) for _ in range(cfg.ntypes))
         self.register_buffer("bias_atom_e", torch.zeros(cfg.ntypes, dtype=torch.float64))
 
     # ---- the per-pair path (what the hardware tabulates) -------------------------------------
-    def pair_features(self, rij: torch.Tensor, tj: torch.Tensor):
-        """Environment rows R (E, 4) and embeddings G (E, M1) for pair vectors rij of neighbour types tj."""
+    def pair_features(self, rij: torch.Tensor, tj: torch.Tensor, ti: torch.Tensor | None = None):
+        """Environment rows R (E, 4) and embeddings G (E, M1) for pair vectors rij of neighbour types tj
+        (ti: the centre atom's type per pair, needed with env_norm)."""
         cfg = self.cfg
         r = torch.linalg.norm(rij, dim=-1)
         s = s_of_r(r, cfg)
         h = s / r
-        R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
-        G = self.embedding(s, tj)
+        if cfg.env_norm is None:
+            R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
+        else:
+            avg, s_std, r_std = (self._per_centre(k, ti) for k in ("s_avg", "s_std", "r_std"))
+            R = torch.cat([((s - avg) / s_std)[:, None], (h / r_std)[:, None] * rij], dim=-1)
+        G = self.embedding(s, tj, ti)
         return R, G
 
-    def embedding(self, s: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+    def _per_centre(self, key: str, ti: torch.Tensor | None) -> torch.Tensor:
+        if ti is None:
+            raise ValueError("env_norm: the centre types of the pairs are needed")
+        return torch.as_tensor(self.cfg.env_norm[key], dtype=torch.float64)[ti]
+
+    def embedding_input(self, s: torch.Tensor, ti: torch.Tensor | None = None) -> torch.Tensor:
+        """What the embedding nets see for s: (s - s_mean) / s_std, or with env_norm R_j0."""
         cfg = self.cfg
-        x = ((s - cfg.s_mean) / cfg.s_std)[:, None]
-        G = x.new_zeros((len(s), cfg.m1))
-        for t in range(cfg.ntypes):
+        if cfg.env_norm is None:
+            return (s - cfg.s_mean) / cfg.s_std
+        return (s - self._per_centre("s_avg", ti)) / self._per_centre("s_std", ti)
+
+    def embedding(self, s: torch.Tensor, tj: torch.Tensor, ti: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed_net_of(self.embedding_input(s, ti), tj)
+
+    def embed_net_of(self, x: torch.Tensor, tj: torch.Tensor) -> torch.Tensor:
+        """embed[tj](x) per element of x (the embedding nets' inputs)."""
+        x = x[:, None]
+        G = x.new_zeros((len(x), self.cfg.m1))
+        for t in range(self.cfg.ntypes):
             m = tj == t
             if m.any():
                 G = G.index_put((m.nonzero().squeeze(-1),), self.embed[t](x[m]))
         return G
 
+    def padding(self, center: torch.Tensor, tj: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
+        """pad_slots: what the empty slots add to sum_j R_j^T G_j, (natoms, 4, M1) (first row only)."""
+        cfg = self.cfg
+        n, nt = len(atype), cfg.ntypes
+        counts = torch.zeros(n * nt, dtype=torch.long).index_add(
+            0, center * nt + tj, torch.ones_like(tj)).reshape(n, nt)
+        npad = torch.as_tensor(cfg.sel, dtype=torch.long)[None, :] - counts
+        if bool((npad < 0).any()):
+            i, t = (int(v) for v in (npad < 0).nonzero()[0])
+            raise ValueError(f"atom {i} has {int(counts[i, t])} neighbours of type {cfg.type_map[t]} inside rcut, "
+                             f"more than sel[{t}]={cfg.sel[t]}: DeePMD's padding slots cannot hold them")
+        x0 = -torch.as_tensor(cfg.env_norm["s_avg"], dtype=torch.float64) / torch.as_tensor(
+            cfg.env_norm["s_std"], dtype=torch.float64)  # the zero row's first entry, per centre type
+        # GS[t_i, t] = x0[t_i] embed[t](x0[t_i]): one constant row per (centre type, neighbour type)
+        GS = torch.stack([x0[:, None] * self.embed_net_of(x0, torch.full((nt,), t)) for t in range(nt)], dim=1)
+        first = torch.einsum("nt,ntc->nc", npad.to(torch.float64), GS[atype])
+        return torch.cat([first[:, None, :], first.new_zeros((n, 3, cfg.m1))], dim=1)
+
     # ---- per-atom path -----------------------------------------------------------------------
-    def descriptor(self, R, G, center: torch.Tensor, natoms: int) -> torch.Tensor:
+    def descriptor(self, R, G, center: torch.Tensor, natoms: int, pad: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
         outer = (R[:, :, None] * G[:, None, :]).reshape(len(R), -1)
-        GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer)
-        GR = GR.reshape(natoms, 4, cfg.m1) * 2.0 ** (-cfg.norm_shift)
+        GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer).reshape(natoms, 4, cfg.m1)
+        if pad is not None:
+            GR = GR + pad
+        GR = GR * 2.0 ** (-cfg.norm_shift)
         D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]) * 2.0 ** cfg.desc_shift
         return D.reshape(natoms, -1)
+
+    def descriptors(self, rij: torch.Tensor, center: torch.Tensor, tj: torch.Tensor,
+                    atype: torch.Tensor) -> torch.Tensor:
+        """D per atom from the pairs (rij, centre index, neighbour type) of every atom of types atype."""
+        R, G = self.pair_features(rij, tj, atype[center])
+        pad = self.padding(center, tj, atype) if self.cfg.pad_slots else None
+        return self.descriptor(R, G, center, len(atype), pad)
 
     def atomic_energy(self, D: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
         E = D.new_zeros(len(D))
@@ -145,9 +208,7 @@ class DeepPot(nn.Module):
         return E
 
     def forward(self, rij: torch.Tensor, center: torch.Tensor, tj: torch.Tensor, atype: torch.Tensor) -> torch.Tensor:
-        R, G = self.pair_features(rij, tj)
-        D = self.descriptor(R, G, center, len(atype))
-        return self.atomic_energy(D, atype)
+        return self.atomic_energy(self.descriptors(rij, center, tj, atype), atype)
 
 
 def evaluate(model: DeepPot, rij: torch.Tensor, center: torch.Tensor, neighbor: torch.Tensor,

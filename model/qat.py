@@ -44,15 +44,17 @@ class QATDeepPot(DeepPot):
         for p in self.embed.parameters():
             p.requires_grad_(False)
 
-    def pair_features(self, rij, tj):
-        R, G = super().pair_features(rij, tj)
+    def pair_features(self, rij, tj, ti=None):
+        R, G = super().pair_features(rij, tj, ti)
         return fake_quant(R, self.formats["R"]), fake_quant(G, self.formats["G"])
 
-    def descriptor(self, R, G, center, natoms):
+    def descriptor(self, R, G, center, natoms, pad=None):
         cfg, F = self.cfg, self.formats
         outer = (R[:, :, None] * G[:, None, :]).reshape(len(R), -1)
-        GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer)
-        GR = fake_quant(GR.reshape(natoms, 4, cfg.m1) * 2.0 ** (-cfg.norm_shift), F["GR"])
+        GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer).reshape(natoms, 4, cfg.m1)
+        if pad is not None:
+            GR = GR + pad
+        GR = fake_quant(GR * 2.0 ** (-cfg.norm_shift), F["GR"])
         D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]) * 2.0 ** cfg.desc_shift
         return fake_quant(D.reshape(natoms, -1), F["D"])
 

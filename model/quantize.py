@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .batch import make_batch
-from contract.config import ModelConfig
+from contract.config import ModelConfig, require_quantizable
 from contract.fixedpoint import Fmt, fmt_for_range
 from contract.modelfile import Layer, QuantizedModel, Table
 from .network import DeepPot, s_of_r, tanh4
@@ -372,6 +372,7 @@ def model_from_state(cfg: ModelConfig, state: dict[str, np.ndarray]) -> DeepPot:
 
 def build(model: DeepPot, formats: dict[str, Fmt], provenance: dict | None = None) -> QuantizedModel:
     """Tables and integer weights for given formats (used for the first export and after fine-tuning)."""
+    require_quantizable(model.cfg)
     state = float32_state(model)
     model = model_from_state(model.cfg, state)  # quantize exactly what the file stores
     ts, th = u_tables(model.cfg, formats)
@@ -387,6 +388,7 @@ def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0, r_m
              train_systems=None) -> QuantizedModel:
     """Quantize `model`: r_min from `train_systems` (default: the calibration systems) unless given,
     formats from calibration on `calib_systems`, then tables and integer weights."""
+    require_quantizable(model.cfg)  # before the minutes of scanning and calibration
     model, scan = set_r_min(model, train_systems if train_systems is not None else calib_systems, r_min)
     ranges = calibrate(model, calib_systems, nframes=nframes, seed=seed)
     formats = choose_formats(model, ranges)

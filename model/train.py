@@ -133,8 +133,7 @@ def choose_desc_shift(model: DeepPot, systems: list[System], frames: int = 4) ->
     """Power of two that brings the descriptor's RMS near 1 at initialization (conditioning only)."""
     batch = make_batch([(s, 0) for s in systems[:frames]], model.cfg.rcut)
     with torch.no_grad():
-        R, G = model.pair_features(batch.rij, batch.atype[batch.neighbor])
-        D = model.descriptor(R, G, batch.center, len(batch.atype))
+        D = model.descriptors(batch.rij, batch.center, batch.atype[batch.neighbor], batch.atype)
     rms = float(torch.sqrt((D ** 2).mean())) * 2.0 ** (-model.cfg.desc_shift)
     return int(round(-math.log2(rms))) if rms > 0 else 0
 

@@ -8,13 +8,16 @@ The seed group's own float DeePMD model of this very architecture (se_a, sel [60
 rcut_smth 2.0, embedding 8/16/32 with type_one_side, fitting 3 x 128, tanh; 1e7 training steps;
 `../shared/data/nvnmd-models/deepmd-GeTe-float.pb`) and our own float weights answer that, so this script
 
-1. reads that frozen TensorFlow graph's constants with a small protobuf reader (no TensorFlow here),
-2. re-implements DeePMD-kit's se_a energy in PyTorch from them (per-centre-type normalisation of the
-   environment matrix, padding slots included as DeePMD computes them), checked against the data
-   README's measured RMSE of that model (6.10 meV/atom, 168 meV/Å on every 10th frame),
+1. reads that frozen TensorFlow graph's constants without TensorFlow (model.deepmd.read_constants),
+2. re-implements DeePMD-kit's se_a energy in PyTorch from them, literally (per-centre-type normalisation
+   of the environment matrix, padding slots included as DeePMD computes them), checked against the data
+   README's measured RMSE of that model (6.10 meV/atom, 168 meV/Å on every 10th frame); it is also the
+   independent check of `python -m model import` (tests/model/test_deepmd.py), which builds our own
+   float model with the env_norm / pad_slots / fit_activation options from the same graph,
 3. runs the same "--aimd-start" check as examples/GeTe/structure.py (the last AIMD frame at 300 K,
    NVT 300 K, 2 fs, Nose-Hoover chain with a 0.2 ps damping, windows of the trajectory) with
    - ``group``: that model (float),
+   - ``group-import``: the same model as `python -m model import` builds it (our float model),
    - ``ours-float``: the bundled model's float weights (the same MD code, so the two compare directly),
    and prints the Peierls ratio, homopolar Ge-Ge bonds and first-peak shift per window, with the
    structure.py functions.
@@ -26,14 +29,14 @@ rcut_smth 2.0, embedding 8/16/32 with type_one_side, fitting 3 x 128, tanh; 1e7 
 
 The group's weights are third-party data: they are read from ../shared/data and never copied.
 The group model cannot run on our hardware as is: its embedding input is normalised per centre type
-(two G tables per neighbour type), and its environment matrix's first column is shifted by the mean s,
-which puts the padding slots into the descriptor; our pipeline has one table per neighbour type and no
-padding.  Results are in docs/GeTe-accuracy.md.
+(two G tables per neighbour type), its environment matrix's first column is shifted by the mean s,
+which puts the padding slots into the descriptor, and its fitting nets use tanh.  `python -m model
+import` represents all three as model options of the float model; the quantized pipeline does not
+implement them yet (issue 21).  Results are in docs/GeTe-accuracy.md.
 """
 from __future__ import annotations
 
 import json
-import struct
 import sys
 import time
 from pathlib import Path
@@ -49,93 +52,12 @@ sys.path.insert(0, str(REPO / "examples" / "GeTe"))
 
 from contract.paths import shared_data  # noqa: E402
 from model.data import System  # noqa: E402
+from model.deepmd import import_graph, read_constants  # noqa: E402
 from model.metrics import collect, predict_float, rmse_of  # noqa: E402
 
 SHARED = shared_data()
 PB = SHARED / "nvnmd-models" / "deepmd-GeTe-float.pb"
 AIMD = SHARED / "GeTe-aimd" / "216atom-melt-quench"
-
-
-# ---- a minimal reader of a frozen TensorFlow graph's constants -----------------------------------
-# GraphDef.node (1) -> NodeDef{name 1, op 2, attr 5: map<string, AttrValue>}; AttrValue.tensor (8) ->
-# TensorProto{dtype 1, tensor_shape 2 {dim 2 {size 1}}, tensor_content 4, float_val 5, double_val 6,
-# int_val 7, string_val 8}.
-
-def _fields(buf: bytes):
-    """(field number, wire type, value) of one protobuf message; value: int or bytes."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        f, w = key >> 3, key & 7
-        if w == 0:
-            v, i = _varint(buf, i)
-        elif w == 1:
-            v, i = buf[i:i + 8], i + 8
-        elif w == 2:
-            ln, i = _varint(buf, i)
-            v, i = buf[i:i + ln], i + ln
-        elif w == 5:
-            v, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {w}")
-        yield f, w, v
-
-
-def _varint(buf: bytes, i: int):
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
-_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32}
-
-
-def _tensor(buf: bytes):
-    dtype, shape, content, vals = None, [], b"", []
-    for f, w, v in _fields(buf):
-        if f == 1:
-            dtype = v
-        elif f == 2:
-            shape = [next((x for g, _, x in _fields(d) if g == 1), 0) for g, _, d in _fields(v) if g == 2]
-        elif f == 4:
-            content = v
-        elif f in (5, 6) and dtype in _DTYPES:
-            fmt = "<f" if f == 5 else "<d"
-            vals += [struct.unpack(fmt, v)[0]] if w != 2 else list(np.frombuffer(v, fmt))
-    if dtype not in (1, 2):
-        return None
-    if content:
-        return np.frombuffer(content, _DTYPES[dtype]).astype(np.float64).reshape(shape)
-    a = np.array(vals, dtype=np.float64)
-    return np.broadcast_to(a, shape).copy() if shape else a.reshape(())
-
-
-def read_constants(path: Path) -> dict[str, np.ndarray]:
-    out = {}
-    for f, _, node in _fields(path.read_bytes()):
-        if f != 1:
-            continue
-        name = op = None
-        tensor = None
-        for g, _, v in _fields(node):
-            if g == 1:
-                name = v.decode()
-            elif g == 2:
-                op = v.decode()
-            elif g == 5:  # attr map entry {key 1, value 2}
-                entry = dict((h, x) for h, _, x in _fields(v))
-                if entry.get(1) == b"value":
-                    tensor = next((x for h, _, x in _fields(entry[2]) if h == 8), None)
-        if op == "Const" and tensor is not None:
-            a = _tensor(tensor)
-            if a is not None:
-                out[name] = a
-    return out
 
 
 # ---- DeePMD-kit se_a (type_one_side) + energy fitting, from those constants ----------------------
@@ -250,7 +172,7 @@ def md(which: str, steps: int, every: int = 20, seed: int = 1):
     from model.data import load_deepmd
     from science import analysis as an
 
-    loaders = {"group": load_group_model, "ours-float": load_ours_float}
+    loaders = {"group": load_group_model, "group-import": lambda: import_graph(PB)[0], "ours-float": load_ours_float}
     model = loaders[which]() if which in loaders else load_ours_float(Path(which))
 
     class Calc(Calculator):

@@ -1,0 +1,346 @@
+"""DeePMD-kit import (model/deepmd.py) and the float model's options it needs (env_norm, pad_slots,
+fit_activation).
+
+Without ../shared: a small se_a model written here as a frozen graph (our own protobuf encoder, so the
+reader is tested on bytes it did not write), imported and compared with a literal, slot-by-slot
+implementation of DeePMD-kit's se_a (every neighbour slot of sel, padding included, normalised with
+davg/dstd per centre type, GR / sum(sel)): a different algorithm from model/network.py's.  With
+../shared: the seed group's frozen graph against examples/GeTe/experiments/group_model.py's
+GroupModel on AIMD frames (the issue's acceptance: 1e-6 eV/atom, 1e-5 eV/Å).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from contract.config import OPTIONS, ModelConfig
+from model.deepmd import UnsupportedModel, import_graph, model_from_graph, read_graph
+from model.network import ACTIVATIONS, evaluate
+from model.neighbors import edges
+from support import GETE_216, REPO, SHARED_DATA, random_structure, require_shared
+
+GROUP_PB = SHARED_DATA / "nvnmd-models" / "deepmd-GeTe-float.pb"
+
+
+# ---- a frozen graph, written with a protobuf encoder of our own ---------------------------------------
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload) -> bytes:
+    if isinstance(payload, int):
+        return _varint(num << 3) + _varint(payload)
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _tensor(value) -> bytes:
+    if isinstance(value, str):
+        return _field(1, 7) + _field(8, value.encode())
+    a = np.asarray(value)
+    shape = b"".join(_field(2, _field(1, int(n))) for n in a.shape)
+    if a.dtype.kind == "f":
+        if a.ndim == 0:  # a scalar as double_val, as TensorFlow writes small constants
+            return _field(1, 2) + _field(2, shape) + _varint(6 << 3 | 1) + struct.pack("<d", float(a))
+        return _field(1, 2) + _field(2, shape) + _field(4, a.astype("<f8").tobytes())
+    if a.ndim == 0:  # int_val, negative numbers as 10-byte varints
+        return _field(1, 3) + _field(2, shape) + _field(7, int(a))
+    return _field(1, 3) + _field(2, shape) + _field(4, a.astype("<i4").tobytes())
+
+
+def _node(name: str, op: str, value=None) -> bytes:
+    body = _field(1, name.encode()) + _field(2, op.encode())
+    if value is not None:
+        body += _field(5, _field(1, b"value") + _field(2, _field(8, _tensor(value))))
+    return _field(1, body)
+
+
+def write_graph(path, consts: dict, ops=("ProdEnvMatA", "ProdForceSeA")):
+    path.write_bytes(b"".join(_node(k, "Const", v) for k, v in consts.items()) + b"".join(_node(op, op) for op in ops))
+    return path
+
+
+def small_se_a(seed: int = 0, sel=(9, 8), emb=(2, 4), axis=2, fit=(6, 6), activation="tanh") -> dict:
+    """The constants of a small DeePMD-kit se_a energy model (type_one_side), random weights."""
+    rng = np.random.default_rng(seed)
+    nnei, nt = sum(sel), len(sel)
+    avg = np.zeros((nt, nnei, 4))
+    avg[:, :, 0] = rng.uniform(0.2, 0.4, (nt, 1))
+    std = np.repeat(rng.uniform(0.05, 0.2, (nt, 1, 2)), [1, 3], axis=2) * np.ones((nt, nnei, 4))
+    script = {"model": {"type_map": ["A", "B"], "descriptor": {
+        "type": "se_e2_a", "sel": list(sel), "rcut": 4.0, "rcut_smth": 1.5, "neuron": list(emb), "type_one_side": True,
+        "axis_neuron": axis, "resnet_dt": False, "activation_function": "tanh", "exclude_types": []},
+        "fitting_net": {"neuron": list(fit), "resnet_dt": False, "activation_function": activation,
+                        "numb_fparam": 0, "numb_aparam": 0}}}
+    c = {"train_attr/training_script": json.dumps(script), "model_attr/model_type": "ener",
+         "model_attr/tmap": "A B", "model_attr/model_version": "1.1", "descrpt_attr/rcut": np.float64(4.0),
+         "descrpt_attr/ntypes": np.int32(nt), "descrpt_attr/sel": np.array(sel, np.int32),
+         "descrpt_attr/original_sel": np.array(sel, np.int32),
+         "descrpt_attr/t_avg": avg.reshape(nt, -1), "descrpt_attr/t_std": std.reshape(nt, -1),
+         "fitting_attr/dfparam": np.int32(0), "fitting_attr/daparam": np.int32(0),
+         "train_attr/min_nbor_dist": np.float64(1.9), "filter_type_all/truediv/y": np.float64(nnei)}
+    sizes = [1, *emb]
+    for tj in range(nt):
+        for k in range(1, len(sizes)):
+            c[f"filter_type_all/matrix_{k}_{tj}"] = rng.normal(0, 1, (sizes[k - 1], sizes[k]))
+            c[f"filter_type_all/bias_{k}_{tj}"] = rng.normal(0, 1, sizes[k])
+    fsizes = [emb[-1] * axis, *fit]
+    for ti in range(nt):
+        for k in range(len(fit)):
+            c[f"layer_{k}_type_{ti}/matrix"] = rng.normal(0, 1 / np.sqrt(fsizes[k]), (fsizes[k], fsizes[k + 1]))
+            c[f"layer_{k}_type_{ti}/bias"] = rng.normal(0, 1, fsizes[k + 1])
+        c[f"final_layer_type_{ti}/matrix"] = rng.normal(0, 1, (fit[-1], 1))
+        c[f"final_layer_type_{ti}/bias"] = np.array([-3.0 - ti])
+    return c
+
+
+def deepmd_energy(c: dict, pos: torch.Tensor, cell: np.ndarray, types: np.ndarray) -> torch.Tensor:
+    """DeePMD-kit se_a, slot by slot: each atom's sum(sel) neighbour slots (type sections, the empty ones
+    zero rows), normalised (row - davg[t_i]) / dstd[t_i], embedded by the section's net, GR = sum / nnei."""
+    script = json.loads(c["train_attr/training_script"])["model"]
+    desc, fit = script["descriptor"], script["fitting_net"]
+    sel, rcut, rs, axis = desc["sel"], desc["rcut"], desc["rcut_smth"], desc["axis_neuron"]
+    nt, nnei = len(sel), sum(sel)
+    avg = torch.as_tensor(c["descrpt_attr/t_avg"]).reshape(nt, nnei, 4)
+    std = torch.as_tensor(c["descrpt_attr/t_std"]).reshape(nt, nnei, 4)
+    act = ACTIVATIONS[fit["activation_function"]]
+    e = edges(pos.detach().numpy(), cell, True, rcut)
+    T = lambda a: torch.as_tensor(a)
+
+    def net(x, layers, phi, resnet_fit):
+        for k, (W, b) in enumerate(layers):
+            y = phi(x @ T(W) + T(b))
+            if resnet_fit:
+                x = x + y if k >= 1 and W.shape[0] == W.shape[1] else y
+            elif W.shape[1] == W.shape[0]:
+                x = x + y
+            elif W.shape[1] == 2 * W.shape[0]:
+                x = torch.cat([x, x], -1) + y
+            else:
+                x = y
+        return x
+
+    total = pos.new_zeros(())
+    for i in range(len(types)):
+        ti = int(types[i])
+        rows = []
+        for t in range(nt):
+            js = [k for k in range(len(e.i)) if e.i[k] == i and types[e.j[k]] == t]
+            assert len(js) <= sel[t]
+            for k in js:
+                rij = pos[e.j[k]] - pos[i] + T(e.vec[k] - (pos[e.j[k]] - pos[i]).detach().numpy())
+                r = torch.linalg.norm(rij)
+                u = torch.clamp((r - rs) / (rcut - rs), 0, 1)
+                s = (u ** 3 * (-6 * u * u + 15 * u - 10) + 1) / r
+                rows.append((t, torch.cat([s[None], s / r * rij])))
+            rows += [(t, pos.new_zeros(4))] * (sel[t] - len(js))
+        GR = pos.new_zeros((4, desc["neuron"][-1]))
+        for slot, (t, row) in enumerate(rows):
+            nrow = (row - avg[ti, slot]) / std[ti, slot]
+            layers = [(c[f"filter_type_all/matrix_{k}_{t}"], c[f"filter_type_all/bias_{k}_{t}"])
+                      for k in range(1, len(desc["neuron"]) + 1)]
+            G = net(nrow[:1][None], layers, torch.tanh, False)[0]
+            GR = GR + nrow[:, None] * G[None, :]
+        GR = GR / nnei
+        D = (GR.T @ GR[:, :axis]).reshape(-1)
+        layers = [(c[f"layer_{k}_type_{ti}/matrix"], c[f"layer_{k}_type_{ti}/bias"]) for k in range(len(fit["neuron"]))]
+        x = net(D[None], layers, act, True)
+        total = total + (x @ T(c[f"final_layer_type_{ti}/matrix"]) + T(c[f"final_layer_type_{ti}/bias"]))[0, 0]
+    return total
+
+
+def ours(model, pos, cell, types):
+    e = edges(pos, cell, True, model.cfg.rcut)
+    E, F, _, _ = evaluate(model, torch.tensor(e.vec), torch.tensor(e.i), torch.tensor(e.j), torch.tensor(types),
+                          torch.zeros(len(types), dtype=torch.long), 1)
+    return float(E[0]), F.numpy()
+
+
+# ---- the reader -----------------------------------------------------------------------------------------
+
+def test_reader_reads_every_kind_of_constant(tmp_path):
+    consts = {"f": np.arange(6.0).reshape(2, 3), "d": np.float64(-2.5), "i": np.int32(-7),
+              "iv": np.array([3, -1, 60], np.int32), "s": "Ge Te"}
+    g = read_graph(write_graph(tmp_path / "g.pb", consts, ops=("ProdEnvMatA",)))
+    assert g.ops == {"Const": 5, "ProdEnvMatA": 1}
+    assert np.array_equal(g.consts["f"], consts["f"]) and g.consts["f"].dtype == np.float64
+    assert g.consts["d"] == -2.5 and g.consts["i"] == -7 and g.consts["s"] == "Ge Te"
+    assert g.consts["iv"].tolist() == [3, -1, 60]
+
+
+def test_reader_refuses_what_is_no_graph(tmp_path):
+    p = tmp_path / "x.pb"
+    p.write_bytes(b"\x0f\xff\xff")  # wire type 7
+    with pytest.raises(UnsupportedModel, match="not a readable frozen TensorFlow graph"):
+        read_graph(p)
+
+
+# ---- the import against DeePMD's formulas ------------------------------------------------------------------
+
+@pytest.mark.parametrize("activation", ["tanh", "tanh4"])
+def test_import_equals_deepmd_se_a_slot_by_slot(tmp_path, activation):
+    c = small_se_a(seed=1, activation=activation)
+    model, prov = import_graph(write_graph(tmp_path / "m.pb", c))
+    on = {"env_norm", "pad_slots"} | ({"fit_activation"} if activation == "tanh" else set())
+    assert model.cfg.options().keys() == on and prov["import"]["options"].keys() == on
+    # 12 atoms in 343 Å^3, ~9 neighbours within 4 Å and sel 9 + 8: empty slots in every atom
+    pos, cell, types = random_structure(natoms=12, box=7.0, dmin=1.9, seed=4)
+    E, F = ours(model, pos, cell, types)
+    p = torch.tensor(pos, requires_grad=True)
+    E_ref = deepmd_energy(c, p, cell, types)
+    (g,) = torch.autograd.grad(E_ref, p)
+    assert abs(E - E_ref.item()) / len(types) < 1e-12
+    assert np.abs(F + g.numpy()).max() < 1e-10
+
+
+def test_padding_is_what_changes_the_energy(tmp_path):
+    """The empty slots matter (else the test above could not see a padding bug): without pad_slots the
+    same weights give another energy."""
+    model, _ = import_graph(write_graph(tmp_path / "m.pb", small_se_a(seed=2)))
+    pos, cell, types = random_structure(natoms=12, box=7.0, dmin=1.9, seed=5)
+    E, _ = ours(model, pos, cell, types)
+    nopad = copy.deepcopy(model)
+    nopad.cfg.pad_slots = False
+    assert abs(ours(nopad, pos, cell, types)[0] - E) > 1e-3
+
+
+def test_more_neighbours_than_sel_is_an_error(tmp_path):
+    model, _ = import_graph(write_graph(tmp_path / "m.pb", small_se_a(seed=1, sel=(2, 2))))
+    pos, cell, types = random_structure(natoms=12, box=7.0, dmin=1.9, seed=4)
+    with pytest.raises(ValueError, match=r"more than sel\[\d\]=2"):
+        ours(model, pos, cell, types)
+
+
+def _script_edit(c, path, value):
+    script = json.loads(c["train_attr/training_script"])
+    d = script
+    for k in path[:-1]:
+        d = d[k]
+    d[path[-1]] = value
+    return {**c, "train_attr/training_script": json.dumps(script)}
+
+
+REFUSED = {
+    "fparam": (lambda c: {**c, "fitting_attr/dfparam": np.int32(2)}, "fitting_attr/dfparam"),
+    "aparam": (lambda c: {**c, "fitting_attr/daparam": np.int32(1)}, "fitting_attr/daparam"),
+    "se_r": (lambda c: _script_edit(c, ("model", "descriptor", "type"), "se_e2_r"), "model.descriptor.type"),
+    "se_atten op": (lambda c: c, "graph ops"),
+    "type embedding": (lambda c: _script_edit(c, ("model", "type_embedding"), {"neuron": [8]}), "model.type_embedding"),
+    "two-side": (lambda c: _script_edit(c, ("model", "descriptor", "type_one_side"), False),
+                 "model.descriptor.type_one_side"),
+    "resnet_dt": (lambda c: _script_edit(c, ("model", "fitting_net", "resnet_dt"), True), "model.fitting_net.resnet_dt"),
+    "activation": (lambda c: _script_edit(c, ("model", "fitting_net", "activation_function"), "gelu"),
+                   "model.fitting_net.activation_function"),
+    "dipole": (lambda c: {**c, "model_attr/model_type": "dipole"}, "model_attr/model_type"),
+    "too many types": (lambda c: {**c, "descrpt_attr/ntypes": np.int32(17), "model_attr/tmap": " ".join("X" * 17)},
+                       "descrpt_attr/ntypes"),
+    "too many neighbours": (lambda c: {**c, "descrpt_attr/sel": np.array([1000, 24], np.int32)}, "descrpt_attr/sel"),
+    "xyz mean": (lambda c: {**c, "descrpt_attr/t_avg": c["descrpt_attr/t_avg"] + 0.01}, "descrpt_attr/t_avg"),
+    "compressed": (lambda c: {k: v for k, v in c.items() if k != "filter_type_all/matrix_2_1"},
+                   "filter_type_all/matrix_2_1"),
+    "no script": (lambda c: {k: v for k, v in c.items() if k != "train_attr/training_script"},
+                  "train_attr/training_script"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_cannot_be_represented_is_refused_by_name(tmp_path, case):
+    edit, field = REFUSED[case]
+    ops = ("ProdEnvMatAMix",) if case == "se_atten op" else ("ProdEnvMatA",)
+    path = write_graph(tmp_path / "m.pb", edit(small_se_a()), ops=ops)
+    with pytest.raises(UnsupportedModel, match=f"{path}: {field.replace('.', '[.]')}: "):
+        import_graph(path)
+
+
+def test_cli_import_writes_a_float_checkpoint_with_provenance(tmp_path, capsys):
+    from model.cli import main
+    from model.train import load_checkpoint
+    pb = write_graph(tmp_path / "m.pb", small_se_a(seed=3))
+    assert main(["import", str(pb), "-o", str(tmp_path / "m.pt")]) == 0
+    back = load_checkpoint(tmp_path / "m.pt")
+    model, _ = import_graph(pb)
+    pos, cell, types = random_structure(natoms=12, box=7.0, dmin=1.9, seed=6)
+    assert ours(back, pos, cell, types)[0] == ours(model, pos, cell, types)[0]
+    ck = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert ck["provenance"]["import"]["sha256"] == read_graph(pb).sha256
+    assert main(["import", str(pb), "-o", str(tmp_path / "m.npz")]) != 0  # needs --calib
+    assert "--calib" in capsys.readouterr().err
+
+
+# ---- the options: off by default, no trace in the file; refused by the quantized pipeline --------------
+
+def test_options_are_left_out_of_the_config_when_off():
+    d = ModelConfig().to_dict()
+    assert not set(OPTIONS) & set(d)
+    on = ModelConfig(env_norm={"s_avg": [0.1, 0.2], "s_std": [1.0, 2.0], "r_std": [1.0, 1.0]}, pad_slots=True,
+                     fit_activation="tanh")
+    assert ModelConfig.from_dict(on.to_dict()) == on and set(OPTIONS) <= set(on.to_dict())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"pad_slots": True}, "pad_slots needs env_norm"),
+    ({"fit_activation": "relu"}, "fit_activation must be one of"),
+    ({"env_norm": {"s_avg": [0.1], "s_std": [1.0], "r_std": [1.0]}}, r"env_norm\['r_std'\] must list one"),
+    ({"env_norm": {"s_avg": [0.1, 0.1], "s_std": [1.0, 0.0], "r_std": [1.0, 1.0]}}, r"env_norm\['s_std'\] entries"),
+    ({"env_norm": {"s_avg": [0.1, 0.1], "s_std": [1.0, 1.0], "r_std": [1.0, 1.0]}, "s_std": 0.5}, "normalises the embedding input itself"),
+])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)
+
+
+def test_quantizing_an_imported_model_is_refused_naming_its_options(tmp_path):
+    from model.quantize import quantize
+    from support import as_system
+    model, _ = import_graph(write_graph(tmp_path / "m.pb", small_se_a()))
+    with pytest.raises(ValueError, match="does not implement the model option.*env_norm, pad_slots=True, fit_activation='tanh'"):
+        quantize(model, [as_system(*random_structure(natoms=12, box=7.0, dmin=1.9), type_map=("A", "B"))])
+
+
+def test_a_model_file_with_an_option_the_pipeline_lacks_is_refused(tmp_path):
+    """A file written by another tool (or a later dpfpga) with an option on: load names it, never
+    computes without it."""
+    from contract import modelfile
+    from support import tiny_qm
+    qm = copy.deepcopy(tiny_qm())
+    qm.config.fit_activation = "tanh"
+    modelfile.save(qm, tmp_path / "m.npz")  # save writes what it is given; load checks
+    with pytest.raises(modelfile.ModelFileError, match="fit_activation='tanh'"):
+        modelfile.load(tmp_path / "m.npz")
+
+
+# ---- the seed group's model (../shared) -------------------------------------------------------------------
+
+def test_group_model_import_equals_deepmd_on_aimd_frames():
+    """Acceptance: the imported float model equals DeePMD's se_a on the group's graph (group_model.py's
+    GroupModel, DeePMD's formulas) to 1e-6 eV/atom and 1e-5 eV/Å, on a melt and a quench frame."""
+    require_shared(GROUP_PB)
+    require_shared(GETE_216)
+    sys.path.insert(0, str(REPO / "examples" / "GeTe" / "experiments"))
+    import group_model
+    from model.data import load_systems
+    from model.metrics import predict_float
+    model, prov = import_graph(GROUP_PB)
+    assert prov["import"]["options"]["fit_activation"] == "tanh"
+    group = group_model.GroupModel(group_model.read_constants(GROUP_PB))
+    for sub, frame in (("s2-melt-1000K/temp-1500K", 17), ("s3-quench-300K/temp-300K", 399)):
+        (system,) = load_systems([GETE_216 / sub])
+        e, f, _ = predict_float(model, system, frame)
+        e_ref, f_ref, _ = predict_float(group, system, frame)
+        assert abs(e - e_ref) / system.natoms < 1e-6
+        assert np.abs(f - f_ref).max() < 1e-5
+        assert abs(e - system.energies[frame]) / system.natoms < 0.05  # and it is the model of this data
