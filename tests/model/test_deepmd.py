@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from contract.config import OPTIONS, ModelConfig
-from model.deepmd import UnsupportedModel, import_graph, model_from_graph, read_graph
+from model.deepmd import UnsupportedModel, import_graph, read_graph
 from model.network import ACTIVATIONS, evaluate
 from model.neighbors import edges
 from support import GETE_216, REPO, SHARED_DATA, random_structure, require_shared
