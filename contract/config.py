@@ -130,16 +130,26 @@ class ModelConfig:
 
 #: The options and their "off" values (the dataclass defaults): see the module docstring.
 OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_norm", "pad_slots", "fit_activation")}
-#: The options that the quantized pipeline (NumPy reference, generator, host, cpu device) implements.
-#: A model with any other option on is a float model only: quantizing it, or loading a model file
-#: with it, is refused (`require_quantizable`) rather than computed without it.
-QUANTIZED_OPTIONS: frozenset[str] = frozenset()
+#: The options each implementation of the quantized pipeline computes.  The NumPy reference defines
+#: them (model/reference.py); an implementation without an option refuses a model that turns it on
+#: (`require_options`) rather than computing that model without it.
+IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
+    "reference": frozenset(OPTIONS),
+    "rtl": frozenset(),  # gen/: the generated pipeline (rtl and xdma devices)
+    "cpu": frozenset(),  # host/native/cpu.cpp: the cpu device
+}
+
+
+def require_options(cfg: ModelConfig, implementation: str) -> None:
+    """Raise ValueError naming each option `cfg` turns on that `implementation` (a key of
+    IMPLEMENTED_OPTIONS) does not compute."""
+    missing = {k: v for k, v in cfg.options().items() if k not in IMPLEMENTED_OPTIONS[implementation]}
+    if missing:
+        raise ValueError(f"the {implementation} implementation does not compute the model option(s) "
+                         + ", ".join(k if isinstance(v, dict) else f"{k}={v!r}" for k, v in missing.items())
+                         + " (contract.config.IMPLEMENTED_OPTIONS)")
 
 
 def require_quantizable(cfg: ModelConfig) -> None:
-    """Raise ValueError naming each option `cfg` turns on that the quantized pipeline lacks."""
-    missing = {k: v for k, v in cfg.options().items() if k not in QUANTIZED_OPTIONS}
-    if missing:
-        raise ValueError("the quantized pipeline (reference, RTL, host) does not implement the model option(s) "
-                         + ", ".join(k if isinstance(v, dict) else f"{k}={v!r}" for k, v in missing.items())
-                         + ": this model runs as a float model only")
+    """A quantized model needs its options in the reference, which defines its integers."""
+    require_options(cfg, "reference")

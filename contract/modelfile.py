@@ -47,8 +47,10 @@ class ModelFileError(ValueError):
 class Table:
     """Piecewise-quadratic table y(x) over uniform segments of width 2**-seg_shift.
 
-    Input x is an integer with `x_frac` fraction bits.  Segment index = x >> (x_frac - seg_shift);
-    xi = the next `xi_bits` bits of x (the position inside the segment, in [0, 1)).
+    Input x is an integer with `x_frac` fraction bits.  Segment index = (x >> (x_frac - seg_shift)) -
+    first_seg (first_seg < 0: a table whose input goes below zero, e.g. a normalised s; 0 for every
+    table of a model without options); xi = the next `xi_bits` bits of x (the position inside the
+    segment, in [0, 1)).
     Per segment and channel the coefficients (a, b, c) give y = a + xi (b + c xi) and the
     derivative dy/dx = (b + 2 c xi) * 2**seg_shift, all in `coef_fmt`.
     Inputs below `x_min` are clamped to it (and flagged); segments past the end give y = dy = 0.
@@ -62,6 +64,7 @@ class Table:
     coef_fmt: Fmt
     out_fmt: Fmt
     dout_fmt: Fmt
+    first_seg: int = 0  # the segment of coefficient row 0 (left out of meta when 0: headers unchanged)
 
     @property
     def nseg(self) -> int:
@@ -78,7 +81,8 @@ class Table:
     def meta(self) -> dict:
         return {"x_frac": self.x_frac, "seg_shift": self.seg_shift, "xi_bits": self.xi_bits, "x_min": self.x_min,
                 "nseg": self.nseg, "nch": self.nch, "coef_fmt": self.coef_fmt.to_dict(),
-                "out_fmt": self.out_fmt.to_dict(), "dout_fmt": self.dout_fmt.to_dict()}
+                "out_fmt": self.out_fmt.to_dict(), "dout_fmt": self.dout_fmt.to_dict(),
+                **({"first_seg": self.first_seg} if self.first_seg else {})}
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Layer:
 class QuantizedModel:
     config: ModelConfig
     formats: dict[str, Fmt]
+    # With the env_norm option the u-tables have one channel per centre type (channel t: the normalised
+    # s, h of centre type t) and G's input is that normalised s; without it, one channel each.
     table_s: Table  # u = r^2 -> s(r)
     table_h: Table  # u = r^2 -> h(r) = s / r
     table_g: list[Table]  # per neighbour type: s -> G(s), 32 channels
@@ -105,6 +111,8 @@ class QuantizedModel:
     float_state: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     hash: str = ""
+    #: fit_activation "tanh": |z| -> tanh|z| and its derivative, one channel (None for tanh4, computed)
+    table_act: Table | None = None
 
     # -- serialization ----------------------------------------------------------------------------
     def header(self) -> dict:
@@ -114,7 +122,8 @@ class QuantizedModel:
             "config": self.config.to_dict(),
             "formats": {k: v.to_dict() for k, v in sorted(self.formats.items())},
             "tables": {"s": self.table_s.meta(), "h": self.table_h.meta(),
-                       "g": [t.meta() for t in self.table_g]},
+                       "g": [t.meta() for t in self.table_g],
+                       **({"act": self.table_act.meta()} if self.table_act is not None else {})},
             "fit": [[{"wfrac": l.wfrac, "resnet": l.resnet, "shape": list(l.W.shape)} for l in layers]
                     for layers in self.fit],
             "out_wfrac": list(self.out_wfrac),
@@ -126,6 +135,8 @@ class QuantizedModel:
              "int/energy_bias": self.energy_bias}
         for t, tab in enumerate(self.table_g):
             a[f"int/table_g/{t}"] = tab.coef
+        if self.table_act is not None:
+            a["int/table_act"] = self.table_act.coef
         for t, layers in enumerate(self.fit):
             for k, l in enumerate(layers):
                 a[f"int/fit/{t}/{k}/W"] = l.W
@@ -303,7 +314,8 @@ def _need(arrays, name):
 def _table(meta: dict, coef: np.ndarray, name: str) -> Table:
     t = Table(x_frac=int(meta["x_frac"]), seg_shift=int(meta["seg_shift"]), xi_bits=int(meta["xi_bits"]),
               x_min=int(meta["x_min"]), coef=coef.astype(np.int64), coef_fmt=Fmt.from_dict(meta["coef_fmt"]),
-              out_fmt=Fmt.from_dict(meta["out_fmt"]), dout_fmt=Fmt.from_dict(meta["dout_fmt"]))
+              out_fmt=Fmt.from_dict(meta["out_fmt"]), dout_fmt=Fmt.from_dict(meta["dout_fmt"]),
+              first_seg=int(meta.get("first_seg", 0)))
     if coef.ndim != 3 or coef.shape[2] != 3 or coef.shape[0] != meta["nseg"] or coef.shape[1] != meta["nch"]:
         raise ValueError(f"table {name}: coefficient array shape {coef.shape} does not match "
                          f"(nseg={meta['nseg']}, nch={meta['nch']}, 3)")
@@ -328,7 +340,8 @@ def _from_parts(header: dict, arrays: dict) -> QuantizedModel:
         table_h=_table(tabs["h"], _need(arrays, "int/table_h"), "h"),
         table_g=table_g, fit=fit, out_w=out_w, out_wfrac=[int(x) for x in header["out_wfrac"]],
         energy_bias=_need(arrays, "int/energy_bias").astype(np.int64), float_state=float_state,
-        provenance=header.get("provenance", {}))
+        provenance=header.get("provenance", {}),
+        table_act=_table(tabs["act"], _need(arrays, "int/table_act"), "act") if "act" in tabs else None)
 
 
 REQUIRED_FORMATS = ("coord", "W", "s", "h", "ds", "dh", "R", "G", "dG", "GR", "D", "Z", "A", "E",
@@ -346,12 +359,29 @@ def validate(qm: QuantizedModel) -> None:
     nt = cfg.ntypes
     if len(qm.table_g) != nt or len(qm.fit) != nt or len(qm.out_w) != nt or qm.energy_bias.shape != (nt,):
         raise ValueError(f"per-type sections do not match ntypes={nt}")
-    for name, tab in [("s", qm.table_s), ("h", qm.table_h)] + [(f"g[{t}]", g) for t, g in enumerate(qm.table_g)]:
+    act = [("act", qm.table_act)] if qm.table_act is not None else []
+    for name, tab in [("s", qm.table_s), ("h", qm.table_h)] + [(f"g[{t}]", g) for t, g in enumerate(qm.table_g)] + act:
         if tab.xi_bits < 1 or tab.index_shift < tab.xi_bits:
             raise ValueError(f"table {name}: xi_bits={tab.xi_bits} must be in [1, x_frac - seg_shift]")
+        if tab.x_min < tab.first_seg << tab.index_shift:
+            raise ValueError(f"table {name}: x_min={tab.x_min} lies before its first segment {tab.first_seg}")
         lo, hi = tab.coef_fmt.lo, tab.coef_fmt.hi
         if tab.coef.min() < lo or tab.coef.max() > hi:
             raise ValueError(f"table {name}: coefficient outside {tab.coef_fmt.describe()}")
+    u_channels = cfg.ntypes if cfg.env_norm is not None else 1
+    for name, tab in (("s", qm.table_s), ("h", qm.table_h)):
+        if tab.nch != u_channels:
+            raise ValueError(f"table {name} has {tab.nch} channels; this model needs {u_channels} (one per centre type "
+                             "with env_norm, else one)")
+        if tab.first_seg != 0:
+            raise ValueError(f"table {name}: first_seg={tab.first_seg}, a u-table starts at u = 0")
+    if (cfg.fit_activation == "tanh") != (qm.table_act is not None):
+        have = "present" if qm.table_act is not None else "absent"
+        raise ValueError(f"fit_activation {cfg.fit_activation!r} and the activation table ({have}) disagree: tanh "
+                         "needs the table, tanh4 has none")
+    if qm.table_act is not None and (qm.table_act.nch != 1 or qm.table_act.x_frac != qm.formats["Z"].frac):
+        raise ValueError(f"table act: {qm.table_act.nch} channels, input frac {qm.table_act.x_frac}; needs 1 channel "
+                         f"and the Z format's {qm.formats['Z'].frac} fraction bits")
     for t, g in enumerate(qm.table_g):
         if g.nch != cfg.m1:
             raise ValueError(f"table g[{t}] has {g.nch} channels, embedding width is {cfg.m1}")

@@ -14,6 +14,7 @@ import numpy as np
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
+from contract.config import require_options
 from contract.fixedpoint import Fmt
 from contract.flags import FLAG_BITS
 from contract.modelfile import QuantizedModel, Table
@@ -63,6 +64,10 @@ class Design:
         qm, k = self.qm, self.knobs
         cfg = qm.config
         self.F = qm.formats
+        try:
+            require_options(cfg, "rtl")
+        except ValueError as e:
+            raise DesignError(str(e)) from None
         widths = {len(l.W[0]) for layers in qm.fit for l in layers} | {len(layers[0].W) for layers in qm.fit}
         if len(widths) != 1:
             raise DesignError(f"the generator needs every fitting layer {cfg.descriptor_dim} wide; "

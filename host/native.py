@@ -178,8 +178,11 @@ def host_model_text(qm, pipeline: bool = False) -> str:
     floats in Python's repr, which strtod reads back exactly).  `pipeline`: also every integer of the
     fixed-point pipeline (formats, tables, fitting weights: `pipeline_*` lines, host/native/pipeline.h),
     which the cpu device computes with (about 2 MB of text for the bundled models)."""
+    from contract.config import require_options
     from contract.modelfile import content_hash
     cfg, F = qm.config, qm.formats
+    if pipeline:  # the host core's own work (neighbours, records, fold) is the same with every option
+        require_options(cfg, "cpu")
     coord = F["coord"]
     seen = qm.provenance.get("r_min", {}).get("training_min_distance") or 0.0
     lines = [

@@ -14,7 +14,7 @@ import math
 import torch
 
 from contract.fixedpoint import Fmt
-from .network import DeepPot, tanh4
+from .network import ACTIVATIONS, DeepPot
 
 
 def fake_quant(x: torch.Tensor, fmt: Fmt) -> torch.Tensor:
@@ -70,7 +70,7 @@ class QATDeepPot(DeepPot):
             for k, lin in enumerate(net.hidden):
                 W = fake_quant(lin.weight, Fmt(wbits, weight_frac(lin.weight, wbits)))
                 z = fake_quant(x @ W.T + fake_quant(lin.bias, F["Z"]), F["Z"])
-                y = fake_quant(tanh4(z), F["A"])
+                y = fake_quant(ACTIVATIONS[self.cfg.fit_activation](z), F["A"])
                 x = x + y if net.resnet(k) else y
             w = fake_quant(net.out.weight, Fmt(wbits, weight_frac(net.out.weight, wbits)))
             e = fake_quant((x @ w.T).squeeze(-1), F["E"]) + net.out.bias + self.bias_atom_e[t]

@@ -34,7 +34,7 @@ from .batch import make_batch
 from contract.config import ModelConfig, require_quantizable
 from contract.fixedpoint import Fmt, fmt_for_range
 from contract.modelfile import Layer, QuantizedModel, Table
-from .network import DeepPot, s_of_r, tanh4
+from .network import ACTIVATIONS, DeepPot, s_of_r
 
 #: Word widths per tensor (see module docstring).  Keys match `modelfile.REQUIRED_FORMATS`.
 WIDTHS = {
@@ -50,6 +50,7 @@ ACT_FRAC = 23  # s27.23 for pre-activations and activations: range +-8, tanh4 ne
 U_SEG_SHIFT = 4  # u-table segments of 1/16 Å^2
 U_XI_BITS = 17
 G_SEG_SHIFT = 10  # G-table segments of 1/1024 in s
+ACT_SEG_SHIFT = 6  # tanh-table segments of 1/64 in z: quadratic error ~ 6e-8, below the 2^-23 LSB
 TABLE_GUARD = 8  # coefficient fraction bits beyond the output's
 COEF_BITS = 27
 #: r_min = R_MIN_MARGIN x the training data's shortest distance, rounded down to R_MIN_GRID Å.
@@ -147,10 +148,37 @@ def s_and_h_of_u(u: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarra
     return s.numpy(), (s / r).numpy()
 
 
+def u_channels(cfg: ModelConfig) -> int:
+    """Channels of the u-tables: one per centre type with env_norm, else one."""
+    return cfg.ntypes if cfg.env_norm is not None else 1
+
+
+def normalise(s, h, cfg: ModelConfig):
+    """What the u-tables hold for s, h (arrays or tensors of shape (...)): (..., u_channels) each;
+    with env_norm channel t is centre type t's (s - s_avg) / s_std and h / r_std."""
+    if cfg.env_norm is None:
+        return s[..., None], h[..., None]
+    n = cfg.env_norm
+    lib = torch if isinstance(s, torch.Tensor) else np
+    a, ss, rs = (lib.asarray(n[k], dtype=lib.float64) for k in ("s_avg", "s_std", "r_std"))
+    return (s[..., None] - a) / ss, h[..., None] / rs
+
+
+def u_functions(u: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The u-tables' float functions at u (Å^2): (len(u), u_channels) each."""
+    return normalise(*s_and_h_of_u(u, cfg), cfg)
+
+
+def g_function(model: DeepPot, x, t: int):
+    """The G table of neighbour type t as a function of its input x (a tensor): the embedding of s
+    (s_mean, s_std applied) or, with env_norm, of the normalised s the u-table gave."""
+    tj = torch.full(x.shape, t, dtype=torch.long)
+    return model.embed_net_of(x, tj) if model.cfg.env_norm is not None else model.embedding(x, tj)
+
+
 def embedding_of_s(model: DeepPot, s: np.ndarray, t: int) -> np.ndarray:
     with torch.no_grad():
-        st = torch.as_tensor(s, dtype=torch.float64)
-        return model.embedding(st, torch.full(st.shape, t, dtype=torch.long)).numpy()
+        return g_function(model, torch.as_tensor(s, dtype=torch.float64), t).numpy()
 
 
 # ---- calibration -----------------------------------------------------------------------------------
@@ -167,24 +195,30 @@ def calibrate(model: DeepPot, systems, nframes: int = 8, seed: int = 0) -> dict[
         if v is not None and v.numel():
             out[name] = max(out.get(name, 0.0), float(v.detach().abs().max()))
 
+    phi = ACTIVATIONS[cfg.fit_activation]
     for item in picks:
         b = make_batch([item], cfg.rcut)
         rij = b.rij.clone().requires_grad_(True)
         tj = b.atype[b.neighbor]
+        ti = b.atype[b.center]
         u = (rij * rij).sum(-1)
         u.retain_grad()
         r = torch.sqrt(u)
-        s = s_of_r(r, cfg)
+        s_raw = s_of_r(r, cfg)
+        # s, h: what the u-tables give for each pair (its centre type's channel)
+        s, h = (v.gather(1, (ti if cfg.env_norm is not None else torch.zeros_like(ti))[:, None])[:, 0]
+                for v in normalise(s_raw, s_raw / r, cfg))
         s.retain_grad()
-        h = s / r
         h.retain_grad()
         R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
         R.retain_grad()
-        G = model.embedding(s, tj)
+        G = model.embed_net_of(s, tj) if cfg.env_norm is not None else model.embedding(s, tj)
         G.retain_grad()
         n = len(b.atype)
         outer = (R[:, :, None] * G[:, None, :]).reshape(len(R), -1)
         GR = outer.new_zeros((n, 4 * cfg.m1)).index_add(0, b.center, outer).reshape(n, 4, cfg.m1)
+        if cfg.pad_slots:
+            GR = GR + model.padding(b.center, tj, b.atype)
         GR = GR * 2.0 ** (-cfg.norm_shift)
         GR.retain_grad()
         D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]).reshape(n, -1) * 2.0 ** cfg.desc_shift
@@ -200,7 +234,7 @@ def calibrate(model: DeepPot, systems, nframes: int = 8, seed: int = 0) -> dict[
             for k, lin in enumerate(fit.hidden):
                 z = lin(x)
                 z.retain_grad()
-                y = tanh4(z)
+                y = phi(z)
                 x = x + y if fit.resnet(k) else y
                 x.retain_grad()
                 keep += [("Z", z), ("A", x)]
@@ -253,7 +287,9 @@ def make_table(coef_float: np.ndarray, x_frac: int, seg_shift: int, xi_bits: int
 def u_tables(cfg: ModelConfig, F: dict[str, Fmt]) -> tuple[Table, Table]:
     u_frac = 2 * F["coord"].frac
     du = 2.0 ** -U_SEG_SHIFT
-    nseg = math.ceil(cfg.rcut ** 2 / du)
+    # With env_norm one more segment past rcut: the normalised functions' constant continuation there
+    # (s = (0 - s_avg) / s_std, h = 0) is DeePMD's empty slot (reference.padding_products).
+    nseg = math.ceil(cfg.rcut ** 2 / du) + (1 if cfg.env_norm is not None else 0)
     left = np.arange(nseg) * du
     u_min_int = math.ceil(cfg.r_min ** 2 * 2.0 ** u_frac)
     u_min = u_min_int * 2.0 ** -u_frac
@@ -263,25 +299,30 @@ def u_tables(cfg: ModelConfig, F: dict[str, Fmt]) -> tuple[Table, Table]:
     # at u_min so their coefficients stay small.  Every other segment follows the true function.
     unread = (left + du) <= u_min
     pts = lambda x: np.where(unread, u_min, x)
-    s_l, h_l = s_and_h_of_u(pts(left), cfg)
-    s_m, h_m = s_and_h_of_u(pts(left + du / 2), cfg)
-    s_r, h_r = s_and_h_of_u(pts(left + du), cfg)
-    ts = make_table(fit_quadratics(s_l, s_m, s_r)[:, None, :], u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
+    s_l, h_l = u_functions(pts(left), cfg)
+    s_m, h_m = u_functions(pts(left + du / 2), cfg)
+    s_r, h_r = u_functions(pts(left + du), cfg)
+    ts = make_table(fit_quadratics(s_l, s_m, s_r), u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
                     F["s"], F["ds"], "s")
-    th = make_table(fit_quadratics(h_l, h_m, h_r)[:, None, :], u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
+    th = make_table(fit_quadratics(h_l, h_m, h_r), u_frac, U_SEG_SHIFT, U_XI_BITS, u_min_int,
                     F["h"], F["dh"], "h")
     return ts, th
 
 
-def g_tables(model: DeepPot, F: dict[str, Fmt], s_max: float) -> list[Table]:
+def g_tables(model: DeepPot, F: dict[str, Fmt], s_max: float, s_lo: float = 0.0) -> list[Table]:
+    """G tables over [s_lo, s_max] (s_lo < 0: a normalised s, whose table starts one segment below it)."""
     ds = 2.0 ** -G_SEG_SHIFT
-    nseg = math.ceil(s_max / ds) + 1
-    left = np.arange(nseg) * ds
+    first = math.floor(s_lo / ds) - 1 if s_lo < 0 else 0
+    nseg = math.ceil(s_max / ds) + 1 - first
+    left = (first + np.arange(nseg)) * ds
     xi_bits = F["s"].frac - G_SEG_SHIFT
+    x_min = first << (F["s"].frac - G_SEG_SHIFT)
     tables = []
     for t in range(model.cfg.ntypes):
         f = [embedding_of_s(model, x, t) for x in (left, left + ds / 2, left + ds)]
-        tables.append(make_table(fit_quadratics(*f), F["s"].frac, G_SEG_SHIFT, xi_bits, 0, F["G"], F["dG"], f"g[{t}]"))
+        tab = make_table(fit_quadratics(*f), F["s"].frac, G_SEG_SHIFT, xi_bits, x_min, F["G"], F["dG"], f"g[{t}]")
+        tab.first_seg = first
+        tables.append(tab)
     return tables
 
 
@@ -289,23 +330,26 @@ def function_ranges(model: DeepPot) -> dict[str, float]:
     """Hard bounds from the functions themselves over the tables' domains (dense grids)."""
     cfg = model.cfg
     u = np.linspace(cfg.r_min ** 2, cfg.rcut ** 2, 20001)
-    s, h = s_and_h_of_u(u, cfg)
     ut = torch.tensor(u, requires_grad=True)
     r = torch.sqrt(ut)
     sv = s_of_r(r, cfg)
-    ds, dh = (torch.autograd.grad(f.sum(), ut, retain_graph=True)[0] for f in (sv, sv / r))
-    s_max = float(s.max())
-    grid = np.linspace(0.0, s_max * 1.01, 20001)
+    s, h = normalise(sv, sv / r, cfg)  # (points, channels)
+    ds = max(float(torch.autograd.grad(s[:, c].sum(), ut, retain_graph=True)[0].abs().max()) for c in range(s.shape[1]))
+    dh = max(float(torch.autograd.grad(h[:, c].sum(), ut, retain_graph=True)[0].abs().max()) for c in range(h.shape[1]))
+    s, h, rr = s.detach().numpy(), h.detach().numpy(), r.detach().numpy()[:, None]
+    s_max, s_lo = float(s.max()), min(0.0, float(s.min()))
+    # |R_1..3| <= h r: the u-tables' h times the largest |dx| of a pair at that u
+    r_max = max(float(np.abs(s).max()), float((np.abs(h) * rr).max()))
+    grid = np.linspace(s_lo * 1.01, s_max * 1.01, 20001)
     g_max, dg_max = 0.0, 0.0
     for t in range(cfg.ntypes):
         st = torch.as_tensor(grid, dtype=torch.float64)
-        tj = torch.full(st.shape, t, dtype=torch.long)
         with torch.no_grad():
-            G, dG = torch.func.jvp(lambda x: model.embedding(x, tj), (st,), (torch.ones_like(st),))
+            G, dG = torch.func.jvp(lambda x: g_function(model, x, t), (st,), (torch.ones_like(st),))
         g_max = max(g_max, float(G.abs().max()))
         dg_max = max(dg_max, float(dG.abs().max()))
-    return {"s": s_max, "h": float(h.max()), "ds": float(ds.abs().max()), "dh": float(dh.abs().max()),
-            "R": s_max, "G": g_max, "dG": dg_max}
+    return {"s": max(s_max, -s_lo), "s_max": s_max, "s_lo": s_lo, "h": float(np.abs(h).max()), "ds": ds, "dh": dh,
+            "R": r_max, "G": g_max, "dG": dg_max}
 
 
 def choose_formats(model: DeepPot, ranges: dict[str, float]) -> dict[str, Fmt]:
@@ -377,11 +421,23 @@ def build(model: DeepPot, formats: dict[str, Fmt], provenance: dict | None = Non
     model = model_from_state(model.cfg, state)  # quantize exactly what the file stores
     ts, th = u_tables(model.cfg, formats)
     fr = function_ranges(model)
-    tg = g_tables(model, formats, fr["s"] * 1.01)
+    tg = g_tables(model, formats, fr["s_max"] * 1.01, fr["s_lo"] * 1.01)
     fit, out_w, out_wfrac, ebias = quantize_fitting(model, formats)
     return QuantizedModel(config=model.cfg, formats=formats, table_s=ts, table_h=th, table_g=tg, fit=fit,
                           out_w=out_w, out_wfrac=out_wfrac, energy_bias=ebias, float_state=state,
-                          provenance=provenance or {})
+                          provenance=provenance or {},
+                          table_act=act_table(formats) if model.cfg.fit_activation == "tanh" else None)
+
+
+def act_table(F: dict[str, Fmt]) -> Table:
+    """fit_activation "tanh": |z| -> tanh|z| over the whole Z range (|z| <= 2**(Z.bits-1-Z.frac) = 8),
+    segments of 2**-ACT_SEG_SHIFT, output and derivative in the Z format (what tanh4 gives)."""
+    z = F["Z"]
+    seg = 2.0 ** -ACT_SEG_SHIFT
+    nseg = (1 << (z.bits - 1 - z.frac + ACT_SEG_SHIFT)) + 1  # |z| = 2**(bits-1) (z = lo) is in the last one
+    left = np.arange(nseg) * seg
+    f = [np.tanh(x)[:, None] for x in (left, left + seg / 2, left + seg)]
+    return make_table(fit_quadratics(*f), z.frac, ACT_SEG_SHIFT, z.frac - ACT_SEG_SHIFT, 0, z, z, "act")
 
 
 def quantize(model: DeepPot, calib_systems, nframes: int = 8, seed: int = 0, r_min: float | None = None,
@@ -416,26 +472,27 @@ def table_errors(qm: QuantizedModel, model: DeepPot | None = None, points: int =
     u = np.unique(np.linspace(qm.table_s.x_min, int(cfg.rcut ** 2 * 2 ** u_frac), points).astype(np.int64))
     uf = u * 2.0 ** -u_frac
     r = torch.tensor(np.sqrt(uf), requires_grad=True)
-    s_ref = s_of_r(r, cfg)
-    h_ref = s_ref / r
-    # d/du = d/dr / (2r)
-    ds_ref = (torch.autograd.grad(s_ref.sum(), r, retain_graph=True)[0] / (2 * r)).detach().numpy()
-    dh_ref = (torch.autograd.grad(h_ref.sum(), r)[0] / (2 * r)).detach().numpy()
+    s0 = s_of_r(r, cfg)
+    s_ref, h_ref = normalise(s0, s0 / r, cfg)  # (points, channels)
+    # d/du = d/dr / (2r), per channel
+    d_of = lambda f: np.stack([(torch.autograd.grad(f[:, c].sum(), r, retain_graph=True)[0] / (2 * r)).detach().numpy()
+                               for c in range(f.shape[1])], axis=1)
+    ds_ref, dh_ref = d_of(s_ref), d_of(h_ref)
     for name, tab, ref, dref in (("s", qm.table_s, s_ref.detach().numpy(), ds_ref),
                                  ("h", qm.table_h, h_ref.detach().numpy(), dh_ref)):
         y, dy, *_ = table_lookup(tab, u)
-        e = np.abs(tab.out_fmt.to_float(y[:, 0]) - ref)
-        de = np.abs(tab.dout_fmt.to_float(dy[:, 0]) - dref)
+        e = np.abs(tab.out_fmt.to_float(y) - ref)
+        de = np.abs(tab.dout_fmt.to_float(dy) - dref)
         out[name] = {"max_abs": float(e.max()), "max_lsb": float(e.max() / tab.out_fmt.resolution),
                      "max_rel": float(e.max() / np.abs(ref).max())}
         out["d" + name] = {"max_abs": float(de.max()), "max_lsb": float(de.max() / tab.dout_fmt.resolution),
                            "max_rel": float(de.max() / np.abs(dref).max())}
     for t, tab in enumerate(qm.table_g):
-        s_int = np.arange(0, (tab.nseg - 1) << tab.index_shift, max(1, ((tab.nseg - 1) << tab.index_shift) // points))
+        lo, span = tab.first_seg << tab.index_shift, (tab.nseg - 1) << tab.index_shift
+        s_int = lo + np.arange(0, span, max(1, span // points))
         sf = torch.tensor(s_int * 2.0 ** -tab.x_frac)
-        tj = torch.full(sf.shape, t, dtype=torch.long)
         with torch.no_grad():
-            G, dG = torch.func.jvp(lambda x: model.embedding(x, tj), (sf,), (torch.ones_like(sf),))
+            G, dG = torch.func.jvp(lambda x: g_function(model, x, t), (sf,), (torch.ones_like(sf),))
         y, dy, *_ = table_lookup(tab, s_int)
         e = np.abs(tab.out_fmt.to_float(y) - G.numpy())
         de = np.abs(tab.dout_fmt.to_float(dy) - dG.numpy())

@@ -12,6 +12,12 @@ atoms are processed in chunks so that memory stays bounded for any system size.
 
 Accumulations are exact integer sums, so results do not depend on the order of the records; records
 may come in any order and with any mix of types, as long as no type has more records than `sel`.
+
+The model options (contract.config.OPTIONS) of imported DeePMD-kit models change three steps:
+env_norm: the u-tables have one channel per centre type (the normalised s and h of that centre type,
+so R is DeePMD's normalised row and G's input the normalised s); pad_slots: GR's sum also holds each
+atom's sel[t] - n_t empty slots, each exactly the product a record at r = rcut would give
+(`padding_products`); fit_activation "tanh": the fitting activation is a table (`activation`).
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ class _Saturation:
 def table_lookup(tab: Table, x: np.ndarray):
     """Piecewise-quadratic table: returns (y, dy/dx, below_min, past_end, saturated).
 
-    idx = x >> index_shift; xi = next xi_bits bits;  t = c xi, v = b + t, y = a + v xi (each product
+    idx = (x >> index_shift) - first_seg; xi = next xi_bits bits;  t = c xi, v = b + t, y = a + v xi (each product
     rounded back to the coefficient format); dy/dx = (b + 2t) * 2**seg_shift.
 
     Below x_min the table is constant: y = y(x_min) and dy/dx = 0, so that a force computed through it
@@ -78,7 +84,7 @@ def table_lookup(tab: Table, x: np.ndarray):
     """
     below = x < tab.x_min
     x = np.maximum(x, tab.x_min)
-    idx = x >> tab.index_shift
+    idx = (x >> tab.index_shift) - tab.first_seg
     xi = (x >> (tab.index_shift - tab.xi_bits)) & ((1 << tab.xi_bits) - 1)
     past = idx >= tab.nseg
     coef = tab.coef[np.minimum(idx, tab.nseg - 1)]  # (..., nch, 3)
@@ -108,6 +114,45 @@ def tanh4(z: np.ndarray, f: int):
     dq = shift_round(xx * (shift_round(za, 2) - 3 * (1 << (f - 2))), f)
     dphi = np.where(np.abs(z) >= two, 0, one + dq)
     return y, dphi
+
+
+def activation(qm: QuantizedModel, z: np.ndarray, f: int):
+    """The fitting activation of z (f fraction bits) and its derivative, both with f fraction bits:
+    tanh4, or for fit_activation "tanh" the odd table: sign(z) T(|z|), T'(|z|) (T = qm.table_act)."""
+    if qm.table_act is None:
+        return tanh4(z, f)
+    y, dy, _, _, _ = table_lookup(qm.table_act, np.abs(z))
+    y, dy = y[..., 0], dy[..., 0]
+    # the table's formats are the Z format (checked on load); the requantization is the identity here
+    return np.where(z < 0, -y, y), dy
+
+
+def by_centre(v: np.ndarray, ct: np.ndarray) -> np.ndarray:
+    """Channel ct[i] of v[i, ...] (a u-table lookup of atom i's records, (n, m, nch)) -> (n, m)."""
+    if v.shape[-1] == 1:
+        return v[..., 0]
+    return np.take_along_axis(v, ct[:, None, None], axis=-1)[..., 0]
+
+
+def padding_products(qm: QuantizedModel) -> np.ndarray:
+    """pad_slots: R_pad^T G_pad of one empty slot, (centre type, neighbour type, 4, M1), frac R + G.
+
+    An empty slot is what a record at the u-tables' last segment gives (their constant continuation
+    past rcut, where DeePMD's environment row is its normalised zero row): so a neighbour leaving rcut
+    becomes exactly a padding slot, as in DeePMD."""
+    cfg, F = qm.config, qm.formats
+    u_end = np.array([(qm.table_s.nseg - 1) << qm.table_s.index_shift])
+    s, _, _, _, _ = table_lookup(qm.table_s, u_end)  # (1, ntypes): one channel per centre type
+    h, _, _, _, _ = table_lookup(qm.table_h, u_end)
+    if np.any(h):
+        raise ValueError("pad_slots: the h table's last segment is not zero (a padding row has no direction)")
+    out = np.zeros((cfg.ntypes, cfg.ntypes, 4, cfg.m1), dtype=np.int64)
+    for ti in range(cfg.ntypes):
+        R0, _ = requant(s[:, ti], F["s"].frac, F["R"])
+        for tj, tab in enumerate(qm.table_g):
+            g, _, _, _, _ = table_lookup(tab, s[:, ti])
+            out[ti, tj, 0] = R0[0] * g[0]
+    return out
 
 
 # ---- the pipeline ------------------------------------------------------------------------------------
@@ -157,9 +202,9 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
     # -- stage 2: u -> s, h and their derivatives (tables) ----------------------------------------
     s, ds, below, _, sat_s = table_lookup(qm.table_s, u)
     h, dh, _, _, sat_h = table_lookup(qm.table_h, u)
-    s, ds, h, dh = s[..., 0], ds[..., 0], h[..., 0], dh[..., 0]
+    s, ds, h, dh, sat_s, sat_h = (by_centre(v, ct) for v in (s, ds, h, dh, sat_s, sat_h))
     s, ds, h, dh = s * valid, ds * valid, h * valid, dh * valid
-    sat.add((sat_s[..., 0] | sat_h[..., 0]) & valid)
+    sat.add((sat_s | sat_h) & valid)
     r_small = (below & valid).any(axis=1)
 
     # -- stage 3: environment rows R = (s, h dx, h dy, h dz) --------------------------------------------
@@ -181,6 +226,9 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
 
     # -- stage 5: GR = 2**-norm_shift sum_j R_j^T G_j ---------------------------------------------
     acc = imatmul(R.transpose(0, 2, 1), G)  # (n, 4, M1)
+    if cfg.pad_slots:
+        npad = np.asarray(cfg.sel)[None, :] - counts  # >= 0 for every atom not dropped
+        acc += np.einsum("nt,ntkc->nkc", np.where(dropped[:, None], 0, npad), padding_products(qm)[ct])
     GR = sat.rq(acc, F["R"].frac + F["G"].frac + cfg.norm_shift, F["GR"])
 
     # -- stage 6: D = 2**desc_shift GR^T GR[:, :M2] -------------------------------------------------
@@ -234,9 +282,10 @@ def _fitting(qm: QuantizedModel, t: int, x: np.ndarray, sat: _Saturation, rows: 
     cache = []
     for layer in qm.fit[t]:
         acc = imatmul(x, layer.W)
-        # Saturating z is exact: tanh4 is flat (+-1, derivative 0) far below the Z range limit.
+        # Saturating z is exact for tanh4 (flat beyond +-2, far inside the Z range); tanh at the Z
+        # bound (|z| = 8) is within 2.3e-7 of +-1, so the saturation moves it by less than 2 LSB.
         z, _ = saturate(shift_round(acc, xfrac + layer.wfrac - fz) + layer.b, F["Z"])
-        y, dphi = tanh4(z, fz)
+        y, dphi = activation(qm, z, fz)
         y = shift_round(y, fz - fa)
         x = local.rq(x + y, fa, F["A"]) if layer.resnet else y
         cache.append(dphi)

@@ -26,7 +26,7 @@ class Sat:
 def lookup(tab, x: int):
     below = x < tab.x_min
     x = max(x, tab.x_min)
-    idx = x >> tab.index_shift
+    idx = (x >> tab.index_shift) - tab.first_seg
     xi = (x >> (tab.index_shift - tab.xi_bits)) & ((1 << tab.xi_bits) - 1)
     if idx >= tab.nseg:
         return [0] * tab.nch, [0] * tab.nch, below, True, False
@@ -49,6 +49,14 @@ def tanh4(z: int, f: int):
     return (-ya if z < 0 else ya), dphi
 
 
+def activation(qm, z: int, f: int):
+    """tanh4, or with fit_activation "tanh" the table of |z|, odd."""
+    if qm.table_act is None:
+        return tanh4(z, f)
+    (y,), (dy,), _, _, _ = lookup(qm.table_act, abs(z))
+    return (-y if z < 0 else y), dy
+
+
 def atom(qm, center_type: int, records):
     """records: list of (type, dx, dy, dz) ints.  Returns (energy, [(fx, fy, fz)], flags)."""
     cfg, F = qm.config, qm.formats
@@ -60,11 +68,13 @@ def atom(qm, center_type: int, records):
         return 0, [(0, 0, 0)] * len(records), 1
     r_small = False
     pair = []
+    ch = center_type if qm.table_s.nch > 1 else 0  # env_norm: the u-tables' channel of this centre type
     for t, dx, dy, dz in records:
         d = (dx, dy, dz)
         u = dx * dx + dy * dy + dz * dz
-        (s,), (ds,), below, _, h1 = lookup(qm.table_s, u)
-        (h,), (dh,), _, _, h2 = lookup(qm.table_h, u)
+        ss, dss, below, _, h1 = lookup(qm.table_s, u)
+        hh, dhh, _, _, h2 = lookup(qm.table_h, u)
+        s, ds, h, dh = ss[ch], dss[ch], hh[ch], dhh[ch]
         sat.hit |= h1 or h2
         r_small |= below
         R = [sat(s, F["s"].frac, F["R"])] + [sat(h * c, F["h"].frac + F["coord"].frac, F["R"]) for c in d]
@@ -72,8 +82,16 @@ def atom(qm, center_type: int, records):
         sat.hit |= h3 or past
         pair.append((d, s, ds, h, dh, R, G, dG))
     m1, m2, ns = cfg.m1, cfg.axis_neurons, cfg.norm_shift
-    GR = [[sat(sum(p[5][k] * p[6][c] for p in pair), F["R"].frac + F["G"].frac + ns, F["GR"]) for c in range(m1)]
-          for k in range(4)]
+    acc = [[sum(p[5][k] * p[6][c] for p in pair) for c in range(m1)] for k in range(4)]
+    if cfg.pad_slots:  # each empty slot: the row a record at the u-tables' last segment has (h = 0 there)
+        u_end = (qm.table_s.nseg - 1) << qm.table_s.index_shift
+        s_pad = lookup(qm.table_s, u_end)[0][ch]
+        R0 = Sat()(s_pad, F["s"].frac, F["R"])
+        for t in range(cfg.ntypes):
+            G = lookup(qm.table_g[t], s_pad)[0]
+            for c in range(m1):
+                acc[0][c] += (cfg.sel[t] - counts[t]) * R0 * G[c]
+    GR = [[sat(acc[k][c], F["R"].frac + F["G"].frac + ns, F["GR"]) for c in range(m1)] for k in range(4)]
     D = [sat(sum(GR[k][a] * GR[k][b] for k in range(4)), 2 * F["GR"].frac - cfg.desc_shift, F["D"])
          for a in range(m1) for b in range(m2)]
     # fitting forward
@@ -85,7 +103,7 @@ def atom(qm, center_type: int, records):
             acc = sum(x[j] * int(layer.W[j, k]) for j in range(len(x)))
             z = rnd(acc, xfrac + layer.wfrac - fz) + int(layer.b[k])
             z = min(max(z, F["Z"].lo), F["Z"].hi)
-            y, dphi = tanh4(z, fz)
+            y, dphi = activation(qm, z, fz)
             ys.append(rnd(y, fz - fa))
             zs.append(dphi)
         x = [sat(a + b, fa, F["A"]) for a, b in zip(x, ys)] if layer.resnet else ys
