@@ -180,6 +180,8 @@ def cmd_info(args):
     else:
         print("neighbours within rcut: not recorded (gen build's throughput estimate then needs --neighbours N)")
     print(f"norm_shift {cfg.norm_shift}  desc_shift {cfg.desc_shift}")
+    opts = cfg.options()
+    print("options: " + (", ".join(f"{k} {v}" for k, v in opts.items()) if opts else "none"))
     print("formats: " + "  ".join(f"{k}={v.describe()}" for k, v in sorted(qm.formats.items())))
     for name, t in [("s(u)", qm.table_s), ("h(u)", qm.table_h)] + [(f"G[{cfg.type_map[k]}](s)", g)
                                                                   for k, g in enumerate(qm.table_g)]:
@@ -213,7 +215,11 @@ def provenance_lines(prov: dict) -> list[str]:
             if r and "rmse_e" in r and "rmse_f" in r:
                 lines.append(f"  {name:<22} energy RMSE {r['rmse_e'] * 1e3:.2f} meV/atom, force RMSE "
                              f"{r['rmse_f'] * 1e3:.1f} meV/Å on {r.get('frames')} validation frames")
-    other = sorted(set(prov) - {"data", "quantization", "r_min", "neighbors"})
+    imp = prov.get("import")
+    if imp:
+        lines.append(f"imported from {imp.get('source')} (sha256 {imp.get('sha256')}): DeePMD-kit {imp.get('descriptor')}, "
+                     f"model version {imp.get('model_version')}; {imp.get('folded')}")
+    other = sorted(set(prov) - {"data", "quantization", "r_min", "neighbors", "import"})
     if other:
         lines.append(f"provenance also records: {', '.join(other)} (--json prints them)")
     if not prov:

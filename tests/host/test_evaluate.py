@@ -240,3 +240,22 @@ def test_atoms_without_neighbours_and_close_pairs_on_the_rtl_device():
         r = Evaluator(qm, dev, allow_below_rmin=True).compute(pos, None, False, types)
     assert ref.below_rmin_records == r.below_rmin_records == 2
     assert_exact(r, ref)
+
+
+@pytest.mark.parametrize("native", [False, True])
+@pytest.mark.parametrize("chunk, lanes", [(1, 1), (13, 3), (4096, 2)])
+def test_imported_deepmd_model_through_the_host_equals_assembly(native, chunk, lanes):
+    """A quantized DeePMD-kit import (options env_norm, pad_slots, fit_activation tanh): the Python and the
+    native host with the reference device give exactly model.assembly.compute's integers."""
+    from deepmd_graph import imported_qm
+    from host import native as native_core
+    if native and not native_core.available():
+        pytest.skip(f"native host core not available: {native_core.why_not()}")
+    qm, _ = imported_qm()
+    assert qm.config.options().keys() == {"env_norm", "pad_slots", "fit_activation"}
+    pos, cell, types = random_structure(natoms=30, box=9.0, dmin=2.0, seed=23)
+    ref = compute(qm, pos, cell, True, types)
+    with open_device("reference", qm, lanes=lanes) as dev:
+        r = Evaluator(qm, dev, chunk_atoms=chunk, native=native).compute(pos, cell, True, types)
+    assert_exact(r, ref)
+    np.testing.assert_array_equal(r.atomic_energies, ref.atomic_energies)
