@@ -135,7 +135,7 @@ OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_nor
 #: (`require_options`) rather than computing that model without it.
 IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "reference": frozenset(OPTIONS),
-    "rtl": frozenset(),  # gen/: the generated pipeline (rtl and xdma devices)
+    "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
     "cpu": frozenset(),  # host/native/cpu.cpp: the cpu device
 }
 

@@ -271,13 +271,21 @@ def fit_quadratics(f_left: np.ndarray, f_mid: np.ndarray, f_right: np.ndarray):
     return np.stack([a, b, c], axis=-1)
 
 
-def make_table(coef_float: np.ndarray, x_frac: int, seg_shift: int, xi_bits: int, x_min: int,
-               out_fmt: Fmt, dout_fmt: Fmt, name: str) -> Table:
-    """Quantize float coefficients (nseg, nch, 3) into a Table with a coefficient format that fits."""
+def coef_frac(coef_float: np.ndarray, seg_shift: int, out_fmt: Fmt, dout_fmt: Fmt) -> int:
+    """Fraction bits of a table's coefficients: TABLE_GUARD beyond the output's (and enough for the
+    derivative), fewer where the largest coefficient would not fit COEF_BITS."""
     frac = max(out_fmt.frac + TABLE_GUARD, dout_fmt.frac + seg_shift + 2)
     m = float(np.abs(coef_float).max())
     while frac > 0 and m * 2.0 ** frac >= 2 ** (COEF_BITS - 1) - 1:
         frac -= 1
+    return frac
+
+
+def make_table(coef_float: np.ndarray, x_frac: int, seg_shift: int, xi_bits: int, x_min: int,
+               out_fmt: Fmt, dout_fmt: Fmt, name: str, frac: int | None = None) -> Table:
+    """Quantize float coefficients (nseg, nch, 3) into a Table with a coefficient format that fits
+    (`frac`: a given number of fraction bits, which must fit)."""
+    frac = coef_frac(coef_float, seg_shift, out_fmt, dout_fmt) if frac is None else frac
     cf = Fmt(COEF_BITS, frac)
     return Table(x_frac=x_frac, seg_shift=seg_shift, xi_bits=xi_bits, x_min=x_min,
                  coef=cf.quantize(coef_float, f"table {name} coefficients"), coef_fmt=cf,
@@ -317,10 +325,13 @@ def g_tables(model: DeepPot, F: dict[str, Fmt], s_max: float, s_lo: float = 0.0)
     left = (first + np.arange(nseg)) * ds
     xi_bits = F["s"].frac - G_SEG_SHIFT
     x_min = first << (F["s"].frac - G_SEG_SHIFT)
+    coefs = [fit_quadratics(*(embedding_of_s(model, x, t) for x in (left, left + ds / 2, left + ds)))
+             for t in range(model.cfg.ntypes)]
+    # one coefficient format for every neighbour type: the generator's G ROM holds them side by side
+    frac = min(coef_frac(c, G_SEG_SHIFT, F["G"], F["dG"]) for c in coefs)
     tables = []
-    for t in range(model.cfg.ntypes):
-        f = [embedding_of_s(model, x, t) for x in (left, left + ds / 2, left + ds)]
-        tab = make_table(fit_quadratics(*f), F["s"].frac, G_SEG_SHIFT, xi_bits, x_min, F["G"], F["dG"], f"g[{t}]")
+    for t, c in enumerate(coefs):
+        tab = make_table(c, F["s"].frac, G_SEG_SHIFT, xi_bits, x_min, F["G"], F["dG"], f"g[{t}]", frac)
         tab.first_seg = first
         tables.append(tab)
     return tables

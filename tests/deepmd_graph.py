@@ -94,14 +94,15 @@ def small_se_a(seed: int = 0, sel=(9, 8), emb=(2, 4), axis=2, fit=(6, 6), activa
 
 @functools.lru_cache(maxsize=None)
 def imported_qm(activation: str = "tanh"):
-    """A small imported se_a model, quantized (calibrated on random structures), and its float model."""
+    """A small imported se_a model, quantized (calibrated on random structures), and its float model.
+    Fitting layers as wide as the descriptor (4 x 2), as the generator needs."""
     import tempfile
     from pathlib import Path
     from model.deepmd import import_graph
     from model.quantize import quantize
     from support import as_system
     with tempfile.TemporaryDirectory() as d:
-        model, prov = import_graph(write_graph(Path(d) / "m.pb", small_se_a(seed=7, sel=(16, 16), activation=activation)))
+        model, prov = import_graph(write_graph(Path(d) / "m.pb", small_se_a(seed=7, sel=(16, 16), fit=(8, 8), activation=activation)))
     systems = [as_system(*random_structure(natoms=30, box=9.0, dmin=2.0, seed=k), type_map=("A", "B")) for k in range(2)]
     qm = quantize(model, systems, nframes=2)
     qm.provenance.update(prov)

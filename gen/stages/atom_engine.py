@@ -200,6 +200,60 @@ class Tanh4(wiring.Component):
         return m
 
 
+class TanhTable(wiring.Component):
+    """fit_activation "tanh": y = sign(z) T(|z|), phi' = T'(|z|) from the model's act table
+    (model.reference.activation), with Tanh4's interface and its 3 register stages.
+
+    Stage 1: |z| split into segment and xi, the ROM row read (registered).  Stage 2: t = round(c xi).
+    Stage 3: y' = a + round((b + t) xi), dy' = b + 2t, both requantized to their formats, y signed."""
+
+    LATENCY = 3
+
+    def __init__(self, fmt, tab):
+        self.fmt, self.tab = fmt, tab
+        super().__init__({"z": In(signed(fmt.bits)), "y": Out(signed(fmt.bits)), "dphi": Out(signed(fmt.bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        tab = self.tab
+        bits = tab.coef_fmt.bits
+        rows = []
+        for seg in range(tab.nseg):
+            a, b, c = (int(v) & ((1 << bits) - 1) for v in tab.coef[seg, 0])
+            rows.append(a | b << bits | c << 2 * bits)
+        rom = Memory(shape=3 * bits, depth=tab.nseg, init=rows)
+        m.submodules.rom = rom
+        rp = rom.read_port()  # registered data: stage 1
+        absz = Signal(unsigned(self.fmt.bits))  # |z| <= 2**(bits-1): the Z format's lo included
+        m.d.comb += absz.eq(Mux(self.z < 0, -self.z, self.z))
+        idx = absz >> tab.index_shift  # x_min = 0, first_seg = 0, nseg covers every |z| (checked)
+        m.d.comb += [rp.addr.eq(idx), rp.en.eq(1)]
+        xi1, neg1 = Signal(unsigned(tab.xi_bits)), Signal()
+        m.d.sync += [xi1.eq((absz >> (tab.index_shift - tab.xi_bits))[: tab.xi_bits]), neg1.eq(self.z < 0)]
+        a1, b1, c1 = (rp.data[i * bits:(i + 1) * bits].as_signed() for i in range(3))
+        xis = Signal(signed(tab.xi_bits + 1))
+        m.d.comb += xis.eq(xi1)
+        a2, b2, t2 = Signal(signed(bits)), Signal(signed(bits)), Signal(signed(bits + 1))
+        xi2, neg2 = Signal(signed(tab.xi_bits + 1)), Signal()
+        m.d.sync += [a2.eq(a1), b2.eq(b1), t2.eq(shift_round(c1 * xis, tab.xi_bits)), xi2.eq(xis), neg2.eq(neg1)]
+        y, _ = requant(m, a2 + shift_round((b2 + t2) * xi2, tab.xi_bits), tab.coef_fmt.frac, tab.out_fmt)
+        dy, _ = requant(m, b2 + 2 * t2, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt)
+        m.d.sync += [self.y.eq(Mux(neg2, -y, y)), self.dphi.eq(dy)]
+        return m
+
+
+def activation_unit(design):
+    """The fitting activation of the design's model: Tanh4, or the tanh table (fit_activation "tanh")."""
+    F, tab = design.F, design.qm.table_act
+    if tab is None:
+        return Tanh4(F["Z"])
+    if (tab.nseg - 1) << tab.index_shift < 1 << (F["Z"].bits - 1) or tab.x_min or tab.first_seg or tab.nch != 1:
+        raise ValueError("the act table must start at 0 and cover every |z| of the Z format in one channel")
+    if tab.out_fmt != F["Z"] or tab.dout_fmt != F["Z"]:
+        raise ValueError("the act table's output formats must be the Z format")
+    return TanhTable(F["Z"], tab)
+
+
 # ---------------------------------------------------------------------------------------------------
 class FittingEngine(wiring.Component):
     """Forward layers, energy and backward layers of the centre type's fitting net for one atom.
@@ -443,8 +497,9 @@ class FittingEngine(wiring.Component):
         element = {stage: pipe.tag[stage].s * mp + i for stage in ("grad", "delta", "write")}
 
         z, energy, back, sat_requant = self._requantize(m, i, pipe, seq, dot, bias)
-        # tanh4 takes z through grad, delta and write; back and energy wait alongside.
-        tanh = Tanh4(F["Z"])
+        # the activation (tanh4 or the tanh table, 3 stages) takes z through grad, delta and write; back and
+        # energy wait alongside.
+        tanh = activation_unit(d)
         m.submodules[f"tanh4_{i}"] = tanh
         m.d.comb += tanh.z.eq(z)
         back_at = _delay(m, back, ("grad", "delta", "write"), f"back_{i}")

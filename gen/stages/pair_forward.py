@@ -38,25 +38,32 @@ class RadialTable(SlotStage):
     """u -> s, h = s/r, ds/du, dh/du from one ROM (both functions share the segment geometry).
 
     Pairs with u < r_min^2 are clamped and marked `below`; u beyond the last segment (r >= rcut) gives
-    zeros.  Latency 4 (table.LATENCY)."""
+    zeros.  With the env_norm option the tables have one channel per centre type: the ROM holds one
+    block of rows per centre type, addressed by the atom's ctype.  Latency 4 (table.LATENCY)."""
 
     latency = table.LATENCY
 
     def __init__(self, design):
         super().__init__(design, layouts.geometry_slot(design), layouts.radial_slot(design))
         ts, th = design.qm.table_s, design.qm.table_h
-        geom = lambda t: (t.x_frac, t.seg_shift, t.xi_bits, t.x_min, t.nseg, t.coef_fmt.bits)
+        geom = lambda t: (t.x_frac, t.seg_shift, t.xi_bits, t.x_min, t.nseg, t.nch, t.coef_fmt.bits)
         if geom(ts) != geom(th):
             raise ValueError("s and h tables must share their segment geometry")
-        self.rom_table = dataclasses.replace(ts, coef=np.concatenate([ts.coef, th.coef], axis=1))
+        # one (s, h) table per u-table channel (per centre type with env_norm, else one)
+        self.rom_tables = [dataclasses.replace(ts, coef=np.concatenate([ts.coef[:, c:c + 1], th.coef[:, c:c + 1]], axis=1))
+                           for c in range(ts.nch)]
 
     def slot_datapath(self, m, slot, lane, out):
         qm = self.design.qm
         if lane == 0:
-            self.mem = table.table_rom(m, self.design, [self.rom_table], "rom")
+            self.mem = table.table_rom(m, self.design, self.rom_tables, "rom")
         chans = [(qm.table_s, qm.table_s.out_fmt, qm.table_s.dout_fmt),
                  (qm.table_h, qm.table_h.out_fmt, qm.table_h.dout_fmt)]
-        outs, below, past, sat = table.evaluate(self, m, self.mem, self.rom_table, slot.u, channels=chans)
+        n = len(self.rom_tables)
+        ctype = self.i.payload.atom.ctype
+        block = Mux(ctype < n, ctype, 0) if n > 1 else 0  # a bad ctype drops the atom downstream
+        outs, below, past, sat = table.evaluate(self, m, self.mem, self.rom_tables[0], slot.u, type_index=block,
+                                                channels=chans)
         (sv, dsv), (hv, dhv) = outs
         valid = self.delay(slot.valid, self.latency)
         m.d.comb += [out.valid.eq(valid), out.type.eq(self.delay(slot.type, self.latency)),

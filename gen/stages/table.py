@@ -47,7 +47,7 @@ def evaluate(stage, m, mem: Memory, tab: Table, x, type_index=0, nseg=None, chan
     x_min = Const(tab.x_min)
     below = x < x_min
     xc = Mux(below, x_min, x)
-    idx = (xc >> tab.index_shift)
+    idx = (xc >> tab.index_shift) - tab.first_seg  # >= 0: xc >= x_min >= first_seg's first input
     xi = (xc >> (tab.index_shift - tab.xi_bits))[: tab.xi_bits]
     past = idx >= nseg
     addr = Mux(past, nseg - 1, idx[: max(1, (nseg - 1).bit_length())]) + type_index * nseg

@@ -21,8 +21,8 @@ MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 CONFIGS = {"L1": Knobs(lanes=1, fit_par=4, desc_par=4), "L2E2": Knobs(lanes=2, fit_par=4, desc_par=4, engines=2)}
 
 
-def simulate(knobs, case: cases.Case, idle: float, backpressure: float, seed: int):
-    dut = Pipeline(Design(tiny_qm(), knobs))
+def simulate(knobs, case: cases.Case, idle: float, backpressure: float, seed: int, qm=None):
+    dut = Pipeline(Design(qm or tiny_qm(), knobs))
     lanes = knobs.lanes
     beats = [sum(int(w) << (64 * l) for l, w in enumerate(b)) for b in case.beats]
     n_heads = case.n_atoms
@@ -117,3 +117,16 @@ def test_gete_frame_atoms():
     knobs = CONFIGS["L2E2"]
     case = cases.gete_atoms(tiny_qm(), knobs.lanes, n_atoms=3)
     check(simulate(knobs, case, 0.2, 0.3, 5)[0], case)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "tanh4"])
+def test_imported_deepmd_model(activation):
+    """A quantized DeePMD-kit import (env_norm: u-tables per centre type, G tables below zero; pad_slots;
+    fit_activation tanh: the act table) == the reference: random atoms, edge records (exactly sel, at
+    the cutoff, below r_min), stream errors, with backpressure."""
+    from deepmd_graph import imported_qm
+    qm, _ = imported_qm(activation)
+    case = cases.concat([cases.random_atoms(qm, 1, 3, n_atoms=3), cases.edge_atoms(qm, 1, 3),
+                         cases.stream_errors(qm, 1, 3)])
+    result, _ = simulate(Knobs(lanes=1, fit_par=4, desc_par=2), case, 0.1, 0.3, seed=3, qm=qm)
+    check(result, case)

@@ -24,21 +24,24 @@ class Sat:
 
 
 def lookup(tab, x: int):
+    """(values, slopes, below, past, saturated): values, slopes and saturation per channel."""
     below = x < tab.x_min
     x = max(x, tab.x_min)
     idx = (x >> tab.index_shift) - tab.first_seg
     xi = (x >> (tab.index_shift - tab.xi_bits)) & ((1 << tab.xi_bits) - 1)
     if idx >= tab.nseg:
-        return [0] * tab.nch, [0] * tab.nch, below, True, False
-    ys, dys, sat = [], [], Sat()
+        return [0] * tab.nch, [0] * tab.nch, below, True, [False] * tab.nch
+    ys, dys, sats = [], [], []
     for ch in range(tab.nch):
+        sat = Sat()
         a, b, c = (int(v) for v in tab.coef[idx, ch])
         t = rnd(c * xi, tab.xi_bits)
         y = a + rnd((b + t) * xi, tab.xi_bits)
         ys.append(sat(y, tab.coef_fmt.frac, tab.out_fmt))
         # below x_min the table is constant: no slope (and no saturation of a slope that is not used)
         dys.append(0 if below else sat(b + 2 * t, tab.coef_fmt.frac - tab.seg_shift, tab.dout_fmt))
-    return ys, dys, below, False, sat.hit
+        sats.append(sat.hit)
+    return ys, dys, below, False, sats
 
 
 def tanh4(z: int, f: int):
@@ -75,11 +78,11 @@ def atom(qm, center_type: int, records):
         ss, dss, below, _, h1 = lookup(qm.table_s, u)
         hh, dhh, _, _, h2 = lookup(qm.table_h, u)
         s, ds, h, dh = ss[ch], dss[ch], hh[ch], dhh[ch]
-        sat.hit |= h1 or h2
+        sat.hit |= h1[ch] or h2[ch]  # only this centre type's channel is the atom's
         r_small |= below
         R = [sat(s, F["s"].frac, F["R"])] + [sat(h * c, F["h"].frac + F["coord"].frac, F["R"]) for c in d]
         G, dG, _, past, h3 = lookup(qm.table_g[t], s)
-        sat.hit |= h3 or past
+        sat.hit |= any(h3) or past
         pair.append((d, s, ds, h, dh, R, G, dG))
     m1, m2, ns = cfg.m1, cfg.axis_neurons, cfg.norm_shift
     acc = [[sum(p[5][k] * p[6][c] for p in pair) for c in range(m1)] for k in range(4)]

@@ -336,12 +336,15 @@ def test_quantized_import_file_round_trip(tmp_path):
     assert not set(OPTIONS) & set(plain["config"])
 
 
-def test_implementations_without_the_options_refuse_the_model():
+def test_implementations_without_the_options_refuse_the_model(monkeypatch):
+    from contract import config
     from gen.ir import Design, DesignError, Knobs
     from host.native import host_model_text
     qm, _ = imported_qm()
-    with pytest.raises(DesignError, match="rtl implementation does not compute .*env_norm, pad_slots"):
-        Design(qm, Knobs())
+    Design(qm, Knobs(fit_par=4, desc_par=2))  # the generator computes them (tests/gen/test_pipeline.py)
+    monkeypatch.setitem(config.IMPLEMENTED_OPTIONS, "rtl", frozenset({"env_norm"}))
+    with pytest.raises(DesignError, match="rtl implementation does not compute .*pad_slots=True, fit_activation"):
+        Design(qm, Knobs(fit_par=4, desc_par=2))
     with pytest.raises(ValueError, match="cpu implementation does not compute"):
         host_model_text(qm, pipeline=True)
     assert host_model_text(qm).startswith("dpfpga-host-model")  # the host core itself needs no option

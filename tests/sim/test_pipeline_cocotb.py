@@ -71,3 +71,34 @@ def test_gete_frame(sim, verilog):
     require_shared(GETE_216)
     case = cases.gete_atoms(tiny_qm(), 1, n_atoms=4)
     run_case(sim, verilog, case, "gete-frame0", 0.1, 0.2, 4)
+
+
+@pytest.mark.verilator
+def test_imported_deepmd_model_verilator():
+    """A quantized DeePMD-kit import (options env_norm, pad_slots, fit_activation tanh): the Verilog under
+    cocotb on Verilator == the reference (random atoms, edge records, stream errors; idle, backpressure)."""
+    from deepmd_graph import imported_qm
+    qm, _ = imported_qm()
+    verilog = runner.pipeline_verilog(qm, Knobs(lanes=1, fit_par=4, desc_par=2))
+    case = cases.concat([cases.random_atoms(qm, 1, 5, n_atoms=3), cases.edge_atoms(qm, 1, 5),
+                         cases.stream_errors(qm, 1, 5)])
+    run_case("verilator", verilog, case, "imported-deepmd-mixed", 0.2, 0.3, seed=5)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.verilator
+def test_group_model_import_on_gete_atoms_verilator():
+    """The seed group's GeTe model, imported and quantized (calibration: two AIMD systems), on atoms of a
+    216-atom AIMD frame: the Verilog == the reference.  Slow: its G ROMs hold 7,274 segments x 32 channels
+    per neighbour type (the normalised s reaches 7.3)."""
+    from model.data import load_systems
+    from model.deepmd import import_graph
+    from model.quantize import quantize
+    pb = require_shared(GETE_216.parents[1] / "nvnmd-models" / "deepmd-GeTe-float.pb")
+    require_shared(GETE_216)
+    model, _ = import_graph(pb)
+    qm = quantize(model, load_systems([GETE_216 / "s3-quench-300K/temp-500K", GETE_216 / "s2-melt-1000K/temp-1200K"]),
+                  nframes=4)
+    verilog = runner.pipeline_verilog(qm, Knobs(lanes=1, fit_par=8, desc_par=8))
+    run_case("verilator", verilog, cases.gete_atoms(qm, 1, n_atoms=3), "group-import-gete", 0.1, 0.2, 6)
