@@ -5,10 +5,15 @@
  * Every value is an integer of the model file (contract/modelfile.py QuantizedModel), unchanged:
  *
  *   pipeline_config M1 M2 NORM_SHIFT DESC_SHIFT
+ *   pipeline_options NAME...                           the model's options, only when it has any
+ *                                                      (contract.config.OPTIONS; cpu_options.h)
  *   pipeline_format NAME BITS FRAC SIGNED              one per format (coord, s, h, R, G, ..., F)
  *   pipeline_table NAME X_FRAC SEG_SHIFT XI_BITS X_MIN NSEG NCH  COEF OUT DOUT (each BITS FRAC SIGNED)
  *   pipeline_table_coef NAME C...                      NSEG * NCH * 3 values, (segment, channel, a b c)
- *                                                      NAME: s, h, g0, g1, ... (per neighbour type)
+ *                                                      NAME: s, h, g0, g1, ... (per neighbour type),
+ *                                                      act (fit_activation tanh)
+ *   pipeline_table_first_seg NAME K                    the table's first segment, when not 0
+ *   pipeline_pad CT T V...                             pad_slots: M1 values, an empty slot's product
  *   pipeline_layer T K N_IN N_OUT WFRAC RESNET         fitting layer K of centre type T
  *   pipeline_layer_w T K W...                          N_IN * N_OUT values, row-major (in, out)
  *   pipeline_layer_b T K B...                          N_OUT values, format Z
@@ -43,7 +48,7 @@ struct PipelineFormat {
 struct PipelineTable {
   bool given = false;
   int x_frac = 0, seg_shift = 0, xi_bits = 0, nseg = 0, nch = 0;
-  int64_t x_min = 0;
+  int64_t x_min = 0, first_seg = 0;
   PipelineFormat coef, out, dout;
   std::vector<int64_t> values;  // nseg * nch * 3: (segment, channel, a b c)
 };
@@ -66,6 +71,8 @@ struct PipelineConstants {
   std::vector<std::vector<int64_t>> out_w;      // [centre type]
   std::vector<int> out_wfrac;
   std::vector<bool> out_given;
+  std::vector<std::string> options;  // pipeline_options: a model with any runs on cpu_options.h's path
+  std::vector<int64_t> pad;          // pipeline_pad: [centre type][neighbour type][M1], frac R + G
 };
 
 /* One `pipeline_*` line of the host model text (its key already read from `values`) into `p`;
