@@ -136,7 +136,7 @@ OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_nor
 IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "reference": frozenset(OPTIONS),
     "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
-    "cpu": frozenset(),  # host/native/cpu.cpp: the cpu device
+    "cpu": frozenset(OPTIONS),  # host/native: the cpu device (models with options: cpu_options.cpp)
 }
 
 

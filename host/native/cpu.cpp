@@ -26,6 +26,7 @@
  * `cpu:generic,int64`, computes stages 6 and 9 in int64 for every atom: a cross-check, same words). */
 #include "dpfpga/devices.h"
 #include "dpfpga/wire.h"
+#include "cpu_options.h"
 #include "pipeline.h"
 
 #include <sched.h>
@@ -165,6 +166,21 @@ void parse_pipeline_line(PipelineConstants &p, const std::string &key, std::istr
     p.out_w[size_t(t)] = std::move(w);
     p.out_wfrac[size_t(t)] = wfrac;
     p.out_given[size_t(t)] = true;
+  } else if (key == "pipeline_options") {
+    for (std::string o; in >> o;) p.options.push_back(o);
+  } else if (key == "pipeline_table_first_seg") {
+    std::string name;
+    if (!(in >> name)) throw text_error(line, "missing table name");
+    auto it = p.tables.find(name);
+    if (it == p.tables.end() || !it->second.given) throw text_error(line, "first_seg before its table's line");
+    it->second.first_seg = read_one<int64_t>(in, line, "first_seg");
+  } else if (key == "pipeline_pad") {
+    const int ct = read_one<int>(in, line, "centre type"), t = read_one<int>(in, line, "neighbour type");
+    if (!p.config_given || ct < 0 || t < 0 || ct > 15 || t > 15) throw text_error(line, "pad before pipeline_config, or type out of range");
+    const std::vector<int64_t> v = read_values(in, line, size_t(p.m1));
+    const size_t at = (size_t(ct) * 16 + size_t(t)) * size_t(p.m1);  // compacted to ntypes by OptionsPipeline
+    if (p.pad.size() < at + size_t(p.m1)) p.pad.resize(at + size_t(p.m1));
+    std::copy(v.begin(), v.end(), p.pad.begin() + long(at));
   } else {
     throw Error(ErrorKind::Model, "host model text: unknown key '" + key + "'");
   }
@@ -389,6 +405,7 @@ class CpuModel {
   std::vector<std::vector<double>> g0;      // per centre type: rq(out_w) to GA, the backward pass's start
   std::vector<uint8_t> g0_sat;              // ... and whether that saturated (every atom of the type)
   int k_d = 0, k_dgr = 0;  // stages 6 and 9 in int64 (for atoms the float64 paths cannot take)
+  std::unique_ptr<OptionsPipeline> options;  // a model with options: its scalar path, not the kernels
 
   /* int64_stages: stages 6 and 9 in int64 for every atom (spec `cpu:int64`), not float64 where exact. */
   explicit CpuModel(const HostModel &hm, bool int64_stages = false);
@@ -479,6 +496,10 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   sel = hm.sel;
   sum_sel = hm.sum_sel();
   need(p.config_given, "pipeline_config missing");
+  if (!p.options.empty()) {  // the model's options (cpu_options.h): its scalar path checks what it needs
+    options = std::make_unique<OptionsPipeline>(hm.pipeline, sel);
+    return;
+  }
   m1 = p.m1, m2 = p.m2;
   need(m1 >= 1 && m1 <= MAX_M1 && m1 % 4 == 0, "embedding width M1 = " + std::to_string(m1) +
                                                    " (the cpu device takes multiples of 4 up to " +
@@ -867,6 +888,17 @@ class CpuDevice : public Device {
     auto [words, n_atoms] = std::move(queue_.front());
     queue_.pop_front();
     decode(words, n_atoms);
+    if (m_.options) {  // a model with options: one atom at a time on the scalar path (cpu_options.h)
+      order_.clear();
+      for (size_t i = 0; i < a_.header.size(); i++)
+        if (a_.state[i] == LIVE) order_.push_back(i);
+      pool_.run(order_.size(), [&](size_t q, int) {
+        const size_t i = order_[q];
+        m_.options->atom(int(w::input_header::CTYPE.get(a_.header[i])), &a_.rec[a_.start[i]],
+                         a_.start[i + 1] - a_.start[i], a_.energy[i], &a_.out[a_.start[i]], a_.flags[i]);
+      });
+      return encode();
+    }
     // Batches of one centre type each: a batch's fitting GEMMs then have up to BATCH_ATOMS rows, not
     // two parts of it, each padded to GEMM_ROWS.
     order_.clear();

@@ -7,7 +7,9 @@
 #include "dpfpga/wire.h"
 
 #include <algorithm>
+#include <memory>
 #include <string>
+#include <utility>
 
 namespace dpfpga {
 
@@ -86,9 +88,10 @@ void tanh4(int64_t z, int f, int64_t &y, int64_t &dphi)
 
 }  // namespace
 
-OptionsPipeline::OptionsPipeline(const PipelineConstants &p, const std::vector<int> &sel)
-    : p_(p), sel_(sel), ntypes_(int(sel.size())), m1_(p.m1), m2_(p.m2)
+OptionsPipeline::OptionsPipeline(std::shared_ptr<const PipelineConstants> keep, const std::vector<int> &sel)
+    : keep_(std::move(keep)), p_(*keep_), sel_(sel), ntypes_(int(sel.size())), m1_(p_.m1), m2_(p_.m2)
 {
+  const PipelineConstants &p = p_;
   auto need = [](bool ok, const std::string &why) {
     if (!ok) throw Error(ErrorKind::Model, "cpu device (model options): " + why);
   };
@@ -116,7 +119,14 @@ OptionsPipeline::OptionsPipeline(const PipelineConstants &p, const std::vector<i
   const bool tanh = std::find(p.options.begin(), p.options.end(), "fit_activation") != p.options.end();
   if (tanh) act_ = table("act", 1);
   const bool pad = std::find(p.options.begin(), p.options.end(), "pad_slots") != p.options.end();
-  need(!pad || p.pad.size() == size_t(ntypes_ * ntypes_ * m1_), "pad_slots without every pipeline_pad line");
+  if (pad) {  // the text's pad lines, [16][16][M1] as read, compacted to [ntypes][ntypes][M1]
+    const size_t m = size_t(m1_);
+    need(p.pad.size() >= ((size_t(ntypes_) - 1) * 16 + size_t(ntypes_)) * m, "pad_slots without its pipeline_pad lines");
+    for (int ct = 0; ct < ntypes_; ct++)
+      for (int t = 0; t < ntypes_; t++)
+        pad_.insert(pad_.end(), p.pad.begin() + long((size_t(ct) * 16 + size_t(t)) * m),
+                    p.pad.begin() + long((size_t(ct) * 16 + size_t(t) + 1) * m));
+  }
   need(p.fit.size() == size_t(ntypes_) && p.out_w.size() == size_t(ntypes_), "fitting nets missing");
   for (int t = 0; t < ntypes_; t++) {
     int n_in = m1_ * m2_;
@@ -174,9 +184,9 @@ void OptionsPipeline::atom(int ctype, const uint64_t *rec, size_t n, int64_t &en
     for (int c = 0; c < m1; c++) {
       i128 acc = 0;
       for (size_t j = 0; j < n; j++) acc += i128(R[4 * j + size_t(k)]) * G[size_t(m1) * j + size_t(c)];
-      if (k == 0 && !p_.pad.empty())
+      if (k == 0 && !pad_.empty())
         for (int t = 0; t < ntypes_; t++)
-          acc += i128(sel_[size_t(t)] - counts[size_t(t)]) * p_.pad[(size_t(ctype) * size_t(ntypes_) + size_t(t)) * size_t(m1) + size_t(c)];
+          acc += i128(sel_[size_t(t)] - counts[size_t(t)]) * pad_[(size_t(ctype) * size_t(ntypes_) + size_t(t)) * size_t(m1) + size_t(c)];
       GR[size_t(k * m1 + c)] = sat(acc, f_R.frac + f_G.frac + ns, f_GR);
     }
   // -- stage 6: D = 2^desc_shift GR^T GR[:, :M2]

@@ -17,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace dpfpga {
@@ -24,14 +25,16 @@ namespace dpfpga {
 class OptionsPipeline {
  public:
   /* Error(Model) naming what is missing or inconsistent in `p`. */
-  OptionsPipeline(const PipelineConstants &p, const std::vector<int> &sel);
+  OptionsPipeline(std::shared_ptr<const PipelineConstants> p, const std::vector<int> &sel);
   /* One atom that passed the stream checks (centre type and record types inside the type map, no type
    * over its sel): its energy word, one output record word per record, its flags (SATURATED,
    * R_BELOW_MIN). */
   void atom(int ctype, const uint64_t *rec, size_t n, int64_t &energy, uint64_t *out, uint32_t &flags) const;
 
  private:
+  std::shared_ptr<const PipelineConstants> keep_;
   const PipelineConstants &p_;
+  std::vector<int64_t> pad_;  // [centre type][neighbour type][M1] (pad_slots), else empty
   std::vector<int> sel_;
   int ntypes_ = 0, m1_ = 0, m2_ = 0;
   const PipelineTable *s_ = nullptr, *h_ = nullptr, *act_ = nullptr;

@@ -406,3 +406,28 @@ def test_lammps_device_cpu_equals_the_reference_in_the_service(tmp_path):
         assert got[:2] == ref[:2], f"device cpu on {np_} rank(s) ({extra}) differs from the reference"
     assert len({row.split()[1] for row in ref[0]}) > 1  # the energy moved
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "tanh4"])
+@pytest.mark.parametrize("lanes, threads, chunk, seed", [(1, 1, 64, 0), (2, 3, 7, 1)])
+def test_a_model_with_options_gives_the_reference_words(activation, lanes, threads, chunk, seed):
+    """A quantized DeePMD-kit import (env_norm, pad_slots; fit_activation tanh or tanh4) on the cpu device's
+    scalar path (cpu_options.cpp): every word == the reference's, pairs below r_min and past rcut and the
+    stream faults (a type over its sel, a bad centre type) included; saturation too, with the descriptor's
+    format narrowed by 4 bits (the quantizer's formats leave this small model none)."""
+    from contract.fixedpoint import Fmt
+    from deepmd_graph import imported_qm
+    qm = copy.deepcopy(imported_qm(activation)[0])
+    qm.formats["D"] = Fmt(qm.formats["D"].bits, qm.formats["D"].frac + 4)
+    qm = rehashed(qm)
+    cfg = qm.config
+    ct, nt, d = records(qm, 40, seed, rlo=1.2, rhi=4.1)
+    nt[0, :] = -1
+    nt[0, :cfg.sel[0] + 1] = 0   # one more of type 0 than sel
+    ct[1] = cfg.ntypes           # a centre type outside the type map
+    nt[2, :] = -1                # no neighbours: empty slots only
+    with native.open_device("cpu", qm, lanes=lanes, threads=threads) as dev:
+        words = check(qm, dev, ct, nt, d, chunk, lanes)
+    _, _, flags, _ = wire.decode_results(words, len(ct), nt.shape[1])
+    assert flags[0] == FLAG_NEIGHBOR_OVERFLOW and flags[1] & FLAG_BAD_TYPE
+    assert (flags & FLAG_R_BELOW_MIN).any() and (flags & FLAG_SATURATED).any() and not (flags & FLAG_SATURATED).all()

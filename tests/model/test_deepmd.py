@@ -345,6 +345,8 @@ def test_implementations_without_the_options_refuse_the_model(monkeypatch):
     monkeypatch.setitem(config.IMPLEMENTED_OPTIONS, "rtl", frozenset({"env_norm"}))
     with pytest.raises(DesignError, match="rtl implementation does not compute .*pad_slots=True, fit_activation"):
         Design(qm, Knobs(fit_par=4, desc_par=2))
+    assert "pipeline_options env_norm fit_activation pad_slots" in host_model_text(qm, pipeline=True)
+    monkeypatch.setitem(config.IMPLEMENTED_OPTIONS, "cpu", frozenset())
     with pytest.raises(ValueError, match="cpu implementation does not compute"):
         host_model_text(qm, pipeline=True)
     assert host_model_text(qm).startswith("dpfpga-host-model")  # the host core itself needs no option
