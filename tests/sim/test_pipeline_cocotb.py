@@ -73,10 +73,13 @@ def test_gete_frame(sim, verilog):
     run_case(sim, verilog, case, "gete-frame0", 0.1, 0.2, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.verilator
 def test_imported_deepmd_model_verilator():
     """A quantized DeePMD-kit import (options env_norm, pad_slots, fit_activation tanh): the Verilog under
-    cocotb on Verilator == the reference (random atoms, edge records, stream errors; idle, backpressure)."""
+    cocotb on Verilator == the reference (random atoms, edge records, stream errors; idle, backpressure).
+    Slow: its own Verilog and Verilator build (3.7 min on 2 busy cores); the Amaranth simulation of the
+    same model is in the default run (tests/gen/test_pipeline.py)."""
     from deepmd_graph import imported_qm
     qm, _ = imported_qm()
     verilog = runner.pipeline_verilog(qm, Knobs(lanes=1, fit_par=4, desc_par=2))
