@@ -62,6 +62,26 @@ def s_of_r(r: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     return switch(r, cfg.rcut_smth, cfg.rcut) / r
 
 
+def normalise(s, h, cfg: ModelConfig):
+    """The environment's s and h as R uses them, for every centre type: (..., 1) each without env_norm
+    (s, h themselves), else (..., ntypes) with channel t centre type t's (s - s_avg) / s_std and
+    h / r_std (the hardware's u-tables hold exactly these channels).  NumPy arrays or tensors."""
+    if cfg.env_norm is None:
+        return s[..., None], h[..., None]
+    lib = torch if isinstance(s, torch.Tensor) else np
+    a, ss, rs = (lib.asarray(cfg.env_norm[k], dtype=lib.float64) for k in ("s_avg", "s_std", "r_std"))
+    return (s[..., None] - a) / ss, h[..., None] / rs
+
+
+def of_centre(v: torch.Tensor, ti: torch.Tensor | None) -> torch.Tensor:
+    """Channel ti[e] of v[e, :] (normalise's output per pair); the only channel without env_norm."""
+    if v.shape[-1] == 1:
+        return v[..., 0]
+    if ti is None:
+        raise ValueError("env_norm: the centre types of the pairs are needed")
+    return v.gather(-1, ti[..., None])[..., 0]
+
+
 class EmbeddingNet(nn.Module):
     """1 -> n1 -> n2 -> ... with tanh and DeePMD's resnet: y = [x, x] + tanh(Wx + b) when widths double."""
 
@@ -130,25 +150,17 @@ class DeepPot(nn.Module):
         r = torch.linalg.norm(rij, dim=-1)
         s = s_of_r(r, cfg)
         h = s / r
-        if cfg.env_norm is None:
-            R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
-        else:
-            avg, s_std, r_std = (self._per_centre(k, ti) for k in ("s_avg", "s_std", "r_std"))
-            R = torch.cat([((s - avg) / s_std)[:, None], (h / r_std)[:, None] * rij], dim=-1)
+        sn, hn = (of_centre(v, ti) for v in normalise(s, h, cfg))
+        R = torch.cat([sn[:, None], hn[:, None] * rij], dim=-1)
         G = self.embedding(s, tj, ti)
         return R, G
-
-    def _per_centre(self, key: str, ti: torch.Tensor | None) -> torch.Tensor:
-        if ti is None:
-            raise ValueError("env_norm: the centre types of the pairs are needed")
-        return torch.as_tensor(self.cfg.env_norm[key], dtype=torch.float64)[ti]
 
     def embedding_input(self, s: torch.Tensor, ti: torch.Tensor | None = None) -> torch.Tensor:
         """What the embedding nets see for s: (s - s_mean) / s_std, or with env_norm R_j0."""
         cfg = self.cfg
         if cfg.env_norm is None:
             return (s - cfg.s_mean) / cfg.s_std
-        return (s - self._per_centre("s_avg", ti)) / self._per_centre("s_std", ti)
+        return of_centre(normalise(s, s, cfg)[0], ti)
 
     def embedding(self, s: torch.Tensor, tj: torch.Tensor, ti: torch.Tensor | None = None) -> torch.Tensor:
         return self.embed_net_of(self.embedding_input(s, ti), tj)
@@ -174,8 +186,8 @@ class DeepPot(nn.Module):
             i, t = (int(v) for v in (npad < 0).nonzero()[0])
             raise ValueError(f"atom {i} has {int(counts[i, t])} neighbours of type {cfg.type_map[t]} inside rcut, "
                              f"more than sel[{t}]={cfg.sel[t]}: DeePMD's padding slots cannot hold them")
-        x0 = -torch.as_tensor(cfg.env_norm["s_avg"], dtype=torch.float64) / torch.as_tensor(
-            cfg.env_norm["s_std"], dtype=torch.float64)  # the zero row's first entry, per centre type
+        zero = torch.zeros((), dtype=torch.float64)
+        x0 = normalise(zero, zero, cfg)[0]  # the zero row's first entry, per centre type
         # GS[t_i, t] = x0[t_i] embed[t](x0[t_i]): one constant row per (centre type, neighbour type)
         GS = torch.stack([x0[:, None] * self.embed_net_of(x0, torch.full((nt,), t)) for t in range(nt)], dim=1)
         first = torch.einsum("nt,ntc->nc", npad.to(torch.float64), GS[atype])

@@ -34,7 +34,7 @@ from .batch import make_batch
 from contract.config import ModelConfig, require_quantizable
 from contract.fixedpoint import Fmt, fmt_for_range
 from contract.modelfile import Layer, QuantizedModel, Table
-from .network import ACTIVATIONS, DeepPot, s_of_r
+from .network import ACTIVATIONS, DeepPot, normalise, of_centre, s_of_r
 
 #: Word widths per tensor (see module docstring).  Keys match `modelfile.REQUIRED_FORMATS`.
 WIDTHS = {
@@ -148,24 +148,8 @@ def s_and_h_of_u(u: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarra
     return s.numpy(), (s / r).numpy()
 
 
-def u_channels(cfg: ModelConfig) -> int:
-    """Channels of the u-tables: one per centre type with env_norm, else one."""
-    return cfg.ntypes if cfg.env_norm is not None else 1
-
-
-def normalise(s, h, cfg: ModelConfig):
-    """What the u-tables hold for s, h (arrays or tensors of shape (...)): (..., u_channels) each;
-    with env_norm channel t is centre type t's (s - s_avg) / s_std and h / r_std."""
-    if cfg.env_norm is None:
-        return s[..., None], h[..., None]
-    n = cfg.env_norm
-    lib = torch if isinstance(s, torch.Tensor) else np
-    a, ss, rs = (lib.asarray(n[k], dtype=lib.float64) for k in ("s_avg", "s_std", "r_std"))
-    return (s[..., None] - a) / ss, h[..., None] / rs
-
-
 def u_functions(u: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The u-tables' float functions at u (Å^2): (len(u), u_channels) each."""
+    """The u-tables' float functions at u (Å^2): (len(u), channels) each (network.normalise)."""
     return normalise(*s_and_h_of_u(u, cfg), cfg)
 
 
@@ -206,8 +190,7 @@ def calibrate(model: DeepPot, systems, nframes: int = 8, seed: int = 0) -> dict[
         r = torch.sqrt(u)
         s_raw = s_of_r(r, cfg)
         # s, h: what the u-tables give for each pair (its centre type's channel)
-        s, h = (v.gather(1, (ti if cfg.env_norm is not None else torch.zeros_like(ti))[:, None])[:, 0]
-                for v in normalise(s_raw, s_raw / r, cfg))
+        s, h = (of_centre(v, ti) for v in normalise(s_raw, s_raw / r, cfg))
         s.retain_grad()
         h.retain_grad()
         R = torch.cat([s[:, None], h[:, None] * rij], dim=-1)
