@@ -94,7 +94,8 @@ def test_imported_deepmd_model_verilator():
 def test_group_model_import_on_gete_atoms_verilator():
     """The seed group's GeTe model, imported and quantized (calibration: two AIMD systems), on atoms of a
     216-atom AIMD frame: the Verilog == the reference.  Slow: its G ROMs hold 7,274 segments x 32 channels
-    per neighbour type (the normalised s reaches 7.3)."""
+    per neighbour type (the normalised s reaches 7.3); 40 min here (2 busy cores), nearly all of it the
+    Verilator build."""
     from model.data import load_systems
     from model.deepmd import import_graph
     from model.quantize import quantize
