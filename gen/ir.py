@@ -93,11 +93,10 @@ class Knobs:
             if not isinstance(v, tuple) or len(v) != n_layers:
                 raise DesignError(f"{name} must give one value per fitting layer ({n_layers}), got {v!r}")
             for l, x in enumerate(v):
-                if isinstance(x, bool) or not isinstance(x, int) or x < 1 or n_hidden % x:
-                    raise DesignError(f"{name}[{l}]={x!r} must be a positive integer dividing the fitting width "
-                                      f"{n_hidden}")
-        if n_hidden % self.energy_simd:
-            raise DesignError(f"energy_simd={self.energy_simd} must divide the fitting width {n_hidden}")
+                if isinstance(x, bool) or not isinstance(x, int) or not 1 <= x <= n_hidden:
+                    raise DesignError(f"{name}[{l}]={x!r} must be an integer from 1 to the fitting width {n_hidden}")
+        if self.energy_simd > n_hidden:
+            raise DesignError(f"energy_simd={self.energy_simd} exceeds the fitting width {n_hidden}")
 
 
 @dataclass

@@ -34,14 +34,15 @@ from amaranth.lib.wiring import In, Out
 from contract.fixedpoint import requant as np_requant
 from contract.flags import FLAG_SATURATED
 
+from ..cycles import DATAFLOW_EPILOGUE, DATAFLOW_MAC_LATENCY
 from ..fixed import any_of, requant, saturate, shift_round, tree_sum
 from ..widths import FIT_GROUP, product_bits, sum_bits
 from .atom_engine import DROP_FLAGS, DescriptorGradient, DescriptorProduct, Tanh4, atom_out_layout, per_type
 from .descriptor_accumulator import atom_gr_layout
 
 #: register stages from the cycle a step is issued to the cycle its accumulator holds the sum:
-#: weights (memory read, operands), products, partial sums, sum, accumulate
-MAC_LATENCY = 5
+#: weights (memory read, operands), products, partial sums, sum, accumulate (gen.cycles: the cycle model)
+MAC_LATENCY = DATAFLOW_MAC_LATENCY
 
 
 class FoldingError(ValueError):
@@ -49,12 +50,17 @@ class FoldingError(ValueError):
 
 
 def check_fold(name: str, value, n: int, where: str) -> int:
-    """`value` must be a positive int dividing n: the stage's lanes must tile its vector exactly."""
+    """`value` must be an int from 1 to n (the vector length).  Lanes that do not divide n leave some
+    lanes idle in the last block (the weights and operands there are zero, the outputs unused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FoldingError(f"{where}: {name} must be a positive integer, got {value!r}")
-    if n % value:
-        raise FoldingError(f"{where}: {name}={value} must divide the vector length {n}")
+    if value > n:
+        raise FoldingError(f"{where}: {name}={value} exceeds the vector length {n}")
     return value
+
+
+def blocks(n: int, lanes: int) -> int:
+    return -(-n // lanes)
 
 
 def vec(shape, n):
@@ -94,18 +100,19 @@ def fitting_layouts(design):
 # ---------------------------------------------------------------------------------------------------
 def layer_tiles(design, layer: int, pe: int, simd: int) -> list[int]:
     """Rows of fitting layer `layer`'s weight memory, for forward folding (pe, simd): row
-    t * tiles + ob * (n_in/simd) + ib holds W_t[ib*simd + s, ob*pe + p] at bits [(p*simd + s) * wbits, +wbits)."""
+    t * tiles + ob * ceil(n_in/simd) + ib holds W_t[ib*simd + s, ob*pe + p] at bits [(p*simd + s) * wbits,
+    +wbits), zero past the matrix's edge."""
     qm, wb = design.qm, design.F["W"].bits
     mask = (1 << wb) - 1
     rows = []
     for t in range(design.cfg.ntypes):
         W = qm.fit[t][layer].W
         n_in, n_out = W.shape
-        for ob in range(n_out // pe):
-            for ib in range(n_in // simd):
+        for ob in range(blocks(n_out, pe)):
+            for ib in range(blocks(n_in, simd)):
                 v = 0
-                for p in range(pe):
-                    for s in range(simd):
+                for p in range(min(pe, n_out - ob * pe)):
+                    for s in range(min(simd, n_in - ib * simd)):
                         v |= (int(W[ib * simd + s, ob * pe + p]) & mask) << ((p * simd + s) * wb)
                 rows.append(v)
     return rows
@@ -118,8 +125,8 @@ def energy_tiles(design, simd: int) -> list[int]:
     rows = []
     for t in range(design.cfg.ntypes):
         w = qm.out_w[t]
-        for ib in range(len(w) // simd):
-            rows.append(sum((int(w[ib * simd + s]) & mask) << (s * wb) for s in range(simd)))
+        for ib in range(blocks(len(w), simd)):
+            rows.append(sum((int(w[ib * simd + s]) & mask) << (s * wb) for s in range(min(simd, len(w) - ib * simd))))
     return rows
 
 
@@ -174,7 +181,7 @@ class MatVecStage(wiring.Component):
         self.n_in, self.n_out = n_in, n_out
         self.pe = check_fold("pe", pe, n_out, where)
         self.simd = check_fold("simd", simd, n_in, where)
-        self.steps = (n_out // pe) * (n_in // simd)
+        self.steps = blocks(n_out, pe) * blocks(n_in, simd)
         self.in_layout, self.out_layout = in_layout, out_layout
         self.operand, self.carry = operand, carry
         self.side_in, self.side_out = side_in, side_out  # (field name, vector layout) or None
@@ -215,7 +222,7 @@ class MatVecStage(wiring.Component):
         m = Module()
         d = self.design
         P, S, n_in, n_out = self.pe, self.simd, self.n_in, self.n_out
-        nob, nib = n_out // P, n_in // S
+        nob, nib = blocks(n_out, P), blocks(n_in, S)
         in_fields = dict(self.in_layout.members)
         if self.side_in:
             in_fields[self.side_in[0]] = self.side_in[1]
@@ -296,7 +303,8 @@ class MatVecStage(wiring.Component):
         operands = []
         for s in range(S):
             reg = Signal(signed(opw), name=f"operand{s}")
-            choices = [ins[k][self.operand][b * S + s] for k in range(2) for b in range(nib)]
+            choices = [ins[k][self.operand][b * S + s] if b * S + s < n_in else Const(0, signed(opw))
+                       for k in range(2) for b in range(nib)]
             sel = iss * nib + ib if nib > 1 else iss
             m.d.sync += reg.eq(_array_pick(choices, sel))
             operands.append(reg)
@@ -342,13 +350,15 @@ class MatVecStage(wiring.Component):
                 hit = Signal(name=f"write{k}_{b}")
                 m.d.comb += hit.eq(wv & (tw.par == k) & (tw.ob == b))
                 with m.If(hit):
-                    for p in range(P):
+                    for p in range(min(P, n_out - b * P)):  # lanes past the vector's end: idle
                         for name, value in lane_writes[p].items():
                             if isinstance(out_fields[name], data.ArrayLayout):
                                 m.d.sync += outs[k][name][b * P + p].eq(value)
                             else:  # a scalar output (the energy): one output lane, one block
                                 m.d.sync += outs[k][name].eq(value)
-        sat_now = any_of(lane_sats)
+        # a lane idle in the last block (pe not dividing n_out) computes nothing that counts
+        idle_from = n_out - (nob - 1) * P
+        sat_now = any_of(sat if p < idle_from else sat & (tw.ob != nob - 1) for p, sat in enumerate(lane_sats))
         for k in range(2):
             with m.If(wv & (tw.par == k)):
                 m.d.sync += outs[k].sat.eq(outs[k].sat | sat_now)
@@ -373,6 +383,11 @@ class MatVecStage(wiring.Component):
                     m.d.sync += [done[k].eq(0), free[k].eq(1)]
             m.d.sync += ep.eq(~ep)
         return m
+
+
+def _at(values, k):
+    """values[k] as an int, 0 past the end (idle lanes of a last block)."""
+    return int(values[k]) if k < len(values) else 0
 
 
 def _array_pick(choices, index):
@@ -408,7 +423,9 @@ class _Context:
     def elem(self, field, k):
         """Input slot element `field`[index] of the step in epilogue stage k (one mux per lane)."""
         t = self.tag(k)
-        vals = [self.ins[s][field][b * self.stage.pe + self.lane] for s in range(2) for b in range(self.nob)]
+        n = len(self.ins[0][field])
+        idx = [b * self.stage.pe + self.lane for b in range(self.nob)]
+        vals = [self.ins[s][field][i] if i < n else self.ins[s][field][0] for s in range(2) for i in idx]
         sig = Signal(vals[0].shape(), name=f"{field}_in{self.lane}_{k}")
         self.m.d.comb += sig.eq(_array_pick(vals, t.par * self.nob + t.ob if self.nob > 1 else t.par))
         return sig
@@ -431,7 +448,7 @@ class FwdLayer(MatVecStage):
     side_o: phi'(z) (n x Z) for l < L-1.  Weights: `layer_tiles(design, l, pe, simd)` through w_addr/w_data.
     """
 
-    EPILOGUE = 3
+    EPILOGUE = DATAFLOW_EPILOGUE["fwd"]
 
     def __init__(self, design, layer, *, pe, simd):
         n, L = design.n_hidden, design.n_layers
@@ -442,12 +459,12 @@ class FwdLayer(MatVecStage):
         where = f"FwdLayer {layer}"
         check_fold("pe", pe, n, where), check_fold("simd", simd, n, where)
         super().__init__(design, n_in=n, n_out=n, pe=pe, simd=simd, in_layout=in_l, out_layout=lay[f"fwd{layer}"],
-                         operand="x", w_rows=design.cfg.ntypes * (n // pe) * (n // simd),
+                         operand="x", w_rows=design.cfg.ntypes * blocks(n, pe) * blocks(n, simd),
                          w_width=pe * simd * design.F["W"].bits, side_out=side, where=where)
 
     def address(self, ctype, ob, ib):
-        tiles = (self.n_out // self.pe) * (self.n_in // self.simd)
-        return ctype * tiles + ob * (self.n_in // self.simd) + ib
+        nib = blocks(self.n_in, self.simd)
+        return ctype * (blocks(self.n_out, self.pe) * nib) + ob * nib + ib
 
     def weight_index(self, p, s):
         return p * self.simd + s
@@ -459,8 +476,8 @@ class FwdLayer(MatVecStage):
         nt = d.cfg.ntypes
         ctx.lane = lane
         # stage 0: bias row (ROM addressed one cycle earlier, from the sum stage's tag), z
-        bias_rows = [[int(qm.fit[t][l].b[ob * self.pe + p]) for p in range(self.pe)]
-                     for t in range(nt) for ob in range(self.n_out // self.pe)]
+        bias_rows = [[_at(qm.fit[t][l].b, ob * self.pe + p) for p in range(self.pe)]
+                     for t in range(nt) for ob in range(blocks(self.n_out, self.pe))]
         if lane == 0:
             prev = ctx.tags[MAC_LATENCY - 1]
             ct = Mux(prev.par, ctx.ins[1].atom.ctype, ctx.ins[0].atom.ctype)
@@ -468,8 +485,8 @@ class FwdLayer(MatVecStage):
             self._bias = const_rom(m, "bias", bias_rows, F["Z"].bits, ct * ctx.nob + prev.ob)
             if l == d.n_layers - 1:
                 go = g_out(d)
-                rows = [[go[t][0][ob * self.pe + p] for p in range(self.pe)] for t in range(nt)
-                        for ob in range(self.n_out // self.pe)]
+                rows = [[_at(go[t][0], ob * self.pe + p) for p in range(self.pe)] for t in range(nt)
+                        for ob in range(blocks(self.n_out, self.pe))]
                 self._gout = const_rom(m, "g_out", rows, F["GA"].bits, ctx.block(2))
         z_t = [saturate(m, shift_round(acc, xfrac + qm.fit[t][l].wfrac - fz) + self._bias[lane], F["Z"])[0]
                for t in range(nt)]
@@ -499,7 +516,7 @@ class EnergyStage(MatVecStage):
     """Energy: E = rq(x . out_w_t) in E, as model.reference._fitting; 1 x simd multipliers, n/simd
     cycles per atom.  i: FwdLayer L-1's {atom, sat, x, delta}; o: {atom, sat, energy, delta}."""
 
-    EPILOGUE = 0
+    EPILOGUE = DATAFLOW_EPILOGUE["energy"]
 
     def __init__(self, design, *, simd):
         n = design.n_hidden
@@ -507,11 +524,11 @@ class EnergyStage(MatVecStage):
         where = "EnergyStage"
         check_fold("simd", simd, n, where)
         super().__init__(design, n_in=n, n_out=1, pe=1, simd=simd, in_layout=lay[f"fwd{design.n_layers - 1}"],
-                         out_layout=lay["energy"], operand="x", w_rows=design.cfg.ntypes * (n // simd),
+                         out_layout=lay["energy"], operand="x", w_rows=design.cfg.ntypes * blocks(n, simd),
                          w_width=simd * design.F["W"].bits, carry=("delta",), where=where)
 
     def address(self, ctype, ob, ib):
-        return ctype * (self.n_in // self.simd) + ib
+        return ctype * blocks(self.n_in, self.simd) + ib
 
     def weight_index(self, p, s):
         return s
@@ -536,7 +553,7 @@ class BwdLayer(MatVecStage):
     def __init__(self, design, layer, *, fwd_pe, fwd_simd):
         n, L = design.n_hidden, design.n_layers
         self.layer = layer
-        self.EPILOGUE = 2 if layer > 0 else 0
+        self.EPILOGUE = DATAFLOW_EPILOGUE["bwd" if layer > 0 else "bwd0"]
         lay = fitting_layouts(design)
         in_l = lay["energy"] if layer == L - 1 else lay[f"bwd{layer + 1}"]
         side = ("dphi", vec(design.fmt_shape("Z"), n)) if layer > 0 else None
@@ -545,13 +562,13 @@ class BwdLayer(MatVecStage):
         self.fwd_pe, self.fwd_simd = fwd_pe, fwd_simd
         super().__init__(design, n_in=n, n_out=n, pe=fwd_simd, simd=fwd_pe, in_layout=in_l,
                          out_layout=lay[f"bwd{layer}"], operand="delta",
-                         w_rows=design.cfg.ntypes * (n // fwd_pe) * (n // fwd_simd),
+                         w_rows=design.cfg.ntypes * blocks(n, fwd_pe) * blocks(n, fwd_simd),
                          w_width=fwd_pe * fwd_simd * design.F["W"].bits, side_in=side, carry=("energy",), where=where)
 
     def address(self, ctype, ob, ib):
         # output block ob = the forward input block, input block ib = the forward output block
-        tiles = (self.n_in // self.fwd_pe) * (self.n_out // self.fwd_simd)
-        return ctype * tiles + ib * (self.n_out // self.fwd_simd) + ob
+        nob_f, nib_f = blocks(self.n_in, self.fwd_pe), blocks(self.n_out, self.fwd_simd)
+        return ctype * (nob_f * nib_f) + ib * nib_f + ob
 
     def weight_index(self, p, s):
         return s * self.fwd_simd + p  # forward lane (p_f, s_f) = (s, p)
@@ -573,8 +590,8 @@ class BwdLayer(MatVecStage):
             return {"dD": back}, bsat
         if lane == 0 and l == d.n_layers - 1:
             go = g_out(d)
-            rows = [[go[t][0][ob * self.pe + p] for p in range(self.pe)] for t in range(nt)
-                    for ob in range(self.n_out // self.pe)]
+            rows = [[_at(go[t][0], ob * self.pe + p) for p in range(self.pe)] for t in range(nt)
+                    for ob in range(blocks(self.n_out, self.pe))]
             self._gout = const_rom(m, "g_out", rows, F["GA"].bits, ctx.block(0))
         back1 = ctx.reg(back, "back", signed(fmt.bits))
         sat1 = ctx.reg(bsat, "back_sat", 1)
