@@ -115,8 +115,10 @@ def tanh4(z: np.ndarray, f: int):
 def evaluate(qm: QuantizedModel, rec: NeighborRecords, chunk: int = 1024, trace: dict | None = None) -> ReferenceResult:
     """Run the reference over all atoms, `chunk` atoms at a time.
 
-    `trace`, if given, receives the per-atom intermediates (GR, D, dD, dGR, flags before the fitting
-    net) concatenated over chunks: the unit tests of the hardware stages compare against them.
+    `trace`, if given, receives the per-atom intermediates (GR, D, dD, dGR, the centre type the
+    fitting net used, the saturation of D and of dGR, and per fitting stage its values and saturation:
+    `_fitting`'s fit_* keys) concatenated over chunks: the unit tests of the hardware stages compare
+    against them.
     """
     n, m = rec.nbr_type.shape
     energy = np.zeros(n, dtype=np.int64)

@@ -49,13 +49,16 @@ class FoldingError(ValueError):
     """A folding parameter that the stage cannot use; the message names it and its value."""
 
 
-def check_fold(name: str, value, n: int, where: str) -> int:
-    """`value` must be an int from 1 to n (the vector length).  Lanes that do not divide n leave some
-    lanes idle in the last block (the weights and operands there are zero, the outputs unused)."""
+def check_fold(name: str, value, n: int, where: str, divides: bool = False) -> int:
+    """`value` must be an int from 1 to n (the vector length), a divisor of n where `divides`.  MatVec
+    lanes that do not divide n leave some lanes idle in the last block (zero weights and operands
+    there, the outputs unused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise FoldingError(f"{where}: {name} must be a positive integer, got {value!r}")
     if value > n:
         raise FoldingError(f"{where}: {name}={value} exceeds the vector length {n}")
+    if divides and n % value:
+        raise FoldingError(f"{where}: {name}={value} must divide {n}")
     return value
 
 
@@ -614,7 +617,7 @@ class DescriptorStage(wiring.Component):
 
     def __init__(self, design, *, desc_par):
         self.design = design
-        self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "DescriptorStage")
+        self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "DescriptorStage", divides=True)
         self.steps = design.cfg.m1 // desc_par + 1
         super().__init__({"i": In(stream.Signature(atom_gr_layout(design))),
                           "o": Out(stream.Signature(fitting_layouts(design)["descriptor"])),
@@ -656,7 +659,7 @@ class GradientStage(wiring.Component):
 
     def __init__(self, design, *, desc_par):
         self.design = design
-        self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "GradientStage")
+        self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "GradientStage", divides=True)
         self.steps = design.cfg.m1 // desc_par + 2
         super().__init__({"i": In(stream.Signature(fitting_layouts(design)["bwd0"])),
                           "side_i": In(stream.Signature(gr_layout(design))),

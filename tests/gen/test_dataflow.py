@@ -9,6 +9,7 @@ The whole pipeline with arch="dataflow" is in tests/gen/test_pipeline.py.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -20,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 import cases
 from contract import wire
+from contract.fixedpoint import Fmt
 from contract.flags import FLAG_BAD_TYPE, FLAG_SATURATED
 from gen.ir import Design, DesignError, Knobs
 from gen.stages import dataflow as df
@@ -42,8 +44,19 @@ def rotate(values, default):
     return out
 
 
-def design(pe=(4, 2, 8), simd=(16, 32, 8), energy_simd=16, desc_par=4):
-    return Design(tiny_qm(), Knobs.dataflow(pe=pe, simd=simd, energy_simd=energy_simd, desc_par=desc_par))
+def design(qm=None, pe=(4, 2, 8), simd=(16, 32, 8), energy_simd=16, desc_par=4):
+    return Design(qm or tiny_qm(), Knobs.dataflow(pe=pe, simd=simd, energy_simd=energy_simd, desc_par=desc_par))
+
+
+@functools.lru_cache(maxsize=None)
+def narrow_qm():
+    """The test model with narrow activation, gradient and energy formats (same fraction bits, fewer
+    integer bits), so that every requantization of the fitting stages saturates on some atoms."""
+    qm = copy.copy(tiny_qm())
+    F = qm.formats
+    qm.formats = {**F, "A": Fmt(25, F["A"].frac), "GA": Fmt(24, F["GA"].frac), "DELTA": Fmt(23, F["DELTA"].frac),
+                  "E": Fmt(28, F["E"].frac), "dD": Fmt(21, F["dD"].frac)}
+    return qm
 
 
 class Harness(wiring.Component):
@@ -131,11 +144,21 @@ def _unpack(layout, v: int):
     return x - (1 << shape.width) if shape.signed and x >> (shape.width - 1) else x
 
 
+@functools.lru_cache(maxsize=None)
+def narrow_descriptor_qm():
+    """The test model with D and dE/dGR two and four bits narrower: some real atoms saturate them."""
+    qm = copy.copy(tiny_qm())
+    F = qm.formats
+    qm.formats = {**F, "D": Fmt(23, F["D"].frac), "dGR": Fmt(23, F["dGR"].frac)}
+    return qm
+
+
 # ---- reference intermediates -------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def record_trace(seed: int = 0):
-    """Intermediates of real atoms (random structure, edge records) through model.reference.evaluate."""
-    qm = tiny_qm()
+    """Intermediates of real atoms (random structure, edge records) through model.reference.evaluate
+    (narrow_descriptor_qm: D and dGR saturate on some)."""
+    qm = narrow_descriptor_qm()
     parts = [cases.random_atoms(qm, 1, seed, n_atoms=4), cases.edge_atoms(qm, 1, seed)]
     rec = [wire.decode_atoms(c.beats)[:3] for c in parts]
     m = max(r[1].shape[1] for r in rec)
@@ -151,7 +174,7 @@ def record_trace(seed: int = 0):
 def synthetic_trace(seed: int, n_atoms: int = 6):
     """model.reference._fitting on random descriptors over the whole D range (some at its limits,
     so that activations, gradients and the energy saturate), both centre types."""
-    qm = tiny_qm()
+    qm = narrow_qm()
     fD = qm.formats["D"]
     rng = np.random.default_rng(seed)
     scale = [2 ** (fD.frac - 4), 2 ** (fD.frac + 1), fD.hi]  # small, large, the format's limits
@@ -181,7 +204,7 @@ TRACES = {"records": lambda seed: record_trace(0), "synthetic": synthetic_trace}
 # ---- the stages --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layer,mode", rotate([0, 1, 2], {(0, "plain"), (1, "idle"), (2, "backpressure")}))
 def test_fwd_layer_seed0(layer, mode):
-    d = design()
+    d = design(narrow_qm())
     k = d.knobs
     tr = synthetic_trace(0)
     stage = df.FwdLayer(d, layer, pe=k.pe[layer], simd=k.simd[layer])
@@ -192,6 +215,7 @@ def test_fwd_layer_seed0(layer, mode):
               for a in range(len(x_in))]
     out, _ = run(h, inputs, 0, mode)
     last = layer == d.n_layers - 1
+    assert layer == 0 or tr[f"fit_sat_fwd{layer}"].any()  # the narrow formats saturate (layer 0: no resnet)
     for a, o in enumerate(out):
         assert o["main"]["atom"]["tag"] == a
         assert o["main"]["x"] == list(tr[f"fit_x{layer}"][a])
@@ -203,24 +227,24 @@ def test_fwd_layer_seed0(layer, mode):
 
 
 @pytest.mark.parametrize("source,mode", rotate(["synthetic"], {("synthetic", "backpressure")}))
-def test_energy_stage_seed1(source, mode):
-    d = design()
-    tr = synthetic_trace(1)
+def test_energy_stage_seed0(source, mode):
+    d = design(narrow_qm())
+    tr = synthetic_trace(0)
     L = d.n_layers
     h = Harness(df.EnergyStage(d, simd=d.knobs.energy_simd), df.energy_tiles(d, d.knobs.energy_simd))
     n = len(tr["D"])
     inputs = [{"main": {"atom": atom(a, tr["ctype"][a]), "sat": 0, "x": list(tr[f"fit_x{L - 1}"][a]),
                         "delta": list(tr[f"fit_delta{L - 1}"][a])}} for a in range(n)]
-    out, _ = run(h, inputs, 1, mode)
+    out, _ = run(h, inputs, 0, mode)
+    assert tr["fit_sat_energy"].any() and not tr["fit_sat_energy"].all()
     for a, o in enumerate(out):
         assert o["main"]["energy"] == tr["fit_energy"][a]
         assert o["main"]["delta"] == list(tr[f"fit_delta{L - 1}"][a])
         assert o["main"]["sat"] == int(tr["fit_sat_energy"][a])
-    assert tr["fit_sat_energy"].any() and not tr["fit_sat_energy"].all()
 
 
 @pytest.mark.parametrize("layer,mode", rotate([2, 1, 0], {(2, "plain"), (1, "idle"), (0, "backpressure")}))
-def test_bwd_layer_seed2(layer, mode):
+def test_bwd_layer_seed0(layer, mode):
     bwd_layer(layer, mode, "synthetic")
 
 
@@ -232,9 +256,9 @@ def test_bwd_layer_records_seed0(layer):
 
 
 def bwd_layer(layer, mode, source):
-    d = design()
+    d = design(narrow_qm() if source == "synthetic" else narrow_descriptor_qm())
     k = d.knobs
-    tr = TRACES[source](2)
+    tr = TRACES[source](0)
     L = d.n_layers
     stage = df.BwdLayer(d, layer, fwd_pe=k.pe[layer], fwd_simd=k.simd[layer])
     h = Harness(stage, df.layer_tiles(d, layer, k.pe[layer], k.simd[layer]))
@@ -250,7 +274,9 @@ def bwd_layer(layer, mode, source):
         if layer > 0:
             beat["side"] = list(tr[f"fit_dphi{layer - 1}"][a])
         inputs.append(beat)
-    out, _ = run(h, inputs, 2, mode)
+    out, _ = run(h, inputs, 0, mode)
+    if source == "synthetic":  # some atoms saturate (layer 0: all of them, with dD 21 bits wide)
+        assert tr[f"fit_sat_bwd{layer}"].any() and (layer == 0 or not tr[f"fit_sat_bwd{layer}"].all())
     for a, o in enumerate(out):
         main = o["main"]
         assert main["energy"] == energy[a]
@@ -264,20 +290,21 @@ def bwd_layer(layer, mode, source):
 
 def _dD(tr, a):
     """dE/dD of a synthetic atom: _fitting's return value, recomputed (it is not in the trace)."""
-    qm = tiny_qm()
+    qm = narrow_qm()
     t = int(tr["ctype"][a])
     _, dD = reference._fitting(qm, t, tr["D"][a:a + 1], reference._Saturation(1), np.array([0]))  # noqa
     return dD[0]
 
 
 @pytest.mark.parametrize("source,mode", rotate(["records"], {("records", "idle")}))
-def test_descriptor_stage_seed3(source, mode):
-    d = design()
+def test_descriptor_stage_seed0(source, mode):
+    d = design(narrow_descriptor_qm())
     tr = record_trace(0)
+    assert tr["D_sat"].any() and not tr["D_sat"].all()
     h = Harness(df.DescriptorStage(d, desc_par=d.knobs.desc_par))
     n = len(tr["GR"])
     inputs = [{"main": {"atom": atom(a, tr["ctype"][a]), "GR": [list(r) for r in tr["GR"][a]]}} for a in range(n)]
-    out, _ = run(h, inputs, 3, mode)
+    out, _ = run(h, inputs, 0, mode)
     for a, o in enumerate(out):
         assert o["main"]["x"] == list(tr["D"][a])
         assert o["main"]["sat"] == int(tr["D_sat"][a])
@@ -285,9 +312,10 @@ def test_descriptor_stage_seed3(source, mode):
 
 
 @pytest.mark.parametrize("source,mode", rotate(["records"], {("records", "backpressure")}))
-def test_gradient_stage_seed4(source, mode):
-    d = design()
+def test_gradient_stage_seed0(source, mode):
+    d = design(narrow_descriptor_qm())
     tr = record_trace(0)
+    assert tr["dGR_sat"].any() and not tr["dGR_sat"].all()
     h = Harness(df.GradientStage(d, desc_par=d.knobs.desc_par))
     n = len(tr["GR"])
     flags = [FLAG_BAD_TYPE if a == 1 else 0 for a in range(n)]  # a dropped atom: zeros, its drop flag only
@@ -295,7 +323,7 @@ def test_gradient_stage_seed4(source, mode):
     inputs = [{"main": {"atom": atom(a, tr["ctype"][a], flags[a]), "sat": int(sat_in[a]), "energy": 1000 + a,
                         "dD": list(tr["dD"][a])},
                "side": [list(r) for r in tr["GR"][a]]} for a in range(n)]
-    out, _ = run(h, inputs, 4, mode)
+    out, _ = run(h, inputs, 0, mode)
     for a, o in enumerate(out):
         o = o["main"]
         if flags[a]:
@@ -324,7 +352,7 @@ def test_fold_is_keyword_only():
         df.FwdLayer(design(), 0, 4, 16)
     with pytest.raises(df.FoldingError, match="EnergyStage: simd=200 exceeds the vector length 128"):
         df.EnergyStage(design(), simd=200)
-    with pytest.raises(df.FoldingError, match="DescriptorStage: desc_par=5 must divide"):
+    with pytest.raises(df.FoldingError, match="DescriptorStage: desc_par=5 must divide 32"):
         df.DescriptorStage(design(), desc_par=5)
 
 
