@@ -137,14 +137,26 @@ def instance_counts(mods: dict[str, VModule], top: str) -> dict[str, int]:
     return counts
 
 
+#: an `initial` block that sets every word of a memory to zero (Amaranth writes one for each memory
+#: without contents, e.g. a FIFO's storage): one line per word, which Yosys' Verilog frontend takes
+#: minutes to read for a deep, wide FIFO; zero is a block RAM's power-up contents anyway
+_ZERO_INIT = re.compile(r"^  initial begin\n(?:    \S+\[\d+\] = \d+'h0+;\n)+  end\n", re.M)
+
+
+def strip_zero_init(text: str) -> str:
+    """`text` without the memories' all-zero initial blocks (_ZERO_INIT); nothing else changes."""
+    return _ZERO_INIT.sub("", text)
+
+
 def module_units(mods: dict[str, VModule], counts: dict[str, int], target: SynthTarget | None = None) -> list[Unit]:
-    """One unit per distinct module: its text plus black-box stubs of the submodules it instantiates."""
+    """One unit per distinct module: its text (all-zero memory initial blocks left out: strip_zero_init)
+    plus black-box stubs of the submodules it instantiates."""
     units: dict[str, Unit] = {}
     for name, mod in mods.items():
         if name not in counts:
             continue  # not instantiated under the top
         stubs = [_stub(mods[c]) for c in dict.fromkeys(mod.children)]
-        body = "\n\n".join([mod.text, *stubs]) + "\n"
+        body = "\n\n".join([strip_zero_init(mod.text), *stubs]) + "\n"
         key = _key(target, "modules", canonical(body, name))
         if key in units:
             units[key].members.append(name)

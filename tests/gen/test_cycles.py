@@ -57,9 +57,9 @@ def test_cycle_model_matches_simulation(knobs, n_records, bound):
 # ---- arch "dataflow": the slowest stage of the fitting chain --------------------------------------------
 DATAFLOW_CASES = {
     "fwd-bound": (Knobs.dataflow(pe=(4, 2, 8), simd=(16, 32, 8), desc_par=4, energy_simd=16), 40, "fwd0"),
-    "padded-lanes": (Knobs.dataflow(pe=(5, 8, 8), simd=(40, 16, 16), desc_par=4, energy_simd=16), 40, "fwd0"),
+    "padded-lanes": (Knobs.dataflow(pe=(5, 16, 16), simd=(40, 16, 16), desc_par=4, energy_simd=16), 40, "fwd0"),
     "energy-bound": (Knobs.dataflow(pe=(8, 8, 8), simd=(16, 16, 16), desc_par=4, energy_simd=1), 40, "energy"),
-    "record-bound": (Knobs.dataflow(pe=(8, 16, 8), simd=(16, 8, 16), desc_par=4, energy_simd=16), 75, "record"),
+    "record-bound": (Knobs.dataflow(pe=(16, 16, 16), simd=(16, 16, 16), desc_par=4, energy_simd=16), 75, "record"),
 }
 
 

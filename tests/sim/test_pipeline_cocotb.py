@@ -19,8 +19,9 @@ from sim import runner
 from support import GETE_216, REPO, require_shared, tiny_qm
 
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)
-#: the layer-pipelined fitting net (arch "dataflow"), one folding that leaves lanes idle (pe 5 of 128)
-DATAFLOW = Knobs.dataflow(pe=(5, 8, 16), simd=(32, 16, 8), desc_par=4, energy_simd=16)
+#: the layer-pipelined fitting net (arch "dataflow") as `--cycles-per-atom 70` folds this model's shape
+#: (13 x 19 lanes: some idle in each last block); tests/sim/test_standalone.py runs the same Verilog
+DATAFLOW = Knobs.dataflow(pe=13, simd=19, desc_par=1, energy_simd=2)
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 SIMS = [pytest.param("icarus", marks=pytest.mark.icarus), pytest.param("verilator", marks=pytest.mark.verilator)]
 
