@@ -63,7 +63,8 @@ DATAFLOW_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(DATAFLOW_CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c == "fwd-bound" else [pytest.mark.slow])
+                                  for c in DATAFLOW_CASES])
 def test_dataflow_cycle_model_matches_simulation(case):
     knobs, n_records, bound = DATAFLOW_CASES[case]
     rec = dense_atoms(tiny_qm(), 6, n_records)
