@@ -728,6 +728,12 @@ class VectorFIFO(wiring.Component):
         return m
 
 
+#: The weight memories are block RAM: rows pe x simd x 18 bits wide and only ntypes x steps deep are
+#: what Yosys' memory_libmap (synth_xilinx, its ROM logic cost) otherwise maps to flip-flops and LUTs
+#: ("using FF mapping"), several Mbit of ROM as logic; measured on a 360 x 140 two-port ROM, the
+#: attribute gives $__XILINX_BLOCKRAM_TDP_ (both ports read, as FwdLayer and BwdLayer l do).
+WEIGHT_MEMORY_ATTRS = {"rom_style": "block"}
+
 #: atoms a MatVec stage can hold (two input slots, two output slots)
 STAGE_ATOMS = 4
 
@@ -772,13 +778,13 @@ class FittingPipeline(wiring.Component):
         for l in range(L):
             fwd, bwd = st[f"fwd{l}"], st[f"bwd{l}"]
             rows = layer_tiles(d, l, k.pe[l], k.simd[l])
-            mem = Memory(shape=fwd.w_width, depth=len(rows), init=rows)
+            mem = Memory(shape=fwd.w_width, depth=len(rows), init=rows, attrs=WEIGHT_MEMORY_ATTRS)
             m.submodules[f"weights{l}"] = mem
             for stage in (fwd, bwd):
                 rp = mem.read_port()
                 m.d.comb += [rp.addr.eq(stage.w_addr), rp.en.eq(1), stage.w_data.eq(rp.data)]
         rows = energy_tiles(d, k.energy_simd)
-        mem = Memory(shape=st["energy"].w_width, depth=len(rows), init=rows)
+        mem = Memory(shape=st["energy"].w_width, depth=len(rows), init=rows, attrs=WEIGHT_MEMORY_ATTRS)
         m.submodules.energy_weights = mem
         rp = mem.read_port()
         m.d.comb += [rp.addr.eq(st["energy"].w_addr), rp.en.eq(1), st["energy"].w_data.eq(rp.data)]
