@@ -134,7 +134,7 @@ def test_dataflow_mixed_stream_seed0():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("config", list(DATAFLOW))
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, 2], ids=lambda s: f"seed{s}")
 def test_dataflow_streams(config, seed, mode):
     knobs = DATAFLOW[config]
     case = cases.concat([cases.random_atoms(tiny_qm(), knobs.lanes, seed, n_atoms=4),
