@@ -85,7 +85,6 @@ def cmd_build(args) -> int:
     import gen  # noqa: F401  (raises Python's int->str digit limit for wide ROMs)
 
     from .build import build
-    from .ir import Knobs
     knobs = cli_knobs(args)
     report = build(args.model, args.out, knobs, clock_mhz=args.clock_mhz, synth=not args.no_synth,
                    lint=not args.no_lint, platform=args.platform, synth_method=args.synth_method,

@@ -56,7 +56,7 @@ def matvec_cycles(steps: int, epilogue: int) -> int:
 
 def dataflow_stages(knobs, shape: Shape = Shape()) -> dict[str, dict]:
     """Per stage of the chain, in order: {"cycles", "multipliers" (of its MAC array), "steps"}."""
-    n, L, m1 = shape.n_hidden, shape.n_layers, shape.m1
+    n, L = shape.n_hidden, shape.n_layers
     desc = shape.m1 // knobs.desc_par
     out = {"descriptor": {"cycles": desc + 1, "steps": desc, "multipliers": None}}
     for l in range(L):
