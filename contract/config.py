@@ -136,6 +136,8 @@ OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_nor
 IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "reference": frozenset(OPTIONS),
     "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
+    "rtl-dataflow": frozenset(),  # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and
+                                  # neither env_norm nor pad_slots has been verified through it
     "cpu": frozenset(OPTIONS),  # host/native: the cpu device (models with options: cpu_options.cpp)
 }
 

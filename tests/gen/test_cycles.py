@@ -52,3 +52,23 @@ def test_cycle_model_matches_simulation(knobs, n_records, bound):
     model = cycles.cycles_per_atom(np.full(6, n_records), knobs)
     assert bound in cycles.bottleneck(n_records, knobs)
     assert abs(sim - model) <= 0.03 * model, (sim, model)
+
+
+# ---- arch "dataflow": the slowest stage of the fitting chain --------------------------------------------
+DATAFLOW_CASES = {
+    "fwd-bound": (Knobs.dataflow(pe=(4, 2, 8), simd=(16, 32, 8), desc_par=4, energy_simd=16), 40, "fwd0"),
+    "padded-lanes": (Knobs.dataflow(pe=(5, 16, 16), simd=(40, 16, 16), desc_par=4, energy_simd=16), 40, "fwd0"),
+    "energy-bound": (Knobs.dataflow(pe=(8, 8, 8), simd=(16, 16, 16), desc_par=4, energy_simd=1), 40, "energy"),
+    "record-bound": (Knobs.dataflow(pe=(16, 16, 16), simd=(16, 16, 16), desc_par=4, energy_simd=16), 75, "record"),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c == "fwd-bound" else [pytest.mark.slow])
+                                  for c in DATAFLOW_CASES])
+def test_dataflow_cycle_model_matches_simulation(case):
+    knobs, n_records, bound = DATAFLOW_CASES[case]
+    rec = dense_atoms(tiny_qm(), 6, n_records)
+    sim, _ = measured_cycles_per_atom(knobs, rec)
+    model = cycles.cycles_per_atom(np.full(6, n_records), knobs)
+    assert bound in cycles.bottleneck(n_records, knobs)
+    assert abs(sim - model) <= 0.03 * model, (sim, model)

@@ -19,6 +19,9 @@ from support import GETE_216, require_shared, tiny_qm
 
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 CONFIGS = {"L1": Knobs(lanes=1, fit_par=4, desc_par=4), "L2E2": Knobs(lanes=2, fit_par=4, desc_par=4, engines=2)}
+#: arch "dataflow" (gen/stages/dataflow.py): divisor lanes, and lanes that leave some idle (pe 5, simd 40)
+DATAFLOW = {"DF": Knobs.dataflow(pe=(4, 2, 8), simd=(16, 32, 8), desc_par=4, energy_simd=16),
+            "DF-L2-idle-lanes": Knobs.dataflow(pe=(5, 8, 16), simd=(40, 16, 8), lanes=2, desc_par=2, energy_simd=24)}
 
 
 def simulate(knobs, case: cases.Case, idle: float, backpressure: float, seed: int, qm=None):
@@ -130,3 +133,23 @@ def test_imported_deepmd_model(activation):
                          cases.stream_errors(qm, 1, 3)])
     result, _ = simulate(Knobs(lanes=1, fit_par=4, desc_par=2), case, 0.1, 0.3, seed=3, qm=qm)
     check(result, case)
+
+
+# ---- arch "dataflow": the layer-pipelined fitting net, the same streams ----------------------------------
+def test_dataflow_mixed_stream_seed0():
+    """Quick run: every kind of record and stream error through the dataflow design, with idle input
+    and backpressure together (each alone, and no stalls: -m slow, test_dataflow_streams)."""
+    knobs = DATAFLOW["DF"]
+    case = mixed_case(knobs.lanes, 0)
+    check(simulate(knobs, case, 0.25, 0.35, 0)[0], case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("config", list(DATAFLOW))
+@pytest.mark.parametrize("seed", [1, 2], ids=lambda s: f"seed{s}")
+def test_dataflow_streams(config, seed, mode):
+    knobs = DATAFLOW[config]
+    case = cases.concat([cases.random_atoms(tiny_qm(), knobs.lanes, seed, n_atoms=4),
+                         cases.edge_atoms(tiny_qm(), knobs.lanes, seed), cases.stream_errors(tiny_qm(), knobs.lanes, seed)])
+    check(simulate(knobs, case, *MODES[mode], seed)[0], case)

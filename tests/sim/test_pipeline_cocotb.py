@@ -19,6 +19,9 @@ from sim import runner
 from support import GETE_216, REPO, require_shared, tiny_qm
 
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)
+#: the layer-pipelined fitting net (arch "dataflow") as `--cycles-per-atom 70` folds this model's shape
+#: (13 x 19 lanes: some idle in each last block); tests/sim/test_standalone.py runs the same Verilog
+DATAFLOW = Knobs.dataflow(pe=13, simd=19, desc_par=1, energy_simd=2)
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 SIMS = [pytest.param("icarus", marks=pytest.mark.icarus), pytest.param("verilator", marks=pytest.mark.verilator)]
 
@@ -106,3 +109,27 @@ def test_group_model_import_on_gete_atoms_verilator():
                   nframes=4)
     verilog = runner.pipeline_verilog(qm, Knobs(lanes=1, fit_par=8, desc_par=8))
     run_case("verilator", verilog, cases.gete_atoms(qm, 1, n_atoms=3), "group-import-gete", 0.1, 0.2, 6)
+
+
+# ---- arch "dataflow" (gen/stages/dataflow.py): the same stream, the same bench -------------------------
+@pytest.fixture(scope="session")
+def verilog_dataflow():
+    return runner.pipeline_verilog(tiny_qm(), DATAFLOW)
+
+
+@pytest.mark.parametrize("sim,mode", [pytest.param(*p.values, mode, marks=p.marks)
+                                      for mode in MODES for p in sims(icarus_slow=True)])
+def test_dataflow_mixed_stream_seed0(sim, mode, verilog_dataflow):
+    """The mixed stream of test_mixed_stream_seed0 through the dataflow design.  Icarus only under
+    -m slow: its plain case took 36 min here (load 7 on 2 cores)."""
+    qm = tiny_qm()
+    case = cases.concat([cases.random_atoms(qm, 1, 0, n_atoms=2), cases.edge_atoms(qm, 1, 0),
+                         cases.stream_errors(qm, 1, 0)])
+    run_case(sim, verilog_dataflow, case, f"dataflow-mixed-seed0-{mode}", *MODES[mode], seed=0)
+
+
+@pytest.mark.parametrize("sim,seed", [pytest.param(*p.values, seed, marks=p.marks, id=f"{p.values[0]}-seed{seed}")
+                                      for seed in (1, 2) for p in sims(icarus_slow=True)])
+def test_dataflow_random_atoms(sim, seed, verilog_dataflow):
+    case = cases.random_atoms(tiny_qm(), 1, seed, n_atoms=6)
+    run_case(sim, verilog_dataflow, case, f"dataflow-random-seed{seed}", 0.2, 0.3, seed)
