@@ -839,7 +839,6 @@ struct Workspace {
   std::vector<int64_t> GRi;
   std::vector<double> gmax, dDT, ext;    // stages 6 and 9 in float64: per member max|GR|; scratch
   std::vector<uint8_t> sat, small;
-  std::vector<int> row;                  // the atom's row in its centre type's matrices
   std::vector<size_t> rfirst;            // the atom's first record in the batch's arrays
   // per centre type: the fitting net's matrices (rows padded to GEMM_ROWS)
   std::vector<double> x0, acc, e, g, delta;

@@ -50,6 +50,7 @@ inline double hsum(V v)
   return s;
 }
 inline V sr(V v, const DShift &s) { return vfloor(vfma(v, vbroadcast(&s.mul), vbroadcast(&s.hmul))); }
+inline double sr1(double v, const DShift &s) { return std::floor(v * s.mul + s.hmul); }  // one value
 /* Clip to [lo, hi]; lanes outside set their bit of `flag`. */
 inline V clip(V v, const DRange &r, VI &flag)
 {
@@ -369,7 +370,7 @@ bool backward_records(const BackConsts &k, int nrec, const double *R, const doub
 #pragma GCC unroll 4
       for (int l = 0; l < VW; l++) dR[size_t(q + l) * ld + size_t(j)] = v[l];
     }
-    dSg[j] = std::floor(hsum(as) * k.dsg.mul + k.dsg.hmul);
+    dSg[j] = sr1(hsum(as), k.dsg);
   }
   return any(flag);
 }
@@ -402,7 +403,6 @@ bool backward(const BackConsts &k, int nrec, const double *R, const double *G, c
 }
 
 namespace {
-inline double sr1(double v, const DShift &s) { return std::floor((v + s.half) * s.mul); }
 inline double clip1(double v, const DRange &r, bool &flag)
 {
   const double c = std::min(std::max(v, r.lo), r.hi);
@@ -508,7 +508,7 @@ void energy(const OutConsts &o, int rows, const double *x, double *e, uint8_t *r
   for (int r = 0; r < rows; r++) {
     V acc{};
     for (int c = 0; c < o.p; c += VW) acc = vfma(load(x + size_t(r) * size_t(o.p) + size_t(c)), load(o.w + c), acc);
-    double v = std::floor((hsum(acc) + o.e.half) * o.e.mul);
+    double v = sr1(hsum(acc), o.e);
     if (v < o.e_range.lo || v > o.e_range.hi) rowsat[r] = 1, v = v < o.e_range.lo ? o.e_range.lo : o.e_range.hi;
     e[r] = v;
   }
