@@ -200,3 +200,47 @@ def test_demo_compares_with_frames_the_model_never_trained_on(tmp_path):
     for name in ("float", "quantized"):
         figures = f"{m[name]['rmse_e'] * 1e3:.2f} meV/atom, force RMSE {m[name]['rmse_f'] * 1e3:.1f} meV/Å"
         assert figures in r.stdout and figures in readme, (name, figures)
+
+
+def test_import_with_calib_writes_the_quantized_model_the_library_makes(tmp_path, capsys):
+    """`python -m model import X.pb --calib DATA -o X.npz` == import_graph + quantize on the same frames:
+    the same configuration (options included), tables and weights, the same reference integers, and the
+    graph's provenance in the file."""
+    from deepmd_graph import small_se_a, write_graph
+    from model.cli import main
+    from model.deepmd import import_graph, read_graph
+    from model.quantize import quantize
+    from model.reference import evaluate as reference
+    from support import as_system, records_for
+
+    pb = write_graph(tmp_path / "m.pb", small_se_a(seed=7, sel=(16, 16), fit=(8, 8)))
+    systems = [as_system(*random_structure(natoms=30, box=9.0, dmin=2.0, seed=k), type_map=("A", "B"), name=f"s{k}")
+               for k in range(2)]
+    for k, s in enumerate(systems):
+        write_deepmd(s, tmp_path / "calib" / f"s{k}")
+    out = tmp_path / "m.npz"
+    assert main(["import", str(pb), "--calib", str(tmp_path / "calib"), "--calib-frames", "2", "-o", str(out)]) == 0
+    assert str(out.resolve()) in capsys.readouterr().out
+
+    back = modelfile.load(out)
+    model, _ = import_graph(pb)
+    direct = quantize(model, [s.remap_types(model.cfg.type_map) for s in systems], nframes=2)
+    assert back.config == direct.config and back.config.env_norm and back.config.pad_slots
+    assert back.provenance["import"]["sha256"] == read_graph(pb).sha256
+    assert back.formats == direct.formats
+    a_back, a_direct = modelfile._file_arrays(back), modelfile._file_arrays(direct)
+    assert a_back.keys() == a_direct.keys()
+    for name in a_direct:
+        assert np.array_equal(a_back[name], a_direct[name]), name
+    rec, _, _ = records_for(back, seed=4, natoms=30)
+    r_back, r_direct = reference(back, rec), reference(direct, rec)
+    assert np.array_equal(r_back.energy, r_direct.energy) and np.array_equal(r_back.dEdr, r_direct.dEdr)
+
+
+def test_import_with_calib_names_missing_data(tmp_path, capsys):
+    from deepmd_graph import small_se_a, write_graph
+    from model.cli import main
+    pb = write_graph(tmp_path / "m.pb", small_se_a(seed=7, sel=(16, 16), fit=(8, 8)))
+    missing = tmp_path / "no-such-data"
+    assert main(["import", str(pb), "--calib", str(missing), "-o", str(tmp_path / "m.npz")]) != 0
+    assert str(missing) in capsys.readouterr().err and not (tmp_path / "m.npz").exists()
