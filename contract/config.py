@@ -138,7 +138,7 @@ IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
     "rtl-dataflow": frozenset(),  # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and
                                   # neither env_norm nor pad_slots has been verified through it
-    "cpu": frozenset(OPTIONS),  # host/native: the cpu device (models with options: cpu_options.cpp)
+    "cpu": frozenset(OPTIONS),  # host/native: the cpu device (cpu.cpp's kernels)
 }
 
 

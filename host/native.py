@@ -35,7 +35,7 @@ from contract.paths import INCLUDE_DIR
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 NATIVE_INCLUDE = SOURCE_DIR / "include"
 #: The core and its in-process devices: compiled into the Python extension and into the LAMMPS plugin.
-CORE_SOURCES = ("core.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "cpu.cpp", "cpu_options.cpp", "xdma.cpp", "rtl.cpp")
+CORE_SOURCES = ("core.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "cpu.cpp", "xdma.cpp", "rtl.cpp")
 BINDING_SOURCE = "python.cpp"
 MODULE_NAME = "_dpfpga_native"
 #: One set of flags for every build of the core (extension, plugin, sanitizer tests).  -O3 vectorizes the
@@ -222,7 +222,7 @@ def pipeline_lines(qm) -> list[str]:
         return f"{f.bits} {f.frac} {int(f.signed)}"
 
     lines = [f"pipeline_config {cfg.m1} {cfg.axis_neurons} {cfg.norm_shift} {cfg.desc_shift}"]
-    if cfg.options():  # the cpu device computes a model with options on its scalar path (cpu_options.h)
+    if cfg.options():  # the cpu device computes each option it knows and refuses any other by name
         lines.append("pipeline_options " + " ".join(sorted(cfg.options())))
     lines += [f"pipeline_format {name} {fmt(f)}" for name, f in sorted(qm.formats.items())]
     tables = [("s", qm.table_s), ("h", qm.table_h)] + [(f"g{t}", g) for t, g in enumerate(qm.table_g)]

@@ -26,7 +26,6 @@
  * `cpu:generic,int64`, computes stages 6 and 9 in int64 for every atom: a cross-check, same words). */
 #include "dpfpga/devices.h"
 #include "dpfpga/wire.h"
-#include "cpu_options.h"
 #include "pipeline.h"
 
 #include <sched.h>
@@ -178,7 +177,7 @@ void parse_pipeline_line(PipelineConstants &p, const std::string &key, std::istr
     const int ct = read_one<int>(in, line, "centre type"), t = read_one<int>(in, line, "neighbour type");
     if (!p.config_given || ct < 0 || t < 0 || ct > 15 || t > 15) throw text_error(line, "pad before pipeline_config, or type out of range");
     const std::vector<int64_t> v = read_values(in, line, size_t(p.m1));
-    const size_t at = (size_t(ct) * 16 + size_t(t)) * size_t(p.m1);  // compacted to ntypes by OptionsPipeline
+    const size_t at = (size_t(ct) * 16 + size_t(t)) * size_t(p.m1);  // compacted to ntypes by CpuModel
     if (p.pad.size() < at + size_t(p.m1)) p.pad.resize(at + size_t(p.m1));
     std::copy(v.begin(), v.end(), p.pad.begin() + long(at));
   } else {
@@ -208,8 +207,8 @@ struct DRange {
  * segment row holds both: s a b c, h a b c, 0, 0 (one cache line of float64); a row of zeros past the last
  * segment gives the reference's y = y' = 0 there, with no flag. */
 struct RecConsts {
-  const double *coef = nullptr;  // (nseg + 1) rows of 8
-  int64_t nseg = 0, x_min = 0, xi_mask = 0;
+  const double *coef = nullptr;  // (nseg + 1) rows of 8: the atom's centre type's (env_norm: one per type)
+  int64_t nseg = 0, x_min = 0, xi_mask = 0, first_seg = 0;
   int index_shift = 0, xi_bits = 0;
   DShift xi, s_y, s_dy, h_y, h_dy, r0, rh;  // tables, then R = (rq s, rq h d)
   DRange s_out, s_dout, h_out, h_dout, R;
@@ -232,7 +231,7 @@ struct GTable {  // one neighbour type's G table, coefficients [segment][a b c][
                  // int-to-float conversions in the embed kernel, whose conversion pipe is its bottleneck)
   const double *coef = nullptr;
   const uint8_t *safe = nullptr;  // per segment: G and G' inside their formats for every xi and channel
-  int64_t nseg = 0, x_min = 0, xi_mask = 0;
+  int64_t nseg = 0, x_min = 0, xi_mask = 0, first_seg = 0;  // row 0 is segment first_seg (env_norm: s < 0)
   int index_shift = 0, xi_bits = 0;
   DShift xi, y, dy;
   DRange out, dout;
@@ -253,6 +252,15 @@ struct DescConsts {  // stages 6 and 9 in float64 (atoms whose sums stay below 2
   DShift d, dgr;
   DRange d_range, dgr_range;
 };
+/* fit_activation "tanh": the odd activation's table T over |z| (one channel, Z's fraction bits in and out),
+ * coefficients a b c per segment and a zero row past the last. */
+struct ActTable {
+  const double *coef = nullptr;
+  int64_t nseg = 0, x_min = 0, xi_mask = 0, first_seg = 0;
+  int index_shift = 0, xi_bits = 0;
+  DShift xi, y, dy;
+  DRange out, dout;
+};
 struct LayerConsts {
   int n_in = 0, n_out = 0, p_in = 0, p_out = 0;
   bool resnet = false;
@@ -262,6 +270,7 @@ struct LayerConsts {
   DShift z, f, r2, r4, y, a;
   DRange z_range, a_range;
   double one = 0, two = 0, three_quarters = 0;  // tanh4's 1, 2 and 3/4 with f fraction bits
+  const ActTable *act = nullptr;                // fit_activation tanh: its table instead of tanh4
   DShift delta, back;                           // backward: rq(dphi g) to DELTA; rq(delta W^T) to GA or dD
   DRange back_range;
 };
@@ -276,8 +285,8 @@ struct OutConsts {
 typedef void (*GemmFn)(int, int, int, const double *, int, const double *, double *, int);
 typedef bool (*RecordsFn)(const RecConsts &, int, const uint64_t *, const RecordRows &, bool &);
 typedef bool (*TailFn)(const RecConsts &, int, const RecordRows &, uint64_t *);
-typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const double *, const double *, double *, double *,
-                        double *, const double **, double *, uint8_t *);
+typedef bool (*EmbedFn)(const EmbedConsts &, int, const int32_t *, const double *, const double *, const double *,
+                        double *, double *, double *, const double **, double *, uint8_t *);
 typedef bool (*BackFn)(const BackConsts &, int, const double *, const double *, const double *, const double *, double *,
                        size_t, double *);
 typedef void (*ActivateFn)(const LayerConsts &, int, const double *, const double *, double *, double *, uint8_t *);
@@ -392,8 +401,9 @@ class CpuModel {
   int ntypes = 0, m1 = 0, m2 = 0, sum_sel = 0;
   std::vector<int> sel;
   std::map<std::string, PipelineFormat> F;
-  std::vector<double> sh_coef;               // the s and h tables' rows (RecConsts)
-  RecConsts rec;
+  std::vector<double> sh_coef;               // the s and h tables' rows (RecConsts), per channel
+  std::vector<RecConsts> rec;                // per centre type (env_norm: its channel's rows; else all alike)
+  std::vector<double> pad;                   // pad_slots: [centre type][neighbour type][M1], else empty
   std::vector<std::vector<double>> g_coef;   // per neighbour type
   std::vector<std::vector<uint8_t>> g_safe;  // per neighbour type and segment: GTable::safe
   EmbedConsts embed;
@@ -401,11 +411,12 @@ class CpuModel {
   DescConsts desc;
   double d_fast_max = 0, dgr_fast_max = 0;  // the float64 paths of stages 6 and 9: see fitting()
   std::vector<std::vector<LayerConsts>> fit;  // per centre type
+  std::vector<double> act_coef;              // fit_activation tanh: the table's rows (ActTable)
+  ActTable act;
   std::vector<OutConsts> out;
   std::vector<std::vector<double>> g0;      // per centre type: rq(out_w) to GA, the backward pass's start
   std::vector<uint8_t> g0_sat;              // ... and whether that saturated (every atom of the type)
   int k_d = 0, k_dgr = 0;  // stages 6 and 9 in int64 (for atoms the float64 paths cannot take)
-  std::unique_ptr<OptionsPipeline> options;  // a model with options: its scalar path, not the kernels
 
   /* int64_stages: stages 6 and 9 in int64 for every atom (spec `cpu:int64`), not float64 where exact. */
   explicit CpuModel(const HostModel &hm, bool int64_stages = false);
@@ -447,6 +458,9 @@ class CpuModel {
   }
   static DRange range(const PipelineFormat &f) { return {double(f.lo()), double(f.hi())}; }
   void check_table(const PipelineTable &t, const std::string &name, int nch);
+  void table_consts(const PipelineTable &t, const std::string &name, int64_t &nseg, int64_t &x_min, int64_t &xi_mask,
+                    int64_t &first_seg, int &index_shift, int &xi_bits, DShift &xi, DShift &y, DShift &dy,
+                    DRange &out, DRange &dout) const;
   static std::vector<uint8_t> safe_segments(const PipelineTable &t);
 };
 
@@ -480,10 +494,30 @@ void CpuModel::check_table(const PipelineTable &t, const std::string &name, int 
   need(t.nch == nch, "table " + name + " has " + std::to_string(t.nch) + " channels, expected " + std::to_string(nch));
   need(t.xi_bits >= 1 && t.x_frac - t.seg_shift >= t.xi_bits && t.x_frac - t.seg_shift <= 62,
        "table " + name + ": xi_bits " + std::to_string(t.xi_bits) + " outside [1, x_frac - seg_shift]");
-  need(t.x_min >= 0, "table " + name + ": x_min below 0 (" + std::to_string(t.x_min) + ")");
+  // an input raised to x_min falls in a segment with a coefficient row: row 0 is segment first_seg
+  need((t.x_min >> (t.x_frac - t.seg_shift)) >= t.first_seg,
+       "table " + name + ": x_min " + std::to_string(t.x_min) + " lies before its first segment " +
+           std::to_string(t.first_seg));
   for (int64_t c : t.values)
     need(c >= t.coef.lo() && c <= t.coef.hi(), "table " + name + ": coefficient " + std::to_string(c) +
                                                    " outside " + t.coef.describe());
+}
+
+/* A quadratic table's lookup constants (model/reference.py table_lookup) and the exactness of its float64
+ * steps: |c xi| < 2^(coef + xi_bits); |(b + t) xi| < 2^(coef + 1 + xi_bits); |a + ...|, |b + 2t| < 2^(coef + 2). */
+void CpuModel::table_consts(const PipelineTable &t, const std::string &name, int64_t &nseg, int64_t &x_min,
+                            int64_t &xi_mask, int64_t &first_seg, int &index_shift, int &xi_bits, DShift &xi, DShift &y,
+                            DShift &dy, DRange &out, DRange &dout) const
+{
+  nseg = t.nseg, x_min = t.x_min, first_seg = t.first_seg;
+  index_shift = t.x_frac - t.seg_shift, xi_bits = t.xi_bits;
+  xi_mask = (int64_t(1) << t.xi_bits) - 1;
+  const int cm = t.coef.magnitude();
+  xi = dshift(t.xi_bits, cm + 1 + t.xi_bits, "table " + name + " (b + c xi) xi");
+  y = dshift(t.coef.frac - t.out.frac, cm + 2, "table " + name + " value");
+  dy = dshift(t.coef.frac - t.seg_shift - t.dout.frac, cm + 2, "table " + name + " slope");
+  need(t.out.magnitude() <= 52 && t.dout.magnitude() <= 52, "table " + name + ": values wider than float64's exact integers");
+  out = range(t.out), dout = range(t.dout);
 }
 
 CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
@@ -496,9 +530,13 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   sel = hm.sel;
   sum_sel = hm.sum_sel();
   need(p.config_given, "pipeline_config missing");
-  if (!p.options.empty()) {  // the model's options (cpu_options.h): its scalar path checks what it needs
-    options = std::make_unique<OptionsPipeline>(hm.pipeline, sel);
-    return;
+  // the model's options (contract.config.OPTIONS): each changes a step below; any other is refused by name
+  bool env_norm = false, pad_slots = false, act_table = false;
+  for (const std::string &o : p.options) {
+    if (o == "env_norm") env_norm = true;
+    else if (o == "pad_slots") pad_slots = true;
+    else if (o == "fit_activation") act_table = true;
+    else need(false, "option " + o + " is not computed by the cpu device");
   }
   m1 = p.m1, m2 = p.m2;
   need(m1 >= 1 && m1 <= MAX_M1 && m1 % 4 == 0, "embedding width M1 = " + std::to_string(m1) +
@@ -517,41 +555,40 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   // -- stages 1-3 (float64, per record): u = |d|^2 <= 3 * 2^(2 coord) (int64); tables s and h; R
   ishift(0, 2 * mag("coord") + 2, "r^2");
   const PipelineTable *tab[2];
+  // env_norm: one channel per centre type (channel t holds centre type t's normalised s, h), else one
+  const int nch = env_norm ? ntypes : 1;
   for (int q = 0; q < 2; q++) {
     const char *name = q ? "h" : "s";
     auto it = p.tables.find(name);
     need(it != p.tables.end(), std::string("table ") + name + " missing");
     tab[q] = &it->second;
-    check_table(*tab[q], name, 1);
+    check_table(*tab[q], name, nch);
   }
   const PipelineTable &ts = *tab[0], &th = *tab[1];
   need(ts.x_frac == th.x_frac && ts.seg_shift == th.seg_shift && ts.xi_bits == th.xi_bits && ts.x_min == th.x_min &&
-           ts.nseg == th.nseg,
-       "tables s and h on different grids (x_frac, seg_shift, xi_bits, x_min, nseg): the cpu device reads both "
-       "with one lookup");
-  sh_coef.assign((size_t(ts.nseg) + 1) * 8, 0);
-  for (int64_t g = 0; g < ts.nseg; g++)
-    for (int a = 0; a < 3; a++) {
-      sh_coef[size_t(g) * 8 + size_t(a)] = double(ts.values[size_t(g) * 3 + size_t(a)]);
-      sh_coef[size_t(g) * 8 + 3 + size_t(a)] = double(th.values[size_t(g) * 3 + size_t(a)]);
-    }
-  rec.coef = sh_coef.data();
-  rec.nseg = ts.nseg, rec.x_min = ts.x_min, rec.index_shift = ts.x_frac - ts.seg_shift, rec.xi_bits = ts.xi_bits;
-  rec.xi_mask = (int64_t(1) << ts.xi_bits) - 1;
+           ts.nseg == th.nseg && ts.first_seg == th.first_seg,
+       "tables s and h on different grids (x_frac, seg_shift, xi_bits, x_min, nseg, first_seg): the cpu device "
+       "reads both with one lookup");
+  const size_t rows = size_t(ts.nseg) + 1;
+  sh_coef.assign(size_t(nch) * rows * 8, 0);
+  for (int ch = 0; ch < nch; ch++)
+    for (int64_t g = 0; g < ts.nseg; g++)
+      for (int a = 0; a < 3; a++) {
+        const size_t from = (size_t(g) * size_t(nch) + size_t(ch)) * 3 + size_t(a), to = (size_t(ch) * rows + size_t(g)) * 8;
+        sh_coef[to + size_t(a)] = double(ts.values[from]);
+        sh_coef[to + 3 + size_t(a)] = double(th.values[from]);
+      }
+  RecConsts rc;
   for (int q = 0; q < 2; q++) {
     const PipelineTable &t = *tab[q];
-    const std::string what = std::string("table ") + (q ? "h" : "s");
-    const int cm = t.coef.magnitude();
-    // |c xi| < 2^(coef + xi_bits); |(b + t) xi| < 2^(coef + 1 + xi_bits); |a + ...|, |b + 2t| < 2^(coef + 2)
-    rec.xi = dshift(t.xi_bits, cm + 1 + t.xi_bits, what + " (b + c xi) xi");
-    (q ? rec.h_y : rec.s_y) = dshift(t.coef.frac - t.out.frac, cm + 2, what + " value");
-    (q ? rec.h_dy : rec.s_dy) = dshift(t.coef.frac - t.seg_shift - t.dout.frac, cm + 2, what + " slope");
-    (q ? rec.h_out : rec.s_out) = range(t.out);
-    (q ? rec.h_dout : rec.s_dout) = range(t.dout);
+    DShift xi;
+    table_consts(t, q ? "h" : "s", rc.nseg, rc.x_min, rc.xi_mask, rc.first_seg, rc.index_shift, rc.xi_bits, xi,
+                 q ? rc.h_y : rc.s_y, q ? rc.h_dy : rc.s_dy, q ? rc.h_out : rc.s_out, q ? rc.h_dout : rc.s_dout);
+    rc.xi = xi;  // the same for both: their xi_bits are equal (checked above)
   }
-  rec.r0 = dshift(fr("s") - fr("R"), mag("s"), "R from s");
-  rec.rh = dshift(fr("h") + fr("coord") - fr("R"), mag("h") + mag("coord"), "R from h d");
-  rec.R = range(fmt("R"));
+  rc.r0 = dshift(fr("s") - fr("R"), mag("s"), "R from s");
+  rc.rh = dshift(fr("h") + fr("coord") - fr("R"), mag("h") + mag("coord"), "R from h d");
+  rc.R = range(fmt("R"));
 
   // -- stages 4-5 (float64): G tables; GR = rq(sum_j R_j^T G_j) over at most sum(sel) records
   embed.m1 = back.m1 = m1;
@@ -569,19 +606,28 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
         for (int a = 0; a < 3; a++)
           c[(size_t(s) * 3 + size_t(a)) * size_t(m1) + size_t(ch)] = double(pt.values[(size_t(s) * size_t(m1) + size_t(ch)) * 3 + size_t(a)]);
     GTable g;
-    g.nseg = pt.nseg, g.x_min = pt.x_min, g.index_shift = pt.x_frac - pt.seg_shift, g.xi_bits = pt.xi_bits;
-    g.xi_mask = (int64_t(1) << pt.xi_bits) - 1;
-    const int cm = pt.coef.magnitude();
-    // |c xi| < 2^(coef + xi_bits); |(b + t) xi| < 2^(coef + 1 + xi_bits); |a + ...|, |b + 2t| < 2^(coef + 2)
-    g.xi = dshift(pt.xi_bits, cm + 1 + pt.xi_bits, "table " + name + " (b + c xi) xi");
-    g.y = dshift(pt.coef.frac - pt.out.frac, cm + 2, "table " + name + " value");
-    g.dy = dshift(pt.coef.frac - pt.seg_shift - pt.dout.frac, cm + 2, "table " + name + " slope");
-    need(pt.out.magnitude() <= 52 && pt.dout.magnitude() <= 52, "table " + name + ": G or G' wider than float64's exact integers");
-    g.out = range(pt.out), g.dout = range(pt.dout);
+    table_consts(pt, name, g.nseg, g.x_min, g.xi_mask, g.first_seg, g.index_shift, g.xi_bits, g.xi, g.y, g.dy, g.out,
+                 g.dout);
     g_safe.push_back(safe_segments(pt));  // after the bounds above: int64 holds every step
     embed.g.push_back(g);
   }
   for (int t = 0; t < ntypes; t++) embed.g[size_t(t)].coef = g_coef[size_t(t)].data(), embed.g[size_t(t)].safe = g_safe[size_t(t)].data();
+  // pad_slots: an atom's sel[t] - n_t empty slots of each type t add the `pipeline_pad` product of
+  // (centre type, t) to GR's first row, |product| <= |R0| |G|: with the records, still sum(sel) terms
+  if (pad_slots) {
+    const size_t mm = size_t(m1), nt = size_t(ntypes);
+    need(p.pad.size() >= ((nt - 1) * 16 + nt) * mm, "pad_slots without its pipeline_pad lines");
+    const double bound = std::ldexp(1.0, mag("R") + mag("G"));
+    for (size_t ct = 0; ct < nt; ct++)
+      for (size_t t = 0; t < nt; t++)
+        for (size_t c = 0; c < mm; c++) {
+          const int64_t v = p.pad[(ct * 16 + t) * mm + c];
+          need(std::fabs(double(v)) <= bound, "pad_slots product " + std::to_string(v) + " (centre type " +
+                                                  std::to_string(ct) + ", type " + std::to_string(t) +
+                                                  ") larger than R times G");
+          pad.push_back(double(v));
+        }
+  }
   embed.gr = dshift(fr("R") + fr("G") + ns - fr("GR"), mag("R") + mag("G") + ceil_log2(sum_sel),
                     "GR = sum over sum(sel) records of R (" + fmt("R").describe() + ") G (" + fmt("G").describe() + ")");
   embed.gr_range = range(fmt("GR"));
@@ -597,8 +643,26 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   // -- stages 7-8: the fitting nets (float64 GEMMs)
   const PipelineFormat &W = fmt("W");
   const int fz = fr("Z"), fa = fr("A");
-  need(fz >= 2 && 2 * fz + 4 <= 52, "Z " + fmt("Z").describe() + ": tanh4 needs 2 <= frac and 2 frac + 4 <= 52 "
-                                    "(|xx (xx/16 - za/4)| < 2^(2 frac + 4) in float64)");
+  // phi and phi' as bounds: tanh4's |y| <= 2^fz and 0 <= phi' <= 2^fz; the tanh table's, inside Z
+  int phi_mag = fz;
+  if (act_table) {
+    auto it = p.tables.find("act");
+    need(it != p.tables.end(), "fit_activation without its table act");
+    const PipelineTable &at = it->second;
+    check_table(at, "act", 1);
+    need(at.x_frac == fz && at.out.frac == fz && at.dout.frac == fz && at.out.bits <= fmt("Z").bits &&
+             at.dout.bits <= fmt("Z").bits,
+         "table act: input and outputs not in Z's fraction bits (" + fmt("Z").describe() + ")");
+    table_consts(at, "act", act.nseg, act.x_min, act.xi_mask, act.first_seg, act.index_shift, act.xi_bits, act.xi,
+                 act.y, act.dy, act.out, act.dout);
+    act_coef.assign((size_t(at.nseg) + 1) * 3, 0.0);  // a zero row past the last segment
+    for (size_t v = 0; v < at.values.size(); v++) act_coef[v] = double(at.values[v]);
+    act.coef = act_coef.data();
+    phi_mag = mag("Z");
+  } else {
+    need(fz >= 2 && 2 * fz + 4 <= 52, "Z " + fmt("Z").describe() + ": tanh4 needs 2 <= frac and 2 frac + 4 <= 52 "
+                                      "(|xx (xx/16 - za/4)| < 2^(2 frac + 4) in float64)");
+  }
   need(int(p.fit.size()) == ntypes && int(p.out_w.size()) == ntypes, "fitting nets missing for some centre type");
   fit.resize(size_t(ntypes));
   out.resize(size_t(ntypes));
@@ -630,15 +694,19 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
       need(std::max(mag_acc - std::max(xfrac + pl.wfrac - fz, 0), ceil_log2(bmax + 1)) + 1 <= 52,
            where + ": bias beyond float64's exact range");
       L.z_range = range(fmt("Z"));
-      L.f = dshift(fz, 2 * fz + 4, where + " tanh4");
-      L.r2 = dshift(2, fz + 2, where + " tanh4");
-      L.r4 = dshift(4, fz + 3, where + " tanh4");
-      L.y = dshift(fz - fa, fz + 1, where + " tanh4 to A");
+      if (act_table) {
+        L.act = &act;
+      } else {
+        L.f = dshift(fz, 2 * fz + 4, where + " tanh4");
+        L.r2 = dshift(2, fz + 2, where + " tanh4");
+        L.r4 = dshift(4, fz + 3, where + " tanh4");
+      }
+      L.y = dshift(fz - fa, phi_mag + 1, where + " activation to A");
       L.a = dshift(fa - fr("A"), std::max(mag_in, fa) + 1, where + " resnet sum");
       L.a_range = range(fmt("A"));
       L.one = std::ldexp(1.0, fz), L.two = std::ldexp(1.0, fz + 1), L.three_quarters = 3 * std::ldexp(1.0, fz - 2);
       // backward: delta = rq(dphi g): |dphi| <= 2^fz, |g| <= 2^GA; back = delta W^T, n_out terms
-      L.delta = dshift(fz + fr("GA") - fr("DELTA"), fz + mag("GA"), where + " delta = dphi g");
+      L.delta = dshift(fz + fr("GA") - fr("DELTA"), phi_mag + mag("GA"), where + " delta = dphi g");
       const bool first = k == 0;
       L.back = dshift(fr("DELTA") + pl.wfrac - fr(first ? "dD" : "GA"),
                       mag("DELTA") + wf.magnitude() + ceil_log2(pl.n_out),
@@ -662,8 +730,8 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
       L.b_store.assign(size_t(L.p_out), 0.0);
       for (int c = 0; c < pl.n_out; c++) L.b_store[size_t(c)] = double(pl.b[size_t(c)]);
       fit[size_t(t)].push_back(std::move(L));
-      // the next layer's input: rq to A (resnet) or tanh4 shifted to A, |y| <= 2^fa
-      mag_in = pl.resnet ? mag("A") : std::max(fa, 0) + 1;
+      // the next layer's input: rq to A (resnet) or phi shifted to A, |y| <= 2^(phi_mag - fz + fa) + 1
+      mag_in = pl.resnet ? mag("A") : std::max(phi_mag - fz + fa, 0) + 1;
       in_name = "A " + fmt("A").describe();
       xfrac = fa;
       n_in = pl.n_out;
@@ -714,18 +782,22 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
   // dU = sat(rq dS s' + rq dH h'), dE/dr = sat(rq dR h + rq dU d)
   // a sum of two values rounded by shifts ka, kb from magnitudes 2^ma, 2^mb: below 2^(max(ma - ka, mb - kb) + 2)
   auto sum_mag = [](int ma, int ka, int mb, int kb) { return std::max(std::max(ma - ka, 0), std::max(mb - kb, 0)) + 2; };
-  rec.ds_r = dshift(fr("dR") - fr("dS"), mag("dR"), "dS from dR");
+  rc.ds_r = dshift(fr("dR") - fr("dS"), mag("dR"), "dS from dR");
   dshift(0, sum_mag(mag("dR"), fr("dR") - fr("dS"), mag("dGj") + mag("dG") + ceil_log2(m1), back_dsg_k), "dS");
-  rec.dh = dshift(fr("dR") + fr("coord") - fr("dH"), mag("dR") + mag("coord") + 2, "dH");
-  rec.du_s = dshift(fr("dS") + fr("ds") - fr("dU"), mag("dS") + mag("ds"), "dU from dS");
-  rec.du_h = dshift(fr("dH") + fr("dh") - fr("dU"), mag("dH") + mag("dh"), "dU from dH");
+  rc.dh = dshift(fr("dR") + fr("coord") - fr("dH"), mag("dR") + mag("coord") + 2, "dH");
+  rc.du_s = dshift(fr("dS") + fr("ds") - fr("dU"), mag("dS") + mag("ds"), "dU from dS");
+  rc.du_h = dshift(fr("dH") + fr("dh") - fr("dU"), mag("dH") + mag("dh"), "dU from dH");
   dshift(0, sum_mag(mag("dS") + mag("ds"), fr("dS") + fr("ds") - fr("dU"), mag("dH") + mag("dh"),
                     fr("dH") + fr("dh") - fr("dU")), "dU");
-  rec.f_r = dshift(fr("dR") + fr("h") - fr("F"), mag("dR") + mag("h"), "force from dR h");
-  rec.f_u = dshift(fr("dU") + fr("coord") - 1 - fr("F"), mag("dU") + mag("coord"), "force from dU d");
+  rc.f_r = dshift(fr("dR") + fr("h") - fr("F"), mag("dR") + mag("h"), "force from dR h");
+  rc.f_u = dshift(fr("dU") + fr("coord") - 1 - fr("F"), mag("dU") + mag("coord"), "force from dU d");
   dshift(0, sum_mag(mag("dR") + mag("h"), fr("dR") + fr("h") - fr("F"), mag("dU") + mag("coord"),
                     fr("dU") + fr("coord") - 1 - fr("F")), "force");
-  rec.dS = range(fmt("dS")), rec.dH = range(fmt("dH")), rec.dU = range(fmt("dU")), rec.F = range(fmt("F"));
+  rc.dS = range(fmt("dS")), rc.dH = range(fmt("dH")), rc.dU = range(fmt("dU")), rc.F = range(fmt("F"));
+  for (int t = 0; t < ntypes; t++) {
+    rec.push_back(rc);
+    rec.back().coef = sh_coef.data() + size_t(env_norm ? t : 0) * rows * 8;
+  }
 }
 
 // ---- threads -------------------------------------------------------------------------------------------
@@ -836,6 +908,8 @@ struct Workspace {
   std::vector<uint8_t> below;
   // per atom of the batch
   std::vector<double> GR, dGR;           // 4 * M1 per atom
+  std::vector<double> pad0;              // pad_slots: the atom's empty slots' products (M1)
+  std::vector<int> counts;               // ... from its records per neighbour type
   std::vector<int64_t> GRi;
   std::vector<double> gmax, dDT, ext;    // stages 6 and 9 in float64: per member max|GR|; scratch
   std::vector<uint8_t> sat, small;
@@ -887,17 +961,6 @@ class CpuDevice : public Device {
     auto [words, n_atoms] = std::move(queue_.front());
     queue_.pop_front();
     decode(words, n_atoms);
-    if (m_.options) {  // a model with options: one atom at a time on the scalar path (cpu_options.h)
-      order_.clear();
-      for (size_t i = 0; i < a_.header.size(); i++)
-        if (a_.state[i] == LIVE) order_.push_back(i);
-      pool_.run(order_.size(), [&](size_t q, int) {
-        const size_t i = order_[q];
-        m_.options->atom(int(w::input_header::CTYPE.get(a_.header[i])), &a_.rec[a_.start[i]],
-                         a_.start[i + 1] - a_.start[i], a_.energy[i], &a_.out[a_.start[i]], a_.flags[i]);
-      });
-      return encode();
-    }
     // Batches of one centre type each: a batch's fitting GEMMs then have up to BATCH_ATOMS rows, not
     // two parts of it, each padded to GEMM_ROWS.
     order_.clear();
@@ -1010,12 +1073,14 @@ class CpuDevice : public Device {
     return out;
   }
 
-  /* The pipeline on the chunk's live atoms atoms[0 .. na-1]. */
+  /* The pipeline on the chunk's live atoms atoms[0 .. na-1], all of one centre type. */
   void batch(const size_t *atoms, size_t na, Workspace &ws)
   {
     const CpuModel &m = m_;
     const int m1 = m.m1;
     const std::vector<size_t> live(atoms, atoms + na);
+    const int ctype = int(w::input_header::CTYPE.get(a_.header[live[0]]));
+    const RecConsts &rc = m.rec[size_t(ctype)];
     size_t nrec = 0;
     fit_size(ws.rfirst, na + 1);
     for (size_t q = 0; q < na; q++) {
@@ -1043,12 +1108,26 @@ class CpuDevice : public Device {
     };
 
     // -- stages 1-5: per record r^2, s, h, R; per atom G, GR
+    fit_size(ws.pad0, size_t(m1));
+    fit_size(ws.counts, size_t(m.ntypes));
     for (size_t q = 0; q < na; q++) {
       const size_t i = live[q], j0 = ws.rfirst[q], nr = a_.start[i + 1] - a_.start[i];
       bool small = false, sat = false;
-      if (nr) sat = k_->records(m.rec, int(nr), &a_.rec[a_.start[i]], rows_of(q), small);
-      // no records: GR = 0
-      sat |= k_->embed(m.embed, int(nr), &ws.type[j0], &ws.s[j0], &ws.R[4 * j0], &ws.G[size_t(m1) * j0],
+      if (nr) sat = k_->records(rc, int(nr), &a_.rec[a_.start[i]], rows_of(q), small);
+      const double *pad0 = nullptr;
+      if (!m.pad.empty()) {  // pad_slots: (sel[t] - n_t) empty slots of each type t (n_t <= sel[t]: LIVE)
+        std::fill(ws.counts.begin(), ws.counts.end(), 0);
+        for (size_t j = 0; j < nr; j++) ws.counts[size_t(ws.type[j0 + j])]++;
+        std::fill(ws.pad0.begin(), ws.pad0.begin() + m1, 0.0);
+        for (int t = 0; t < m.ntypes; t++) {
+          const double n_empty = double(m.sel[size_t(t)] - ws.counts[size_t(t)]);
+          const double *prod = &m.pad[(size_t(ctype) * size_t(m.ntypes) + size_t(t)) * size_t(m1)];
+          for (int c = 0; c < m1; c++) ws.pad0[size_t(c)] += n_empty * prod[c];  // exact: see CpuModel (pad)
+        }
+        pad0 = ws.pad0.data();
+      }
+      // no records: GR = 0 (or the empty slots' products)
+      sat |= k_->embed(m.embed, int(nr), &ws.type[j0], &ws.s[j0], &ws.R[4 * j0], pad0, &ws.G[size_t(m1) * j0],
                        &ws.dG[size_t(m1) * j0], &ws.GR[4 * size_t(m1) * q], ws.cf.data(), ws.xi.data(),
                        ws.below.data());
       ws.sat[q] = sat;
@@ -1071,7 +1150,7 @@ class CpuDevice : public Device {
       if (nr) {
         sat |= k_->backward(m.back, int(nr), &ws.R[4 * j0], &ws.G[size_t(m1) * j0], &ws.dG[size_t(m1) * j0],
                             &ws.dGR[4 * size_t(m1) * q], &ws.dR[j0], nrec, &ws.dSg[j0]);
-        sat |= k_->tail(m.rec, int(nr), rows_of(q), &a_.out[a_.start[i]]);
+        sat |= k_->tail(rc, int(nr), rows_of(q), &a_.out[a_.start[i]]);
       }
       a_.flags[i] = (sat ? w::flags::SATURATED : 0) | (ws.small[q] ? w::flags::R_BELOW_MIN : 0);
     }

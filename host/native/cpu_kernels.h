@@ -129,7 +129,7 @@ bool records(const RecConsts &k, int n, const uint64_t *words, const RecordRows 
       const int64_t x0 = ir::DX.get_signed(word), x1 = ir::DY.get_signed(word), x2 = ir::DZ.get_signed(word);
       const int64_t u = x0 * x0 + x1 * x1 + x2 * x2;
       const int64_t x = u < k.x_min ? k.x_min : u;
-      const double *row = k.coef + 8 * size_t(std::min(x >> k.index_shift, k.nseg));
+      const double *row = k.coef + 8 * size_t(std::min((x >> k.index_shift) - k.first_seg, k.nseg));
       o.type[j0 + l] = int32_t(ir::TYPE.get(word));
       lane[0][l] = double(x0), lane[1][l] = double(x1), lane[2][l] = double(x2);
       lane[3][l] = double((x >> (k.index_shift - k.xi_bits)) & k.xi_mask);
@@ -248,14 +248,19 @@ inline void g_row(const GTable &t, int m1, const double *p, double xi, double *G
   }
 }
 
-/* acc[k][v] += R_j[k] G_j[c + v VW] over the records, NV vectors of channels from c; then GR = rq(acc). */
+/* acc[k][v] += R_j[k] G_j[c + v VW] over the records, NV vectors of channels from c, from acc[0] = pad0
+ * (the empty slots' products, pad_slots) or 0; then GR = rq(acc). */
 template <int NV>
-inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const double *G, int c, double *GR, VI &flag)
+inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const double *G, const double *pad0, int c,
+                     double *GR, VI &flag)
 {
   const int m1 = e.m1;
   const VShift sgr = vshift(e.gr);
   const VRange gr_range = vrange(e.gr_range);
   V acc[4][NV] = {};
+  if (pad0)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[0][v] = load(pad0 + c + v * VW);
   for (int j = 0; j < nrec; j++) {
     const double *Rj = R + 4 * size_t(j);  // |R G| sums: see CpuModel (GR)
     V g[NV];
@@ -276,10 +281,12 @@ inline void gr_block(const EmbedConsts &e, int nrec, const double *R, const doub
 
 }  // namespace
 
-/* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table, and GR = rq(sum_j R_j^T G_j).  Returns whether anything saturated (a
- * coefficient result, or s past the table's end). */
-bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s, const double *R, double *G,
-           double *dG, double *GR, const double **cf, double *xi, uint8_t *below)
+/* Stages 4-5 for one atom's records: G(s), G'(s) per record from its neighbour type's table, and
+ * GR = rq(sum_j R_j^T G_j + pad0), pad0 (row 0 only, M1 values) the atom's empty slots' products under
+ * pad_slots, else null.  Returns whether anything saturated (a coefficient result, or s past the table's
+ * end). */
+bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s, const double *R, const double *pad0,
+           double *G, double *dG, double *GR, const double **cf, double *xi, uint8_t *below)
 {
   const int m1 = e.m1;
   VI flag{};
@@ -290,7 +297,7 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s,
     const int64_t sj = int64_t(s[j]);
     below[j] = sj < t.x_min;
     const int64_t x = below[j] ? t.x_min : sj;
-    const int64_t idx = x >> t.index_shift;
+    const int64_t idx = (x >> t.index_shift) - t.first_seg;  // >= 0: x_min's segment is checked at load
     cf[j] = idx < t.nseg ? t.coef + size_t(idx) * 3 * size_t(m1) : nullptr;
     xi[j] = double((x >> (t.index_shift - t.xi_bits)) & t.xi_mask);
     // The tables (hundreds of kB) do not stay in cache: ask for this record's segment now.
@@ -316,8 +323,8 @@ bool embed(const EmbedConsts &e, int nrec, const int32_t *type, const double *s,
   }
   // GR = R^T G, two vectors of channels at a time (8 sums in registers over the records)
   int c = 0;
-  for (; c + 2 * VW <= m1; c += 2 * VW) gr_block<2>(e, nrec, R, G, c, GR, flag);
-  for (; c < m1; c += VW) gr_block<1>(e, nrec, R, G, c, GR, flag);
+  for (; c + 2 * VW <= m1; c += 2 * VW) gr_block<2>(e, nrec, R, G, pad0, c, GR, flag);
+  for (; c < m1; c += VW) gr_block<1>(e, nrec, R, G, pad0, c, GR, flag);
   return sat || any(flag);
 }
 
@@ -469,9 +476,33 @@ bool dgr(const DescConsts &d, const double *GR, const double *dD, double *dDT, d
   return any(flag);
 }
 
+namespace {
+/* The fit_activation table (model/reference.py activation: table_lookup of |z|, one channel) for VW
+ * values az >= 0: T(az) and T'(az), T' = 0 below the table's start, both 0 past its end (a zero row
+ * there).  The reference keeps no flag of this lookup, so neither does this. */
+inline void act_lookup(const ActTable &t, V az, V &y, V &dy)
+{
+  double lane[4][VW];  // xi, then the row's a b c
+  VI below{};
+#pragma GCC unroll 4
+  for (int l = 0; l < VW; l++) {
+    const int64_t z = int64_t(az[l]);
+    const int64_t x = z < t.x_min ? t.x_min : z;
+    const double *row = t.coef + 3 * size_t(std::min((x >> t.index_shift) - t.first_seg, t.nseg));
+    below[l] = z < t.x_min ? -1 : 0;
+    lane[0][l] = double((x >> (t.index_shift - t.xi_bits)) & t.xi_mask);
+    lane[1][l] = row[0], lane[2][l] = row[1], lane[3][l] = row[2];
+  }
+  VI unflagged{};
+  quad(load(lane[1]), load(lane[2]), load(lane[3]), load(lane[0]) * t.xi.mul, below, vshift(t.xi), vshift(t.y),
+       vshift(t.dy), vrange(t.out), vrange(t.dout), y, dy, unflagged);
+}
+}  // namespace
+
 /* A fitting layer's activation, row by row: z = sat(sr(acc) + b) (no flag: tanh4 is flat long before the
- * Z range ends), y = tanh4(z) shifted to A, x = rq(x_prev + y) for a resnet layer (flagged), else y;
- * dphi = tanh4'(z).  rowsat[r] |= any flag of row r. */
+ * Z range ends, tanh within 2 LSB of +-1 there), y = phi(z) shifted to A, x = rq(x_prev + y) for a resnet
+ * layer (flagged), else y; dphi = phi'(z).  phi: tanh4, or the layer's activation table (L.act) for
+ * fit_activation tanh.  rowsat[r] |= any flag of row r. */
 void activate(const LayerConsts &L, int rows, const double *acc, const double *xprev, double *x, double *dphi,
               uint8_t *rowsat)
 {
@@ -482,14 +513,21 @@ void activate(const LayerConsts &L, int rows, const double *acc, const double *x
     const double *ar = acc + size_t(r) * size_t(P);
     for (int c = 0; c < P; c += VW) {
       const V z = clip(sr(load(ar + c), L.z) + load(L.b + c), L.z_range, unflagged);
-      // tanh4 (model/reference.py): |za^2| <= 2^(2f+2), |xx (xx/16 - za/4)| <= 2^(2f+4): checked < 2^53
       const V az = z < zero ? -z : z;
-      const V za = az > two ? two : az;
-      const V xx = sr(za * za, L.f);
-      const V q = sr(xx * (sr(xx, L.r4) - sr(za, L.r2)), L.f);
-      const V ya = za + q;
-      const V dq = sr(xx * (sr(za, L.r2) - three4), L.f);
-      store(dphi + size_t(r) * size_t(P) + size_t(c), az >= two ? zero : one + dq);
+      V ya;
+      if (L.act) {  // fit_activation tanh: sign(z) T(|z|), phi' = T'(|z|)
+        V dy;
+        act_lookup(*L.act, az, ya, dy);
+        store(dphi + size_t(r) * size_t(P) + size_t(c), dy);
+      } else {
+        // tanh4 (model/reference.py): |za^2| <= 2^(2f+2), |xx (xx/16 - za/4)| <= 2^(2f+4): checked < 2^53
+        const V za = az > two ? two : az;
+        const V xx = sr(za * za, L.f);
+        const V q = sr(xx * (sr(xx, L.r4) - sr(za, L.r2)), L.f);
+        ya = za + q;
+        const V dq = sr(xx * (sr(za, L.r2) - three4), L.f);
+        store(dphi + size_t(r) * size_t(P) + size_t(c), az >= two ? zero : one + dq);
+      }
       const V y = sr(z < zero ? -ya : ya, L.y);
       if (L.resnet) {
         store(x + size_t(r) * size_t(P) + size_t(c),

@@ -6,7 +6,7 @@
  *
  *   pipeline_config M1 M2 NORM_SHIFT DESC_SHIFT
  *   pipeline_options NAME...                           the model's options, only when it has any
- *                                                      (contract.config.OPTIONS; cpu_options.h)
+ *                                                      (contract.config.OPTIONS; cpu.cpp CpuModel)
  *   pipeline_format NAME BITS FRAC SIGNED              one per format (coord, s, h, R, G, ..., F)
  *   pipeline_table NAME X_FRAC SEG_SHIFT XI_BITS X_MIN NSEG NCH  COEF OUT DOUT (each BITS FRAC SIGNED)
  *   pipeline_table_coef NAME C...                      NSEG * NCH * 3 values, (segment, channel, a b c)
@@ -71,7 +71,7 @@ struct PipelineConstants {
   std::vector<std::vector<int64_t>> out_w;      // [centre type]
   std::vector<int> out_wfrac;
   std::vector<bool> out_given;
-  std::vector<std::string> options;  // pipeline_options: a model with any runs on cpu_options.h's path
+  std::vector<std::string> options;  // pipeline_options: env_norm, pad_slots, fit_activation
   std::vector<int64_t> pad;          // pipeline_pad: [centre type][neighbour type][M1], frac R + G
 };
 

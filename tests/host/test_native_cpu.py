@@ -307,6 +307,10 @@ def test_model_text_without_pipeline_and_bad_streams(gete_qm):
     broken = text.replace("pipeline_layer_b 0 1 ", "pipeline_layer_b 0 1 1 ")
     with pytest.raises(modelfile.ModelFileError, match="128 values expected"):
         native._call(mod.Model, broken)
+    # an option the device does not compute is refused by name, never computed without it
+    unknown = text.replace("pipeline_format ", "pipeline_options desc_band\npipeline_format ", 1)
+    with pytest.raises(modelfile.ModelFileError, match="option desc_band is not computed by the cpu device"):
+        native._call(mod.open_device, "cpu", native._call(mod.Model, unknown), threads=1)
 
 
 # ---- whole evaluations -------------------------------------------------------------------------------
@@ -409,12 +413,13 @@ def test_lammps_device_cpu_equals_the_reference_in_the_service(tmp_path):
 
 
 @pytest.mark.parametrize("activation", ["tanh", "tanh4"])
+@pytest.mark.parametrize("spec", ["cpu", "cpu:generic,int64"])
 @pytest.mark.parametrize("lanes, threads, chunk, seed", [(1, 1, 64, 0), (2, 3, 7, 1)])
-def test_a_model_with_options_gives_the_reference_words(activation, lanes, threads, chunk, seed):
+def test_a_model_with_options_gives_the_reference_words(activation, spec, lanes, threads, chunk, seed):
     """A quantized DeePMD-kit import (env_norm, pad_slots; fit_activation tanh or tanh4) on the cpu device's
-    scalar path (cpu_options.cpp): every word == the reference's, pairs below r_min and past rcut and the
-    stream faults (a type over its sel, a bad centre type) included; saturation too, with the descriptor's
-    format narrowed by 4 bits (the quantizer's formats leave this small model none)."""
+    kernels, both sets: every word == the reference's, pairs below r_min and past rcut and the stream faults
+    (a type over its sel, a bad centre type) included; saturation too, with the descriptor's format narrowed
+    by 4 bits (the quantizer's formats leave this small model none)."""
     from contract.fixedpoint import Fmt
     from deepmd_graph import imported_qm
     qm = copy.deepcopy(imported_qm(activation)[0])
@@ -426,7 +431,7 @@ def test_a_model_with_options_gives_the_reference_words(activation, lanes, threa
     nt[0, :cfg.sel[0] + 1] = 0   # one more of type 0 than sel
     ct[1] = cfg.ntypes           # a centre type outside the type map
     nt[2, :] = -1                # no neighbours: empty slots only
-    with native.open_device("cpu", qm, lanes=lanes, threads=threads) as dev:
+    with native.open_device(spec, qm, lanes=lanes, threads=threads) as dev:
         words = check(qm, dev, ct, nt, d, chunk, lanes)
     _, _, flags, _ = wire.decode_results(words, len(ct), nt.shape[1])
     assert flags[0] == FLAG_NEIGHBOR_OVERFLOW and flags[1] & FLAG_BAD_TYPE
