@@ -21,8 +21,9 @@ the hardware reproduces bit for bit.
   python -m model quantize RUN_DIR/model.pt -o M.npz   calibrate, build tables, fine-tune (QAT), export
   python -m model test M.npz DATA... --json metrics.json --plot parity.png
                                                        RMSE of float and quantized model vs labels
-  python -m model import MODEL.pb -o OUT.pt            a DeePMD-kit se_a model (frozen graph) as our float
-                                                       model (OUT.npz with --calib DATA: quantized)
+  python -m model import MODEL.pb -o OUT.pt            a DeePMD-kit se_a model (frozen graph .pb, or native
+                                                       .dp / .yaml) as our float model (OUT.npz with
+                                                       --calib DATA: quantized)
   python -m model info M.npz                           formats, tables, provenance of a model file
   python -m model example                              path of the bundled GeTe example model
   python -m model demo [-o build/demo]                 the bundled model on a GeTe structure: bit-exact
@@ -106,8 +107,10 @@ def cmd_test(args):
     print(f"quantized - float: energy {d['rmse_e'] * 1e3:.4f} meV/atom, force {d['rmse_f'] * 1e3:.4f} meV/Å RMS")
 
 
-@cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow)",
-             arg("source", help="frozen graph (.pb) of `dp freeze`"),
+@cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow; "
+             "native .dp / .yaml, read without DeePMD-kit)",
+             arg("source", help="frozen graph (.pb) of `dp freeze`, or DeePMD-kit's native model (.dp, .yaml: "
+                 "`dp convert-backend MODEL.pth MODEL.dp` for a PyTorch model)"),
              out_arg("OUT.pt: the float model as a checkpoint; OUT.npz: the quantized model file (needs --calib)",
                      required=True),
              arg("--calib", nargs="+", help="DeePMD systems or ASE-readable files: calibration frames for the "
@@ -120,12 +123,13 @@ def cmd_import(args):
     (source file and SHA-256, what was imported, what was folded)."""
     set_threads(args.threads)
     from .deepmd import import_graph
+    from .dpmodel import SUFFIXES, import_dpmodel
     out = Path(args.out)
     if out.suffix not in (".pt", ".npz"):
         raise ValueError(f"-o {out}: write a .pt (float checkpoint) or an .npz (quantized model file)")
     if out.suffix == ".npz" and not args.calib:
         raise ValueError("a quantized import (-o *.npz) needs --calib DATA: calibration frames for the quantizer")
-    model, provenance = import_graph(args.source)
+    model, provenance = (import_dpmodel if Path(args.source).suffix in SUFFIXES else import_graph)(args.source)
     imp = provenance["import"]
     print(f"imported {imp['descriptor']} model {args.source} (sha256 {imp['sha256']}): type_map {imp['type_map']}, "
           f"sel {imp['sel']}, rcut {imp['rcut']}, options {sorted(imp['options'])}")

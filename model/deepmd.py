@@ -323,8 +323,15 @@ def import_graph(path: str | Path) -> tuple[DeepPot, dict]:
 
 
 def model_from_graph(g: Graph) -> tuple[DeepPot, dict]:
-    from .quantize import choose_r_min
     d = describe(g)
+    return build_model(d, {"source": str(g.path.resolve()), "sha256": g.sha256,
+                           "format": "DeePMD-kit frozen TensorFlow graph (GraphDef), read without TensorFlow"})
+
+
+def build_model(d: dict, source: dict) -> tuple[DeepPot, dict]:
+    """Our float model of the se_a energy model `d` (describe()'s plain values, from whatever file), and
+    its provenance record, which starts with `source` (source, sha256, format)."""
+    from .quantize import choose_r_min
     cfg = ModelConfig(type_map=d["type_map"], rcut=d["rcut"], rcut_smth=d["rcut_smth"], sel=d["sel"],
                       embed_neurons=d["embed_neurons"], axis_neurons=d["axis_neurons"], fit_neurons=d["fit_neurons"],
                       r_min=min(1.0, d["rcut_smth"] / 2),
@@ -354,8 +361,7 @@ def model_from_graph(g: Graph) -> tuple[DeepPot, dict]:
             net.out.bias.copy_(t(b).reshape(1))
         model.bias_atom_e.zero_()  # DeePMD's atomic energy bias lives in the final layer's bias
     provenance = {"import": {
-        "source": str(g.path.resolve()), "sha256": g.sha256,
-        "format": "DeePMD-kit frozen TensorFlow graph (GraphDef), read without TensorFlow",
+        **source,
         "model_version": d["model_version"], "descriptor": d["descriptor_type"], "type_map": d["type_map"],
         "sel": d["sel"], "original_sel": d["original_sel"], "rcut": d["rcut"], "rcut_smth": d["rcut_smth"],
         "embed_neurons": d["embed_neurons"], "axis_neurons": d["axis_neurons"], "fit_neurons": d["fit_neurons"],
