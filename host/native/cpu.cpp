@@ -249,6 +249,7 @@ struct BackConsts {
 };
 struct DescConsts {  // stages 6 and 9 in float64 (atoms whose sums stay below 2^53)
   int m1 = 0, m2 = 0;
+  bool band = false;  // desc_band: D[a][b] = T[a][(a + b) mod M1] (NVNMD's banded descriptor), not T[a][b]
   DShift d, dgr;
   DRange d_range, dgr_range;
 };
@@ -536,6 +537,8 @@ CpuModel::CpuModel(const HostModel &hm, bool int64_stages)
     if (o == "env_norm") env_norm = true;
     else if (o == "pad_slots") pad_slots = true;
     else if (o == "fit_activation") act_table = true;
+    else if (o == "desc_band") desc.band = true;
+    else if (o == "embed_table") continue;  // the G tables were made from tables, not nets: nothing differs here
     else need(false, "option " + o + " is not computed by the cpu device");
   }
   m1 = p.m1, m2 = p.m2;
@@ -1186,8 +1189,9 @@ class CpuDevice : public Device {
       double *x = &ws.x0[size_t(r) * size_t(p0)];
       for (int c = 0; c < m1; c++)
         for (int b = 0; b < m2; b++) {
+          const int e = m.desc.band ? (c + b) % m1 : b;  // desc_band: T[c][(c + b) mod M1]
           int64_t acc = 0;
-          for (int k = 0; k < 4; k++) acc += gi[k * m1 + c] * gi[k * m1 + b];
+          for (int k = 0; k < 4; k++) acc += gi[k * m1 + c] * gi[k * m1 + e];
           x[c * m2 + b] = double(sat64(sr64(acc, m.k_d), fD, sat));
         }
       ws.rowsat[size_t(r)] = sat;
@@ -1254,9 +1258,16 @@ class CpuDevice : public Device {
       for (int k = 0; k < 4; k++)
         for (int c = 0; c < m1; c++) {
           int64_t acc = 0;
-          for (int b = 0; b < m2; b++) acc += gi[k * m1 + b] * int64_t(dD[c * m2 + b]);
-          if (c < m2)
-            for (int a = 0; a < m1; a++) acc += gi[k * m1 + a] * int64_t(dD[a * m2 + c]);
+          if (m.desc.band) {  // as the dgr kernel's band branch
+            for (int b = 0; b < m2; b++) {
+              const int a = (c - b + m1) % m1;
+              acc += gi[k * m1 + (c + b) % m1] * int64_t(dD[c * m2 + b]) + gi[k * m1 + a] * int64_t(dD[a * m2 + b]);
+            }
+          } else {
+            for (int b = 0; b < m2; b++) acc += gi[k * m1 + b] * int64_t(dD[c * m2 + b]);
+            if (c < m2)
+              for (int a = 0; a < m1; a++) acc += gi[k * m1 + a] * int64_t(dD[a * m2 + c]);
+          }
           dGR[k * m1 + c] = double(sat64(sr64(acc, m.k_dgr), fdGR, sat));
         }
       ws.sat[q] |= sat;

@@ -428,6 +428,16 @@ bool descriptor(const DescConsts &d, const double *GR, double *x)
   bool sat = false;
   const VShift s = vshift(d.d);
   const VRange range = vrange(d.d_range);
+  if (d.band) {  // desc_band: x[c M2 + b] = rq(T[c][(c + b) mod M1])
+    for (int c = 0; c < m1; c++)
+      for (int b = 0; b < m2; b++) {
+        const int e = (c + b) % m1;
+        const double acc = GR[c] * GR[e] + GR[m1 + c] * GR[m1 + e] + GR[2 * m1 + c] * GR[2 * m1 + e] +
+                           GR[3 * m1 + c] * GR[3 * m1 + e];
+        x[c * m2 + b] = clip1(sr1(acc, d.d), d.d_range, sat);
+      }
+    return sat;
+  }
   for (int c = 0; c < m1; c++) {
     const V g0 = vbroadcast(GR + c), g1 = vbroadcast(GR + m1 + c), g2 = vbroadcast(GR + 2 * m1 + c),
             g3 = vbroadcast(GR + 3 * m1 + c);
@@ -452,6 +462,19 @@ bool dgr(const DescConsts &d, const double *GR, const double *dD, double *dDT, d
 {
   const int m1 = d.m1, m2 = d.m2;
   VI flag{};
+  if (d.band) {  // desc_band: GR[k][c] is the first factor of D[c][b] and the second of D[(c - b) mod M1][b]
+    bool sat = false;
+    for (int k = 0; k < 4; k++)
+      for (int c = 0; c < m1; c++) {
+        double acc = 0;  // 2 M2 <= M1 + M2 terms: the caller's bound holds
+        for (int b = 0; b < m2; b++) {
+          const int a = (c - b + m1) % m1;
+          acc += GR[k * m1 + (c + b) % m1] * dD[c * m2 + b] + GR[k * m1 + a] * dD[a * m2 + b];
+        }
+        dGR[k * m1 + c] = clip1(sr1(acc, d.dgr), d.dgr_range, sat);
+      }
+    return sat;
+  }
   for (int c = 0; c < m1; c++)
     for (int b = 0; b < m2; b++) dDT[b * m1 + c] = dD[c * m2 + b];
   // ext[k][c] = sum_a GR[k][a] dD[a][c] for c < M2, zero beyond
