@@ -170,8 +170,7 @@ IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and neither env_norm nor
     # pad_slots has been verified through it (embed_table: it sees only the G tables)
     "rtl-dataflow": frozenset({"embed_table"}),
-    # host/native: the cpu device (models with options: cpu_options.cpp, which has no banded descriptor)
-    "cpu": frozenset(OPTIONS) - {"desc_band"},
+    "cpu": frozenset(OPTIONS),  # host/native: the cpu device (models with options: cpu_options.cpp)
 }
 
 

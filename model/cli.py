@@ -106,8 +106,12 @@ def cmd_test(args):
     print(f"quantized - float: energy {d['rmse_e'] * 1e3:.4f} meV/atom, force {d['rmse_f'] * 1e3:.4f} meV/Å RMS")
 
 
-@cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow)",
-             arg("source", help="frozen graph (.pb) of `dp freeze`"),
+@cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow) or an "
+             "NVNMD v0 hardware model file",
+             arg("source", help="frozen graph (.pb) of `dp freeze`, or NVNMD's wrapped nvnmd_qnn/model.pb"),
+             arg("--format", choices=("auto", "deepmd", "nvnmd-v0"), default="auto",
+                 help="the source's format (auto: an NVNMD v0 file by its head, else a frozen graph)"),
+             arg("--type-map", nargs="+", help="nvnmd-v0: the element of each type (the file names none)"),
              out_arg("OUT.pt: the float model as a checkpoint; OUT.npz: the quantized model file (needs --calib)",
                      required=True),
              arg("--calib", nargs="+", help="DeePMD systems or ASE-readable files: calibration frames for the "
@@ -115,8 +119,9 @@ def cmd_test(args):
              arg("--calib-frames", type=int, default=16, help="frames used to calibrate formats"),
              threads_arg())
 def cmd_import(args):
-    """Read the graph, refuse what our model cannot represent (naming the field), build our float model
-    (options env_norm, pad_slots, fit_activation as the graph needs), and write it with its provenance
+    """Read the graph or the NVNMD file, refuse what our model cannot represent (naming the field), build our
+    float model (options env_norm, pad_slots, fit_activation, desc_band, embed_table as the source needs), and
+    write it with its provenance
     (source file and SHA-256, what was imported, what was folded)."""
     set_threads(args.threads)
     from .deepmd import import_graph
@@ -125,7 +130,16 @@ def cmd_import(args):
         raise ValueError(f"-o {out}: write a .pt (float checkpoint) or an .npz (quantized model file)")
     if out.suffix == ".npz" and not args.calib:
         raise ValueError("a quantized import (-o *.npz) needs --calib DATA: calibration frames for the quantizer")
-    model, provenance = import_graph(args.source)
+    from .nvnmd import import_nvnmd, is_nvnmd_file
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "nvnmd-v0" if is_nvnmd_file(args.source) else "deepmd"
+    if fmt == "nvnmd-v0":
+        model, provenance = import_nvnmd(args.source, args.type_map)
+    else:
+        if args.type_map:
+            raise ValueError("--type-map is for NVNMD files: a frozen graph names its types (model_attr/tmap)")
+        model, provenance = import_graph(args.source)
     imp = provenance["import"]
     print(f"imported {imp['descriptor']} model {args.source} (sha256 {imp['sha256']}): type_map {imp['type_map']}, "
           f"sel {imp['sel']}, rcut {imp['rcut']}, options {sorted(imp['options'])}")

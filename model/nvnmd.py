@@ -525,3 +525,12 @@ def is_nvnmd_file(path: str | Path) -> bool:
         return False
     w = np.frombuffer(head, dtype="<u4")
     return [int(x) for x in w[7:14]] == [WIDTHS[k] for k in SECTIONS]
+
+
+def predict(evaluator: NvnmdModel, system, frame: int):
+    """Energy, forces and virial of one frame under the decoded file (metrics.predict_float's outputs)."""
+    from .batch import make_batch
+    from .network import evaluate
+    b = make_batch([(system, frame)], evaluator.nv.rcut)
+    e, f, v, _ = evaluate(evaluator, b.rij, b.center, b.neighbor, b.atype, b.frame_of_atom, 1)
+    return float(e[0]), f.numpy(), v[0].numpy()

@@ -116,6 +116,11 @@ OptionsPipeline::OptionsPipeline(std::shared_ptr<const PipelineConstants> keep, 
   h_ = table("h", s_->nch);
   need(s_->nch == 1 || s_->nch == ntypes_, "u-tables need one channel or one per centre type");
   for (int t = 0; t < ntypes_; t++) g_.push_back(table("g" + std::to_string(t), m1_));
+  // an option this path does not know would be computed as if it were off: refuse it by name
+  for (const std::string &o : p.options)
+    need(o == "env_norm" || o == "pad_slots" || o == "fit_activation" || o == "desc_band" || o == "embed_table",
+         "unknown model option '" + o + "'");
+  band_ = std::find(p.options.begin(), p.options.end(), "desc_band") != p.options.end();
   const bool tanh = std::find(p.options.begin(), p.options.end(), "fit_activation") != p.options.end();
   if (tanh) act_ = table("act", 1);
   const bool pad = std::find(p.options.begin(), p.options.end(), "pad_slots") != p.options.end();
@@ -189,12 +194,14 @@ void OptionsPipeline::atom(int ctype, const uint64_t *rec, size_t n, int64_t &en
           acc += i128(sel_[size_t(t)] - counts[size_t(t)]) * pad_[(size_t(ctype) * size_t(ntypes_) + size_t(t)) * size_t(m1) + size_t(c)];
       GR[size_t(k * m1 + c)] = sat(acc, f_R.frac + f_G.frac + ns, f_GR);
     }
-  // -- stage 6: D = 2^desc_shift GR^T GR[:, :M2]
+  // -- stage 6: D[a, b] = 2^desc_shift T[a, col(a, b)], T = GR^T GR, col = b or (desc_band) (a + b) mod M1
+  const bool band = band_;
+  auto col = [band, m1](int a, int b) { return band ? (a + b) % m1 : b; };
   std::vector<int64_t> x(size_t(m1 * m2));
   for (int a = 0; a < m1; a++)
     for (int b = 0; b < m2; b++) {
       i128 acc = 0;
-      for (int k = 0; k < 4; k++) acc += i128(GR[size_t(k * m1 + a)]) * GR[size_t(k * m1 + b)];
+      for (int k = 0; k < 4; k++) acc += i128(GR[size_t(k * m1 + a)]) * GR[size_t(k * m1 + col(a, b))];
       x[size_t(a * m2 + b)] = sat(acc, 2 * f_GR.frac - p_.desc_shift, f_D);
     }
   // -- stages 7-8: the fitting net of the centre type, forward then backward
@@ -256,8 +263,15 @@ void OptionsPipeline::atom(int ctype, const uint64_t *rec, size_t n, int64_t &en
   for (int k = 0; k < 4; k++)
     for (int c = 0; c < m1; c++) {
       i128 acc = 0;
-      for (int b = 0; b < m2; b++) acc += i128(GR[size_t(k * m1 + b)]) * dD[size_t(c * m2 + b)];
-      if (c < m2)
+      // T[a, e] = sum_k GR[k, a] GR[k, e]: GR[k, c] is the first factor of D[c, b] and the second of each
+      // D[a, b] with col(a, b) = c
+      for (int b = 0; b < m2; b++) acc += i128(GR[size_t(k * m1 + col(c, b))]) * dD[size_t(c * m2 + b)];
+      if (band)
+        for (int b = 0; b < m2; b++) {
+          const int a = ((c - b) % m1 + m1) % m1;
+          acc += i128(GR[size_t(k * m1 + a)]) * dD[size_t(a * m2 + b)];
+        }
+      else if (c < m2)
         for (int a = 0; a < m1; a++) acc += i128(GR[size_t(k * m1 + a)]) * dD[size_t(a * m2 + c)];
       dGR[size_t(k * m1 + c)] = sat(acc, f_GR.frac + f_dD.frac - p_.desc_shift, f_dGR);
     }
