@@ -413,7 +413,7 @@ def _knots(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = coef[:, 3]
     k = np.arange(len(d))
     clamped = 1
-    while clamped < len(d) - 1 and d[clamped + 1] == d[1] and coef[clamped, :3].any() == False:  # noqa: E712
+    while clamped < len(d) - 1 and d[clamped + 1] == d[1] and not coef[clamped, :3].any():
         clamped += 1
     keep = k > clamped
     return np.sqrt(k[keep] * U_DX), d[keep]

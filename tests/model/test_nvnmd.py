@@ -9,7 +9,6 @@ copies refused naming the field, the float64 evaluator's self-consistency, and t
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ import torch
 from contract.config import ModelConfig
 from model.deepmd import UnsupportedModel
 from model.network import DeepPot, TableEmbedding, evaluate
-from support import SHARED_DATA, as_system, random_structure, records_for, require_shared, tiny_model
+from support import SHARED_DATA, as_system, records_for, require_shared, tiny_model
 
 MDPU_FILE = SHARED_DATA / "nvnmd-models" / "mdpu-v0-GeTe.pb"
 
@@ -121,7 +120,7 @@ def test_table_embedding_ranges_and_gradient():
         ModelConfig(embed_neurons=[32], embed_table={"x0": 0.0, "ranges": [[0.1, 0]]})
 
 
-def test_embed_table_model_quantizes_exactly():
+def test_embed_table_model_quantizes_exactly(tmp_path):
     """A model whose embedding is a table (sampled from the tiny model's nets as cubic Hermite
     segments, as NVNMD's mapt does) and with the banded descriptor: the float model follows its nets, its
     reference == the scalar reference, and its file round-trips with the table in its float state."""
@@ -140,7 +139,7 @@ def test_embed_table_model_quantizes_exactly():
             rows = []
             for dx, n in ranges:
                 left = torch.tensor(x0 + dx * np.arange(n + 1), dtype=torch.float64)
-                y, dy = torch.func.jvp(lambda v: net.embed[t](v[:, None]), (left,), (torch.ones_like(left),))
+                y, dy = torch.func.jvp(lambda v, t=t: net.embed[t](v[:, None]), (left,), (torch.ones_like(left),))
                 y0, y1, d0, d1 = y[:-1], y[1:], dy[:-1], dy[1:]
                 a = (dx * d1 - 2 * y1 + dx * d0 + 2 * y0) / dx ** 3
                 b = (3 * y1 - dx * d1 - 2 * dx * d0 - 3 * y0) / dx ** 2
@@ -151,13 +150,21 @@ def test_embed_table_model_quantizes_exactly():
     with torch.no_grad():
         assert torch.allclose(model.embed[0](s[:, None]), net.embed[0](s[:, None]), atol=1e-4)
     qm = quantize(model, systems, nframes=2, r_min=cfg.r_min)
+    modelfile.save(qm, tmp_path / "m.npz")
+    qm = modelfile.load(tmp_path / "m.npz")
     assert qm.config.embed_table == cfg.embed_table
+    assert torch.equal(modelfile_float_coef(qm), model.embed[0].coef.float().double())
     rec, _, _ = records_for(qm, seed=6)
     res = ref_evaluate(qm, rec)
     for a in (3, 17):
         recs = [(int(t), *map(int, d)) for t, d in zip(rec.nbr_type[a], rec.nbr_d[a]) if t >= 0]
         e, forces, _ = scalar_reference.atom(qm, int(rec.center_type[a]), recs)
         assert e == int(res.energy[a]) and forces == [tuple(map(int, f)) for f in res.dEdr[a, :len(recs)]]
+
+
+def modelfile_float_coef(qm) -> torch.Tensor:
+    """The table embedding of neighbour type 0 as the model file stores it (its float state)."""
+    return torch.as_tensor(qm.float_state["embed.0.coef"])
 
 
 # ---- the seed group's MDPU-era file ----------------------------------------------------------------
@@ -256,7 +263,7 @@ def test_mdpu_tables_jump_at_their_knots(mdpu):
 
 
 def test_mdpu_evaluator_forces_are_the_energy_gradient_and_invariant(mdpu):
-    from model.nvnmd import G_FINE_DX, G_FINE_N, G_COARSE_DX, U_DX, NvnmdModel, predict
+    from model.nvnmd import G_COARSE_DX, G_FINE_DX, G_FINE_N, U_DX, NvnmdModel, predict
     nv = dataclasses.replace(mdpu)
     nv.s_coef = np.stack([np.concatenate([c[:2], _continuous(c[2:], U_DX)]) for c in mdpu.s_coef])
     nv.h_coef = np.stack([np.concatenate([c[:2], _continuous(c[2:], U_DX)]) for c in mdpu.h_coef])
@@ -280,13 +287,15 @@ def test_mdpu_evaluator_forces_are_the_energy_gradient_and_invariant(mdpu):
     assert np.abs(f_r - f @ q.T).max() < 1e-9 and np.abs(f_t - f).max() < 1e-9
 
 
-def test_mdpu_import_is_the_file(mdpu):
+def test_mdpu_import_is_the_file(mdpu, tmp_path):
     """Our float import (env_norm fitted to the u-tables, computed exactly; G tables as embed_table;
     banded D) against the float64 evaluation of the file: measured 1.0e-6 eV/atom, 2e-5 eV/Å here."""
-    from model.nvnmd import NvnmdModel, import_nvnmd, predict
     from model.metrics import predict_float
+    from model.nvnmd import NvnmdModel, import_nvnmd, predict
     from model.train import load_checkpoint, save_checkpoint
     model, prov = import_nvnmd(MDPU_FILE, ["Ge", "Te"])
+    save_checkpoint(model, tmp_path / "m.pt", {"provenance": prov})
+    model = load_checkpoint(tmp_path / "m.pt")  # the table embedding travels in the checkpoint
     assert set(model.cfg.options()) == {"env_norm", "pad_slots", "desc_band", "embed_table"}
     assert prov["import"]["sha256"] == mdpu.sha256
     pos, cell, types = _structure(seed=2)
@@ -298,7 +307,6 @@ def test_mdpu_import_is_the_file(mdpu):
     assert np.abs(f0).max() > 0.1  # a real test: the structure has forces
 
 
-@pytest.mark.slow
 def test_mdpu_quantized_import_reference_equals_scalar(mdpu, tmp_path):
     """The real file's options together (env_norm, pad_slots, desc_band, embed_table) through our
     quantizer: the reference == the scalar reference, and the model file round-trips."""

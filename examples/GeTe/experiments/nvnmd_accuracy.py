@@ -118,10 +118,9 @@ def main(argv=None):
             ref = s.forces[f].reshape(-1, 3)
             row = {"system": str(Path(s.name).relative_to(data)), "frame": f, "phase": phase, "natoms": s.natoms,
                    "e_dft": float(s.energies[f])}
-            for name, pred in (("nvnmd_float", lambda: nvnmd_predict(evaluator, s, f)),
-                               ("import_float", lambda: predict_float(model, s, f)),
-                               ("quantized", lambda: predict_quantized(qm, s, f))):
-                e, force, _ = pred()
+            for name, pred, m in (("nvnmd_float", nvnmd_predict, evaluator), ("import_float", predict_float, model),
+                                  ("quantized", predict_quantized, qm)):
+                e, force, _ = pred(m, s, f)
                 row[name] = {"e": float(e), "sse_f": float(((np.asarray(force) - ref) ** 2).sum()),
                              "max_abs_f_minus_nvnmd": None}
                 row[name]["_f"] = np.asarray(force)

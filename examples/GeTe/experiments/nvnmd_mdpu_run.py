@@ -3,13 +3,14 @@
 hardware file, `pair_style nvnmd MODEL device DEVICE` in place of their `pair_style mdpu model.pb`.
 
     python examples/GeTe/experiments/nvnmd_mdpu_run.py [--model build/nvnmd/nvnmd-import.npz]
-                                                       [--device reference] [--steps 100]
+                                                       [--devices reference cpu] [--steps 100]
 
 The input is ../shared/data/lammps-inputs/GeTe-mdpu/in.lmp, read from there (never copied): its
 crd.lmp (64 atoms, rock-salt GeTe), `replicate 2 2 2` (512 atoms), its neighbour settings, velocities
 (`velocity all create 300 123456789`), and the first `--steps` steps of its first stage (NVT 300 K,
-dt 2 fs, tau 100 dt) with thermo every step.  The model file is nvnmd_accuracy.py's (it writes it).
-Reported (OUT/nvnmd-mdpu-run.json, OUT/nvnmd-mdpu-thermo.csv): the step-0 potential energy (total and
+dt 2 fs, tau 100 dt) with thermo every step, once per device (reference and cpu: bit-exact both, so
+their thermo output must be identical).  The model file is nvnmd_accuracy.py's (it writes it).
+Reported (OUT/nvnmd-mdpu-run.json, OUT/DEVICE/nvnmd-mdpu-thermo.csv): the step-0 potential energy (total and
 per atom), beside the float64 evaluation of the decoded NVNMD file and the bit-exact reference (Python)
 on the same 512-atom structure, and the drift of the NVT conserved quantity and the temperature over the
 run.  The file has no energy shift (MDPU era): absolute energies are off by a constant per type.
@@ -106,12 +107,13 @@ print "STAGE done"
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(REPO / "build" / "nvnmd" / "nvnmd-import.npz"))
-    ap.add_argument("--device", default="reference")
+    ap.add_argument("--devices", nargs="+", default=["reference", "cpu"],
+                    help="one run per device (reference: the NumPy reference in the service; cpu: in-process); "
+                         "their thermo output must be identical")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--out", default=str(REPO / "build" / "nvnmd" / "mdpu-run"))
     args = ap.parse_args(argv)
-    from host.lammps_plugin import console_script
     from model.data import System
     from model.metrics import predict_quantized
     from model.nvnmd import NvnmdModel, read_nvnmd
@@ -129,29 +131,65 @@ def main(argv=None):
     pos = (pos[None] + shifts[:, None]).reshape(-1, 3)
     types = np.tile(types, len(shifts))
     cell = cell * np.array([nx, ny, nz])[:, None]
+    g["natoms"] = len(types)
     system = System(name="GeTe-mdpu", type_map=["Ge", "Te"], types=types, coords=pos[None], cells=cell[None], pbc=True)
     e_nvnmd, _, _ = nvnmd_predict(NvnmdModel(read_nvnmd(NVNMD_FILE)), system, 0)
     e_ref, _, _ = predict_quantized(qm, system, 0)
 
-    (out / "in.nvnmd-mdpu").write_text(lammps_input(model, args.device, g, args.steps))
+    n = len(types)
+    runs = {dev: run_device(out / dev, model, dev, g, args.steps, args.timeout) for dev in args.devices}
+    first = runs[args.devices[0]]
+    pe0 = first["rows"][0]["pe"]
+    report = {
+        "command": "python examples/GeTe/experiments/nvnmd_mdpu_run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+        "input": str(INPUT_DIR / "in.lmp"), "settings": g, "model": str(model.resolve()), "model_hash": qm.hash,
+        "source": qm.provenance.get("import", {}).get("source"), "natoms": n,
+        "step0": {"pe_eV": pe0, "pe_eV_per_atom": pe0 / n,
+                  "reference_python_eV": e_ref, "nvnmd_float64_eV": e_nvnmd,
+                  "nvnmd_float64_eV_per_atom": e_nvnmd / n,
+                  "lammps_minus_nvnmd_float_meV_per_atom": (pe0 - e_nvnmd) / n * 1e3,
+                  "lammps_minus_reference_eV": pe0 - e_ref},
+        "devices": {dev: {k: v for k, v in r.items() if k != "rows"} for dev, r in runs.items()},
+        # the devices compute the same integers: the same thermo output, digit for digit
+        "identical_thermo": all(r["rows"] == first["rows"] for r in runs.values()),
+        "energy_note": "no energy shift in the MDPU-era file: absolute energies are off by a constant per type",
+    }
+    (out / "nvnmd-mdpu-run.json").write_text(json.dumps(report, indent=1))
+    s0 = report["step0"]
+    print(f"step 0: pe {pe0:.6f} eV ({pe0 / n:.6f} eV/atom); NVNMD float64 {e_nvnmd:.6f} eV "
+          f"({e_nvnmd / n:.6f} eV/atom); reference (Python) {e_ref:.6f} eV; LAMMPS - reference "
+          f"{s0['lammps_minus_reference_eV']:.2e} eV")
+    for dev, r in report["devices"].items():
+        print(f"device {dev}: {r['steps']} steps, econserve drift max {r['econserve']['max_abs_drift_meV_per_atom']:.4f} "
+              f"meV/atom, T mean {r['temperature_K']['mean']:.1f} K [{r['temperature_K']['min']:.1f}, "
+              f"{r['temperature_K']['max']:.1f}], loop {r['loop_s']:.1f} s")
+    print(f"devices {list(runs)}: identical thermo output: {report['identical_thermo']}")
+    print(f"wrote {out / 'nvnmd-mdpu-run.json'}, {out}/<device>/nvnmd-mdpu-thermo.csv")
+
+
+def run_device(out: Path, model: Path, device: str, g: dict, steps: int, timeout: float) -> dict:
+    """One LAMMPS run in `out`: its thermo rows (also as CSV), conserved-quantity drift, temperatures."""
+    from host.lammps_plugin import console_script
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "in.nvnmd-mdpu").write_text(lammps_input(model, device, g, steps))
     cmd = [console_script("lmp"), "-in", "in.nvnmd-mdpu", "-log", "log.nvnmd-mdpu.lammps"]
     t0 = time.time()
-    run = st.run_lammps(cmd, out, args.timeout, "lammps-nvnmd-mdpu.out", ("log.nvnmd-mdpu.lammps",))
+    run = st.run_lammps(cmd, out, timeout, "lammps-nvnmd-mdpu.out", ("log.nvnmd-mdpu.lammps",))
     wall = time.time() - t0
-    rows = []
-    header = None
+    rows, header, loop_s = [], None, 0.0
     for line in (out / "log.nvnmd-mdpu.lammps").read_text(errors="replace").splitlines():
         s = line.split()
-        if s[:1] == ["Step"]:
-            header = [h.lower() for h in s]
+        if s[:1] == ["Step"]:  # LAMMPS's own column names (PotEng, ...): ours are thermo_style's, in order
+            header = list(THERMO) if len(s) == len(THERMO) else None
             continue
-        if header and len(s) == len(header):
+        if s[:2] == ["Loop", "time"]:
+            loop_s += float(s[3])
+            header = None
+        elif header and len(s) == len(header):
             try:
                 rows.append(dict(zip(header, map(float, s))))
             except ValueError:
                 header = None
-        elif s[:2] == ["Loop", "time"]:
-            header = None
     if not rows or rows[0]["step"] != 0:
         raise RuntimeError(f"no thermo rows from step 0 in {out / 'log.nvnmd-mdpu.lammps'}")
     with open(out / "nvnmd-mdpu-thermo.csv", "w", newline="") as f:
@@ -159,34 +197,15 @@ def main(argv=None):
         w.writerow(THERMO)
         for r in rows:
             w.writerow([int(r["step"])] + [repr(r[k]) for k in THERMO[1:]])
-    n = len(types)
+    n = g["natoms"]
     econ = np.array([r["econserve"] for r in rows])
     temp = np.array([r["temp"] for r in rows])
-    pe0 = rows[0]["pe"]
-    report = {
-        "command": "python examples/GeTe/experiments/nvnmd_mdpu_run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
-        "input": str(INPUT_DIR / "in.lmp"), "settings": g, "model": str(model.resolve()), "model_hash": qm.hash,
-        "source": qm.provenance.get("import", {}).get("source"), "device": args.device, "natoms": n,
-        "steps": int(rows[-1]["step"]), "wall_s": wall, "lammps": run,
-        "step0": {"pe_eV": pe0, "pe_eV_per_atom": pe0 / n,
-                  "reference_python_eV": e_ref, "nvnmd_float64_eV": e_nvnmd,
-                  "nvnmd_float64_eV_per_atom": e_nvnmd / n,
-                  "lammps_minus_nvnmd_float_meV_per_atom": (pe0 - e_nvnmd) / n * 1e3,
-                  "lammps_minus_reference_eV": pe0 - e_ref},
-        "econserve": {"first_eV": float(econ[0]), "last_eV": float(econ[-1]),
-                      "max_abs_drift_meV_per_atom": float(np.abs(econ - econ[0]).max() / n * 1e3),
-                      "drift_last_meV_per_atom": float((econ[-1] - econ[0]) / n * 1e3)},
-        "temperature_K": {"mean": float(temp.mean()), "min": float(temp.min()), "max": float(temp.max()),
-                          "last": float(temp[-1])},
-        "energy_note": "no energy shift in the MDPU-era file: absolute energies are off by a constant per type",
-    }
-    (out / "nvnmd-mdpu-run.json").write_text(json.dumps(report, indent=1))
-    s0 = report["step0"]
-    print(f"step 0: pe {pe0:.6f} eV ({pe0 / n:.6f} eV/atom); NVNMD float64 {e_nvnmd:.6f} eV; reference (Python) "
-          f"{e_ref:.6f} eV; LAMMPS - reference {s0['lammps_minus_reference_eV']:.2e} eV")
-    print(f"{report['steps']} steps: econserve drift max {report['econserve']['max_abs_drift_meV_per_atom']:.4f} "
-          f"meV/atom, T mean {temp.mean():.1f} K [{temp.min():.1f}, {temp.max():.1f}], wall {wall:.0f} s")
-    print(f"wrote {out / 'nvnmd-mdpu-run.json'}, {out / 'nvnmd-mdpu-thermo.csv'}")
+    return {"rows": rows, "steps": int(rows[-1]["step"]), "wall_s": wall, "loop_s": loop_s, "lammps": run,
+            "econserve": {"first_eV": float(econ[0]), "last_eV": float(econ[-1]),
+                          "max_abs_drift_meV_per_atom": float(np.abs(econ - econ[0]).max() / n * 1e3),
+                          "drift_last_meV_per_atom": float((econ[-1] - econ[0]) / n * 1e3)},
+            "temperature_K": {"mean": float(temp.mean()), "min": float(temp.min()), "max": float(temp.max()),
+                              "last": float(temp[-1])}}
 
 
 if __name__ == "__main__":
