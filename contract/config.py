@@ -165,10 +165,9 @@ OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_nor
 #: (`require_options`) rather than computing that model without it.
 IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "reference": frozenset(OPTIONS),
-    # gen/: the generated pipeline (rtl and xdma devices); its descriptor stage computes T[:, :M2] only
-    "rtl": frozenset(OPTIONS) - {"desc_band"},
-    # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and neither env_norm nor
-    # pad_slots has been verified through it (embed_table: it sees only the G tables)
+    "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
+    # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and neither env_norm, pad_slots
+    # nor desc_band has been verified through it (embed_table: it sees only the G tables)
     "rtl-dataflow": frozenset({"embed_table"}),
     "cpu": frozenset(OPTIONS),  # host/native: the cpu device (models with options: cpu_options.cpp)
 }

@@ -78,21 +78,24 @@ def test_desc_band_changes_the_descriptor_and_stays_close_to_float(band_qm):
     assert np.abs(a.forces - f.numpy()).max() < 1e-3 * np.abs(f.numpy()).max()
 
 
-def test_the_generator_refuses_desc_band_and_the_cpu_device_takes_it(band_qm, monkeypatch):
-    """The generated pipelines compute T[:, :M2] only: a banded model is refused by name, not built
-    unbanded; the cpu device computes it (tests/host/test_native_cpu.py), unless it is marked otherwise."""
+def test_which_implementations_compute_desc_band(band_qm, monkeypatch):
+    """The engines design and the cpu device compute it (tests/gen/test_pipeline.py,
+    tests/host/test_native_cpu.py); the dataflow design has not been verified with it and refuses it by
+    name; an implementation marked without it refuses rather than compute the model unbanded."""
     from contract import config
     from gen.ir import Design, DesignError, Knobs
     from host.native import host_model_text
     qm, _ = band_qm
-    with pytest.raises(DesignError, match=r"rtl implementation does not compute the model option\(s\) desc_band=True"):
-        Design(qm, Knobs(fit_par=4, desc_par=2))
+    Design(qm, Knobs(fit_par=4, desc_par=2))
     with pytest.raises(DesignError, match=r"rtl-dataflow implementation does not compute .*desc_band=True"):
         Design(qm, Knobs.dataflow(pe=(4, 4, 4), simd=(8, 8, 8), desc_par=2, energy_simd=8))
     assert "pipeline_options desc_band" in host_model_text(qm, pipeline=True)
     monkeypatch.setitem(config.IMPLEMENTED_OPTIONS, "cpu", frozenset(config.OPTIONS) - {"desc_band"})
+    monkeypatch.setitem(config.IMPLEMENTED_OPTIONS, "rtl", frozenset(config.OPTIONS) - {"desc_band"})
     with pytest.raises(ValueError, match=r"cpu implementation does not compute the model option\(s\) desc_band=True"):
         host_model_text(qm, pipeline=True)
+    with pytest.raises(DesignError, match=r"rtl implementation does not compute the model option\(s\) desc_band=True"):
+        Design(qm, Knobs(fit_par=4, desc_par=2))
 
 
 def test_table_embedding_ranges_and_gradient():
