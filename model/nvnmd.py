@@ -502,7 +502,7 @@ def import_nvnmd(path: str | Path, type_map: list[str] | None, rcut_smth: float 
     provenance = {"import": {
         "source": str(Path(path).resolve()), "sha256": nv.sha256,
         "format": "NVNMD v0 hardware model file (MDPU-era wrap: 32-word head, sections cfg fps bps swt dsw fea gra)",
-        "model_version": "nvnmd-v0", "descriptor": "se_a (NVNMD v0: tables, banded descriptor, tanh4)",
+        "model_version": "nvnmd-v0", "descriptor": "NVNMD v0 (se_a with G tables, banded descriptor, tanh4)",
         "type_map": list(type_map), "sel": list(nv.sel), "rcut": nv.rcut, "rcut_smth": env["rcut_smth"],
         "nix": nv.nix, "options": cfg.options(),
         "env_norm_fit": {k: env[k] for k in ("residual_s", "residual_h", "padding_row_vs_fit")},
