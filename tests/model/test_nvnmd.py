@@ -338,3 +338,67 @@ def test_mdpu_quantized_import_reference_equals_scalar(mdpu, tmp_path):
     a = compute(back, pos, cell, True, types)
     e, f, _ = predict_float(model, as_system(pos, cell, types), 0)
     assert abs(a.energy - e) / len(types) < 1e-4 and np.abs(a.forces - f).max() < 1e-2
+
+
+# ---- files written here (tests/model/nvnmd_file.py): the decoder without ../shared ------------------
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A random two-type file from our own writer, its GS made consistent with its tables."""
+    from model.nvnmd import g_table, u_table
+    from nvnmd_file import random_spec, write_nvnmd
+    spec = random_spec(seed=1)
+    nt = len(spec["sel"])
+    with torch.no_grad():
+        x0 = u_table(spec["s_coef"], torch.zeros(nt, dtype=torch.float64), torch.arange(nt))
+        gs = torch.stack([x0[:, None] * g_table(spec["g_coef"], x0, torch.full((nt,), t), -spec["shift_idx"] / 256)
+                          for t in range(nt)], dim=1).numpy()
+    spec["gs"] = np.round(gs * 2 ** 23).astype(np.int64)
+    return spec, write_nvnmd(tmp_path_factory.mktemp("nvnmd") / "synthetic.pb", spec)
+
+
+def test_synthetic_file_decodes_to_what_was_written(synthetic):
+    from model.nvnmd import is_nvnmd_file, read_nvnmd
+    spec, path = synthetic
+    assert is_nvnmd_file(path)
+    nv = read_nvnmd(path)
+    assert (nv.ntypes, nv.sel, nv.rcut, nv.nix_shift, nv.s0) == (2, spec["sel"], spec["rcut"], 6, -106 / 256)
+    assert np.array_equal(nv.s_coef, spec["s_coef"]) and np.array_equal(nv.h_coef, spec["h_coef"])
+    assert np.array_equal(nv.g_coef, spec["g_coef"])
+    assert np.array_equal(nv.gs, spec["gs"] * 2.0 ** -23)
+    for t in range(2):
+        for layer in range(4):
+            W = np.asarray(spec["W_int"][t][layer]) * np.exp2(np.asarray(spec["expo"][t][layer])[None, :] - 16.0)
+            assert np.array_equal(nv.fit_w[t][layer], W), (t, layer)
+            assert np.array_equal(nv.fit_b[t][layer], np.asarray(spec["bias"][t][layer]) * 2.0 ** -23)
+            assert nv.fit_expo[t][layer] == list(spec["expo"][t][layer])
+    assert nv.checks["bps_vs_fps_max_lsb"] <= 1.0
+
+
+@pytest.mark.parametrize("where, field", [
+    ("truncate", "file size"),
+    ("unused-type-weight", "fps/bps"),
+    ("above-width", "fps: row"),
+    ("final-bias", "fps type 1 final layer"),
+    ("tables-not-deepmds", "swt s table"),
+])
+def test_synthetic_file_refusals_name_the_field(synthetic, tmp_path, where, field):
+    from model.nvnmd import fit_env_norm, read_nvnmd
+    _, path = synthetic
+    raw = bytearray(path.read_bytes())
+    fps = 128 + 229 * 12
+    if where == "truncate":
+        del raw[-1]
+    elif where == "unused-type-weight":
+        raw[fps + 2 * 64 * 196 * 12 + 5] ^= 1  # type 2's first stream
+    elif where == "above-width":
+        raw[fps + 11] = 0x80  # bit 95 of a 72-bit row
+    elif where == "final-bias":  # stream (type 1, lane 0): the final layer's bias, bits 14016 + 39 on
+        bit = (64 * 196 * 72) + 14016 + 2 * 18 + 3
+        row, k = divmod(bit, 72)
+        raw[fps + row * 12 + k // 8] ^= 1 << (k % 8)
+    bad = tmp_path / "bad.pb"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(UnsupportedModel, match=f"NVNMD v0 {field}"):
+        nv = read_nvnmd(bad)
+        fit_env_norm(nv)  # random u-tables are no normalised s: refused by name
