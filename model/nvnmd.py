@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .deepmd import UnsupportedModel
+from .network import TableEmbedding, tanh4
 
 # ---- the v0 layout (notes §2.1, §4): fixed by ntype_max, NSTDM and the table sizes --------------------
 
@@ -327,7 +328,6 @@ def u_table(coef, u: torch.Tensor, ti: torch.Tensor) -> torch.Tensor:
 def g_table(coef, s: torch.Tensor, tj: torch.Tensor, s0: float) -> torch.Tensor:
     """G(s~) (..., M1) for neighbour types tj: the file's fine range [s0, s0 + 1] where it holds, else the
     coarse one, as map_flt_nvnmd picks them (network.TableEmbedding, the embed_table option's rule)."""
-    from .network import TableEmbedding
     coef = torch.as_tensor(coef)
     out = s.new_zeros(s.shape + (coef.shape[2],))
     for t in range(coef.shape[0]):
@@ -342,11 +342,6 @@ def g_table(coef, s: torch.Tensor, tj: torch.Tensor, s0: float) -> torch.Tensor:
 def embed_table_spec(s0: float) -> dict:
     """The embed_table option's description of the file's G tables (cfg_s2g)."""
     return {"x0": s0, "ranges": [[G_FINE_DX, G_FINE_N], [G_COARSE_DX, G_ROWS - G_FINE_N]]}
-
-
-def tanh4(x: torch.Tensor) -> torch.Tensor:
-    from .network import tanh4 as phi
-    return phi(x)
 
 
 class NvnmdModel(torch.nn.Module):
@@ -408,8 +403,8 @@ def band_index(m1: int, m2: int) -> tuple[np.ndarray, np.ndarray]:
 # ---- what the u-tables are: DeePMD's normalised s and h --------------------------------------------
 
 def _knots(coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(r, value) at the segments' left knots u = k dx, k >= 1, past the rows clamped below min_dist (the
-    table is constant there) and inside rcut."""
+    """(r, value) at the segments' left knots u = k dx past the rows clamped below min_dist (the table is
+    constant there; row 0 is the padding row), up to the table's end (past rcut: the switch's zero)."""
     d = coef[:, 3]
     k = np.arange(len(d))
     clamped = 1
