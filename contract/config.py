@@ -54,6 +54,16 @@ class ModelConfig:
     pad_slots: bool = False
     #: Fitting-net activation, one of FIT_ACTIVATIONS.
     fit_activation: str = "tanh4"
+    #: NVNMD's banded descriptor: D[a, k] = T[a, (a + k) mod M1] of T = GR^T GR (k < M2) instead of
+    #: DeePMD's T[a, k] (`descriptor_columns`).
+    desc_band: bool = False
+    #: The embedding given as tables, not as nets (NVNMD's hardware files hold only these): None, or
+    #: {"x0": x0, "ranges": [[dx, n], ...]}: per neighbour type, piecewise cubic G(x) on ranges that all
+    #: start at x0, range k with n_k segments of dx_k; the first range holding x is used, else the last
+    #: one, clamped to its ends.  The coefficients are the float model's state (network.TableEmbedding);
+    #: embed_neurons is then [M1].  The quantized pipeline sees only its own G tables, made from these as
+    #: from a net, so every implementation computes a model with this option.
+    embed_table: dict | None = None
 
     def __post_init__(self):
         if self.norm_shift is None:
@@ -107,8 +117,27 @@ class ModelConfig:
                                  f"got {self.s_mean} / {self.s_std}")
         if self.pad_slots and self.env_norm is None:
             raise ValueError("pad_slots needs env_norm: without it a padding slot's row is zero and adds nothing")
+        if self.embed_table is not None:
+            et = self.embed_table
+            if not isinstance(et, dict) or set(et) != {"x0", "ranges"}:
+                raise ValueError(f"embed_table must be None or a dict with exactly the keys ['ranges', 'x0'], got {et!r}")
+            if not isinstance(et["x0"], (int, float)) or not math.isfinite(et["x0"]):
+                raise ValueError(f"embed_table['x0'] must be a finite number, got {et['x0']!r}")
+            rs = et["ranges"]
+            if not isinstance(rs, list) or not rs or not all(
+                    isinstance(r, list) and len(r) == 2 and isinstance(r[0], (int, float)) and r[0] > 0
+                    and isinstance(r[1], int) and r[1] > 0 for r in rs):
+                raise ValueError(f"embed_table['ranges'] must list [dx > 0, segments > 0] pairs, got {rs!r}")
+            if len(self.embed_neurons) != 1:
+                raise ValueError(f"embed_table: the embedding is a table of width M1, so embed_neurons must be [M1], "
+                                 f"got {self.embed_neurons}")
         if self.fit_activation not in FIT_ACTIVATIONS:
             raise ValueError(f"fit_activation must be one of {list(FIT_ACTIVATIONS)}, got {self.fit_activation!r}")
+
+    def descriptor_columns(self) -> list[list[int]]:
+        """D[a, k] = T[a, columns[a][k]] (a < M1, k < M2): k itself, or with desc_band (a + k) mod M1."""
+        m1, m2 = self.m1, self.axis_neurons
+        return [[(a + k) % m1 if self.desc_band else k for k in range(m2)] for a in range(m1)]
 
     def options(self) -> dict:
         """The options (OPTIONS) this configuration turns on, with their values."""
@@ -129,15 +158,17 @@ class ModelConfig:
 
 
 #: The options and their "off" values (the dataclass defaults): see the module docstring.
-OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_norm", "pad_slots", "fit_activation")}
+OPTIONS = {f.name: f.default for f in fields(ModelConfig) if f.name in ("env_norm", "pad_slots", "fit_activation",
+                                                                           "desc_band", "embed_table")}
 #: The options each implementation of the quantized pipeline computes.  The NumPy reference defines
 #: them (model/reference.py); an implementation without an option refuses a model that turns it on
 #: (`require_options`) rather than computing that model without it.
 IMPLEMENTED_OPTIONS: dict[str, frozenset[str]] = {
     "reference": frozenset(OPTIONS),
     "rtl": frozenset(OPTIONS),  # gen/: the generated pipeline (rtl and xdma devices)
-    "rtl-dataflow": frozenset(),  # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and
-                                  # neither env_norm nor pad_slots has been verified through it
+    # gen/, Knobs(arch="dataflow"): its fitting stages compute tanh4 only, and neither env_norm, pad_slots
+    # nor desc_band has been verified through it (embed_table: it sees only the G tables)
+    "rtl-dataflow": frozenset({"embed_table"}),
     "cpu": frozenset(OPTIONS),  # host/native: the cpu device (cpu.cpp's kernels)
 }
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 INT_BITS = 64
 #: DescriptorAccumulator: sum over an atom's records of R x G
 DESCRIPTOR_ACC_BITS = 48
-#: DescriptorGradient: sum over M1 + M2 products GR x dD
+#: DescriptorGradient: sum over M1 + M2 products GR x dD (with desc_band 2 M2 <= M1 + M2: the bound holds)
 DESCRIPTOR_GRAD_ACC_BITS = 64
 #: products summed per partial sum in the fitting MAC array (one register stage of adder trees)
 FIT_GROUP = 16

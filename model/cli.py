@@ -108,9 +108,14 @@ def cmd_test(args):
 
 
 @cli.command("import", "import a DeePMD-kit se_a energy model (frozen graph .pb, read without TensorFlow; "
-             "native .dp / .yaml, read without DeePMD-kit)",
-             arg("source", help="frozen graph (.pb) of `dp freeze`, or DeePMD-kit's native model (.dp, .yaml: "
-                 "`dp convert-backend MODEL.pth MODEL.dp` for a PyTorch model)"),
+             "native .dp / .yaml, read without DeePMD-kit) or an NVNMD v0 hardware model file",
+             arg("source", help="frozen graph (.pb) of `dp freeze`, DeePMD-kit's native model (.dp, .yaml: "
+                 "`dp convert-backend MODEL.pth MODEL.dp` for a PyTorch model), or NVNMD's wrapped "
+                 "nvnmd_qnn/model.pb"),
+             arg("--format", choices=("auto", "deepmd", "nvnmd-v0"), default="auto",
+                 help="the source's format (auto: an NVNMD v0 file by its head, else DeePMD-kit's: a frozen "
+                      "graph, or a native file by its suffix)"),
+             arg("--type-map", nargs="+", help="nvnmd-v0: the element of each type (the file names none)"),
              out_arg("OUT.pt: the float model as a checkpoint; OUT.npz: the quantized model file (needs --calib)",
                      required=True),
              arg("--calib", nargs="+", help="DeePMD systems or ASE-readable files: calibration frames for the "
@@ -118,8 +123,9 @@ def cmd_test(args):
              arg("--calib-frames", type=int, default=16, help="frames used to calibrate formats"),
              threads_arg())
 def cmd_import(args):
-    """Read the graph, refuse what our model cannot represent (naming the field), build our float model
-    (options env_norm, pad_slots, fit_activation as the graph needs), and write it with its provenance
+    """Read the graph or the NVNMD file, refuse what our model cannot represent (naming the field), build our
+    float model (options env_norm, pad_slots, fit_activation, desc_band, embed_table as the source needs), and
+    write it with its provenance
     (source file and SHA-256, what was imported, what was folded)."""
     set_threads(args.threads)
     from .deepmd import import_graph
@@ -129,7 +135,16 @@ def cmd_import(args):
         raise ValueError(f"-o {out}: write a .pt (float checkpoint) or an .npz (quantized model file)")
     if out.suffix == ".npz" and not args.calib:
         raise ValueError("a quantized import (-o *.npz) needs --calib DATA: calibration frames for the quantizer")
-    model, provenance = (import_dpmodel if Path(args.source).suffix in SUFFIXES else import_graph)(args.source)
+    from .nvnmd import import_nvnmd, is_nvnmd_file
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "nvnmd-v0" if is_nvnmd_file(args.source) else "deepmd"
+    if fmt == "nvnmd-v0":
+        model, provenance = import_nvnmd(args.source, args.type_map)
+    else:
+        if args.type_map:
+            raise ValueError("--type-map is for NVNMD files: a frozen graph names its types (model_attr/tmap)")
+        model, provenance = (import_dpmodel if Path(args.source).suffix in SUFFIXES else import_graph)(args.source)
     imp = provenance["import"]
     print(f"imported {imp['descriptor']} model {args.source} (sha256 {imp['sha256']}): type_map {imp['type_map']}, "
           f"sel {imp['sel']}, rcut {imp['rcut']}, options {sorted(imp['options'])}")

@@ -23,7 +23,9 @@ Imported DeePMD-kit models (model/deepmd.py) turn on the config's options (contr
 * pad_slots: GR also sums the sel[t] - n_t(i) empty slots of each neighbour type t, each the normalised
   zero row (x0, 0, 0, 0) with x0 = -s_avg[t_i] / s_std[t_i], i.e. (sel[t] - n_t(i)) x0 embed[t](x0) in
   GR's first row (NVNMD's "GS" constant per (t_i, t));
-* fit_activation "tanh": DeePMD's fitting activation instead of tanh4.
+* fit_activation "tanh": DeePMD's fitting activation instead of tanh4;
+* desc_band: D[a, k] = T[a, (a + k) mod M1] (NVNMD's banded descriptor) instead of T[a, k];
+* embed_table: G is a table per neighbour type (`TableEmbedding`, NVNMD's hardware files) instead of a net.
 """
 
 from __future__ import annotations
@@ -104,6 +106,52 @@ class EmbeddingNet(nn.Module):
         return x
 
 
+class TableEmbedding(nn.Module):
+    """G(x) as piecewise cubics (the embed_table option): ranges that all start at x0, range k with n_k
+    segments of dx_k, rows of `coef` (sum n_k, M1, 4) in range order, y = ((a t + b) t + c) t + d with
+    t = x - (x0 + i dx_k) the offset into segment i.  The first range holding x is used, else the last one:
+    below its start at t = 0, past its end at the last segment's end (NVNMD's map_flt_nvnmd)."""
+
+    def __init__(self, table: dict, m1: int):
+        super().__init__()
+        self.x0 = float(table["x0"])
+        self.ranges = [(float(dx), int(n)) for dx, n in table["ranges"]]
+        self.register_buffer("coef", torch.zeros((sum(n for _, n in self.ranges), m1, 4), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., 0]
+        xx = x - self.x0
+        xd = xx.detach()
+        row = torch.zeros_like(xd, dtype=torch.long)
+        t = torch.zeros_like(xx)
+        done = torch.zeros_like(xd, dtype=torch.bool)
+        first = 0
+        for k, (dx, n) in enumerate(self.ranges):
+            last = k == len(self.ranges) - 1
+            here = ~done & (((xd >= 0) & (xd <= n * dx)) | last)
+            i = torch.floor(xd / dx)
+            below, above = i < 0, i >= n
+            i = torch.where(below, 0, torch.where(above, n - 1, i)).long()
+            tk = torch.where(below, torch.zeros_like(xx), torch.where(above, torch.full_like(xx, dx), xx - i * dx))
+            row = torch.where(here, first + i, row)
+            t = torch.where(here, tk, t)
+            done = done | here
+            first += n
+        a, b, c, d = self.coef[row].unbind(-1)
+        t = t[..., None]
+        return ((a * t + b) * t + c) * t + d
+
+
+def descriptor_product(GR: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """D (n, M1 * M2) = 2**desc_shift T[a, columns[a][k]] of T = GR^T GR (cfg.descriptor_columns)."""
+    if cfg.desc_band:
+        cols = torch.as_tensor(cfg.descriptor_columns())
+        D = torch.einsum("nka,nkab->nab", GR, GR[:, :, cols])
+    else:
+        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons])
+    return D.reshape(len(GR), -1) * 2.0 ** cfg.desc_shift
+
+
 class FittingNet(nn.Module):
     """D (128) -> 128 -> 128 -> 128 -> 1, tanh4; resnet y += phi(Wy + b) on layers with equal width
     after the first (DeePMD's rule), linear output."""
@@ -138,7 +186,8 @@ class DeepPot(nn.Module):
         super().__init__()
         self.cfg = cfg
         g = torch.Generator().manual_seed(seed)
-        self.embed = nn.ModuleList(EmbeddingNet(cfg.embed_neurons, g) for _ in range(cfg.ntypes))
+        self.embed = nn.ModuleList((TableEmbedding(cfg.embed_table, cfg.m1) if cfg.embed_table is not None
+                                    else EmbeddingNet(cfg.embed_neurons, g)) for _ in range(cfg.ntypes))
         self.fit = nn.ModuleList(FittingNet(cfg.descriptor_dim, cfg.fit_neurons, g, cfg.fit_activation) for _ in range(cfg.ntypes))
         self.register_buffer("bias_atom_e", torch.zeros(cfg.ntypes, dtype=torch.float64))
 
@@ -200,9 +249,7 @@ class DeepPot(nn.Module):
         GR = outer.new_zeros((natoms, 4 * cfg.m1)).index_add(0, center, outer).reshape(natoms, 4, cfg.m1)
         if pad is not None:
             GR = GR + pad
-        GR = GR * 2.0 ** (-cfg.norm_shift)
-        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]) * 2.0 ** cfg.desc_shift
-        return D.reshape(natoms, -1)
+        return descriptor_product(GR * 2.0 ** (-cfg.norm_shift), cfg)
 
     def descriptors(self, rij: torch.Tensor, center: torch.Tensor, tj: torch.Tensor,
                     atype: torch.Tensor) -> torch.Tensor:

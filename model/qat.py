@@ -14,7 +14,7 @@ import math
 import torch
 
 from contract.fixedpoint import Fmt
-from .network import ACTIVATIONS, DeepPot
+from .network import ACTIVATIONS, DeepPot, descriptor_product
 
 
 def fake_quant(x: torch.Tensor, fmt: Fmt) -> torch.Tensor:
@@ -55,8 +55,7 @@ class QATDeepPot(DeepPot):
         if pad is not None:
             GR = GR + pad
         GR = fake_quant(GR * 2.0 ** (-cfg.norm_shift), F["GR"])
-        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]) * 2.0 ** cfg.desc_shift
-        return fake_quant(D.reshape(natoms, -1), F["D"])
+        return fake_quant(descriptor_product(GR, cfg), F["D"])
 
     def atomic_energy(self, D, atype):
         F = self.formats

@@ -34,7 +34,7 @@ from .batch import make_batch
 from contract.config import ModelConfig, require_quantizable
 from contract.fixedpoint import Fmt, fmt_for_range
 from contract.modelfile import Layer, QuantizedModel, Table
-from .network import ACTIVATIONS, DeepPot, normalise, of_centre, s_of_r
+from .network import ACTIVATIONS, DeepPot, descriptor_product, normalise, of_centre, s_of_r
 
 #: Word widths per tensor (see module docstring).  Keys match `modelfile.REQUIRED_FORMATS`.
 WIDTHS = {
@@ -204,7 +204,7 @@ def calibrate(model: DeepPot, systems, nframes: int = 8, seed: int = 0) -> dict[
             GR = GR + model.padding(b.center, tj, b.atype)
         GR = GR * 2.0 ** (-cfg.norm_shift)
         GR.retain_grad()
-        D = torch.einsum("nka,nkb->nab", GR, GR[:, :, : cfg.axis_neurons]).reshape(n, -1) * 2.0 ** cfg.desc_shift
+        D = descriptor_product(GR, cfg)
         D.retain_grad()
         energy = 0.0
         keep = []

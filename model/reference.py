@@ -17,7 +17,9 @@ The model options (contract.config.OPTIONS) of imported DeePMD-kit models change
 env_norm: the u-tables have one channel per centre type (the normalised s and h of that centre type,
 so R is DeePMD's normalised row and G's input the normalised s); pad_slots: GR's sum also holds each
 atom's sel[t] - n_t empty slots, each exactly the product a record at r = rcut would give
-(`padding_products`); fit_activation "tanh": the fitting activation is a table (`activation`).
+(`padding_products`); fit_activation "tanh": the fitting activation is a table (`activation`);
+desc_band: D[a, k] = T[a, (a + k) mod M1] (stages 6 and 9).  embed_table changes nothing here: the G
+tables are made from the float model's tables as from nets.
 """
 
 from __future__ import annotations
@@ -235,7 +237,11 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
 
     # -- stage 6: D = 2**desc_shift GR^T GR[:, :M2] -------------------------------------------------
     m2 = cfg.axis_neurons
-    accD = imatmul(GR.transpose(0, 2, 1), GR[:, :, :m2])  # (n, M1, M2)
+    if cfg.desc_band:  # D[a, k] = sum_r GR[r, a] GR[r, (a + k) mod M1]
+        cols = np.asarray(cfg.descriptor_columns())
+        accD = (GR[:, :, :, None] * GR[:, :, cols]).sum(axis=1)  # (n, M1, M2), exact int64
+    else:
+        accD = imatmul(GR.transpose(0, 2, 1), GR[:, :, :m2])  # (n, M1, M2)
     d_sat = _Saturation(n)
     D = d_sat.rq(accD, 2 * F["GR"].frac - cfg.desc_shift, F["D"]).reshape(n, -1)
     sat.add(d_sat.any)
@@ -251,8 +257,15 @@ def _evaluate_chunk(qm: QuantizedModel, rec: NeighborRecords, trace: dict | None
 
     # -- stage 9: dE/dGR --------------------------------------------------------------------------------
     dDm = dD.reshape(n, cfg.m1, m2)
-    acc = imatmul(GR[:, :, :m2], dDm.transpose(0, 2, 1))  # (n, 4, M1): sum_b GR[k,b] dD[c,b]
-    acc[:, :, :m2] += imatmul(GR, dDm)  # (n, 4, M2): sum_a GR[k,a] dD[a,c]
+    if cfg.desc_band:
+        # sum_k GR[r, (c + k) mod M1] dD[c, k]  +  sum_k GR[r, a] dD[a, k] over a = (c - k) mod M1
+        cols = np.asarray(cfg.descriptor_columns())
+        acc = (GR[:, :, cols] * dDm[:, None]).sum(axis=-1)
+        for k in range(m2):
+            acc += np.roll(GR * dDm[:, None, :, k], k, axis=2)
+    else:
+        acc = imatmul(GR[:, :, :m2], dDm.transpose(0, 2, 1))  # (n, 4, M1): sum_b GR[k,b] dD[c,b]
+        acc[:, :, :m2] += imatmul(GR, dDm)  # (n, 4, M2): sum_a GR[k,a] dD[a,c]
     dgr_sat = _Saturation(n)
     dGR = dgr_sat.rq(acc, F["GR"].frac + F["dD"].frac - cfg.desc_shift, F["dGR"])
     sat.add(dgr_sat.any)

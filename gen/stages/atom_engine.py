@@ -62,7 +62,10 @@ def per_type(ctype, values):
 
 # ---------------------------------------------------------------------------------------------------
 class DescriptorProduct(wiring.Component):
-    """D[a*M2 + b] = rq(sum_k GR[k,a] GR[k,b]), desc_par columns a per cycle.  32/desc_par + 1 cycles."""
+    """D[a*M2 + b] = rq(sum_k GR[k,a] GR[k,col(a,b)]), desc_par columns a per cycle.  32/desc_par + 1 cycles.
+
+    col(a, b) = b, or with the desc_band option (a + b) mod M1 (ModelConfig.descriptor_columns): then the
+    second factor is selected per step as well."""
 
     def __init__(self, design, *, desc_par=None):
         self.design = design
@@ -87,8 +90,14 @@ class DescriptorProduct(wiring.Component):
                 # column a = step * dp + j, selected by a mux over the steps
                 col = [pick(m, [self.GR[k][s * dp + j] for s in range(steps)], step, self.GR[k][0].shape(),
                             f"col{k}_{j}") for k in range(4)]
+                cols = d.cfg.descriptor_columns()
                 for b in range(m2):
-                    acc = tree_sum(col[k] * self.GR[k][b] for k in range(4))
+                    if d.cfg.desc_band:
+                        other = [pick(m, [self.GR[k][cols[s * dp + j][b]] for s in range(steps)], step,
+                                      self.GR[k][0].shape(), f"band{k}_{j}_{b}") for k in range(4)]
+                    else:
+                        other = [self.GR[k][b] for k in range(4)]
+                    acc = tree_sum(col[k] * other[k] for k in range(4))
                     q, sat = requant(m, acc, 2 * F["GR"].frac - d.cfg.desc_shift, F["D"])
                     sats.append(sat)
                     for s in range(steps):
@@ -103,7 +112,11 @@ class DescriptorProduct(wiring.Component):
 
 # ---------------------------------------------------------------------------------------------------
 class DescriptorGradient(wiring.Component):
-    """dGR[k,c] = rq(sum_b GR[k,b] dD[c*M2+b] + [c<M2] sum_a GR[k,a] dD[a*M2+c]).  32/desc_par + 1 cycles."""
+    """dGR[k,c] = rq(sum_b GR[k,b] dD[c*M2+b] + [c<M2] sum_a GR[k,a] dD[a*M2+c]).  32/desc_par + 1 cycles.
+
+    With desc_band (D[a, b] = T[a, (a + b) mod M1]) GR[k,c] is the first factor of row c of D and the
+    second of D[(c - b) mod M1, b]: dGR[k,c] = rq(sum_b GR[k,(c+b) mod M1] dD[c*M2+b]
+    + sum_b GR[k,(c-b) mod M1] dD[((c-b) mod M1)*M2+b]), both per column, from operands selected per step."""
 
     ACC_BITS = DESCRIPTOR_GRAD_ACC_BITS  # checked by gen.ir.Design (gen.widths.overflows)
 
@@ -135,7 +148,18 @@ class DescriptorGradient(wiring.Component):
             # Operands of this step's columns are selected first (one mux each), so the unit has
             # 32 * desc_par multipliers whatever the number of steps.
             sel = lambda vals, shape, name: pick(m, vals + [vals[-1]], step, shape, name)  # step == steps: idle
-            for j in range(dp):
+            for j in range(dp) if d.cfg.desc_band else ():
+                col = [s * dp + j for s in range(steps)]
+                dd_c = [sel([dD[c * m2 + b] for c in col], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
+                dd_m = [sel([dD[((c - b) % m1) * m2 + b] for c in col], dD[0].shape(), f"ddm{b}_{j}") for b in range(m2)]
+                for k in range(4):
+                    gr_p = [sel([GR[k][(c + b) % m1] for c in col], GR[k][0].shape(), f"grp{k}_{b}_{j}") for b in range(m2)]
+                    gr_m = [sel([GR[k][(c - b) % m1] for c in col], GR[k][0].shape(), f"grm{k}_{b}_{j}") for b in range(m2)]
+                    both = tree_sum([gr_p[b] * dd_c[b] for b in range(m2)] + [gr_m[b] * dd_m[b] for b in range(m2)])
+                    for s in range(steps):
+                        with m.If(step == s):
+                            m.d.sync += acc1[k][col[s]].eq(both)
+            for j in range(dp) if not d.cfg.desc_band else ():
                 col = [s * dp + j for s in range(steps)]  # c for the first term, a for the second
                 gr_a = [sel([GR[k][a] for a in col], GR[k][0].shape(), f"gra{k}_{j}") for k in range(4)]
                 dd_c = [sel([dD[a * m2 + b] for a in col], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
@@ -150,14 +174,14 @@ class DescriptorGradient(wiring.Component):
                 else:
                     parts = [[parts[k][c] + self_parts[k][c] for c in range(m2)] for k in range(4)]
             with m.If(step < steps):
-                for k in range(4):
+                for k in range(4) if not d.cfg.desc_band else ():
                     for c in range(m2):
                         m.d.sync += acc2[k][c].eq(acc2[k][c] + parts[k][c])
             with m.If(step == steps):
                 sats = []
                 for k in range(4):
                     for c in range(m1):
-                        total = acc1[k][c] + (acc2[k][c] if c < m2 else 0)
+                        total = acc1[k][c] + (acc2[k][c] if c < m2 and not d.cfg.desc_band else 0)
                         q, sat = requant(m, total, F["GR"].frac + F["dD"].frac - d.cfg.desc_shift, F["dGR"])
                         sats.append(sat)
                         m.d.sync += self.dGR[k][c].eq(q)

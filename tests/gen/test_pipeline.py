@@ -135,6 +135,25 @@ def test_imported_deepmd_model(activation):
     check(result, case)
 
 
+def test_banded_descriptor_model():
+    """NVNMD's banded descriptor (desc_band, with env_norm and pad_slots) == the reference through the
+    engines design: DescriptorProduct selects the band's second factor per step, DescriptorGradient both
+    terms per column."""
+    import copy
+    import dataclasses
+    from contract import modelfile
+    from deepmd_graph import imported_qm
+    base = imported_qm("tanh4")[0]
+    qm = dataclasses.replace(copy.deepcopy(base), config=dataclasses.replace(base.config, desc_band=True))
+    qm.hash = ""
+    qm.hash = modelfile.content_hash(qm)
+    case = cases.concat([cases.random_atoms(qm, 1, 4, n_atoms=3), cases.edge_atoms(qm, 1, 4)])
+    result, _ = simulate(Knobs(lanes=1, fit_par=4, desc_par=2), case, 0.1, 0.3, seed=4, qm=qm)
+    check(result, case)
+    plain = cases.concat([cases.random_atoms(base, 1, 4, n_atoms=3), cases.edge_atoms(base, 1, 4)])
+    assert not np.array_equal(case.expected.energy, plain.expected.energy)  # the band is computed
+
+
 # ---- arch "dataflow": the layer-pipelined fitting net, the same streams ----------------------------------
 def test_dataflow_mixed_stream_seed0():
     """Quick run: every kind of record and stream error through the dataflow design, with idle input

@@ -308,8 +308,8 @@ def test_model_text_without_pipeline_and_bad_streams(gete_qm):
     with pytest.raises(modelfile.ModelFileError, match="128 values expected"):
         native._call(mod.Model, broken)
     # an option the device does not compute is refused by name, never computed without it
-    unknown = text.replace("pipeline_format ", "pipeline_options desc_band\npipeline_format ", 1)
-    with pytest.raises(modelfile.ModelFileError, match="option desc_band is not computed by the cpu device"):
+    unknown = text.replace("pipeline_format ", "pipeline_options fit_timestep\npipeline_format ", 1)
+    with pytest.raises(modelfile.ModelFileError, match="option fit_timestep is not computed by the cpu device"):
         native._call(mod.open_device, "cpu", native._call(mod.Model, unknown), threads=1)
 
 
@@ -436,3 +436,21 @@ def test_a_model_with_options_gives_the_reference_words(activation, spec, lanes,
     _, _, flags, _ = wire.decode_results(words, len(ct), nt.shape[1])
     assert flags[0] == FLAG_NEIGHBOR_OVERFLOW and flags[1] & FLAG_BAD_TYPE
     assert (flags & FLAG_R_BELOW_MIN).any() and (flags & FLAG_SATURATED).any() and not (flags & FLAG_SATURATED).all()
+
+
+@pytest.mark.parametrize("spec", ["cpu", "cpu:generic,int64"])
+@pytest.mark.parametrize("lanes, threads, chunk, seed", [(1, 1, 64, 2), (2, 2, 5, 3)])
+def test_a_model_with_the_banded_descriptor_gives_the_reference_words(spec, lanes, threads, chunk, seed):
+    """desc_band (NVNMD's D[a, k] = T[a, (a + k) mod M1]) with env_norm and pad_slots, on both kernel sets
+    and on stages 6 and 9's int64 path: every word == the reference's; the same model without the band
+    gives other words (so the band is computed, not ignored)."""
+    import dataclasses
+    from deepmd_graph import imported_qm
+    base = imported_qm("tanh4")[0]
+    qm = rehashed(dataclasses.replace(copy.deepcopy(base), config=dataclasses.replace(base.config, desc_band=True)))
+    ct, nt, d = records(qm, 30, seed, rlo=1.2, rhi=4.1)
+    with native.open_device(spec, qm, lanes=lanes, threads=threads) as dev:
+        words = check(qm, dev, ct, nt, d, chunk, lanes)
+    with native.open_device(spec, base, lanes=lanes, threads=threads) as dev:
+        plain = check(base, dev, ct, nt, d, chunk, lanes)
+    assert not np.array_equal(np.asarray(words), np.asarray(plain))

@@ -95,7 +95,8 @@ def atom(qm, center_type: int, records):
             for c in range(m1):
                 acc[0][c] += (cfg.sel[t] - counts[t]) * R0 * G[c]
     GR = [[sat(acc[k][c], F["R"].frac + F["G"].frac + ns, F["GR"]) for c in range(m1)] for k in range(4)]
-    D = [sat(sum(GR[k][a] * GR[k][b] for k in range(4)), 2 * F["GR"].frac - cfg.desc_shift, F["D"])
+    col = cfg.descriptor_columns()  # D[a, b] = T[a, col[a][b]]
+    D = [sat(sum(GR[k][a] * GR[k][col[a][b]] for k in range(4)), 2 * F["GR"].frac - cfg.desc_shift, F["D"])
          for a in range(m1) for b in range(m2)]
     # fitting forward
     x, xfrac, cache = D, F["D"].frac, []
@@ -130,9 +131,9 @@ def atom(qm, center_type: int, records):
     for k in range(4):
         row = []
         for c in range(m1):
-            acc = sum(GR[k][b] * dDm[c][b] for b in range(m2))
-            if c < m2:
-                acc += sum(GR[k][a] * dDm[a][c] for a in range(m1))
+            # dT[a, col[a][b]] = dD[a, b]: T[a, e] = sum_k GR[k][a] GR[k][e] gives GR[k][c] both terms
+            acc = sum(GR[k][col[c][b]] * dDm[c][b] for b in range(m2))
+            acc += sum(GR[k][a] * dDm[a][b] for a in range(m1) for b in range(m2) if col[a][b] == c)
             row.append(sat(acc, F["GR"].frac + F["dD"].frac - cfg.desc_shift, F["dGR"]))
         dGR.append(row)
     forces = []

@@ -208,7 +208,8 @@ def test_options_are_left_out_of_the_config_when_off():
     d = ModelConfig().to_dict()
     assert not set(OPTIONS) & set(d)
     on = ModelConfig(env_norm={"s_avg": [0.1, 0.2], "s_std": [1.0, 2.0], "r_std": [1.0, 1.0]}, pad_slots=True,
-                     fit_activation="tanh")
+                     fit_activation="tanh", desc_band=True, embed_neurons=[32],
+                     embed_table={"x0": -0.5, "ranges": [[0.25, 8], [1.0, 4]]})
     assert ModelConfig.from_dict(on.to_dict()) == on and set(OPTIONS) <= set(on.to_dict())
 
 

@@ -91,6 +91,23 @@ def test_imported_deepmd_model_verilator():
     run_case("verilator", verilog, case, "imported-deepmd-mixed", 0.2, 0.3, seed=5)
 
 
+@pytest.mark.parametrize("sim", [pytest.param("icarus", marks=pytest.mark.icarus),
+                                 pytest.param("verilator", marks=[pytest.mark.verilator, pytest.mark.slow])])
+def test_banded_descriptor_model(sim):
+    """NVNMD's banded descriptor (desc_band, with env_norm and pad_slots): the Verilog == the reference on
+    two random atoms (Icarus: 36 s here; Verilator: -m slow, its own build)."""
+    import copy
+    import dataclasses
+    from contract import modelfile
+    from deepmd_graph import imported_qm
+    base = imported_qm("tanh4")[0]
+    qm = dataclasses.replace(copy.deepcopy(base), config=dataclasses.replace(base.config, desc_band=True))
+    qm.hash = ""
+    qm.hash = modelfile.content_hash(qm)
+    verilog = runner.pipeline_verilog(qm, Knobs(lanes=1, fit_par=4, desc_par=2))
+    run_case(sim, verilog, cases.random_atoms(qm, 1, 6, n_atoms=2), "banded-random", 0.1, 0.2, seed=6)
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 @pytest.mark.verilator
