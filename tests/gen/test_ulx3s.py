@@ -132,3 +132,15 @@ def test_parse_nextpnr_report():
     assert r["fmax"]["$glbnet$clk"] == {"achieved_mhz": 50.9, "constraint_mhz": 25.0}
     log = "Info: Max frequency for clock '$glbnet$clk': 44.28 MHz (PASS at 25.00 MHz)\n"
     assert ulx3s.parse_nextpnr({}, log)["fmax"] == {"$glbnet$clk": {"achieved_mhz": 44.28, "constraint_mhz": 25.0}}
+
+
+def test_platform_alone_selects_the_dataflow_pipeline_at_maximum_folding():
+    from types import SimpleNamespace
+
+    from gen.__main__ import cli_knobs
+    args = dict(arch=None, pe=None, simd=None, energy_simd=None, cycles_per_atom=None, lanes=1, desc_par=1,
+                fit_par=1, engines=1, model=None, neighbours=None)
+    k = cli_knobs(SimpleNamespace(**args, platform="ulx3s-85f"))
+    assert k == Knobs.dataflow(pe=1, simd=1)
+    assert cli_knobs(SimpleNamespace(**args, platform="verilog")) == Knobs()
+    assert cli_knobs(SimpleNamespace(**{**args, "arch": "engines"}, platform="ulx3s-85f")) == Knobs()
