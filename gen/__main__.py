@@ -24,6 +24,10 @@ Run `python -m gen build --help` for every option.
 
 cli = CommandLine("python -m gen", OVERVIEW)
 
+#: --arch when none is given, per platform: the ECP5 fits only the dataflow pipeline at maximum
+#: folding (gen/platforms/ulx3s.py, check_fit), so that is what `--platform ulx3s-85f` alone builds
+DEFAULT_ARCH = {"ulx3s-85f": "dataflow"}
+
 
 def _platform_text() -> str:
     from . import platforms
@@ -46,10 +50,11 @@ def _choices(name):
              arg("--desc-par", type=positive_int, default=1,
                  help="descriptor-product columns per cycle; divides M1 (default 1)"),
              arg("--engines", type=positive_int, default=1, help="atom engines working on alternate atoms (default 1)"),
-             arg("--arch", default="engines", choices=("engines", "dataflow"),
-                 help="per-atom architecture: engines (replicated atom engines, default) or dataflow (one stage "
-                      "per fitting layer and direction, weights stored once; folded by --pe/--simd/--energy-simd "
-                      "or --cycles-per-atom)"),
+             arg("--arch", default=None, choices=("engines", "dataflow"),
+                 help="per-atom architecture: engines (replicated atom engines; the default, but dataflow for "
+                      "--platform ulx3s-85f, DEFAULT_ARCH) or dataflow (one stage per fitting layer and "
+                      "direction, weights stored once; folded by --pe/--simd/--energy-simd or --cycles-per-atom, "
+                      "every knob 1 when none is given: the most it folds)"),
              arg("--pe", default=None, metavar="P[,P...]",
                  help="dataflow: output lanes of each forward fitting layer (one value, or one per layer)"),
              arg("--simd", default=None, metavar="S[,S...]",
@@ -100,6 +105,8 @@ def cli_knobs(args):
     from .build import BuildError
     from .ir import DesignError, Knobs
     dataflow_opts = {"--pe": args.pe, "--simd": args.simd, "--energy-simd": args.energy_simd}
+    if args.arch is None:
+        args.arch = DEFAULT_ARCH.get(args.platform, "engines")
     engine_opts = [k for k, v in (("--fit-par", args.fit_par), ("--engines", args.engines)) if v != 1]
     if (args.arch == "dataflow" or args.cycles_per_atom is not None) and engine_opts:
         raise BuildError(f"{', '.join(engine_opts)} are options of --arch engines")

@@ -72,13 +72,15 @@ def as_system(pos, cell, types, type_map=("Ge", "Te"), name="random"):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(seed: int = 3):
-    """A randomly initialised float model with the default architecture, calibrated on random structures."""
+def tiny_model(seed: int = 3, **arch):
+    """A randomly initialised float model with the default architecture (or `arch`: embed_neurons,
+    axis_neurons, fit_neurons), calibrated on random structures."""
     import torch
     from contract.config import ModelConfig
     from model.network import DeepPot
     from model.train import choose_desc_shift
-    cfg = ModelConfig(sel=[40, 40], r_min=1.6, s_mean=0.1, s_std=0.1)
+    cfg = ModelConfig(sel=[40, 40], r_min=1.6, s_mean=0.1, s_std=0.1,
+                      **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()})
     model = DeepPot(cfg, seed=seed)
     systems = [as_system(*random_structure(seed=k)) for k in range(2)]
     cfg.desc_shift = choose_desc_shift(model, systems)
@@ -88,10 +90,16 @@ def tiny_model(seed: int = 3):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_qm(seed: int = 3):
+def tiny_qm(seed: int = 3, **arch):
+    """tiny_model quantized; `arch` as tiny_model's, as tuples (a cache key)."""
     from model.quantize import quantize
-    model, systems = tiny_model(seed)
+    model, systems = tiny_model(seed, **arch)
     return quantize(model, systems, nframes=2, r_min=model.cfg.r_min)
+
+
+#: the smallest architecture whose dataflow pipeline at maximum folding fits the LFE5U-85F (as
+#: examples/GeTe/recipe-small.json)
+ECP5_ARCH = {"embed_neurons": (4, 8, 1), "axis_neurons": 1, "fit_neurons": (1,)}
 
 
 def records_for(qm, seed=0, natoms=40):

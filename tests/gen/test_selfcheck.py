@@ -71,3 +71,21 @@ def test_extra_output_beat_fails(setup):
     r = simulate(SelfCheckTop(design, Stimulus(stim.beats, short, stim.n_atoms, stim.counts, stim.centers,
                                                stim.source)))
     assert (r["done"], r["passed"], r["failed"]) == (1, 0, 1)
+
+
+def test_bundled_ecp5_model_passes_at_maximum_folding():
+    """What the ulx3s-85f bitstream runs (gen/platforms/ulx3s.py): model/examples/GeTe-small.npz, the
+    dataflow pipeline at maximum folding, SELFCHECK_ATOMS atoms with every neighbour inside rcut
+    (~20 s: 249 cycles)."""
+    from contract.modelfile import load
+    from contract.paths import BUNDLED_MODELS
+    from gen.platforms.ulx3s import SELFCHECK_ATOMS
+    qm = load(BUNDLED_MODELS / "GeTe-small.npz")
+    design = Design(qm, Knobs.dataflow(pe=1, simd=1, n_layers=1))
+    stim = stimulus(qm, 1, n_atoms=SELFCHECK_ATOMS)
+    assert min(stim.counts) > 30  # whole neighbourhoods, not a cut-down stimulus
+    r = simulate(SelfCheckTop(design, stim))
+    ok = (1 << SELFCHECK_ATOMS) - 1
+    assert r == {"done": 1, "passed": 1, "failed": 0, "timed_out": 0, "atom_ok": ok, "cycles": r["cycles"]}
+    bad = simulate(SelfCheckTop(design, stim.flipped(len(stim.expected) - 1, 5)))
+    assert (bad["passed"], bad["failed"]) == (0, 1)
