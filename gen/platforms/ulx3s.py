@@ -450,8 +450,11 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
 
 def summary_lines(report: dict) -> list[str]:
     """Lines for report.md's platform section: the bitstream, nextpnr's Fmax and utilisation beside the
-    count (`check_fit`), the self-check and the flow's time."""
+    count (`check_fit`), the self-check and the flow's time; none for a report whose flow wrote no
+    bitstream (its fit numbers and files are listed as for any platform)."""
     p = report["platform"]
+    if "bitstream" not in p:
+        return []
     util, est = p["utilisation"], p["estimate"]
     fmax = f"{p['fmax_mhz']:g} MHz" if p["fmax_mhz"] is not None else "not reported"
     cpa = p["cycles_per_atom"]
