@@ -97,10 +97,9 @@ def describe_dpmodel(path: Path, data: dict) -> dict:
 
     def array(d: dict, key: str, where: str) -> np.ndarray:
         v = need(need(d, "@variables", where), key, f"{where}.@variables")
-        a = np.asarray(v, dtype=np.float64) if v is not None else None
-        if a is None:
+        if v is None:
             refuse(f"{where}.@variables.{key}", "absent")
-        return a
+        return np.asarray(v, dtype=np.float64)
 
     m = data["model"]
     if m.get("type", "standard") != "standard":

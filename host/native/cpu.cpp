@@ -914,14 +914,13 @@ struct Workspace {
   std::vector<double> pad0;              // pad_slots: the atom's empty slots' products (M1)
   std::vector<int> counts;               // ... from its records per neighbour type
   std::vector<int64_t> GRi;
-  std::vector<double> gmax, dDT, ext;    // stages 6 and 9 in float64: per member max|GR|; scratch
+  std::vector<double> gmax, dDT, ext;    // stages 6 and 9 in float64: per atom max|GR|; scratch
   std::vector<uint8_t> sat, small;
   std::vector<size_t> rfirst;            // the atom's first record in the batch's arrays
-  // per centre type: the fitting net's matrices (rows padded to GEMM_ROWS)
+  // the batch's fitting net matrices (rows padded to GEMM_ROWS)
   std::vector<double> x0, acc, e, g, delta;
   std::vector<std::vector<double>> x, dphi;
   std::vector<uint8_t> rowsat;
-  std::vector<int> members;
 };
 
 template <typename T>
@@ -1137,14 +1136,8 @@ class CpuDevice : public Device {
       ws.small[q] = small;
     }
 
-    // -- stages 6-8 per centre type: D, the fitting net forward and backward over the type's atoms
-    for (int t = 0; t < m.ntypes; t++) {
-      ws.members.clear();
-      for (size_t q = 0; q < na; q++)
-        if (int(w::input_header::CTYPE.get(a_.header[live[q]])) == t) ws.members.push_back(int(q));
-      if (ws.members.empty()) continue;
-      fitting(t, ws, live);
-    }
+    // -- stages 6-8: D, the fitting net forward and backward over the batch's atoms (one centre type)
+    fitting(ctype, ws, live);
 
     // -- stages 9-10: dGR per atom (fitting()), then per record dR, dGj, dS, dH, dU, dE/dr
     for (size_t q = 0; q < na; q++) {
@@ -1159,12 +1152,13 @@ class CpuDevice : public Device {
     }
   }
 
-  /* D for the batch's atoms of centre type t, their fitting net forward and backward, energy and dGR. */
+  /* D for the batch's atoms live[0 ..] (all of centre type t; GEMM row r is atom live[r]), their fitting
+   * net forward and backward, energy and dGR. */
   void fitting(int t, Workspace &ws, const std::vector<size_t> &live)
   {
     const CpuModel &m = m_;
     const auto &layers = m.fit[size_t(t)];
-    const int m1 = m.m1, m2 = m.m2, nm = int(ws.members.size());
+    const int m1 = m.m1, m2 = m.m2, nm = int(live.size());
     const int rows = (nm + GEMM_ROWS - 1) / GEMM_ROWS * GEMM_ROWS;
     const int p0 = layers[0].p_in;
     const PipelineFormat &fD = m.fmt("D");
@@ -1176,7 +1170,7 @@ class CpuDevice : public Device {
     // else int64 (a saturated GR's squares pass 2^53)
     fit_size(ws.gmax, size_t(nm));
     for (int r = 0; r < nm; r++) {
-      const size_t q = size_t(ws.members[size_t(r)]);
+      const size_t q = size_t(r);
       const double *GR = &ws.GR[4 * size_t(m1) * q];
       const double g = ws.gmax[size_t(r)] = k_->maxabs(4 * m1, GR);
       if (4 * g * g < m.d_fast_max) {
@@ -1240,7 +1234,7 @@ class CpuDevice : public Device {
     // dD is in ws.acc (rows x p0); energy, flags, and stage 9 per atom
     const PipelineFormat &fdGR = m.fmt("dGR");
     for (int r = 0; r < nm; r++) {
-      const size_t q = size_t(ws.members[size_t(r)]), i = live[q];
+      const size_t q = size_t(r), i = live[q];
       a_.energy[i] = int64_t(ws.e[size_t(r)]);
       bool sat = ws.rowsat[size_t(r)] || m.g0_sat[size_t(t)];
       const double *dD = &ws.acc[size_t(r) * size_t(p0)];  // dDm[c][b] = dD[c * M2 + b]
