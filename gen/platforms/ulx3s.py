@@ -123,16 +123,15 @@ def tiles(a_bits: int, b_bits: int) -> int:
     return math.ceil(a_bits / 18) * math.ceil(b_bits / 18)
 
 
-def mult18(a_bits: int, b_bits: int) -> int:
-    """MULT18X18D of one a_bits x b_bits product in this flow: its tiles, or none when both operands are
-    wider than a tile (LUT_PRODUCT_BITS: built in LUT logic by SYNTH_SCRIPT's `booth`)."""
-    return 0 if min(a_bits, b_bits) >= LUT_PRODUCT_BITS else tiles(a_bits, b_bits)
-
-
 def lut_product(a_bits: int, b_bits: int) -> int:
-    """1 for a product SYNTH_SCRIPT builds in LUT logic, else 0 (`multipliers(design, lut_product)`
-    counts them)."""
+    """1 for a product SYNTH_SCRIPT builds in LUT logic (both operands at least LUT_PRODUCT_BITS wide,
+    its `booth` selection), else 0 (`multipliers(design, lut_product)` counts them)."""
     return int(min(a_bits, b_bits) >= LUT_PRODUCT_BITS)
+
+
+def mult18(a_bits: int, b_bits: int) -> int:
+    """MULT18X18D of one a_bits x b_bits product in this flow: its tiles, or none for a `lut_product`."""
+    return 0 if lut_product(a_bits, b_bits) else tiles(a_bits, b_bits)
 
 
 def multipliers(design, cost=mult18) -> dict[str, int]:
@@ -173,7 +172,8 @@ def multipliers(design, cost=mult18) -> dict[str, int]:
                            + 3 * cost(b("dR"), coord) + 2 * cost(b("dS"), b("ds"))
                            + 3 * cost(b("dR"), b("h")) + 3 * cost(b("dU"), coord))
     # row address = type x (table segments) per lane, and two more products of index arithmetic that
-    # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models), narrow
+    # synth_ecp5 also puts on MULT18X18D (measured: the count above was 3 short on two models); all
+    # narrow (one tile each, never LUT products)
     out["index arithmetic"] = (L + 2) * cost(s18, s18)
     return out
 
