@@ -225,6 +225,14 @@ def recv_frame(sock, wait_deadline: float | None = None, stop=None, max_payload:
     return version, mtype, payload
 
 
+def _error_message(payload) -> str:
+    """The text of an ERROR frame's payload (its JSON "message", or the raw start of a malformed one)."""
+    try:
+        return _json(payload).get("message", "(no message)")
+    except ProtocolError:
+        return bytes(payload[:200]).decode(errors="replace")
+
+
 def _json(payload) -> dict:
     try:
         obj = json.loads(bytes(payload).decode())
@@ -838,7 +846,8 @@ class SocketDevice(Device):
         s.settimeout(_POLL)
         self._sock = s
         try:
-            send_json(s, HELLO, {"protocol": PROTOCOL_VERSION, "model_hash": self.model_hash, "pid": os.getpid()})
+            self._send(HELLO, json.dumps({"protocol": PROTOCOL_VERSION, "model_hash": self.model_hash,
+                                          "pid": os.getpid()}).encode())
             mtype, payload = self._recv(self.connect_timeout, "WELCOME")
             if mtype != WELCOME:
                 raise DeviceError(f"{self.name}: expected WELCOME, got {MESSAGE_NAMES.get(mtype, mtype)}")
@@ -885,9 +894,22 @@ class SocketDevice(Device):
             self._drop()
             raise DeviceTimeout(f"{self.name}: the service took no data for {self.timeout} s") from None
         except OSError as e:
+            # A service that refuses a connection (busy, wrong model) sends ERROR and closes it, maybe
+            # before our first frame arrives: its reason is then still unread in our socket.
+            message = self._pending_error()
             self._drop()
+            if message is not None:
+                raise DeviceError(f"dpfpga service at {self.path}: {message}") from None
             raise DeviceError(f"{self.name}: the service closed the connection ({e}); did it stop? "
                               "see its log") from None
+
+    def _pending_error(self) -> str | None:
+        """The message of an ERROR frame the service left in our socket before it closed it, or None."""
+        try:
+            _, mtype, payload = recv_frame(self._sock, time.monotonic() + _POLL)
+        except (TimeoutError, EOFError, ProtocolError, OSError):
+            return None
+        return _error_message(payload) if mtype == ERROR else None
 
     def collect(self, timeout=None) -> np.ndarray:
         if self._sock is None or self._in_flight == 0:
@@ -919,11 +941,7 @@ class SocketDevice(Device):
                               f"were in flight{detail}; did it die? see its log") from None
         if mtype == ERROR:
             self._drop()
-            try:
-                message = _json(payload).get("message", "(no message)")
-            except ProtocolError:
-                message = bytes(payload[:200]).decode(errors="replace")
-            raise DeviceError(f"dpfpga service at {self.path}: {message}")
+            raise DeviceError(f"dpfpga service at {self.path}: {_error_message(payload)}")
         return mtype, payload
 
     def _drop(self) -> None:

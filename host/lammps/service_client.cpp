@@ -243,6 +243,28 @@ void ServiceClient::fail(const std::string &message)
   throw ServiceError(why.empty() ? message : message + "; " + why);
 }
 
+std::string ServiceClient::error_message(const std::string &payload)
+{
+  try {
+    return LAMMPS_NS::json::parse(payload).at("message").get<std::string>();
+  } catch (const std::exception &) {
+    return payload.substr(0, 200);
+  }
+}
+
+std::string ServiceClient::pending_error()
+{
+  std::vector<char> got;
+  char piece[4096];
+  for (ssize_t k; got.size() < MAX_PENDING && (k = recv(fd_, piece, sizeof piece, MSG_DONTWAIT)) > 0;)
+    got.insert(got.end(), piece, piece + k);
+  FrameHeader h;
+  if (got.size() < sizeof(h)) return "";
+  std::memcpy(&h, got.data(), sizeof(h));
+  if (std::memcmp(h.magic, MAGIC, 4) != 0 || h.type != ERROR || got.size() - sizeof(h) < h.length) return "";
+  return error_message(std::string(got.data() + sizeof(h), h.length));
+}
+
 void ServiceClient::send_frame(uint16_t type, const std::vector<Part> &parts)
 {
   if (fd_ < 0) throw ServiceError("the connection to the dpfpga service at " + path_ + " is closed");
@@ -276,8 +298,17 @@ void ServiceClient::send_frame(uint16_t type, const std::vector<Part> &parts)
         poll(&pfd, 1, POLL_MS);
         continue;
       }
+      const int e = errno;
+      // A service that refuses a connection (busy, wrong model) writes ERROR and closes it, maybe
+      // before our HELLO arrives: then its reason is still unread in our socket.
+      std::string refusal = (e == EPIPE || e == ECONNRESET) ? pending_error() : std::string();
+      if (!refusal.empty()) {
+        close(fd_);
+        fd_ = -1;
+        throw ServiceError(refusal);
+      }
       fail(std::string("the dpfpga service at ") + path_ + " closed the connection while we sent " +
-           message_name(type) + " (" + std::strerror(errno) + "); did it die? see its log");
+           message_name(type) + " (" + std::strerror(e) + "); did it die? see its log");
     }
   }
 }
@@ -340,15 +371,8 @@ uint16_t ServiceClient::recv_frame(std::vector<char> &payload, const char *expec
   payload.resize(h.length);
   recv_exact(payload.data(), h.length, deadline, expected);
   t_recv += now() - t1;
-  if (h.type == ERROR) {
-    std::string text(payload.begin(), payload.end()), message = text;
-    try {
-      message = LAMMPS_NS::json::parse(text).at("message").get<std::string>();
-    } catch (const std::exception &) {
-    }
-    // The service keeps the connection after a failed request, but this client stops at the first.
-    throw ServiceError(message);
-  }
+  // The service keeps the connection after a failed request, but this client stops at the first.
+  if (h.type == ERROR) throw ServiceError(error_message(std::string(payload.begin(), payload.end())));
   return h.type;
 }
 

@@ -115,6 +115,10 @@ class ServiceClient {
   void recv_exact(char *buf, size_t n, double deadline, const char *what);
   void wait_readable(double deadline, const char *what, size_t got, size_t n);
   [[noreturn]] void fail(const std::string &message);
+  /* The message of an ERROR frame the service left in our socket before closing it, "" if none. */
+  std::string pending_error();
+  static std::string error_message(const std::string &payload);
+  static constexpr size_t MAX_PENDING = 1 << 16;  // an ERROR frame is far smaller
 };
 
 }  // namespace dpfpga

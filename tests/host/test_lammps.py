@@ -484,6 +484,22 @@ def test_model_hash_mismatch(plugin, tmp_path, start_service):
     expect_error(rc, out, "model mismatch", "other.npz", other.hash[:12])
 
 
+
+def test_busy_service_refusal_reaches_lammps(plugin, model_path, tmp_path, start_service, qm):
+    """A shared service at its client limit refuses LAMMPS with its reason, whether the refusal arrives
+    before or after the plugin's HELLO has left (then the reason is read from the socket after EPIPE)."""
+    from host.service import SocketDevice
+    svc = start_service("svc.sock", "--max-clients", "1")
+    svc.wait_log("client 1 disconnected")  # wait_listening's probe
+    holder = SocketDevice(qm, svc.path, timeout=60)
+    holder.open()
+    try:
+        write_data(tmp_path / "a.data", gete(repeat=2))
+        rc, out = lmp(tmp_path, HEAD.format(data="a.data") + f"pair_style nvnmd {model_path} socket {svc.path}\n")
+        expect_error(rc, out, "service busy: 1 clients already connected", "--max-clients")
+    finally:
+        holder.close()
+
 LONG_RUN = HEAD + """pair_style nvnmd {model} {extra}
 pair_coeff * * Ge Te
 velocity all create 600 1 dist gaussian

@@ -415,6 +415,47 @@ def test_client_limit_refuses_one_more_client_clearly(qm, start_service):
     c.close()
 
 
+@pytest.mark.parametrize("reason", ["busy", "silent"])
+def test_a_refusal_that_beats_our_hello_still_gives_its_reason(qm, tmp_path, monkeypatch, reason):
+    """A service that refuses a connection writes ERROR and closes it, maybe before the client's HELLO is
+    sent; the HELLO then fails with EPIPE (seen in CI under load).  The client must still report the
+    service's reason, read from what is left in its socket.  Here the peer has closed before HELLO leaves."""
+    import host.service as service_module
+    path = tmp_path / "refuser.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    closed = threading.Event()
+
+    def refuse():
+        peer, _ = listener.accept()
+        if reason == "busy":  # the frame by hand: send_frame is held back below
+            message = b'{"message": "service busy: 2 clients already connected"}'
+            peer.sendall(FRAME_HEADER.pack(MAGIC, PROTOCOL_VERSION, ERROR, len(message)) + message)
+        peer.close()
+        closed.set()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    original = service_module.send_frame
+
+    def send_after_the_refusal(*args, **kwargs):
+        assert closed.wait(WAIT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "send_frame", send_after_the_refusal)
+    try:
+        with pytest.raises(DeviceError) as err:
+            SocketDevice(qm, path, timeout=WAIT).open()
+    finally:
+        thread.join(WAIT)
+        listener.close()
+    if reason == "busy":
+        assert str(err.value) == f"dpfpga service at {path}: service busy: 2 clients already connected"
+    else:
+        assert "the service closed the connection" in str(err.value) and "see its log" in str(err.value)
+
+
 def test_default_client_limit_follows_the_core_count(qm, tmp_path, monkeypatch):
     """On a node with more cores than 64 every rank of an MPI run must get a connection: the default limit
     is max(64, cores).  Here the node claims 70 cores; 70 clients are welcomed, the 71st refused."""
