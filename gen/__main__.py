@@ -49,6 +49,9 @@ def _choices(name):
                  help="fitting-net outputs per cycle; divides the fitting width (default 1)"),
              arg("--desc-par", type=positive_int, default=1,
                  help="descriptor-product columns per cycle; divides M1 (default 1)"),
+             arg("--desc-rows", type=int, default=None, choices=(1, 2, 4),
+                 help="rows of GR (of 4) in each cycle's descriptor-product columns: 4 unfolded, 2 or 1 take 2 "
+                      "or 4 times the steps with 1/2 or 1/4 of the products (default 4; arch dataflow: 1)"),
              arg("--engines", type=positive_int, default=1, help="atom engines working on alternate atoms (default 1)"),
              arg("--arch", default=None, choices=("engines", "dataflow"),
                  help="per-atom architecture: engines (replicated atom engines; the default, but dataflow for "
@@ -63,7 +66,7 @@ def _choices(name):
              arg("--cycles-per-atom", type=positive_int, default=None, metavar="N",
                  help="dataflow: fold every stage (and widen the record stages) to reach N cycles per atom at the "
                       "model's mean neighbour count, the fewest multipliers each (gen/folding.py); implies "
-                      "--arch dataflow and replaces --lanes, --desc-par, --pe, --simd, --energy-simd"),
+                      "--arch dataflow and replaces --lanes, --desc-par, --desc-rows, --pe, --simd, --energy-simd"),
              arg("--clock-mhz", type=float, default=250.0, help="clock frequency for seconds per atom (default 250)"),
              arg("--neighbours", type=float, default=None, metavar="N",
                  help="mean neighbours per atom for the throughput estimate (default: the model file's "
@@ -113,6 +116,7 @@ def cli_knobs(args):
     if args.cycles_per_atom is not None:
         given = [k for k, v in dataflow_opts.items() if v is not None]
         given += [k for k, v in (("--lanes", args.lanes), ("--desc-par", args.desc_par)) if v != 1]
+        given += ["--desc-rows"] if args.desc_rows is not None else []
         if given:
             raise BuildError(f"--cycles-per-atom chooses the folding: leave out {', '.join(given)}")
         from contract.modelfile import ModelFileError, load
@@ -133,7 +137,8 @@ def cli_knobs(args):
         given = [k for k, v in dataflow_opts.items() if v is not None]
         if given:
             raise BuildError(f"{', '.join(given)} are options of --arch dataflow")
-        return Knobs(lanes=args.lanes, fit_par=args.fit_par, desc_par=args.desc_par, engines=args.engines)
+        return Knobs(lanes=args.lanes, fit_par=args.fit_par, desc_par=args.desc_par, engines=args.engines,
+                     desc_rows=4 if args.desc_rows is None else args.desc_rows)
 
     def per_layer(name, text):
         if text is None:
@@ -148,7 +153,8 @@ def cli_knobs(args):
     from contract.modelfile import load
     n_layers = len(load(args.model or EXAMPLE_MODEL).fit[0])
     return Knobs.dataflow(pe=pe, simd=simd, lanes=args.lanes, desc_par=args.desc_par,
-                          energy_simd=args.energy_simd or 1, n_layers=n_layers)
+                          energy_simd=args.energy_simd or 1, n_layers=n_layers,
+                          desc_rows=1 if args.desc_rows is None else args.desc_rows)
 
 
 def main(argv=None) -> int:

@@ -121,11 +121,13 @@ def build(model: str | Path | None = None, out: str | Path | None = None, knobs:
 
 def knob_label(knobs: Knobs) -> str:
     """The knobs in a folder name: L<lanes>-fp<fit_par>-dp<desc_par>-E<engines> (as docs/reports names builds);
-    arch dataflow: L<lanes>-dp<desc_par>-DF-pe<pe per layer>-simd<simd per layer>-e<energy_simd>."""
+    arch dataflow: L<lanes>-dp<desc_par>-DF-pe<pe per layer>-simd<simd per layer>-e<energy_simd>.  dp<desc_par>
+    is followed by r<desc_rows> where the descriptor rows are folded (desc_rows < 4)."""
+    dp = f"dp{knobs.desc_par}" + (f"r{knobs.desc_rows}" if knobs.desc_rows != 4 else "")
     if knobs.arch == "dataflow":
-        return (f"L{knobs.lanes}-dp{knobs.desc_par}-DF-pe{'.'.join(map(str, knobs.pe))}"
+        return (f"L{knobs.lanes}-{dp}-DF-pe{'.'.join(map(str, knobs.pe))}"
                 f"-simd{'.'.join(map(str, knobs.simd))}-e{knobs.energy_simd}")
-    return f"L{knobs.lanes}-fp{knobs.fit_par}-dp{knobs.desc_par}-E{knobs.engines}"
+    return f"L{knobs.lanes}-fp{knobs.fit_par}-{dp}-E{knobs.engines}"
 
 
 def default_out(model: Path, knobs: Knobs) -> Path:

@@ -13,7 +13,7 @@ T_B, from the AtomEngine/FittingEngine sequencers (gen/stages/atom_engine.py):
     T_B = 2 * n_layers * (n_hidden / fit_par)     MAC-array steps, forward and backward
         + (2 * n_layers + 1) * PASS_OVERHEAD      fill and drain of each pass (+1 step: energy)
         + 1                                       the energy step
-        + 2 * (m1 / desc_par)                     descriptor products and their gradient
+        + 2 * (m1 / desc_par) * (4 / desc_rows)   descriptor products and their gradient
         + ENGINE_OVERHEAD                         accept, hand-offs, output beat
 """
 
@@ -54,10 +54,15 @@ def matvec_cycles(steps: int, epilogue: int) -> int:
     return max(steps, -(-(steps + DATAFLOW_MAC_LATENCY + epilogue + 2) // 2))
 
 
+def descriptor_steps(knobs, shape: Shape = Shape()) -> int:
+    """Steps of DescriptorProduct and DescriptorGradient: column blocks times row blocks."""
+    return shape.m1 // knobs.desc_par * (4 // knobs.desc_rows)
+
+
 def dataflow_stages(knobs, shape: Shape = Shape()) -> dict[str, dict]:
     """Per stage of the chain, in order: {"cycles", "multipliers" (of its MAC array), "steps"}."""
     n, L = shape.n_hidden, shape.n_layers
-    desc = shape.m1 // knobs.desc_par
+    desc = descriptor_steps(knobs, shape)
     out = {"descriptor": {"cycles": desc + 1, "steps": desc, "multipliers": None}}
     for l in range(L):
         steps = _blocks(n, knobs.pe[l]) * _blocks(n, knobs.simd[l])
@@ -87,7 +92,7 @@ def engine_cycles(knobs, shape: Shape = Shape()) -> int:
         return atom_cycles(knobs, shape)
     steps = shape.n_hidden // knobs.fit_par
     return (2 * shape.n_layers * steps + (2 * shape.n_layers + 1) * PASS_OVERHEAD + 1
-            + 2 * (shape.m1 // knobs.desc_par) + ENGINE_OVERHEAD)
+            + 2 * descriptor_steps(knobs, shape) + ENGINE_OVERHEAD)
 
 
 def record_cycles(n, lanes: int):

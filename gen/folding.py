@@ -3,7 +3,8 @@
 As FINN's SetFolding, every stage is folded as far as the target allows and no further, so that all
 stages balance to the bottleneck: each fitting layer gets the (pe, simd) with the fewest multipliers
 whose stage cycles (gen.cycles.matvec_cycles) stay within N, the energy stage the smallest
-energy_simd, the descriptor stages the smallest desc_par, and the record stages the fewest lanes
+energy_simd, the descriptor stages the fewest products (desc_par x desc_rows; at a tie the columns are
+folded before GR's rows, which needs no accumulator), and the record stages the fewest lanes
 whose 1 + ceil(n/lanes) cycles (n: the model's mean neighbour count) stay within N.  Where FINN raises
 SIMD, then PE, step by step, this searches every (pe, simd) pair (128 x 128 for the bundled model,
 milliseconds) and counts the output units too: a forward output unit (tanh4, ~COST_FWD_UNIT
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 
 from . import cycles
-from .ir import DesignError, Knobs
+from .ir import DESC_ROWS, DesignError, Knobs
 
 #: multipliers of one forward output unit (tanh4: za^2 and two xx products) and of one backward one
 #: (phi'(z) g), beside the pe x simd of the MAC array; a cost model for the search, not a count
@@ -61,7 +62,9 @@ def fold_for(target: int, shape: cycles.Shape, neighbours: float | None) -> Knob
     lanes = max(1, math.ceil(n / (target - 1)))
     while float(cycles.record_cycles(n, lanes)) > target:
         lanes += 1
-    desc = [d for d in range(1, shape.m1 + 1) if shape.m1 % d == 0 and shape.m1 // d + 2 <= target]
+    desc = sorted((dp * rows, -rows, dp, rows) for dp in range(1, shape.m1 + 1) if shape.m1 % dp == 0
+                  for rows in DESC_ROWS
+                  if cycles.descriptor_steps(Knobs(desc_par=dp, desc_rows=rows), shape) + 2 <= target)
     if not desc:
         raise DesignError(f"the descriptor stages take at least 3 cycles per atom; --cycles-per-atom {target} "
                           "is below")
@@ -71,7 +74,7 @@ def fold_for(target: int, shape: cycles.Shape, neighbours: float | None) -> Knob
     if energy is None:
         raise DesignError(f"the energy stage cannot reach {target} cycles per atom")
     folds = [layer_folding(shape.n_hidden, shape.n_hidden, target) for _ in range(shape.n_layers)]
-    knobs = Knobs(lanes=lanes, desc_par=desc[0], arch="dataflow", pe=tuple(p for p, _ in folds),
-                  simd=tuple(s for _, s in folds), energy_simd=energy)
+    knobs = Knobs(lanes=lanes, desc_par=desc[0][2], desc_rows=desc[0][3], arch="dataflow",
+                  pe=tuple(p for p, _ in folds), simd=tuple(s for _, s in folds), energy_simd=energy)
     assert cycles.cycles_per_atom(n, knobs, shape) <= target
     return knobs

@@ -31,6 +31,8 @@ class DesignError(ValueError):
 #: fitting layer, weights per engine); `dataflow` one stage per fitting layer and direction, weights
 #: stored once, atoms streaming through (gen/stages/dataflow.py)
 ARCHES = ("engines", "dataflow")
+#: desc_rows values: the divisors of GR's 4 rows
+DESC_ROWS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Knobs:
     fit_par:  fitting-net outputs produced per cycle (each a 128-long dot product): the MAC array is
               fit_par x n_in multipliers.  (arch "engines")
     desc_par: columns of the descriptor products (D and dE/dGR) per cycle; each column is 32 products.
+    desc_rows: rows of GR (of its 4) in each cycle's columns: 4 (default) or 2, 1 to fold the
+              descriptor products further (desc_par x desc_rows x M2 products, 4/desc_rows times the steps).
     engines:  atom engines (descriptor products + fitting net) working on alternate atoms.  (arch "engines")
     arch:     "engines" (default) or "dataflow" (ARCHES).
     pe, simd: (arch "dataflow") per fitting layer l: output lanes pe[l] and input lanes simd[l] of its
@@ -52,6 +56,7 @@ class Knobs:
     fit_par: int = 1
     desc_par: int = 1
     engines: int = 1
+    desc_rows: int = 4
     arch: str = "engines"
     pe: tuple = ()
     simd: tuple = ()
@@ -65,11 +70,12 @@ class Knobs:
                 object.__setattr__(self, name, tuple(v))
 
     @classmethod
-    def dataflow(cls, pe, simd, *, lanes=1, desc_par=1, energy_simd=1, n_layers=3):
+    def dataflow(cls, pe, simd, *, lanes=1, desc_par=1, energy_simd=1, n_layers=3, desc_rows=4):
         """Dataflow knobs; pe and simd are one value per fitting layer, or one int for every layer."""
         pe = (pe,) * n_layers if isinstance(pe, int) else tuple(pe)
         simd = (simd,) * n_layers if isinstance(simd, int) else tuple(simd)
-        return cls(lanes=lanes, desc_par=desc_par, arch="dataflow", pe=pe, simd=simd, energy_simd=energy_simd)
+        return cls(lanes=lanes, desc_par=desc_par, arch="dataflow", pe=pe, simd=simd, energy_simd=energy_simd,
+                   desc_rows=desc_rows)
 
     def validate(self, n_hidden: int, m1: int, n_layers: int = 3):
         for name in ("lanes", "fit_par", "desc_par", "engines", "energy_simd"):
@@ -82,6 +88,9 @@ class Knobs:
             raise DesignError(f"fit_par={self.fit_par} must divide the fitting width {n_hidden}")
         if m1 % self.desc_par:
             raise DesignError(f"desc_par={self.desc_par} must divide the embedding width {m1}")
+        if isinstance(self.desc_rows, bool) or self.desc_rows not in DESC_ROWS:
+            raise DesignError(f"desc_rows must be one of {', '.join(map(str, DESC_ROWS))} (rows of GR per cycle), "
+                              f"got {self.desc_rows!r}")
         if self.arch == "engines":
             if self.pe or self.simd or self.energy_simd != 1:
                 raise DesignError("pe, simd and energy_simd are knobs of arch 'dataflow'; this is arch 'engines'")

@@ -76,6 +76,8 @@ def knob_dict(knobs) -> dict:
     out = {"lanes": knobs.lanes, "fit_par": knobs.fit_par, "desc_par": knobs.desc_par, "engines": knobs.engines}
     if knobs.arch != "engines":  # arch "engines" keeps the keys (and the cache keys) it always had
         out |= {"arch": knobs.arch, "pe": list(knobs.pe), "simd": list(knobs.simd), "energy_simd": knobs.energy_simd}
+    if knobs.desc_rows != 4:  # likewise: the unfolded rows leave the keys as they were
+        out["desc_rows"] = knobs.desc_rows
     return out
 
 

@@ -135,7 +135,8 @@ def dataflow_table(design, cycles_per_atom) -> dict | None:
         elif name == "energy":
             row["folding"], work = f"simd {k.energy_simd}", n
         else:
-            row["folding"], work = f"desc_par {k.desc_par}", None
+            rows = f" x desc_rows {k.desc_rows}" if k.desc_rows != 4 else ""
+            row["folding"], work = f"desc_par {k.desc_par}{rows}", None
         row["utilisation_pct"] = (round(100 * work / (st["multipliers"] * cycles_per_atom), 1)
                                   if work and cycles_per_atom else None)
         out[name] = row
@@ -163,10 +164,11 @@ def report_markdown(r: dict) -> str:
         nb_line += "; by neighbour element: " + ", ".join(f"{t} {v['mean']:g}" for t, v in nb["per_type"].items())
     lines = [f"# dpfpga build: {Path(r['model']['path']).name}", "",
              f"- model: `{r['model']['path']}` (hash `{r['model']['hash'][:16]}`)",
-             (f"- knobs: lanes={k['lanes']}, fit_par={k['fit_par']}, desc_par={k['desc_par']}, engines={k['engines']}"
+             (f"- knobs: lanes={k['lanes']}, fit_par={k['fit_par']}, desc_par={k['desc_par']}, "
+              f"desc_rows={k.get('desc_rows', 4)}, engines={k['engines']}"
               if k.get("arch", "engines") == "engines" else
-              f"- knobs: arch dataflow, lanes={k['lanes']}, desc_par={k['desc_par']}, pe={k['pe']}, simd={k['simd']}, "
-              f"energy_simd={k['energy_simd']}"),
+              f"- knobs: arch dataflow, lanes={k['lanes']}, desc_par={k['desc_par']}, "
+              f"desc_rows={k.get('desc_rows', 4)}, pe={k['pe']}, simd={k['simd']}, energy_simd={k['energy_simd']}"),
              f"- RTL: `{r['verilog']}`, `{r['rtlil']}` (top `{r['top']}`, platform {r['platform']['name']})",
              f"- neighbours per atom: {nb_line}",
              f"- resource estimate for {device}: Yosys `{est['command']}`", "",

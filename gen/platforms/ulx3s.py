@@ -90,9 +90,9 @@ NEXTPNR_OPTS = "--report top.report.json --timing-allow-fail --router router2"
 #: Products whose operands are both at least this wide are built in LUT logic, not on MULT18X18D.
 #: synth_ecp5 cuts a 27x27 product into 4 MULT18X18D and sums them in LUTs: GeTe-small's self-check
 #: then used 135 of the 156 (86 %), leaving room for no second channel.  With its 16 products of two
-#: 27-bit operands in LUT logic it needs 71 (45 %) and ~16,000 more LUT4, and nextpnr's router2 gets
-#: further (overuse 4,607 after 15 passes against 8,988 after 10), though it still does not converge
-#: (docs/reports/GeTe-small-ulx3s.md: the descriptor stages' products are the congested part).
+#: 27-bit operands in LUT logic it needs 71 (45 %) and ~16,000 more LUT4; router2 did not converge on
+#: either netlist until the descriptor stages were folded over GR's rows (desc_rows 1: 3 of those
+#: products instead of 12, 8,904 fewer LUT4; docs/reports/GeTe-small-ulx3s.md).
 LUT_PRODUCT_BITS = 19
 #: The Yosys script around Amaranth's `synth_ecp5 -top top`, given as its overrides: (1) before it,
 #: flatten and narrow the products (wreduce), then `booth` maps those of two operands >= LUT_PRODUCT_BITS
@@ -142,6 +142,7 @@ def multipliers(design, cost=mult18) -> dict[str, int]:
     d, F, k = design, design.F, design.knobs
     m1, m2, n = d.cfg.m1, d.cfg.axis_neurons, d.n_hidden
     L, fp, dp, E = k.lanes, k.fit_par, k.desc_par, k.engines
+    rows = k.desc_rows
     b = lambda name: F[name].bits
     coord, s18 = b("coord"), 18
     tg = d.qm.table_g[0]
@@ -158,13 +159,13 @@ def multipliers(design, cost=mult18) -> dict[str, int]:
         out.update(dataflow_multipliers(design, cost))
     else:
         per_engine = {
-            # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x 4 x M2 products of GR x GR
-            "dprod": dp * 4 * m2 * cost(b("GR"), b("GR")),
+            # D[a, b] = sum_k GR[k, a] GR[k, b]: desc_par columns x desc_rows x M2 products of GR x GR
+            "dprod": dp * rows * m2 * cost(b("GR"), b("GR")),
             # MAC array fit_par x n (A x W), and per output unit dphi * g and phi' * g_out
             "fit": fp * n * cost(b("A"), b("W")) + fp * 2 * cost(b("Z"), b("GA")),
             "tanh4": fp * tanh4_products(F, cost),
-            # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns
-            "dgrad": dp * 2 * 4 * m2 * cost(b("GR"), b("dD")),
+            # dGR: sum_b GR[k, b] dD[c, b] and GR[k, a] dD[a, c], desc_par columns x desc_rows rows
+            "dgrad": dp * 2 * rows * m2 * cost(b("GR"), b("dD")),
         }
         out["engines"] = E * sum(per_engine.values())
     # dE/dR (4 x m1) and dE/dG (m1 x 4) from dGR; dS (m1), dH (3), dU (2), dE/dr (2 x 3) per lane
@@ -191,10 +192,10 @@ def dataflow_multipliers(design, cost=mult18) -> dict[str, int]:
     m2, Ln = d.cfg.axis_neurons, d.n_layers
     b = lambda name: F[name].bits
     out = {
-        # DescriptorProduct (as the engines'): desc_par columns x 4 x M2 products GR x GR
-        "descriptor": k.desc_par * 4 * m2 * cost(b("GR"), b("GR")),
-        # DescriptorGradient: desc_par columns x 2 x 4 x M2 products GR x dD
-        "gradient": k.desc_par * 2 * 4 * m2 * cost(b("GR"), b("dD")),
+        # DescriptorProduct (as the engines'): desc_par columns x desc_rows x M2 products GR x GR
+        "descriptor": k.desc_par * k.desc_rows * m2 * cost(b("GR"), b("GR")),
+        # DescriptorGradient: desc_par columns x 2 x desc_rows x M2 products GR x dD
+        "gradient": k.desc_par * 2 * k.desc_rows * m2 * cost(b("GR"), b("dD")),
     }
     for l in range(Ln):
         pe, simd = k.pe[l], k.simd[l]
@@ -297,15 +298,16 @@ def check_fit(qm, design, device: dict = DEVICE) -> dict:
         mul = ", ".join(f"{c} {n:,}" for c, n in est["multipliers_by_component"].items() if n)
         bram = ", ".join(f"{m['name']} {m['DP16KD']:,}" for m in est["memories"] if m["DP16KD"])
         if k.arch == "dataflow":
-            knobs = f"arch dataflow, lanes={k.lanes} desc_par={k.desc_par} pe={k.pe} simd={k.simd} " \
-                    f"energy_simd={k.energy_simd}"
+            knobs = (f"arch dataflow, lanes={k.lanes} desc_par={k.desc_par} desc_rows={k.desc_rows} pe={k.pe} "
+                     f"simd={k.simd} energy_simd={k.energy_simd}")
             hint = ("Every knob at 1 (--arch dataflow, no folding options) is the most this pipeline folds: "
                     "the record stages still have one multiplier per product and channel (26 MULT18X18D per "
                     "embedding channel); the products of two operands of 19 bits or more (the descriptor "
                     "stages', Tanh4's) are built in LUT logic, and the fitting chain needs 6 MULT18X18D for one "
                     "layer and 4 per further layer; model/examples/GeTe-small.npz is a model that fits.")
         else:
-            knobs = f"lanes={k.lanes} fit_par={k.fit_par} desc_par={k.desc_par} engines={k.engines}"
+            knobs = (f"lanes={k.lanes} fit_par={k.fit_par} desc_par={k.desc_par} desc_rows={k.desc_rows} "
+                     f"engines={k.engines}")
             hint = ("The atom engines have one multiplier per product of a fitting layer (fully parallel per "
                     "atom); --arch dataflow folds the fitting net.")
         raise _error(

@@ -62,14 +62,18 @@ def per_type(ctype, values):
 
 # ---------------------------------------------------------------------------------------------------
 class DescriptorProduct(wiring.Component):
-    """D[a*M2 + b] = rq(sum_k GR[k,a] GR[k,col(a,b)]), desc_par columns a per cycle.  32/desc_par + 1 cycles.
+    """D[a*M2 + b] = rq(sum_k GR[k,a] GR[k,col(a,b)]): desc_par columns a and desc_rows of GR's 4 rows k
+    per cycle, desc_par x desc_rows x M2 products.  (M1/desc_par) (4/desc_rows) + 1 cycles.
 
     col(a, b) = b, or with the desc_band option (a + b) mod M1 (ModelConfig.descriptor_columns): then the
-    second factor is selected per step as well."""
+    second factor is selected per step as well.  With desc_rows < 4 the steps of a column block go over
+    GR's rows, summing into one exact accumulator per output, requantized (and checked for saturation)
+    at the block's last row step: the same integers in any order."""
 
-    def __init__(self, design, *, desc_par=None):
+    def __init__(self, design, *, desc_par=None, desc_rows=None):
         self.design = design
         self.desc_par = design.knobs.desc_par if desc_par is None else desc_par
+        self.desc_rows = design.knobs.desc_rows if desc_rows is None else desc_rows
         m1, m2 = design.cfg.m1, design.cfg.axis_neurons
         super().__init__({"start": In(1), "done": Out(1), "sat": Out(1),
                           "GR": In(data.ArrayLayout(data.ArrayLayout(design.fmt_shape("GR"), m1), 4)),
@@ -78,41 +82,62 @@ class DescriptorProduct(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d, F = self.design, self.design.F
-        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par
-        steps = m1 // dp
+        m1, m2, dp, rp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par, self.desc_rows
+        row_steps = 4 // rp
+        blocks = descriptor_steps(m1, dp, rp)  # (column block s, row block r) of each step, in order
+        steps = len(blocks)
         step = Signal(range(steps + 1))
         busy = Signal()
+        shape = self.GR[0][0].shape()
+        last_rows = pick(m, [Const(r == row_steps - 1) for _, r in blocks], step, 1, "last_rows")
+        first_rows = pick(m, [Const(r == 0) for _, r in blocks], step, 1, "first_rows")
         with m.If(self.start):
             m.d.sync += [step.eq(0), busy.eq(1), self.sat.eq(0), self.done.eq(0)]
         with m.Elif(busy):
             sats = []
+            cols = d.cfg.descriptor_columns()
             for j in range(dp):
-                # column a = step * dp + j, selected by a mux over the steps
-                col = [pick(m, [self.GR[k][s * dp + j] for s in range(steps)], step, self.GR[k][0].shape(),
-                            f"col{k}_{j}") for k in range(4)]
-                cols = d.cfg.descriptor_columns()
+                # row slot i of column slot j: GR[r*rp + i][s*dp + j] at step (s, r), one mux over the steps
+                col = [pick(m, [self.GR[r * rp + i][s * dp + j] for s, r in blocks], step, shape, f"col{i}_{j}")
+                       for i in range(rp)]
                 for b in range(m2):
                     if d.cfg.desc_band:
-                        other = [pick(m, [self.GR[k][cols[s * dp + j][b]] for s in range(steps)], step,
-                                      self.GR[k][0].shape(), f"band{k}_{j}_{b}") for k in range(4)]
+                        other = [pick(m, [self.GR[r * rp + i][cols[s * dp + j][b]] for s, r in blocks], step, shape,
+                                      f"band{i}_{j}_{b}") for i in range(rp)]
+                    elif row_steps == 1:
+                        other = [self.GR[i][b] for i in range(4)]
                     else:
-                        other = [self.GR[k][b] for k in range(4)]
-                    acc = tree_sum(col[k] * other[k] for k in range(4))
-                    q, sat = requant(m, acc, 2 * F["GR"].frac - d.cfg.desc_shift, F["D"])
+                        other = [pick(m, [self.GR[r * rp + i][b] for _, r in blocks], step, shape, f"row{i}_{b}")
+                                 for i in range(rp)]
+                    total = tree_sum(col[i] * other[i] for i in range(rp))
+                    if row_steps > 1:
+                        # |a sum of up to 4 products| <= 4 * 2**(2 (bits - 1)) = 2**(2 bits): 2 bits + 2 signed
+                        acc = Signal(signed(2 * F["GR"].bits + 2), name=f"acc{j}_{b}")
+                        total = Mux(first_rows, 0, acc) + total
+                        m.d.sync += acc.eq(total)
+                    q, sat = requant(m, total, 2 * F["GR"].frac - d.cfg.desc_shift, F["D"])
                     sats.append(sat)
-                    for s in range(steps):
-                        with m.If(step == s):
+                    for s in range(m1 // dp):
+                        with m.If(step == s * row_steps + row_steps - 1):
                             m.d.sync += self.D[(s * dp + j) * m2 + b].eq(q)
-            m.d.sync += self.sat.eq(self.sat | any_of(sats))
+            m.d.sync += self.sat.eq(self.sat | (any_of(sats) & last_rows))
             m.d.sync += step.eq(step + 1)
             with m.If(step == steps - 1):
                 m.d.sync += [busy.eq(0), self.done.eq(1)]
         return m
 
 
+def descriptor_steps(m1: int, desc_par: int, desc_rows: int) -> list[tuple[int, int]]:
+    """The steps of DescriptorProduct and DescriptorGradient: (column block, row block) pairs, the row
+    blocks of a column block one after the other."""
+    return [(s, r) for s in range(m1 // desc_par) for r in range(4 // desc_rows)]
+
+
 # ---------------------------------------------------------------------------------------------------
 class DescriptorGradient(wiring.Component):
-    """dGR[k,c] = rq(sum_b GR[k,b] dD[c*M2+b] + [c<M2] sum_a GR[k,a] dD[a*M2+c]).  32/desc_par + 1 cycles.
+    """dGR[k,c] = rq(sum_b GR[k,b] dD[c*M2+b] + [c<M2] sum_a GR[k,a] dD[a*M2+c]): desc_par columns and
+    desc_rows rows k per cycle, 2 x desc_par x desc_rows x M2 products.  (M1/desc_par) (4/desc_rows) + 1
+    cycles.  Row k of dGR needs only row k of GR, so folding the rows adds no accumulator.
 
     With desc_band (D[a, b] = T[a, (a + b) mod M1]) GR[k,c] is the first factor of row c of D and the
     second of D[(c - b) mod M1, b]: dGR[k,c] = rq(sum_b GR[k,(c+b) mod M1] dD[c*M2+b]
@@ -120,9 +145,10 @@ class DescriptorGradient(wiring.Component):
 
     ACC_BITS = DESCRIPTOR_GRAD_ACC_BITS  # checked by gen.ir.Design (gen.widths.overflows)
 
-    def __init__(self, design, *, desc_par=None):
+    def __init__(self, design, *, desc_par=None, desc_rows=None):
         self.design = design
         self.desc_par = design.knobs.desc_par if desc_par is None else desc_par
+        self.desc_rows = design.knobs.desc_rows if desc_rows is None else desc_rows
         m1, m2 = design.cfg.m1, design.cfg.axis_neurons
         super().__init__({"start": In(1), "done": Out(1), "sat": Out(1),
                           "GR": In(data.ArrayLayout(data.ArrayLayout(design.fmt_shape("GR"), m1), 4)),
@@ -132,8 +158,9 @@ class DescriptorGradient(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d, F = self.design, self.design.F
-        m1, m2, dp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par
-        steps = m1 // dp
+        m1, m2, dp, rp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par, self.desc_rows
+        blocks = descriptor_steps(m1, dp, rp)
+        steps = len(blocks)
         acc1 = [[Signal(signed(self.ACC_BITS), name=f"a1_{k}_{c}") for c in range(m1)] for k in range(4)]
         acc2 = [[Signal(signed(self.ACC_BITS), name=f"a2_{k}_{c}") for c in range(m2)] for k in range(4)]
         step = Signal(range(steps + 2))
@@ -145,38 +172,50 @@ class DescriptorGradient(wiring.Component):
                 for c in range(m2):
                     m.d.sync += acc2[k][c].eq(0)
         with m.Elif(busy):
-            # Operands of this step's columns are selected first (one mux each), so the unit has
-            # 32 * desc_par multipliers whatever the number of steps.
+            # Operands of this step's columns and rows are selected first (one mux each), so the unit has
+            # 32 x desc_par x desc_rows / 4 multipliers whatever the number of steps.
             sel = lambda vals, shape, name: pick(m, vals + [vals[-1]], step, shape, name)  # step == steps: idle
+            col = [[s * dp + j for s, _ in blocks] for j in range(dp)]  # per slot, per step: c (or a)
+            row = [[r * rp + i for _, r in blocks] for i in range(rp)]  # per slot, per step: k
             for j in range(dp) if d.cfg.desc_band else ():
-                col = [s * dp + j for s in range(steps)]
-                dd_c = [sel([dD[c * m2 + b] for c in col], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
-                dd_m = [sel([dD[((c - b) % m1) * m2 + b] for c in col], dD[0].shape(), f"ddm{b}_{j}") for b in range(m2)]
-                for k in range(4):
-                    gr_p = [sel([GR[k][(c + b) % m1] for c in col], GR[k][0].shape(), f"grp{k}_{b}_{j}") for b in range(m2)]
-                    gr_m = [sel([GR[k][(c - b) % m1] for c in col], GR[k][0].shape(), f"grm{k}_{b}_{j}") for b in range(m2)]
+                dd_c = [sel([dD[c * m2 + b] for c in col[j]], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
+                dd_m = [sel([dD[((c - b) % m1) * m2 + b] for c in col[j]], dD[0].shape(), f"ddm{b}_{j}")
+                        for b in range(m2)]
+                for i in range(rp):
+                    kc = list(zip(row[i], col[j]))
+                    gr_p = [sel([GR[k][(c + b) % m1] for k, c in kc], GR[0][0].shape(), f"grp{i}_{b}_{j}")
+                            for b in range(m2)]
+                    gr_m = [sel([GR[k][(c - b) % m1] for k, c in kc], GR[0][0].shape(), f"grm{i}_{b}_{j}")
+                            for b in range(m2)]
                     both = tree_sum([gr_p[b] * dd_c[b] for b in range(m2)] + [gr_m[b] * dd_m[b] for b in range(m2)])
-                    for s in range(steps):
-                        with m.If(step == s):
-                            m.d.sync += acc1[k][col[s]].eq(both)
+                    for t, (k, c) in enumerate(kc):
+                        with m.If(step == t):
+                            m.d.sync += acc1[k][c].eq(both)
+            parts = None
+            if not d.cfg.desc_band:  # GR[k, :M2] of each row slot's row k (the same for every column slot)
+                gr_k = [[GR[i][b] for b in range(m2)] if rp == 4 else
+                        [sel([GR[k][b] for k in row[i]], GR[0][0].shape(), f"grk{i}_{b}") for b in range(m2)]
+                        for i in range(rp)]
             for j in range(dp) if not d.cfg.desc_band else ():
-                col = [s * dp + j for s in range(steps)]  # c for the first term, a for the second
-                gr_a = [sel([GR[k][a] for a in col], GR[k][0].shape(), f"gra{k}_{j}") for k in range(4)]
-                dd_c = [sel([dD[a * m2 + b] for a in col], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
-                for k in range(4):
-                    first = tree_sum(GR[k][b] * dd_c[b] for b in range(m2))  # sum_b GR[k,b] dD[c,b]
-                    for s in range(steps):
-                        with m.If(step == s):
-                            m.d.sync += acc1[k][col[s]].eq(first)
-                self_parts = [[gr_a[k] * dd_c[c] for c in range(m2)] for k in range(4)]  # GR[k,a] dD[a,c]
-                if j == 0:
-                    parts = self_parts
-                else:
-                    parts = [[parts[k][c] + self_parts[k][c] for c in range(m2)] for k in range(4)]
-            with m.If(step < steps):
-                for k in range(4) if not d.cfg.desc_band else ():
-                    for c in range(m2):
-                        m.d.sync += acc2[k][c].eq(acc2[k][c] + parts[k][c])
+                dd_c = [sel([dD[a * m2 + b] for a in col[j]], dD[0].shape(), f"ddc{b}_{j}") for b in range(m2)]
+                self_parts = []
+                for i in range(rp):
+                    kc = list(zip(row[i], col[j]))
+                    gr_a = sel([GR[k][a] for k, a in kc], GR[0][0].shape(), f"gra{i}_{j}")
+                    first = tree_sum(gr_k[i][b] * dd_c[b] for b in range(m2))  # sum_b GR[k,b] dD[c,b]
+                    for t, (k, c) in enumerate(kc):
+                        with m.If(step == t):
+                            m.d.sync += acc1[k][c].eq(first)
+                    self_parts.append([gr_a * dd_c[c] for c in range(m2)])  # GR[k,a] dD[a,c]
+                parts = self_parts if parts is None else [[parts[i][c] + self_parts[i][c] for c in range(m2)]
+                                                          for i in range(rp)]
+            if parts is not None:
+                row_block = sel([Const(r, 2) for _, r in blocks], 2, "row_block")
+                for r in range(4 // rp):  # the rows of this step's block take their slots' sums
+                    with m.If((step < steps) & (row_block == r)):
+                        for i in range(rp):
+                            for c in range(m2):
+                                m.d.sync += acc2[r * rp + i][c].eq(acc2[r * rp + i][c] + parts[i][c])
             with m.If(step == steps):
                 sats = []
                 for k in range(4):

@@ -612,13 +612,14 @@ class DescriptorStage(wiring.Component):
 
     i: atom beat {atom, GR} (DescriptorAccumulator);  o: {atom, sat (D saturated), x = D};
     side_o: GR, to GradientStage (pushed when the atom is taken, so `i.ready` needs `side_o.ready`).
-    Cycles per atom: M1/desc_par + 1 (DescriptorProduct's steps, and one to hand over).
+    Cycles per atom: (M1/desc_par) (4/desc_rows) + 1 (DescriptorProduct's steps, and one to hand over).
     """
 
-    def __init__(self, design, *, desc_par):
+    def __init__(self, design, *, desc_par, desc_rows=4):
         self.design = design
         self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "DescriptorStage", divides=True)
-        self.steps = design.cfg.m1 // desc_par + 1
+        self.desc_rows = check_fold("desc_rows", desc_rows, 4, "DescriptorStage", divides=True)
+        self.steps = design.cfg.m1 // desc_par * (4 // desc_rows) + 1
         super().__init__({"i": In(stream.Signature(atom_gr_layout(design))),
                           "o": Out(stream.Signature(fitting_layouts(design)["descriptor"])),
                           "side_o": Out(stream.Signature(gr_layout(design)))})
@@ -626,7 +627,7 @@ class DescriptorStage(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = self.design
-        m.submodules.dprod = dprod = DescriptorProduct(d, desc_par=self.desc_par)
+        m.submodules.dprod = dprod = DescriptorProduct(d, desc_par=self.desc_par, desc_rows=self.desc_rows)
         gr = Signal(gr_layout(d))
         atom = Signal(d.atom_layout())
         running = Signal()
@@ -654,13 +655,14 @@ class GradientStage(wiring.Component):
     energy and dGR and only its drop flags; otherwise SATURATED if anything saturated.
 
     i: BwdLayer 0's {atom, sat, energy, dD};  side_i: the atom's GR (DescriptorStage), taken with it;
-    o: atom_out_layout (PairBackward).  Cycles per atom: M1/desc_par + 2.
+    o: atom_out_layout (PairBackward).  Cycles per atom: (M1/desc_par) (4/desc_rows) + 2.
     """
 
-    def __init__(self, design, *, desc_par):
+    def __init__(self, design, *, desc_par, desc_rows=4):
         self.design = design
         self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "GradientStage", divides=True)
-        self.steps = design.cfg.m1 // desc_par + 2
+        self.desc_rows = check_fold("desc_rows", desc_rows, 4, "GradientStage", divides=True)
+        self.steps = design.cfg.m1 // desc_par * (4 // desc_rows) + 2
         super().__init__({"i": In(stream.Signature(fitting_layouts(design)["bwd0"])),
                           "side_i": In(stream.Signature(gr_layout(design))),
                           "o": Out(stream.Signature(atom_out_layout(design)))})
@@ -668,7 +670,7 @@ class GradientStage(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = self.design
-        m.submodules.dgrad = dgrad = DescriptorGradient(d, desc_par=self.desc_par)
+        m.submodules.dgrad = dgrad = DescriptorGradient(d, desc_par=self.desc_par, desc_rows=self.desc_rows)
         lay = fitting_layouts(d)["bwd0"]
         held = Signal(lay)
         gr = Signal(gr_layout(d))
@@ -755,11 +757,11 @@ class FittingPipeline(wiring.Component):
         """The chain, in order (not yet elaborated): [(name, component)]."""
         d, k = self.design, self.design.knobs
         L = d.n_layers
-        chain = [("descriptor", DescriptorStage(d, desc_par=k.desc_par))]
+        chain = [("descriptor", DescriptorStage(d, desc_par=k.desc_par, desc_rows=k.desc_rows))]
         chain += [(f"fwd{l}", FwdLayer(d, l, pe=k.pe[l], simd=k.simd[l])) for l in range(L)]
         chain += [("energy", EnergyStage(d, simd=k.energy_simd))]
         chain += [(f"bwd{l}", BwdLayer(d, l, fwd_pe=k.pe[l], fwd_simd=k.simd[l])) for l in range(L - 1, -1, -1)]
-        chain += [("gradient", GradientStage(d, desc_par=k.desc_par))]
+        chain += [("gradient", GradientStage(d, desc_par=k.desc_par, desc_rows=k.desc_rows))]
         return chain
 
     def elaborate(self, platform):

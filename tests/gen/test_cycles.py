@@ -60,10 +60,16 @@ DATAFLOW_CASES = {
     "padded-lanes": (Knobs.dataflow(pe=(5, 16, 16), simd=(40, 16, 16), desc_par=4, energy_simd=16), 40, "fwd0"),
     "energy-bound": (Knobs.dataflow(pe=(8, 8, 8), simd=(16, 16, 16), desc_par=4, energy_simd=1), 40, "energy"),
     "record-bound": (Knobs.dataflow(pe=(16, 16, 16), simd=(16, 16, 16), desc_par=4, energy_simd=16), 75, "record"),
+    # GR's rows folded: 32 column blocks x 4 row blocks, the descriptor and gradient stages the slowest
+    "descriptor-rows": (Knobs.dataflow(pe=(8, 8, 8), simd=(16, 16, 16), desc_par=1, desc_rows=1, energy_simd=16),
+                        40, "gradient"),
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c == "fwd-bound" else [pytest.mark.slow])
+QUICK = ("fwd-bound", "descriptor-rows")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=[] if c in QUICK else [pytest.mark.slow])
                                   for c in DATAFLOW_CASES])
 def test_dataflow_cycle_model_matches_simulation(case):
     knobs, n_records, bound = DATAFLOW_CASES[case]

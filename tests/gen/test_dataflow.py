@@ -296,12 +296,17 @@ def _dD(tr, a):
     return dD[0]
 
 
+#: (desc_par, desc_rows) of the descriptor stages' tests: unfolded rows, and rows folded by 2 and by 4
+DESC_FOLDS = [(4, 4), (8, 2), (4, 1)]
+
+
+@pytest.mark.parametrize("desc_par,desc_rows", DESC_FOLDS, ids=lambda v: str(v))
 @pytest.mark.parametrize("source,mode", rotate(["records"], {("records", "idle")}))
-def test_descriptor_stage_seed0(source, mode):
+def test_descriptor_stage_seed0(source, mode, desc_par, desc_rows):
     d = design(narrow_descriptor_qm())
     tr = record_trace(0)
     assert tr["D_sat"].any() and not tr["D_sat"].all()
-    h = Harness(df.DescriptorStage(d, desc_par=d.knobs.desc_par))
+    h = Harness(df.DescriptorStage(d, desc_par=desc_par, desc_rows=desc_rows))
     n = len(tr["GR"])
     inputs = [{"main": {"atom": atom(a, tr["ctype"][a]), "GR": [list(r) for r in tr["GR"][a]]}} for a in range(n)]
     out, _ = run(h, inputs, 0, mode)
@@ -311,12 +316,13 @@ def test_descriptor_stage_seed0(source, mode):
         assert o["side"] == [list(r) for r in tr["GR"][a]]
 
 
+@pytest.mark.parametrize("desc_par,desc_rows", DESC_FOLDS, ids=lambda v: str(v))
 @pytest.mark.parametrize("source,mode", rotate(["records"], {("records", "backpressure")}))
-def test_gradient_stage_seed0(source, mode):
+def test_gradient_stage_seed0(source, mode, desc_par, desc_rows):
     d = design(narrow_descriptor_qm())
     tr = record_trace(0)
     assert tr["dGR_sat"].any() and not tr["dGR_sat"].all()
-    h = Harness(df.GradientStage(d, desc_par=d.knobs.desc_par))
+    h = Harness(df.GradientStage(d, desc_par=desc_par, desc_rows=desc_rows))
     n = len(tr["GR"])
     flags = [FLAG_BAD_TYPE if a == 1 else 0 for a in range(n)]  # a dropped atom: zeros, its drop flag only
     sat_in = [a % 3 == 2 for a in range(n)]
@@ -354,6 +360,8 @@ def test_fold_is_keyword_only():
         df.EnergyStage(design(), simd=200)
     with pytest.raises(df.FoldingError, match="DescriptorStage: desc_par=5 must divide 32"):
         df.DescriptorStage(design(), desc_par=5)
+    with pytest.raises(df.FoldingError, match="GradientStage: desc_rows=3 must divide 4"):
+        df.GradientStage(design(), desc_par=4, desc_rows=3)
 
 
 @pytest.mark.parametrize("knobs,message", [
@@ -362,6 +370,8 @@ def test_fold_is_keyword_only():
     (Knobs(arch="dataflow", pe=(1,) * 3, simd=(1,) * 3, engines=2), "fit_par and engines are knobs of arch 'engines'"),
     (Knobs(pe=(1,) * 3), "pe, simd and energy_simd are knobs of arch 'dataflow'"),
     (Knobs(arch="systolic"), "arch must be one of engines, dataflow, got 'systolic'"),
+    (Knobs(desc_rows=3), r"desc_rows must be one of 1, 2, 4 \(rows of GR per cycle\), got 3"),
+    (Knobs(desc_rows=True), r"desc_rows must be one of 1, 2, 4"),
 ])
 def test_knobs_reject_bad_values(knobs, message):
     with pytest.raises(DesignError, match=message):

@@ -36,7 +36,9 @@ def test_no_stage_is_folded_less_than_needed(target):
         assert all(cycles.matvec_cycles(-(-128 // p) * -(-128 // s), epi) > target for p, s in cheaper)
     assert k.energy_simd == 1 or cycles.matvec_cycles(-(-128 // (k.energy_simd - 1)), 0) > target
     assert k.lanes == 1 or float(cycles.record_cycles(GETE, k.lanes - 1)) > target
-    assert k.desc_par == 1 or 32 // (k.desc_par // 2) + 2 > target
+    # the descriptor stages: every (desc_par, desc_rows) with fewer products takes too many steps
+    assert all(cycles.descriptor_steps(Knobs(desc_par=dp, desc_rows=rows), SHAPE) + 2 > target
+               for dp in (1, 2, 4, 8, 16, 32) for rows in (1, 2, 4) if dp * rows < k.desc_par * k.desc_rows)
 
 
 def test_the_seed_throughput_and_the_fast_design():
@@ -44,6 +46,8 @@ def test_the_seed_throughput_and_the_fast_design():
     25 (1e-7 s) with two."""
     k70, k25 = fold_for(70, SHAPE, GETE), fold_for(25, SHAPE, GETE)
     assert (k70.lanes, k25.lanes) == (1, 2)
+    # descriptor stages: 70 folds GR's rows by 2 (64 steps), 25 takes 2 columns of all 4 rows (16 steps)
+    assert (k70.desc_par, k70.desc_rows, k25.desc_par, k25.desc_rows) == (1, 2, 2, 4)
     assert cycles.cycles_per_atom(GETE, k70, SHAPE) == 70
     assert cycles.cycles_per_atom(GETE, k25, SHAPE) == 25
     macs = lambda k: sum(2 * p * s for p, s in zip(k.pe, k.simd)) + k.energy_simd  # noqa: E731
@@ -76,6 +80,7 @@ def test_knob_label_names_the_folding():
     k = Knobs.dataflow(pe=(13, 13, 13), simd=19, energy_simd=2)
     assert knob_label(k) == "L1-dp1-DF-pe13.13.13-simd19.19.19-e2"
     assert knob_label(Knobs(lanes=1, engines=13)) == "L1-fp1-dp1-E13"
+    assert knob_label(Knobs.dataflow(pe=1, simd=1, desc_rows=1)) == "L1-dp1r1-DF-pe1.1.1-simd1.1.1-e1"
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -21,7 +21,8 @@ MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 CONFIGS = {"L1": Knobs(lanes=1, fit_par=4, desc_par=4), "L2E2": Knobs(lanes=2, fit_par=4, desc_par=4, engines=2)}
 #: arch "dataflow" (gen/stages/dataflow.py): divisor lanes, and lanes that leave some idle (pe 5, simd 40)
 DATAFLOW = {"DF": Knobs.dataflow(pe=(4, 2, 8), simd=(16, 32, 8), desc_par=4, energy_simd=16),
-            "DF-L2-idle-lanes": Knobs.dataflow(pe=(5, 8, 16), simd=(40, 16, 8), lanes=2, desc_par=2, energy_simd=24)}
+            "DF-L2-idle-lanes": Knobs.dataflow(pe=(5, 8, 16), simd=(40, 16, 8), lanes=2, desc_par=2, energy_simd=24),
+            "DF-rows1": Knobs.dataflow(pe=(4, 2, 8), simd=(16, 32, 8), desc_par=8, desc_rows=1, energy_simd=16)}
 
 
 def simulate(knobs, case: cases.Case, idle: float, backpressure: float, seed: int, qm=None):
@@ -81,6 +82,16 @@ def test_mixed_stream_seed0(mode):
     check(simulate(knobs, case, *MODES[mode], 0)[0], case)
 
 
+@pytest.mark.parametrize("arch,desc_rows", [("engines", 2), ("dataflow", 1)])
+def test_descriptor_rows_folded_seed2(arch, desc_rows):
+    """Descriptor products folded over GR's rows (desc_rows < 4: an accumulator across the row steps of D,
+    dGR's rows one block after the other) give the same integers, stalls and idle input included."""
+    knobs = (Knobs(lanes=1, fit_par=8, desc_par=8, desc_rows=desc_rows) if arch == "engines" else
+             DATAFLOW["DF-rows1"])
+    case = mixed_case(knobs.lanes, 2)
+    check(simulate(knobs, case, 0.25, 0.35, 2)[0], case)
+
+
 def test_mixed_stream_two_lanes_two_engines_seed1():
     knobs = CONFIGS["L2E2"]
     case = mixed_case(knobs.lanes, 1)
@@ -135,10 +146,11 @@ def test_imported_deepmd_model(activation):
     check(result, case)
 
 
-def test_banded_descriptor_model():
+@pytest.mark.parametrize("desc_rows", [4, 2])
+def test_banded_descriptor_model(desc_rows):
     """NVNMD's banded descriptor (desc_band, with env_norm and pad_slots) == the reference through the
     engines design: DescriptorProduct selects the band's second factor per step, DescriptorGradient both
-    terms per column."""
+    terms per column; with GR's rows folded (desc_rows 2) both select the rows per step too."""
     import copy
     import dataclasses
     from contract import modelfile
@@ -148,7 +160,7 @@ def test_banded_descriptor_model():
     qm.hash = ""
     qm.hash = modelfile.content_hash(qm)
     case = cases.concat([cases.random_atoms(qm, 1, 4, n_atoms=3), cases.edge_atoms(qm, 1, 4)])
-    result, _ = simulate(Knobs(lanes=1, fit_par=4, desc_par=2), case, 0.1, 0.3, seed=4, qm=qm)
+    result, _ = simulate(Knobs(lanes=1, fit_par=4, desc_par=2, desc_rows=desc_rows), case, 0.1, 0.3, seed=4, qm=qm)
     check(result, case)
     plain = cases.concat([cases.random_atoms(base, 1, 4, n_atoms=3), cases.edge_atoms(base, 1, 4)])
     assert not np.array_equal(case.expected.energy, plain.expected.energy)  # the band is computed

@@ -61,7 +61,7 @@ def test_check_fit_returns_the_numbers_when_the_device_is_big_enough():
 
 # ---- arch dataflow ---------------------------------------------------------------------------------
 
-MAX_FOLD = dict(pe=1, simd=1)  # with every other knob at its default 1: the most the pipeline folds
+MAX_FOLD = dict(pe=1, simd=1, desc_rows=1)  # with every other knob at its default 1: the most the pipeline folds
 
 
 def test_bundled_model_at_maximum_folding_does_not_fit_and_the_record_stages_dominate():
@@ -79,20 +79,24 @@ def test_bundled_model_at_maximum_folding_does_not_fit_and_the_record_stages_dom
                                   "index arithmetic"))
     chain = sum(v for c, v in mul.items() if c.startswith(("fwd", "bwd", "energy")))
     assert (record, mul["descriptor"] + mul["gradient"], chain) == (871, 0, 14)
-    # in LUT logic: descriptor 16 + gradient 32 products, three Tanh4 x 3, the seed and two dphi x g'
-    assert ulx3s.estimate(d)["lut_products"] == 60
+    # in LUT logic: descriptor 4 + gradient 8 products (one row of GR per step), three Tanh4 x 3, the
+    # seed and two dphi x g'
+    assert ulx3s.estimate(d)["lut_products"] == 24
 
 
 def test_smallest_architecture_fits_at_maximum_folding_only():
     qm = tiny_qm(**ECP5_ARCH)
     r = ulx3s.check_fit(qm, Design(qm, Knobs.dataflow(**MAX_FOLD, n_layers=1)))
-    assert r["fits"] and (r["MULT18X18D"], r["DP16KD"], r["lut_products"]) == (71, 42, 16)
+    assert r["fits"] and (r["MULT18X18D"], r["DP16KD"], r["lut_products"]) == (71, 42, 7)
     # the fitting chain at maximum folding: MAC 27x18 (2); backward 2; energy 2.  Tanh4 (3 products),
-    # the seed dphi g_out and the descriptor stages (4 + 8 products) have two 27-bit operands: LUT logic
+    # the seed dphi g_out and the descriptor stages (1 + 2 products, one row of GR per step) have two
+    # 27-bit operands: LUT logic
     m = r["multipliers_by_component"]
     assert (m["fwd0"], m["bwd0"], m["energy"], m["descriptor"], m["gradient"]) == (2, 2, 2, 0, 0)
     wide = ulx3s.multipliers(Design(qm, Knobs.dataflow(**MAX_FOLD, n_layers=1)), ulx3s.lut_product)
-    assert (wide["fwd0"], wide["descriptor"], wide["gradient"]) == (4, 4, 8)
+    assert (wide["fwd0"], wide["descriptor"], wide["gradient"]) == (4, 1, 2)
+    rows4 = ulx3s.multipliers(Design(qm, Knobs.dataflow(pe=1, simd=1, n_layers=1)), ulx3s.lut_product)
+    assert (rows4["descriptor"], rows4["gradient"]) == (4, 8)  # GR's 4 rows at once
     # each embedding channel adds 26 (embedding table pair 4, accumulator 4, backward 16 + 2)
     q2 = tiny_qm(embed_neurons=(4, 2), axis_neurons=1, fit_neurons=(2,))
     assert ulx3s.check_fit(q2, Design(q2, Knobs.dataflow(**MAX_FOLD, n_layers=1)))["MULT18X18D"] == 97
@@ -107,7 +111,7 @@ def test_dataflow_count_follows_the_folding():
     in LUT logic."""
     qm = tiny_qm()
     one = ulx3s.estimate(Design(qm, Knobs.dataflow(**MAX_FOLD)))["multipliers_by_component"]
-    d = Design(qm, Knobs.dataflow(pe=(1, 2, 1), simd=(1, 3, 1), energy_simd=4, desc_par=2))
+    d = Design(qm, Knobs.dataflow(pe=(1, 2, 1), simd=(1, 3, 1), energy_simd=4, desc_par=2, desc_rows=1))
     est = ulx3s.estimate(d)
     many = est["multipliers_by_component"]
     assert many["fwd1"] - one["fwd1"] == 5 * 2 and many["bwd1"] - one["bwd1"] == 5 * 2
@@ -115,7 +119,7 @@ def test_dataflow_count_follows_the_folding():
     wide_one = ulx3s.multipliers(Design(qm, Knobs.dataflow(**MAX_FOLD)), ulx3s.lut_product)
     wide = ulx3s.multipliers(d, ulx3s.lut_product)
     assert wide["fwd1"] - wide_one["fwd1"] == 3 and wide["bwd1"] - wide_one["bwd1"] == 2
-    assert wide["gradient"] == 2 * wide_one["gradient"] == 2 * 8 * qm.config.axis_neurons
+    assert wide["gradient"] == 2 * wide_one["gradient"] == 2 * 2 * qm.config.axis_neurons
     assert many["fwd0"] == one["fwd0"] and many["geometry"] == one["geometry"]
     w = {m["name"]: m for m in est["memories"]}["weights 1"]
     assert (w["width"], w["depth"]) == (6 * 18, 2 * 64 * 43)
@@ -167,9 +171,9 @@ def test_platform_alone_selects_the_dataflow_pipeline_at_maximum_folding():
 
     from gen.__main__ import cli_knobs
     args = dict(arch=None, pe=None, simd=None, energy_simd=None, cycles_per_atom=None, lanes=1, desc_par=1,
-                fit_par=1, engines=1, model=None, neighbours=None)
+                desc_rows=None, fit_par=1, engines=1, model=None, neighbours=None)
     k = cli_knobs(SimpleNamespace(**args, platform="ulx3s-85f"))
-    assert k == Knobs.dataflow(pe=1, simd=1)
+    assert k == Knobs.dataflow(pe=1, simd=1, desc_rows=1)
     assert cli_knobs(SimpleNamespace(**args, platform="verilog")) == Knobs()
     assert cli_knobs(SimpleNamespace(**{**args, "arch": "engines"}, platform="ulx3s-85f")) == Knobs()
 
