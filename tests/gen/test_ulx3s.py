@@ -198,7 +198,7 @@ def test_summary_lines_put_the_count_beside_nextpnr():
 @pytest.mark.slow
 def test_bitstream_of_the_bundled_ecp5_model(tmp_path):
     """`python -m gen build --platform ulx3s-85f --model GeTe-small.npz`: a .bit, nextpnr's Fmax and
-    its MULT18X18D as counted (docs/reports/GeTe-small-ulx3s.md: ~15 min on the shared machine)."""
+    its MULT18X18D as counted (docs/reports/GeTe-small-ulx3s.md: ~9 min on the shared machine)."""
     import os
     import subprocess
     import sys
