@@ -97,6 +97,14 @@ def tiny_qm(seed: int = 3, **arch):
     return quantize(model, systems, nframes=2, r_min=model.cfg.r_min)
 
 
+def seed_rate_dataflow():
+    """The dataflow knobs `python -m gen build --cycles-per-atom 70` chooses for the bundled model (the
+    seed's 70 cycles per atom at its 47.95 mean neighbours; the test model has the same shape)."""
+    from gen import cycles
+    from gen.folding import fold_for
+    return fold_for(70, cycles.Shape(), 47.95)
+
+
 #: the smallest architecture whose dataflow pipeline at maximum folding fits the LFE5U-85F (as
 #: examples/GeTe/recipe-small.json)
 ECP5_ARCH = {"embed_neurons": (4, 8, 1), "axis_neurons": 1, "fit_neurons": (1,)}

@@ -16,12 +16,13 @@ import pytest
 import cases
 from gen.ir import Knobs
 from sim import runner
-from support import GETE_216, REPO, require_shared, tiny_qm
+from support import GETE_216, REPO, require_shared, seed_rate_dataflow, tiny_qm
 
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)
 #: the layer-pipelined fitting net (arch "dataflow") as `--cycles-per-atom 70` folds this model's shape
-#: (13 x 19 lanes: some idle in each last block); tests/sim/test_standalone.py runs the same Verilog
-DATAFLOW = Knobs.dataflow(pe=13, simd=19, desc_par=1, energy_simd=2)
+#: (13 x 19 lanes: some idle in each last block; GR's rows 2 at a time); tests/sim/test_standalone.py
+#: runs the same Verilog
+DATAFLOW = seed_rate_dataflow()
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 SIMS = [pytest.param("icarus", marks=pytest.mark.icarus), pytest.param("verilator", marks=pytest.mark.verilator)]
 

@@ -18,14 +18,14 @@ from contract import wire
 from gen import cycles
 from gen.ir import Knobs
 from sim import runner, standalone
-from support import GETE_216, REPO, require_shared, tiny_qm
+from support import GETE_216, REPO, require_shared, seed_rate_dataflow, tiny_qm
 
 pytestmark = pytest.mark.verilator
 
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)  # the cocotb benches' design: one Verilog file for both
 #: arch "dataflow" at the seed's 70 cycles per atom as `--cycles-per-atom 70` folds the bundled model's
 #: shape (the test model has its shape), so that the long regression runs the design the report costs
-DATAFLOW = Knobs.dataflow(pe=13, simd=19, desc_par=1, energy_simd=2)
+DATAFLOW = seed_rate_dataflow()
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 
 
