@@ -86,6 +86,7 @@ def test_knob_label_names_the_folding():
 @pytest.mark.parametrize("argv,message", [
     (["--cycles-per-atom", "70", "--pe", "4"], "--cycles-per-atom chooses the folding: leave out --pe"),
     (["--cycles-per-atom", "70", "--lanes", "2"], "--cycles-per-atom chooses the folding: leave out --lanes"),
+    (["--cycles-per-atom", "70", "--desc-rows", "4"], "--cycles-per-atom chooses the folding: leave out --desc-rows"),
     (["--cycles-per-atom", "70", "--engines", "2"], "--engines are options of --arch engines"),
     (["--pe", "4"], "--pe are options of --arch dataflow"),
     (["--arch", "dataflow", "--pe", "4,x"], "--pe takes integers separated by commas, got '4,x'"),
