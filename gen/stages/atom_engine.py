@@ -84,7 +84,7 @@ class DescriptorProduct(wiring.Component):
         d, F = self.design, self.design.F
         m1, m2, dp, rp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par, self.desc_rows
         row_steps = 4 // rp
-        blocks = descriptor_steps(m1, dp, rp)  # (column block s, row block r) of each step, in order
+        blocks = descriptor_blocks(m1, dp, rp)  # (column block s, row block r) of each step, in order
         steps = len(blocks)
         step = Signal(range(steps + 1))
         busy = Signal()
@@ -127,7 +127,7 @@ class DescriptorProduct(wiring.Component):
         return m
 
 
-def descriptor_steps(m1: int, desc_par: int, desc_rows: int) -> list[tuple[int, int]]:
+def descriptor_blocks(m1: int, desc_par: int, desc_rows: int) -> list[tuple[int, int]]:
     """The steps of DescriptorProduct and DescriptorGradient: (column block, row block) pairs, the row
     blocks of a column block one after the other."""
     return [(s, r) for s in range(m1 // desc_par) for r in range(4 // desc_rows)]
@@ -159,7 +159,7 @@ class DescriptorGradient(wiring.Component):
         m = Module()
         d, F = self.design, self.design.F
         m1, m2, dp, rp = d.cfg.m1, d.cfg.axis_neurons, self.desc_par, self.desc_rows
-        blocks = descriptor_steps(m1, dp, rp)
+        blocks = descriptor_blocks(m1, dp, rp)
         steps = len(blocks)
         acc1 = [[Signal(signed(self.ACC_BITS), name=f"a1_{k}_{c}") for c in range(m1)] for k in range(4)]
         acc2 = [[Signal(signed(self.ACC_BITS), name=f"a2_{k}_{c}") for c in range(m2)] for k in range(4)]

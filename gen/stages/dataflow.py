@@ -37,7 +37,8 @@ from contract.flags import FLAG_SATURATED
 from ..cycles import DATAFLOW_EPILOGUE, DATAFLOW_MAC_LATENCY
 from ..fixed import any_of, requant, saturate, shift_round, tree_sum
 from ..widths import FIT_GROUP, product_bits, sum_bits
-from .atom_engine import DROP_FLAGS, DescriptorGradient, DescriptorProduct, Tanh4, atom_out_layout, per_type
+from .atom_engine import (DROP_FLAGS, DescriptorGradient, DescriptorProduct, Tanh4, atom_out_layout,
+                          descriptor_blocks, per_type)
 from .descriptor_accumulator import atom_gr_layout
 
 #: register stages from the cycle a step is issued to the cycle its accumulator holds the sum:
@@ -619,7 +620,7 @@ class DescriptorStage(wiring.Component):
         self.design = design
         self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "DescriptorStage", divides=True)
         self.desc_rows = check_fold("desc_rows", desc_rows, 4, "DescriptorStage", divides=True)
-        self.steps = design.cfg.m1 // desc_par * (4 // desc_rows) + 1
+        self.steps = len(descriptor_blocks(design.cfg.m1, desc_par, desc_rows)) + 1  # cycles per atom
         super().__init__({"i": In(stream.Signature(atom_gr_layout(design))),
                           "o": Out(stream.Signature(fitting_layouts(design)["descriptor"])),
                           "side_o": Out(stream.Signature(gr_layout(design)))})
@@ -662,7 +663,7 @@ class GradientStage(wiring.Component):
         self.design = design
         self.desc_par = check_fold("desc_par", desc_par, design.cfg.m1, "GradientStage", divides=True)
         self.desc_rows = check_fold("desc_rows", desc_rows, 4, "GradientStage", divides=True)
-        self.steps = design.cfg.m1 // desc_par * (4 // desc_rows) + 2
+        self.steps = len(descriptor_blocks(design.cfg.m1, desc_par, desc_rows)) + 2  # cycles per atom
         super().__init__({"i": In(stream.Signature(fitting_layouts(design)["bwd0"])),
                           "side_i": In(stream.Signature(gr_layout(design))),
                           "o": Out(stream.Signature(atom_out_layout(design)))})

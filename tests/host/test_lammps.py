@@ -484,7 +484,6 @@ def test_model_hash_mismatch(plugin, tmp_path, start_service):
     expect_error(rc, out, "model mismatch", "other.npz", other.hash[:12])
 
 
-
 def test_busy_service_refusal_reaches_lammps(plugin, model_path, tmp_path, start_service, qm):
     """A shared service at its client limit refuses LAMMPS with its reason, whether the refusal arrives
     before or after the plugin's HELLO has left (then the reason is read from the socket after EPIPE)."""
@@ -499,6 +498,7 @@ def test_busy_service_refusal_reaches_lammps(plugin, model_path, tmp_path, start
         expect_error(rc, out, "service busy: 1 clients already connected", "--max-clients")
     finally:
         holder.close()
+
 
 LONG_RUN = HEAD + """pair_style nvnmd {model} {extra}
 pair_coeff * * Ge Te

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.verilator
 
 KNOBS = Knobs(lanes=1, fit_par=2, desc_par=4)  # the cocotb benches' design: one Verilog file for both
 #: arch "dataflow" at the seed's 70 cycles per atom as `--cycles-per-atom 70` folds the bundled model's
-#: shape (the test model has its shape), so that the long regression runs the design the report costs
+#: shape (the test model has its shape), so that the long regression runs the design that command builds
 DATAFLOW = seed_rate_dataflow()
 MODES = {"plain": (0.0, 0.0), "idle": (0.3, 0.0), "backpressure": (0.0, 0.4)}
 
