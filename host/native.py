@@ -35,7 +35,7 @@ from contract.paths import INCLUDE_DIR
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 NATIVE_INCLUDE = SOURCE_DIR / "include"
 #: The core and its in-process devices: compiled into the Python extension and into the LAMMPS plugin.
-CORE_SOURCES = ("core.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "cpu.cpp", "xdma.cpp", "rtl.cpp")
+CORE_SOURCES = ("core.cpp", "records.cpp", "cells.cpp", "devices.cpp", "zero.cpp", "cpu.cpp", "xdma.cpp", "rtl.cpp")
 BINDING_SOURCE = "python.cpp"
 MODULE_NAME = "_dpfpga_native"
 #: One set of flags for every build of the core (extension, plugin, sanitizer tests).  -O3 vectorizes the
@@ -161,6 +161,13 @@ def available() -> bool:
             warnings.warn(f"dpfpga: the native host core is not available, the Python path runs instead: "
                           f"{str(e)[-2000:]}", RuntimeWarning, stacklevel=2)
         return False
+
+
+def record_kernels(vector: bool | None = None) -> str:
+    """Which build of the core's per-record kernels runs in this process: "avx512" (8 candidates per
+    step, on CPUs with AVX-512 F and DQ) or "portable".  `vector=False` switches to the portable build,
+    `True` back (tests compare the two: the same bits); the build that ran before is returned."""
+    return module().record_kernels(vector)
 
 
 def why_not() -> str:

@@ -2,15 +2,17 @@
  * found, and where chunks come from.
  *
  * One pass per record: a source (a neighbour list, core.cpp; the cell list, cells.cpp) finds a centre's
- * pairs inside rcut and hands them to Chunk::add_centre, which counts them by type, quantizes, tests
- * r_min and writes the input words, keeping what the fold needs (the record word, from which it reads
- * r_ij back, and the neighbour's index).  Whatever is wrong (more than sel, a component outside the
- * coord format, a pair below r_min) is noted, not thrown: Core::check throws for the whole chunk in the
- * Python path's order (sel, range, r_min) once the chunk is complete. */
+ * pairs inside rcut and a kernel (records.h) quantizes them, tests r_min and writes their input words
+ * in place, keeping what the fold needs (the record word, from which it reads r_ij back, and the
+ * neighbour's index); the chunk adds the header beat and counts the records by type for sel.
+ * Whatever is wrong (more than sel, a component outside the coord format, a pair below r_min) is
+ * noted, not thrown: Core::check throws for the whole chunk in the Python path's order (sel, range,
+ * r_min) once the chunk is complete. */
 #ifndef DPFPGA_CHUNK_H
 #define DPFPGA_CHUNK_H
 
 #include "dpfpga/core.h"
+#include "records.h"
 
 #include <cstdint>
 #include <limits>
@@ -18,16 +20,15 @@
 
 namespace dpfpga {
 
-/* What add_centre needs of the model and the evaluation. */
+/* What a chunk's centres need of the model and the evaluation. */
 struct Encoding {
-  double scale = 1.0;           // 2^coord_frac
-  double lo = 0.0, hi = 0.0;    // floor(v * scale + 0.5) in [lo, hi) <=> inside the coord format
-  int64_t x_min = 0;            // u = |d|^2 below this: below r_min (the s table's first input)
+  records::Consts rc;           // the kernels' (records.h)
   int ntypes = 0;
   const int *sel = nullptr;
+  size_t min_sel = 0;           // the smallest of sel
   size_t lanes = 1;
-  const int32_t *types = nullptr;  // every atom's model type
-  bool keep_records = true;        // keep each record's word for the fold (the virial needs r_ij)
+  bool keep_records = true;     // keep each record's word for the fold (the virial needs r_ij)
+  bool locate_close = true;     // name the closest pair below r_min (refused); else only count them (allowed)
 };
 
 /* One centre's pairs inside rcut, structure of arrays: neighbour index and r_ij (Å). */
@@ -35,7 +36,7 @@ struct Pairs {
   std::vector<int64_t> j;
   std::vector<double> x, y, z;
   size_t n = 0;
-  /* Room for `m` pairs (the candidates' count: a source writes each and keeps those inside). */
+  /* Room for `m` pairs. */
   void room(size_t m)
   {
     if (j.size() < m) j.resize(m), x.resize(m), y.resize(m), z.resize(m);
@@ -45,9 +46,13 @@ struct Pairs {
 struct Core::Chunk {
   std::vector<int64_t> centres;  // global atom indices
   std::vector<size_t> start;     // records of centre a: start[a] .. start[a+1]-1 of nbr (and rec)
+  /* The buffers below only grow (an MD code's chunks are alike): their first records() / n_words
+   * entries are this chunk's, and what lies beyond is not cleared, so that no page is zero-filled
+   * twice.  seal() trims `words` to its content before it goes to the device. */
   std::vector<uint64_t> rec;     // each record's input word, for the virial (Encoding::keep_records)
   std::vector<int64_t> nbr;      // each record's neighbour (global index)
   std::vector<uint64_t> words;   // the device's input: a header beat, then record beats, per centre
+  size_t n_words = 0;
   const Encoding *enc = nullptr;
 
   /* What is wrong with the chunk: the first of each kind, in the order the Python path finds them. */
@@ -64,20 +69,27 @@ struct Core::Chunk {
   {
     centres.clear();
     start.assign(1, 0);
-    rec.clear();
-    nbr.clear();
-    words.clear();
+    n_words = 0;
     problems = Problems{};
   }
   size_t size() const { return centres.size(); }
-  size_t records() const { return nbr.size(); }
+  size_t records() const { return start.back(); }
+  void seal() { words.resize(n_words); }
 
-  /* Centre `i` (global index) and its pairs p: its header beat and record beats, its checks noted. */
+  /* The next centre, written in place by a kernel (records.h), in three steps: slots(n) makes room for
+   * at most n records and says where their words go (nbr_slots(): their neighbours); end_centre(i, f)
+   * adds the header beat and the padding and notes the checks; when it returns true, the records must
+   * be looked at again, from their r_ij, through note_last_centre. */
+  uint64_t *slots(size_t n);
+  int64_t *nbr_slots() { return nbr.data() + records(); }
+  bool end_centre(int64_t i, const records::Found &f);
+  void note_last_centre(const Pairs &p);
+
+  /* Centre `i` (global index) and its pairs p, all three steps. */
   void add_centre(int64_t i, const Pairs &p);
 
  private:
   std::vector<int32_t> type_;  // one centre's neighbours' types
-  void note_range_and_close(const Pairs &p, size_t base);
 };
 
 /* Where chunks come from: an MD code's neighbour list (core.cpp) or the cell list (cells.cpp). */

@@ -141,98 +141,84 @@ int64_t name_of(const int64_t *ids, int64_t index) { return ids ? ids[index] : i
 
 namespace {
 
-/* floor(v) for v inside the coord format (|v| < 2^31): truncation toward zero, one less for a negative
- * non-integer, without a branch (std::floor is a libm call without SSE4.1). */
-inline double floor_inside(double v)
+/* v.size() >= need; grown by half again at least, so that a chunk's growth costs few copies. */
+template <typename T>
+void grow(std::vector<T> &v, size_t need)
 {
-  const double t = double(int32_t(v));
-  return t - double(t > v);
-}
-
-/* The input words of m records, and whether any is outside the coord format or below r_min: one map
- * over structure-of-arrays, which the compiler vectorizes (simd.h: cloned for AVX2).
- *
- *   q = floor(v * 2^frac + 0.5)   (model.assembly.quantize_displacements), inside [lo, hi]
- *   u = qx^2 + qy^2 + qz^2 < x_min   (model.assembly.below_rmin: the s table's first input)
- *
- * A component is first clamped into the range (a NaN to lo), as the conversion in floor_inside would be
- * undefined outside it; it was inside when the clamp left it unchanged (a NaN never is), and a record
- * with one that was not is refused anyway.  u in double is exact: |q| <= 2^17, u < 2^37. */
-DPFPGA_VECTOR_CLONES void encode_records(
-    size_t m, const double *x, const double *y, const double *z, const int32_t *type, uint64_t *out, double scale,
-    double lo, double hi, double x_min, int &any_bad, int &any_close)
-{
-  const double top = std::nextafter(hi, lo);  // the largest double below hi: inside, floor(top) = coord_hi
-  auto clamp = [lo, top](double v) {
-    const double a = v > lo ? v : lo;
-    return a < top ? a : top;
-  };
-  int bad = 0, close = 0;
-  for (size_t k = 0; k < m; k++) {
-    const double yx = x[k] * scale + 0.5, yy = y[k] * scale + 0.5, yz = z[k] * scale + 0.5;
-    const double vx = clamp(yx), vy = clamp(yy), vz = clamp(yz);
-    bad |= int(vx != yx) | int(vy != yy) | int(vz != yz);
-    const double fx = floor_inside(vx), fy = floor_inside(vy), fz = floor_inside(vz);
-    close |= int((fx * fx + fy * fy) + fz * fz < x_min);
-    out[k] = w::input_record::KIND_BITS | w::input_record::TYPE.put(uint64_t(type[k])) |
-             w::input_record::DX.put(uint64_t(int64_t(int32_t(fx)))) |
-             w::input_record::DY.put(uint64_t(int64_t(int32_t(fy)))) |
-             w::input_record::DZ.put(uint64_t(int64_t(int32_t(fz))));
-  }
-  any_bad = bad, any_close = close;
+  if (v.size() < need) v.resize(std::max(need, v.size() + v.size() / 2));
 }
 
 }  // namespace
 
-void Core::Chunk::add_centre(int64_t i, const Pairs &p)
+uint64_t *Core::Chunk::slots(size_t n)
+{
+  const size_t L = enc->lanes, r = records();
+  // A header beat, n records and a last beat's padding, and the kernels' slack.
+  grow(words, n_words + L + n + L + records::SLACK);
+  grow(nbr, r + n + records::SLACK);
+  if (enc->keep_records) grow(rec, r + n);
+  return words.data() + n_words + L;
+}
+
+bool Core::Chunk::end_centre(int64_t i, const records::Found &f)
 {
   const Encoding &e = *enc;
-  const size_t m = p.n, L = e.lanes, base = nbr.size();
-  centres.push_back(i);
-  if (type_.size() < m) type_.resize(m);
-  // The neighbours' types (checked against the type map before the search), counted for sel.
-  int count[1 << w::TYPE_BITS] = {};
-  for (size_t k = 0; k < m; k++) count[type_[k] = e.types[p.j[k]]]++;
-  // A header beat (the header, then pad words), the records in beats of L, the last beat padded (the
-  // words start as zeros: PAD).  A count beyond the COUNT field is above sel as well: such a chunk is
-  // refused before it is sent.
-  const size_t at = words.size();
-  words.resize(at + L + m + (L - m % L) % L);
-  uint64_t *out = words.data() + at;
-  out[0] = w::input_header::KIND_BITS | w::input_header::CTYPE.put(uint64_t(e.types[i])) |
+  const size_t L = e.lanes, m = f.kept, base = records();
+  // The header beat (the header, then pad words), the records in beats of L, the last beat padded.  A
+  // count beyond the COUNT field is above sel as well: such a chunk is refused before it is sent.
+  uint64_t *out = words.data() + n_words;
+  out[0] = w::input_header::KIND_BITS | w::input_header::CTYPE.put(uint64_t(e.rc.types[i])) |
            w::input_header::COUNT.put(m) | w::input_header::TAG.put(w::tag_of(uint64_t(i)));
-  int any_bad = 0, any_close = 0;
-  encode_records(m, p.x.data(), p.y.data(), p.z.data(), type_.data(), out + L, e.scale, e.lo, e.hi, double(e.x_min),
-                 any_bad, any_close);
-  if (e.keep_records) rec.insert(rec.end(), out + L, out + L + m);
-  nbr.insert(nbr.end(), p.j.begin(), p.j.begin() + ptrdiff_t(m));
-  start.push_back(nbr.size());
-  if (any_bad || any_close) note_range_and_close(p, base);
-  // sel per type (model.neighbors.check_sel): the first centre above it, its lowest such type.
-  for (int t = 0; t < e.ntypes; t++)
-    if (count[t] > e.sel[t]) {
+  const size_t padded = m + (L - m % L) % L;
+  std::fill(out + 1, out + L, uint64_t(w::PAD));
+  std::fill(out + L + m, out + L + padded, uint64_t(w::PAD));
+  if (e.keep_records) std::copy(out + L, out + L + m, rec.begin() + ptrdiff_t(base));
+  centres.push_back(i);
+  start.push_back(base + m);
+  n_words += L + padded;
+  // sel per type (model.neighbors.check_sel): the first centre above it, its lowest such type.  No
+  // type can be above its sel with no more records than the smallest sel.
+  for (int t = 0; m > e.min_sel && t < e.ntypes; t++) {
+    const size_t count = records::count_type(out + L, m, unsigned(t));
+    if (count > size_t(e.sel[t])) {
       if (problems.sel_atoms == 0)
-        problems.sel_centre = centres.size() - 1, problems.sel_type = size_t(t), problems.sel_count = count[t];
+        problems.sel_centre = centres.size() - 1, problems.sel_type = size_t(t), problems.sel_count = int(count);
       problems.sel_atoms++;
       break;
     }
+  }
+  if (f.bad || (f.close && e.locate_close)) return true;
+  problems.close_records += f.close;
+  problems.close_atoms += f.close != 0;
+  return false;
+}
+
+void Core::Chunk::add_centre(int64_t i, const Pairs &p)
+{
+  uint64_t *out = slots(p.n);
+  if (type_.size() < p.n) type_.resize(p.n);
+  for (size_t k = 0; k < p.n; k++) type_[k] = enc->rc.types[p.j[k]];
+  const records::Found f = records::given(p.n, p.x.data(), p.y.data(), p.z.data(), type_.data(), enc->rc, out);
+  std::copy(p.j.begin(), p.j.begin() + ptrdiff_t(p.n), nbr_slots());
+  if (end_centre(i, f)) note_last_centre(p);
 }
 
 /* The records of the centre just added, again, for what failed: the first component outside the coord
  * format (record order, then x, y, z), and the records below r_min with the closest pair's distance
  * (|r_ij| the Python path's way: sqrt((x*x + y*y) + z*z)), skipping the records that are out of range. */
-void Core::Chunk::note_range_and_close(const Pairs &p, size_t base)
+void Core::Chunk::note_last_centre(const Pairs &p)
 {
   const Encoding &e = *enc;
+  const size_t base = start[start.size() - 2];
   bool atom_close = false;
   for (size_t k = 0; k < p.n; k++) {
     const double v[3] = {p.x[k], p.y[k], p.z[k]};
-    int64_t q[3];
+    double q[3];
     bool bad = false;
     for (int a = 0; a < 3; a++) {
-      const double y = v[a] * e.scale + 0.5;
-      const bool ok = y >= e.lo && y < e.hi;
-      q[a] = ok ? int64_t(floor_inside(y)) : 0;
+      const double y = v[a] * e.rc.scale + 0.5;
+      const bool ok = y >= e.rc.lo && y < e.rc.hi;
+      q[a] = ok ? std::floor(y) : 0;
       if (!ok && !bad && problems.range_records == 0)
         problems.range_record = base + k, problems.range_value = v[a];
       bad = bad || !ok;
@@ -241,7 +227,7 @@ void Core::Chunk::note_range_and_close(const Pairs &p, size_t base)
       problems.range_records++;
       continue;
     }
-    if (q[0] * q[0] + q[1] * q[1] + q[2] * q[2] >= e.x_min) continue;
+    if ((q[0] * q[0] + q[1] * q[1]) + q[2] * q[2] >= e.rc.x_min) continue;
     problems.close_records++;
     atom_close = true;
     const double r = std::sqrt((v[0] * v[0] + v[1] * v[1]) + v[2] * v[2]);
@@ -269,26 +255,22 @@ class GivenSource : public Core::Source {
     const double *x = d_.x;
     for (size_t i = lo_; i < hi; i++) {
       const size_t n_cand = start_[i + 1] - start_[i];
-      const int64_t *cand = d_.neighbors + start_[i];
-      // Candidates (a skin's worth more than the pairs) kept without a branch per candidate, whose
-      // outcome a CPU cannot predict: each is written, and the count advances when it is inside.  (A
-      // vectorized distance pass needs a gather, which the compiler does not make for this CPU.)
-      const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
-      p_.room(n_cand);
-      int64_t *pj = p_.j.data();
-      double *px = p_.x.data(), *py = p_.y.data(), *pz = p_.z.data();
-      size_t m = 0;
-      bool self = false;
-      for (size_t k = 0; k < n_cand; k++) {
-        const int64_t j = cand[k];
-        const double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
-        pj[m] = j, px[m] = vx, py[m] = vy, pz[m] = vz;
-        self |= size_t(j) == i;
-        m += (vx * vx + vy * vy) + vz * vz < rc2_;
+      // Candidates (a skin's worth more than the pairs) tested and encoded in one pass, in place.
+      uint64_t *out = c.slots(n_cand);
+      const records::Found f =
+          records::listed(int64_t(i), d_.neighbors + start_[i], n_cand, x, rc2_, c.enc->rc, out, c.nbr_slots());
+      if (f.self) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
+      if (!c.end_centre(int64_t(i), f)) continue;
+      // Something to name: the kept pairs' r_ij again, as the kernel computed them.
+      const int64_t *kept = c.nbr.data() + c.start[c.size() - 1];
+      p_.room(f.kept);
+      p_.n = f.kept;
+      for (size_t k = 0; k < f.kept; k++) {
+        const int64_t j = kept[k];
+        p_.j[k] = j;
+        p_.x[k] = x[3 * j] - x[3 * i], p_.y[k] = x[3 * j + 1] - x[3 * i + 1], p_.z[k] = x[3 * j + 2] - x[3 * i + 2];
       }
-      if (self) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
-      p_.n = m;
-      c.add_centre(int64_t(i), p_);
+      c.note_last_centre(p_);
     }
     lo_ = hi;
     return true;
@@ -390,13 +372,13 @@ DPFPGA_VECTOR_CLONES void virial_sum(size_t n, const uint64_t *in, const uint64_
 
 }  // namespace
 
-void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) const
+void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r)
 {
   const size_t L = size_t(dev_.lanes()), k = c.size();
   if (out.size() % L)
     throw Error(ErrorKind::Device, dev_.name() + ": a result of " + std::to_string(out.size()) + " words is not whole beats");
   const size_t beats = out.size() / L;
-  int64_t *forces = r.forces.data();
+  int64_t *forces = forces_.data();  // stride_ per atom
   size_t b = 0;
   for (size_t a = 0; a < k; a++) {
     const int64_t centre = c.centres[a];
@@ -442,14 +424,7 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) con
     // n < count: the device dropped records (its flags say why); records beyond count are not ours.
     const size_t used = std::min(n, count);
     const int64_t *nb = c.nbr.data() + c.start[a];  // (an atom without records may end the list)
-    int64_t fi[3] = {};
-    for (size_t q = 0; q < used; q++) {
-      const int64_t g[3] = {w::output_record::DEDX.get_signed(o[q]), w::output_record::DEDY.get_signed(o[q]),
-                            w::output_record::DEDZ.get_signed(o[q])};
-      int64_t *fj = forces + 3 * nb[q];
-      for (int x = 0; x < 3; x++) fi[x] += g[x], fj[x] -= g[x];
-    }
-    for (int x = 0; x < 3; x++) forces[3 * centre + x] += fi[x];
+    records::scatter_forces(centre, used, o, nb, forces, stride_);
     if (opt_.virial) {
       int64_t w9[9] = {};  // one centre's sum, exact in int64 (virial_sum); the total in __int128
       virial_sum(used, c.rec.data() + c.start[a], o, w9);
@@ -530,7 +505,9 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
 {
   const double t0 = seconds();
   r.energy = 0;
-  r.forces.assign(3 * natoms, 0);
+  // The fold's forces in the kernels' layout (records::force_stride() per atom), r.forces at the end.
+  const size_t stride = stride_ = records::force_stride();
+  forces_.assign(stride * natoms, 0);
   for (auto &v : r.virial) v = 0;
   r.e_atom.assign(ncentres, 0);
   r.flags.assign(ncentres, 0);
@@ -561,17 +538,22 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
     r.timings.assemble += seconds() - t;
   };
 
-  // What add_centre needs, for this evaluation.
+  // What the chunks need, for this evaluation.
   Encoding enc;
-  enc.scale = std::ldexp(1.0, m_.coord_frac);
-  enc.lo = double(m_.coord_lo);
-  enc.hi = double(m_.coord_hi) + 1.0;
-  enc.x_min = m_.table_x_min;
+  enc.rc.scale = std::ldexp(1.0, m_.coord_frac);
+  enc.rc.lo = double(m_.coord_lo);
+  enc.rc.hi = double(m_.coord_hi) + 1.0;
+  enc.rc.top = std::nextafter(enc.rc.hi, enc.rc.lo);  // inside: floor(top) = coord_hi
+  enc.rc.x_min = double(m_.table_x_min);
+  enc.rc.types = types_;
+  enc.rc.range_fits = records::fits_coord_format(m_.rcut, enc.rc);
+  enc.rc.r2_near = records::near_bound(enc.rc);
   enc.ntypes = m_.ntypes;
   enc.sel = m_.sel.data();
+  enc.min_sel = size_t(std::max(0, *std::min_element(m_.sel.begin(), m_.sel.end())));
   enc.lanes = size_t(dev_.lanes());
-  enc.types = types_;
   enc.keep_records = opt_.virial || opt_.atomic_virial;
+  enc.locate_close = !opt_.allow_below_rmin;
 
   dev_.begin();
   try {
@@ -581,7 +563,6 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
       c.clear();
       c.enc = &enc;
       c.words.swap(spare);  // the words buffer of a chunk collected earlier: no fresh pages per chunk
-      c.words.clear();
       try {
         if (!src.next(c)) break;
         check(c, ids, r);
@@ -600,6 +581,7 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
       }
       r.timings.neighbors_encode += seconds() - t;
       while (in_flight.size() >= depth) finish_one();
+      c.seal();
       dev_.submit(std::move(c.words), c.size());
       in_flight.push_back(next_slot);
       next_slot = (next_slot + 1) % pool.size();
@@ -610,6 +592,13 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
     throw;
   }
   dev_.end();
+  if (stride == 3) {
+    r.forces.swap(forces_);
+  } else {
+    r.forces.resize(3 * natoms);
+    for (size_t a = 0; a < natoms; a++)
+      for (size_t x = 0; x < 3; x++) r.forces[3 * a + x] = forces_[stride * a + x];
+  }
 
   if (opt_.strict) {
     const int64_t allow = opt_.allow_below_rmin ? int64_t(w::flags::R_BELOW_MIN) : 0;

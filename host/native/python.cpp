@@ -14,6 +14,7 @@
  * name of the Python exception it stands for (host/native.py raises that one). */
 #include "dpfpga/core.h"
 #include "dpfpga/devices.h"
+#include "records.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -233,6 +234,15 @@ PYBIND11_MODULE(_dpfpga_native, m)
         },
         py::arg("spec"), py::arg("model"), py::arg("lanes") = 1, py::arg("timeout") = 60.0, py::arg("node_rank") = 0,
         py::arg("stall_cycles") = 5000000L, py::arg("threads") = 0);
+
+  m.def(
+      "record_kernels",
+      [](std::optional<bool> vector) {
+        return std::string(vector ? records::use_vector(*vector) : records::build());
+      },
+      py::arg("vector") = py::none(),
+      "The build of the record kernels that runs (\"avx512\" or \"portable\"); with `vector`, switch the "
+      "vector build on or off for this process and say which ran before.");
 
   m.def("evaluate_neighbors",
         [](const HostModel &model, py::object device, carray<double> x, carray<int32_t> types, size_t nlocal,

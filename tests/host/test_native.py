@@ -41,6 +41,22 @@ def test_the_core_builds_here():
     assert native.available(), native.why_not()[-4000:]
 
 
+@pytest.fixture(autouse=True, params=["avx512", "portable"])
+def record_kernels(request):
+    """Every test twice: with the record kernels' AVX-512 build (where this CPU has it) and the portable
+    one (host/native/records.h), which must give the same bits."""
+    if request.param == "avx512":
+        if native.record_kernels() != "avx512":
+            pytest.skip("this CPU has no AVX-512: only the portable build of the record kernels runs")
+        yield
+    else:
+        native.record_kernels(False)
+        try:
+            yield
+        finally:
+            native.record_kernels(True)
+
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def qm(request):
     return modelfile.load(MODELS[request.param])
@@ -205,6 +221,33 @@ def test_displacements_at_and_beyond_the_coord_range(side, seed):
             messages.append(str(e.value))
     assert messages[0] == messages[1]
     assert "does not fit the input format s18.15" in messages[0] and "record(s) affected" in messages[0]
+
+
+@pytest.mark.parametrize("side", [1, -1], ids=["positive", "negative"])
+@pytest.mark.parametrize("seed", [0, 1], ids=lambda s: f"seed{s}")
+def test_given_list_at_and_beyond_the_coord_range(side, seed):
+    """The same edge through an MD code's neighbour list (the list kernels, which test the range only
+    where the format is narrower than rcut): both paths agree inside, and on the error one step out."""
+    qm = narrow_coord(modelfile.load(MODELS["GeTe"]), 15)  # |dx| <= 4 Å, rcut 7 Å
+    f = qm.formats["coord"]
+    rng = np.random.default_rng(seed)
+    inside = side * (f.hi + 0.5 - rng.uniform(0.05, 0.45)) / 2.0 ** f.frac
+    x = np.array([[0.0, 0.0, 0.0], [inside, 0.3, -0.2], [side * 1.6, 1.7, 0.4], [20.0, 0.0, 0.0]])
+    types = np.array([0, 1, 0, 1], dtype=np.int32)
+    numneigh = np.array([3, 3, 3])  # atom 3, beyond rcut of all, a ghost in every list (a skin)
+    neighbors = np.array([1, 2, 3, 0, 2, 3, 0, 1, 3])
+    with open_device("zero", qm) as dev:
+        a, b = both(qm, dev, lambda ev: ev.compute_neighbors(x, types, 3, numneigh, neighbors), allow_below_rmin=True)
+        assert_same(a, b)
+        x[1, 0] += side * 1.0 / 2.0 ** f.frac  # one step further: outside
+        messages = []
+        for nat in (False, True):
+            with pytest.raises(InputRangeError) as e:
+                Evaluator(qm, dev, native=nat, allow_below_rmin=True).compute_neighbors(x, types, 3, numneigh,
+                                                                                        neighbors)
+            messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    assert "does not fit the input format s18.15" in messages[0]
 
 
 def test_more_neighbours_than_sel_same_error(qm):

@@ -185,12 +185,14 @@ class Core {
   const int32_t *types_ = nullptr;  // of the evaluation under way
   std::vector<Chunk> pool_;         // chunks' buffers, kept between evaluations
   std::vector<uint64_t> spare_;     // a words buffer, kept between evaluations
+  std::vector<int64_t> forces_;     // the fold's forces, stride_ per atom (the record kernels' layout)
+  size_t stride_ = 3;
   bool list_checked_ = false;       // the previous compute_neighbors checked its list (Domain::list_unchanged)
   size_t list_nall_ = 0;
 
   void check_types(const int32_t *types, size_t n);
   void check(const Chunk &c, const int64_t *ids, Result &r) const;
-  void fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r) const;
+  void fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r);
   void run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, Result &r);
 };
 

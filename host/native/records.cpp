@@ -1,0 +1,302 @@
+/* The per-candidate kernels (records.h): the portable build first, the specification, then the
+ * AVX-512 build, then the choice between them. */
+#include "records.h"
+
+#include "simd.h"
+#include "dpfpga/wire.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DPFPGA_HAVE_AVX512_BUILD 1
+/* GCC 12's AVX-512 headers start some intrinsics from a self-initialized "undefined" vector, which
+ * -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13): a warning
+ * about the header's own lines, silenced for them alone. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#endif
+
+namespace dpfpga {
+namespace records {
+
+namespace rec = wire::input_record;
+
+namespace {
+
+// ---- portable ----------------------------------------------------------------------------------------
+
+/* floor(v) for v inside the coord format (|v| < 2^31): truncation toward zero, one less for a negative
+ * non-integer (std::floor is a libm call without SSE4.1).  In a scalar loop GCC makes the correction a
+ * branch, which mispredicts half the time: it belongs in vectorized loops (given_map). */
+inline double floor_inside(double v)
+{
+  const double t = double(int32_t(v));
+  return t - double(t > v);
+}
+
+/* One pair's word; `bad`: a component outside the format; `close`: u below x_min. */
+inline uint64_t encode_one(double vx, double vy, double vz, int32_t type, const Consts &c, int &bad, int &close)
+{
+  auto clamp = [&c](double v) {
+    const double a = v > c.lo ? v : c.lo;
+    return a < c.top ? a : c.top;
+  };
+  const double yx = vx * c.scale + 0.5, yy = vy * c.scale + 0.5, yz = vz * c.scale + 0.5;
+  const double cx = clamp(yx), cy = clamp(yy), cz = clamp(yz);
+  bad = int(cx != yx) | int(cy != yy) | int(cz != yz);
+  const double fx = floor_inside(cx), fy = floor_inside(cy), fz = floor_inside(cz);
+  close = int((fx * fx + fy * fy) + fz * fz < c.x_min);
+  return rec::KIND_BITS | rec::TYPE.put(uint64_t(type)) | rec::DX.put(uint64_t(int64_t(int32_t(fx)))) |
+         rec::DY.put(uint64_t(int64_t(int32_t(fy)))) | rec::DZ.put(uint64_t(int64_t(int32_t(fz))));
+}
+
+/* A map over structure of arrays, which the compiler vectorizes (simd.h: cloned for AVX2). */
+DPFPGA_VECTOR_CLONES void given_map(size_t n, const double *dx, const double *dy, const double *dz,
+                                    const int32_t *type, const Consts &c, uint64_t *out, int &any_bad, size_t &close)
+{
+  int bad = 0;
+  size_t cl = 0;
+  for (size_t k = 0; k < n; k++) {
+    int b, q;
+    out[k] = encode_one(dx[k], dy[k], dz[k], type[k], c, b, q);
+    bad |= b;
+    cl += size_t(q & (b ^ 1));
+  }
+  any_bad = bad, close = cl;
+}
+
+/* In blocks: the candidates inside rcut kept without a branch per candidate, whose outcome a CPU cannot
+ * predict (each is written, and the count advances when it is inside), then the kept ones encoded by
+ * the vectorized map. */
+Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c,
+                      uint64_t *out, int64_t *nbr)
+{
+  constexpr size_t BLOCK = 64;
+  double bx[BLOCK], by[BLOCK], bz[BLOCK];
+  int32_t bt[BLOCK];
+  const double xi = x[3 * i], yi = x[3 * i + 1], zi = x[3 * i + 2];
+  Found f;
+  for (size_t k0 = 0; k0 < n; k0 += BLOCK) {
+    const size_t k1 = std::min(n, k0 + BLOCK);
+    size_t m = 0;
+    bool self = false;
+    for (size_t k = k0; k < k1; k++) {
+      const int64_t j = cand[k];
+      const double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
+      nbr[f.kept + m] = j, bx[m] = vx, by[m] = vy, bz[m] = vz, bt[m] = c.types[j];
+      self |= j == i;
+      m += (vx * vx + vy * vy) + vz * vz < rc2;
+    }
+    int bad = 0;
+    size_t close = 0;
+    given_map(m, bx, by, bz, bt, c, out + f.kept, bad, close);
+    f.kept += m, f.close += close, f.bad |= bad != 0, f.self |= self;
+  }
+  return f;
+}
+
+/* Plain int64 arithmetic, three components per atom. */
+void scatter_forces_portable(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr, int64_t *forces)
+{
+  namespace o = wire::output_record;
+  int64_t fi[3] = {};
+  for (size_t q = 0; q < n; q++) {
+    const int64_t g[3] = {o::DEDX.get_signed(out[q]), o::DEDY.get_signed(out[q]), o::DEDZ.get_signed(out[q])};
+    int64_t *fj = forces + 3 * nbr[q];
+    for (int x = 0; x < 3; x++) fi[x] += g[x], fj[x] -= g[x];
+  }
+  for (int x = 0; x < 3; x++) forces[3 * centre + x] += fi[x];
+}
+
+// ---- AVX-512: 8 candidates per step ---------------------------------------------------------------
+
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+#define DPFPGA_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl")))
+
+/* 8 candidates per step.  Each candidate's x, y, z come in one 256-bit load; pairs of those make
+ * 512-bit vectors, transposed into x, y and z by two unpacks and a permute each (faster than three
+ * gathers).  The kept lanes are packed in a register and stored whole (the slack takes the rest; a
+ * compress into memory is slow on some CPUs).  CHECK_RANGE false: every pair inside rcut fits the coord
+ * format (Consts::range_fits), so the clamp and its test, which would change nothing for a kept lane,
+ * are left out. */
+template <bool CHECK_RANGE>
+DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2,
+                                  const Consts &c, uint64_t *out, int64_t *nbr)
+{
+  const __m512d xi = _mm512_set1_pd(x[3 * i]), yi = _mm512_set1_pd(x[3 * i + 1]), zi = _mm512_set1_pd(x[3 * i + 2]);
+  const __m512d r2max = _mm512_set1_pd(rc2), scale = _mm512_set1_pd(c.scale), half = _mm512_set1_pd(0.5);
+  const __m512d lo = _mm512_set1_pd(c.lo), top = _mm512_set1_pd(c.top), x_min = _mm512_set1_pd(c.x_min);
+  const __m512d r2_near = _mm512_set1_pd(c.r2_near);
+  const __m512i coord = _mm512_set1_epi64(int64_t(rec::DX.mask())), centre = _mm512_set1_epi64(i);
+  const __m512i kind = _mm512_set1_epi64(int64_t(rec::KIND_BITS));
+  // Lanes of (a0 b0 | a2 b2 | a4 b4 | a6 b6) and (c.. d..) that make x0..x7 (and z0..z7 from the odd ones).
+  const __m512i pick_x = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), pick_z = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+  static_assert(rec::DX.bits == rec::DY.bits && rec::DX.bits == rec::DZ.bits && rec::DX.shift == 0,
+                "one coord format, x in the low bits");
+  size_t m = 0, close = 0;
+  unsigned bad = 0, self = 0;
+  for (size_t k = 0; k < n; k += 8) {
+    const size_t left = n - k;
+    const __mmask8 live = left >= 8 ? __mmask8(0xff) : __mmask8((1u << left) - 1);
+    int64_t jl[8];  // lanes past the end take the centre itself (a valid index), masked off
+    for (size_t l = 0; l < 8; l++) jl[l] = l < left ? cand[k + l] : i;
+    const __m512i j = _mm512_maskz_loadu_epi64(live, cand + k);
+    self |= _mm512_mask_cmpeq_epi64_mask(live, j, centre);
+    // x y z of each (the fourth lane masked off: the last atom's z may end the array): lanes (l, l + 4).
+    __m512d p[4];
+    for (int l = 0; l < 4; l++)
+      p[l] = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_maskz_loadu_pd(7, x + 3 * jl[l])),
+                                _mm256_maskz_loadu_pd(7, x + 3 * jl[l + 4]), 1);
+    const __m512d xz01 = _mm512_unpacklo_pd(p[0], p[1]), y01 = _mm512_unpackhi_pd(p[0], p[1]);
+    const __m512d xz23 = _mm512_unpacklo_pd(p[2], p[3]), y23 = _mm512_unpackhi_pd(p[2], p[3]);
+    const __m512d vx = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_x, xz23), xi);
+    const __m512d vy = _mm512_sub_pd(_mm512_permutex2var_pd(y01, pick_x, y23), yi);
+    const __m512d vz = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_z, xz23), zi);
+    const __m512d r2 = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(vx, vx), _mm512_mul_pd(vy, vy)), _mm512_mul_pd(vz, vz));
+    const __mmask8 inside = _mm512_mask_cmp_pd_mask(live, r2, r2max, _CMP_LT_OQ);
+    // q = floor(v * scale + 0.5), clamped first where a kept pair may leave the format (encode_one's
+    // clamp: max(y, lo) is y > lo ? y : lo, lo for a NaN; min(a, top) is a < top ? a : top).
+    __m512d qx = _mm512_add_pd(_mm512_mul_pd(vx, scale), half), qy = _mm512_add_pd(_mm512_mul_pd(vy, scale), half);
+    __m512d qz = _mm512_add_pd(_mm512_mul_pd(vz, scale), half);
+    __mmask8 out_of_range = 0;
+    if (CHECK_RANGE) {
+      const __m512d cx = _mm512_min_pd(_mm512_max_pd(qx, lo), top), cy = _mm512_min_pd(_mm512_max_pd(qy, lo), top);
+      const __m512d cz = _mm512_min_pd(_mm512_max_pd(qz, lo), top);
+      out_of_range = _mm512_mask_cmp_pd_mask(inside, cx, qx, _CMP_NEQ_UQ) |
+                     _mm512_mask_cmp_pd_mask(inside, cy, qy, _CMP_NEQ_UQ) |
+                     _mm512_mask_cmp_pd_mask(inside, cz, qz, _CMP_NEQ_UQ);
+      qx = cx, qy = cy, qz = cz;
+    }
+    constexpr int FLOOR = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    qx = _mm512_roundscale_pd(qx, FLOOR), qy = _mm512_roundscale_pd(qy, FLOOR), qz = _mm512_roundscale_pd(qz, FLOOR);
+    bad |= out_of_range;
+    // u only where r2 says it may be below x_min (Consts::r2_near): rarely, a branch that predicts well.
+    if (const __mmask8 near = _mm512_mask_cmp_pd_mask(inside & ~out_of_range, r2, r2_near, _CMP_LT_OQ)) {
+      const __m512d u = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(qx, qx), _mm512_mul_pd(qy, qy)), _mm512_mul_pd(qz, qz));
+      close += size_t(__builtin_popcount(_mm512_mask_cmp_pd_mask(near, u, x_min, _CMP_LT_OQ)));
+    }
+    // The types by scalar loads (a gather measured slower).
+    const __m512i t = _mm512_cvtepu32_epi64(_mm256_setr_epi32(c.types[jl[0]], c.types[jl[1]], c.types[jl[2]],
+                                                              c.types[jl[3]], c.types[jl[4]], c.types[jl[5]],
+                                                              c.types[jl[6]], c.types[jl[7]]));
+    __m512i word = _mm512_or_si512(kind, _mm512_slli_epi64(t, rec::TYPE.shift));
+    word = _mm512_or_si512(word, _mm512_and_si512(_mm512_cvttpd_epi64(qx), coord));
+    word = _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qy), coord), rec::DY.shift));
+    word = _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qz), coord), rec::DZ.shift));
+    _mm512_storeu_si512(out + m, _mm512_maskz_compress_epi64(inside, word));
+    _mm512_storeu_si512(nbr + m, _mm512_maskz_compress_epi64(inside, j));
+    m += size_t(__builtin_popcount(inside));
+  }
+  return Found{m, close, bad != 0, self != 0};
+}
+
+/* One 256-bit vector per atom (x, y, z, pad): a record's three fields sign-extended by one shift left
+ * (the pad lane's shift of 64 makes it 0) and one arithmetic shift right, subtracted from its
+ * neighbour's vector in one load and one store. */
+DPFPGA_AVX512 void scatter_forces_avx512(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr,
+                                         int64_t *forces)
+{
+  namespace o = wire::output_record;
+  static_assert(o::DEDX.bits == o::DEDY.bits && o::DEDX.bits == o::DEDZ.bits, "one force format");
+  constexpr int B = int(o::DEDX.bits);
+  const __m256i up = _mm256_setr_epi64x(64 - B - o::DEDX.shift, 64 - B - o::DEDY.shift, 64 - B - o::DEDZ.shift, 64);
+  __m256i fi = _mm256_setzero_si256();
+  for (size_t q = 0; q < n; q++) {
+    const __m256i g = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(out[q])), up), 64 - B);
+    fi = _mm256_add_epi64(fi, g);
+    __m256i *fj = reinterpret_cast<__m256i *>(forces + 4 * nbr[q]);
+    _mm256_storeu_si256(fj, _mm256_sub_epi64(_mm256_loadu_si256(fj), g));
+  }
+  __m256i *f = reinterpret_cast<__m256i *>(forces + 4 * centre);
+  _mm256_storeu_si256(f, _mm256_add_epi64(_mm256_loadu_si256(f), fi));
+}
+
+bool cpu_has_avx512()
+{
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl");
+}
+#else
+bool cpu_has_avx512() { return false; }
+#endif
+
+const bool HAVE_AVX512 = cpu_has_avx512();
+std::atomic<bool> vector_on{true};
+
+bool vector() { return HAVE_AVX512 && vector_on.load(std::memory_order_relaxed); }
+
+}  // namespace
+
+// ---- the kernels: the build the CPU allows -----------------------------------------------------------
+
+double near_bound(const Consts &c)
+{
+  // Each |q_a - v_a * scale| <= 1/2 (and a hair of rounding), so |q| >= |v| * scale - sqrt(3)/2: with
+  // |v| * scale >= sqrt(x_min) + 2, u = |q|^2 is above x_min.  The bound is taken a little larger still.
+  const double r = (std::sqrt(std::max(c.x_min, 0.0)) + 2.0) / c.scale;
+  return r * r * (1.0 + 1e-9);
+}
+
+bool fits_coord_format(double rcut, const Consts &c)
+{
+  // |v| < rcut for each component of a kept pair (to rounding: a margin of two format steps), so
+  // v * scale + 0.5 lies within rcut * scale + 2 of zero.
+  const double reach = rcut * c.scale + 2.0;
+  return c.lo <= -reach && reach < c.top;
+}
+
+Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
+             int64_t *nbr)
+{
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (vector())
+    return c.range_fits ? listed_avx512<false>(i, cand, n, x, rc2, c, out, nbr)
+                        : listed_avx512<true>(i, cand, n, x, rc2, c, out, nbr);
+#endif
+  return listed_portable(i, cand, n, x, rc2, c, out, nbr);
+}
+
+void scatter_forces(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr, int64_t *forces,
+                    size_t stride)
+{
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (stride == 4) return scatter_forces_avx512(centre, n, out, nbr, forces);
+#endif
+  scatter_forces_portable(centre, n, out, nbr, forces);
+}
+
+size_t force_stride() { return vector() ? 4 : 3; }
+
+Found given(size_t n, const double *dx, const double *dy, const double *dz, const int32_t *type, const Consts &c,
+            uint64_t *out)
+{
+  Found f;
+  int bad = 0;
+  given_map(n, dx, dy, dz, type, c, out, bad, f.close);
+  f.kept = n, f.bad = bad != 0;
+  return f;
+}
+
+DPFPGA_VECTOR_CLONES size_t count_type(const uint64_t *words, size_t n, unsigned t)
+{
+  size_t s = 0;
+  for (size_t k = 0; k < n; k++) s += size_t(rec::TYPE.get(words[k]) == t);
+  return s;
+}
+
+const char *build() { return vector() ? "avx512" : "portable"; }
+
+const char *use_vector(bool on)
+{
+  const char *before = build();
+  vector_on.store(on, std::memory_order_relaxed);
+  return before;
+}
+
+}  // namespace records
+}  // namespace dpfpga
