@@ -39,18 +39,6 @@ void invert3(const double *m, double *inv)
   inv[6] = C / det, inv[7] = -(a * h - b * g) / det, inv[8] = (a * e - b * d) / det;
 }
 
-/* Which of n atoms (one cell's, one axis per array) lie within sqrt(r2) of the centre, o being the
- * image's shift minus the centre's position: a map the compiler vectorizes (simd.h).  A pre-selection:
- * accept() decides on the vectors the Python path computes. */
-DPFPGA_VECTOR_CLONES void within(size_t n, const double *x, const double *y, const double *z, double ox, double oy,
-                                 double oz, double r2, int64_t *out)
-{
-  for (size_t q = 0; q < n; q++) {
-    const double dx = x[q] + ox, dy = y[q] + oy, dz = z[q] + oz;
-    out[q] = int64_t(dx * dx + dy * dy + dz * dz < r2);
-  }
-}
-
 class CellSource : public Core::Source {
  public:
   CellSource(const Structure &s, const HostModel &m, size_t chunk_atoms)
@@ -58,7 +46,6 @@ class CellSource : public Core::Source {
   {
     const size_t n = s.natoms;
     const double rs = m.rcut * (1 + SEARCH_MARGIN);
-    rs2_ = rs * rs;
     double inv[9];
     invert3(s.basis, inv);
     double delta[3], lo[3], span[3];
@@ -77,7 +64,6 @@ class CellSource : public Core::Source {
     for (int a = 0; a < 3; a++) reach_[a] = int64_t(std::ceil(delta[a] / (span[a] / double(ncell_[a]))));
     // Fractional coordinates, periodic wraps, cells; positions wrapped into the cell for the search.
     wrap_.resize(3 * n);
-    wp_.resize(3 * n);
     cell_of_.resize(n);
     std::vector<int64_t> c3(3 * n);
     for (size_t i = 0; i < n; i++) {
@@ -90,10 +76,6 @@ class CellSource : public Core::Source {
         c3[3 * i + a] = std::clamp<int64_t>(int64_t(std::floor((fw - lo[a]) / (span[a] / double(ncell_[a])))), 0,
                                             ncell_[a] - 1);
       }
-      for (int a = 0; a < 3; a++)
-        wp_[3 * i + a] = s.positions[3 * i + a] - (double(wrap_[3 * i]) * s.basis[a] +
-                                                   double(wrap_[3 * i + 1]) * s.basis[3 + a] +
-                                                   double(wrap_[3 * i + 2]) * s.basis[6 + a]);
       cell_of_[i] = (c3[3 * i] * ncell_[1] + c3[3 * i + 1]) * ncell_[2] + c3[3 * i + 2];
     }
     // Counting sort of the atoms by cell: cell_start_[c] .. cell_start_[c + 1] - 1 in order_.
@@ -104,14 +86,32 @@ class CellSource : public Core::Source {
     order_.resize(n);
     std::vector<size_t> fill(cell_start_.begin(), cell_start_.end() - 1);
     for (size_t i = 0; i < n; i++) order_[fill[size_t(cell_of_[i])]++] = int64_t(i);
-    // The search streams over the atoms of a cell: their wrapped positions and wraps, in cell order.
-    for (auto *v : {&spx_, &spy_, &spz_}) v->resize(n);
+    // Within a cell, atoms of one wrap in a row: the centres of a group (cell, wrap) share a neighbourhood.
+    const int64_t *wr = wrap_.data();
+    for (size_t c = 0; c < ncells; c++)
+      std::stable_sort(order_.begin() + ptrdiff_t(cell_start_[c]), order_.begin() + ptrdiff_t(cell_start_[c + 1]),
+                       [wr](int64_t a, int64_t b) {
+                         return std::lexicographical_compare(wr + 3 * a, wr + 3 * a + 3, wr + 3 * b, wr + 3 * b + 3);
+                       });
+    // Runs of one wrap within each cell: cell c's runs are run_start_[cell_runs_[c]] .. up to the next cell's.
+    run_start_.clear();
+    cell_runs_.assign(ncells + 1, 0);
+    for (size_t c = 0; c < ncells; c++) {
+      cell_runs_[c] = run_start_.size();
+      for (size_t q = cell_start_[c]; q < cell_start_[c + 1]; q++)
+        if (q == cell_start_[c] || !std::equal(wr + 3 * order_[q], wr + 3 * order_[q] + 3, wr + 3 * order_[q - 1]))
+          run_start_.push_back(q);
+    }
+    cell_runs_[ncells] = run_start_.size();
+    run_start_.push_back(n);
+    // Wraps and positions in cell order (the search reads a cell's atoms in a row).
     sw_.resize(3 * n);
-    for (size_t q = 0; q < n; q++)
-      for (int a = 0; a < 3; a++) {
-        (a == 0 ? spx_ : a == 1 ? spy_ : spz_)[q] = wp_[3 * size_t(order_[q]) + a];
-        sw_[3 * q + a] = wrap_[3 * size_t(order_[q]) + a];
-      }
+    for (auto *v : {&cx_, &cy_, &cz_}) v->resize(n);
+    for (size_t q = 0; q < n; q++) {
+      const size_t i = size_t(order_[q]);
+      for (int a = 0; a < 3; a++) sw_[3 * q + a] = wrap_[3 * i + a];
+      cx_[q] = s.positions[3 * i], cy_[q] = s.positions[3 * i + 1], cz_[q] = s.positions[3 * i + 2];
+    }
     // Per axis, the cell coordinate and image shift of every (cell, offset): no division per visit.
     for (int a = 0; a < 3; a++) {
       const int64_t span_o = 2 * reach_[a] + 1;
@@ -143,31 +143,40 @@ class CellSource : public Core::Source {
  private:
   const Structure &s_;
   const HostModel &m_;
-  double rc2_, rs2_ = 0;
+  double rc2_;
   size_t chunk_, done_ = 0;
   int max_nb_;
   int64_t ncell_[3], reach_[3];
-  std::vector<int64_t> wrap_, cell_of_, order_, sw_;
-  std::vector<double> wp_, spx_, spy_, spz_;  // wrapped positions; in cell order, one array per axis
+  std::vector<int64_t> wrap_, cell_of_, order_, sw_;  // sw_: wraps in cell order
+  std::vector<double> cx_, cy_, cz_;                   // positions in cell order
   struct Step {
     int64_t u, shift;
     bool ok;
   };
   std::vector<Step> axis_[3];
   std::vector<size_t> cell_start_;
+  std::vector<size_t> run_start_, cell_runs_;  // runs of atoms of one wrap within each cell
 
-  /* The cells around one cell, with the image shift (search basis) and its vector: the same for every
-   * centre in that cell, and centres come in cell order, so it is built once per cell. */
+  /* The cells around one cell, with the image shift (search basis): the same for every centre in that
+   * cell, and centres come in cell order, so it is built once per cell. */
   struct Visit {
     size_t cell;
     int64_t S[3];
-    double sh[3];
   };
   std::vector<Visit> visits_;
   int64_t visits_of_ = -1;
-  std::vector<size_t> near_;      // one cell's candidates within the search radius
-  std::vector<int64_t> is_near_;  // per atom of the cell: within it (1) or not (0)
-  Pairs p_;                   // one centre's pairs inside rcut
+
+  /* The neighbourhood of a group of centres (one cell, one wrap): every atom of the visited cells with
+   * its image's shift in the caller's cell, structure of arrays, which records::images() tests for
+   * each centre of the group (one long run, not a short one per cell).  `home`: the atom's index where
+   * its image is unshifted (B = 0), else -1 (a centre never pairs with its own unshifted image). */
+  struct Hood {
+    std::vector<double> px, py, pz, sx, sy, sz;
+    std::vector<int64_t> j, home;
+    size_t n = 0;
+  } hood_;
+  int64_t hood_cell_ = -1, hood_wrap_[3] = {};
+  Pairs p_;  // one centre's pairs inside rcut
 
   void plan_visits(int64_t cid)
   {
@@ -185,85 +194,72 @@ class CellSource : public Core::Source {
           if (!tz[oz].ok) continue;
           const size_t cell = size_t((tx[ox].u * ncell_[1] + ty[oy].u) * ncell_[2] + tz[oz].u);
           if (cell_start_[cell] == cell_start_[cell + 1]) continue;
-          const int64_t sx = tx[ox].shift, sy = ty[oy].shift, sz = tz[oz].shift;
-          Visit v{cell, {sx, sy, sz}, {}};
-          for (int a = 0; a < 3; a++)
-            v.sh[a] = double(sx) * s_.basis[a] + double(sy) * s_.basis[3 + a] + double(sz) * s_.basis[6 + a];
-          visits_.push_back(v);
+          visits_.push_back(Visit{cell, {tx[ox].shift, ty[oy].shift, tz[oz].shift}});
         }
       }
     }
   }
 
-  /* Every image of every atom within the search radius of the centre at sorted position k, kept by
-   * the final test. */
-  void centre(size_t k, Core::Chunk &c)
+  /* The neighbourhood of the centres in cell `cid` whose wrap is wrap_i.  An atom q of a visited cell
+   * is seen through the image B = S - wrap_q + wrap_i (search basis), T = B op in the caller's cell,
+   * its shift (T0 c0 + T1 c1) + T2 c2 the Python path's way: one per run of atoms of one wrap. */
+  void build_hood(int64_t cid, const int64_t *wrap_i)
   {
     const Structure &s = s_;
-    const size_t i = size_t(order_[k]);
-    if (cell_of_[i] != visits_of_) plan_visits(cell_of_[i]);
-    const double *pi = &s.positions[3 * i], wi[3] = {spx_[k], spy_[k], spz_[k]};
-    const int64_t *wrap_i = &sw_[3 * k];
-    p_.room(size_t(max_nb_));
-    p_.n = 0;
-    size_t found = 0;
-    for (const Visit &vis : visits_) {
-      const double ox = vis.sh[0] - wi[0], oy = vis.sh[1] - wi[1], oz = vis.sh[2] - wi[2];
-      const bool home = vis.S[0] == 0 && vis.S[1] == 0 && vis.S[2] == 0;
-      const size_t q1 = cell_start_[vis.cell + 1];
-      // The cell's atoms tested in one vectorized pass, then those near kept without a branch per
-      // candidate (its outcome is unpredictable), then accepted.
-      const size_t q0 = cell_start_[vis.cell];
-      if (near_.size() < q1 - q0) near_.resize(q1 - q0), is_near_.resize(q1 - q0);
-      within(q1 - q0, &spx_[q0], &spy_[q0], &spz_[q0], ox, oy, oz, rs2_, is_near_.data());
-      if (home && k >= q0 && k < q1) is_near_[k - q0] = 0;  // the centre itself, unshifted
-      size_t m = 0;
-      for (size_t q = q0; q < q1; q++) {
-        near_[m] = q;
-        m += size_t(is_near_[q - q0]);
+    if (cid != visits_of_) plan_visits(cid);
+    hood_cell_ = cid;
+    std::copy(wrap_i, wrap_i + 3, hood_wrap_);
+    Hood &h = hood_;
+    size_t n = 0;
+    for (const Visit &vis : visits_) n += cell_start_[vis.cell + 1] - cell_start_[vis.cell];
+    for (auto *v : {&h.px, &h.py, &h.pz, &h.sx, &h.sy, &h.sz})
+      if (v->size() < n) v->resize(n);
+    if (h.j.size() < n) h.j.resize(n), h.home.resize(n);
+    h.n = n;
+    size_t e = 0;
+    for (const Visit &vis : visits_)
+      for (size_t r = cell_runs_[vis.cell]; r < cell_runs_[vis.cell + 1]; r++) {
+        const size_t q0 = run_start_[r], q1 = run_start_[r + 1];
+        const int64_t *w = &sw_[3 * q0];
+        const int64_t B[3] = {vis.S[0] - w[0] + wrap_i[0], vis.S[1] - w[1] + wrap_i[1], vis.S[2] - w[2] + wrap_i[2]};
+        int64_t T[3];
+        for (int a = 0; a < 3; a++) T[a] = B[0] * s.op[a] + B[1] * s.op[3 + a] + B[2] * s.op[6 + a];
+        double sh[3];
+        for (int a = 0; a < 3; a++)
+          sh[a] = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
+        const bool home = (B[0] | B[1] | B[2]) == 0;
+        // Short runs (a cell's atoms): plain loops, no library call per run.
+        for (size_t q = q0; q < q1; q++, e++) {
+          h.px[e] = cx_[q], h.py[e] = cy_[q], h.pz[e] = cz_[q];
+          h.sx[e] = sh[0], h.sy[e] = sh[1], h.sz[e] = sh[2];
+          h.j[e] = order_[q], h.home[e] = home ? order_[q] : -1;
+        }
       }
-      for (size_t t = 0; t < m; t++) accept(near_[t], vis.S, pi, wrap_i, found);
-    }
-    if (found > size_t(max_nb_)) too_many(i, c);
-    c.add_centre(int64_t(i), p_);
   }
 
-  /* A candidate image: its shift in the caller's cell (the search basis's, unwrapped, through op),
-   * r_ij the Python path's way, and the decisive test. */
-  void accept(size_t q, const int64_t *S, const double *pi, const int64_t *wrap_i, size_t &found)
+  /* Every image of every atom within rcut of the centre at sorted position k: its neighbourhood tested
+   * with r_ij = (x_j - x_i) + shift, the Python path's vectors, and the decisive |r_ij|^2 < rcut^2. */
+  void centre(size_t k, Core::Chunk &c)
   {
-    const Structure &s = s_;
-    const size_t j = size_t(order_[q]);
-    const int64_t B[3] = {S[0] - sw_[3 * q] + wrap_i[0], S[1] - sw_[3 * q + 1] + wrap_i[1],
-                          S[2] - sw_[3 * q + 2] + wrap_i[2]};
-    int64_t T[3];
-    for (int a = 0; a < 3; a++) T[a] = B[0] * s.op[a] + B[1] * s.op[3 + a] + B[2] * s.op[6 + a];
-    double v[3];
-    for (int a = 0; a < 3; a++) {
-      const double shift = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
-      v[a] = (s.positions[3 * j + a] - pi[a]) + shift;
-    }
-    if (!((v[0] * v[0] + v[1] * v[1]) + v[2] * v[2] < rc2_)) return;
-    // Past sum(sel) the atom is refused (too_many): its neighbours are counted by type, not kept,
-    // so a pile of atoms costs no memory.
-    if (++found > size_t(max_nb_)) {
-      extra_[size_t(s.types[j])]++;
-      return;
-    }
-    const size_t n = p_.n++;
-    p_.j[n] = int64_t(j), p_.x[n] = v[0], p_.y[n] = v[1], p_.z[n] = v[2];
+    const size_t i = size_t(order_[k]);
+    const int64_t *wrap_i = &sw_[3 * k];
+    if (cell_of_[i] != hood_cell_ || !std::equal(wrap_i, wrap_i + 3, hood_wrap_)) build_hood(cell_of_[i], wrap_i);
+    const Hood &h = hood_;
+    p_.room(h.n + records::SLACK);
+    p_.n = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(), h.sz.data(),
+                           h.j.data(), h.home.data(), &s_.positions[3 * i], rc2_, int64_t(i), p_.j.data(),
+                           p_.x.data(), p_.y.data(), p_.z.data());
+    if (p_.n > size_t(max_nb_)) too_many(i, c);
+    c.add_centre(int64_t(i), p_);
   }
 
   /* More neighbours than any atom may have (sum(sel)): refused in check_sel's words (the Python path's),
    * for the first type above its sel, counting the chunk's earlier centres that exceed sel too. */
-  std::vector<int> extra_ = std::vector<int>(64, 0);
-
   [[noreturn]] void too_many(size_t i, const Core::Chunk &c)
   {
     const size_t nt = size_t(m_.ntypes);
     std::vector<int> count(nt, 0);
     for (size_t e = 0; e < p_.n; e++) count[size_t(s_.types[p_.j[e]])]++;
-    for (size_t t = 0; t < nt; t++) count[t] += extra_[t];
     size_t bad_t = 0;
     while (bad_t + 1 < nt && count[bad_t] <= m_.sel[bad_t]) bad_t++;
     const size_t n_bad = 1 + c.problems.sel_atoms;  // this centre and the chunk's earlier ones above sel

@@ -87,9 +87,6 @@ struct Core::Chunk {
 
   /* Centre `i` (global index) and its pairs p, all three steps. */
   void add_centre(int64_t i, const Pairs &p);
-
- private:
-  std::vector<int32_t> type_;  // one centre's neighbours' types
 };
 
 /* Where chunks come from: an MD code's neighbour list (core.cpp) or the cell list (cells.cpp). */

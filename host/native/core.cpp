@@ -196,9 +196,7 @@ bool Core::Chunk::end_centre(int64_t i, const records::Found &f)
 void Core::Chunk::add_centre(int64_t i, const Pairs &p)
 {
   uint64_t *out = slots(p.n);
-  if (type_.size() < p.n) type_.resize(p.n);
-  for (size_t k = 0; k < p.n; k++) type_[k] = enc->rc.types[p.j[k]];
-  const records::Found f = records::given(p.n, p.x.data(), p.y.data(), p.z.data(), type_.data(), enc->rc, out);
+  const records::Found f = records::given(p.n, p.x.data(), p.y.data(), p.z.data(), p.j.data(), enc->rc, out);
   std::copy(p.j.begin(), p.j.begin() + ptrdiff_t(p.n), nbr_slots());
   if (end_centre(i, f)) note_last_centre(p);
 }
@@ -346,30 +344,6 @@ inline void pair_virial(uint64_t in, uint64_t out, int64_t *s)
     for (int y = 0; y < 3; y++) s[3 * x + y] = int64_t(d[x]) * int64_t(g[y]);
 }
 
-/* w += sum over one centre's n records of r_ij (x) dE/dr_ij.  The fields go to int32 arrays first
- * (|d| <= 2^17, |g| <= 2^19), so that the products are widening int32 x int32 -> int64 ones, which the
- * compiler vectorizes (cloned for AVX2); each is below 2^37, their sum over n < 2^10 records (the COUNT
- * field) far inside int64. */
-DPFPGA_VECTOR_CLONES void virial_sum(size_t n, const uint64_t *in, const uint64_t *out, int64_t *w9)
-{
-  constexpr size_t MAX = size_t(1) << w::COUNT_BITS;
-  int32_t d[3][MAX], g[3][MAX];
-  for (size_t q = 0; q < n; q++) {
-    d[0][q] = int32_t(w::input_record::DX.get_signed(in[q]));
-    d[1][q] = int32_t(w::input_record::DY.get_signed(in[q]));
-    d[2][q] = int32_t(w::input_record::DZ.get_signed(in[q]));
-    g[0][q] = int32_t(w::output_record::DEDX.get_signed(out[q]));
-    g[1][q] = int32_t(w::output_record::DEDY.get_signed(out[q]));
-    g[2][q] = int32_t(w::output_record::DEDZ.get_signed(out[q]));
-  }
-  for (int x = 0; x < 3; x++)
-    for (int y = 0; y < 3; y++) {
-      int64_t s = 0;
-      for (size_t q = 0; q < n; q++) s += int64_t(d[x][q]) * int64_t(g[y][q]);
-      w9[3 * x + y] += s;
-    }
-}
-
 }  // namespace
 
 void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r)
@@ -378,7 +352,7 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r)
   if (out.size() % L)
     throw Error(ErrorKind::Device, dev_.name() + ": a result of " + std::to_string(out.size()) + " words is not whole beats");
   const size_t beats = out.size() / L;
-  int64_t *forces = forces_.data();  // stride_ per atom
+  int64_t *forces = buf_.forces.data();  // stride_ per atom
   size_t b = 0;
   for (size_t a = 0; a < k; a++) {
     const int64_t centre = c.centres[a];
@@ -424,11 +398,12 @@ void Core::fold(const Chunk &c, const std::vector<uint64_t> &out, Result &r)
     // n < count: the device dropped records (its flags say why); records beyond count are not ours.
     const size_t used = std::min(n, count);
     const int64_t *nb = c.nbr.data() + c.start[a];  // (an atom without records may end the list)
-    records::scatter_forces(centre, used, o, nb, forces, stride_);
     if (opt_.virial) {
-      int64_t w9[9] = {};  // one centre's sum, exact in int64 (virial_sum); the total in __int128
-      virial_sum(used, c.rec.data() + c.start[a], o, w9);
+      int64_t w9[9] = {};  // one centre's sum, exact in int64; the total in __int128
+      records::scatter_forces_virial(centre, used, o, c.rec.data() + c.start[a], nb, forces, stride_, w9);
       for (int x = 0; x < 9; x++) r.virial[x] -= w9[x];
+    } else {
+      records::scatter_forces(centre, used, o, nb, forces, stride_);
     }
     if (opt_.atomic_virial)
       for (size_t q = 0; q < used; q++) {
@@ -452,7 +427,17 @@ Core::Core(const HostModel &model, Device &device, const Options &options) : m_(
   if (opt_.chunk_atoms < 1) opt_.chunk_atoms = 1;
 }
 
+Core::Core(const HostModel &model, Device &device, const Options &options, Buffers &&buffers)
+    : Core(model, device, options)
+{
+  buf_ = std::move(buffers);
+}
+
 Core::~Core() = default;
+Core::Buffers::Buffers() = default;
+Core::Buffers::~Buffers() = default;
+Core::Buffers::Buffers(Buffers &&) noexcept = default;
+Core::Buffers &Core::Buffers::operator=(Buffers &&) noexcept = default;
 
 /* The checks over every atom and list entry come first, as in the Python path; each is one branch-free
  * pass, and only a failing one goes back to find and name the first culprit. */
@@ -507,7 +492,7 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
   r.energy = 0;
   // The fold's forces in the kernels' layout (records::force_stride() per atom), r.forces at the end.
   const size_t stride = stride_ = records::force_stride();
-  forces_.assign(stride * natoms, 0);
+  buf_.forces.assign(stride * natoms, 0);
   for (auto &v : r.virial) v = 0;
   r.e_atom.assign(ncentres, 0);
   r.flags.assign(ncentres, 0);
@@ -518,11 +503,11 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
   // Chunks in flight keep their records (the fold needs d and the neighbour indices): a pool of
   // depth + 1 chunks, kept with the Core so that an MD code's Core allocates their buffers once.
   const size_t depth = size_t(std::max(1, dev_.depth()));
-  if (pool_.size() != depth + 1) pool_ = std::vector<Chunk>(depth + 1);
-  std::vector<Chunk> &pool = pool_;
+  if (buf_.pool.size() != depth + 1) buf_.pool = std::vector<Chunk>(depth + 1);
+  std::vector<Chunk> &pool = buf_.pool;
   std::deque<size_t> in_flight;
   size_t next_slot = 0;
-  std::vector<uint64_t> &spare = spare_;
+  std::vector<uint64_t> &spare = buf_.spare;
 
   auto finish_one = [&]() {
     const size_t slot = in_flight.front();
@@ -593,11 +578,11 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
   }
   dev_.end();
   if (stride == 3) {
-    r.forces.swap(forces_);
+    r.forces.swap(buf_.forces);
   } else {
     r.forces.resize(3 * natoms);
     for (size_t a = 0; a < natoms; a++)
-      for (size_t x = 0; x < 3; x++) r.forces[3 * a + x] = forces_[stride * a + x];
+      for (size_t x = 0; x < 3; x++) r.forces[3 * a + x] = buf_.forces[stride * a + x];
   }
 
   if (opt_.strict) {

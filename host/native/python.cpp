@@ -86,20 +86,13 @@ class PyDevice : public Device {
 /* A native device owned by Python; after close() every use is a DeviceError, not a null pointer. */
 struct NativeDevice {
   std::unique_ptr<Device> dev;
+  Core::Buffers buffers;  // the last evaluation's, for the next (Core::Buffers)
   Device &get()
   {
     if (!dev) throw Error(ErrorKind::Device, "device is closed");
     return *dev;
   }
 };
-
-template <typename F>
-auto with_device(py::object device, F &&f)
-{
-  if (py::isinstance<NativeDevice>(device)) return f(device.cast<NativeDevice &>().get());
-  PyDevice adapter(device);
-  return f(adapter);
-}
 
 Options options_from(size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout,
                      py::object progress)
@@ -152,12 +145,24 @@ template <typename F>
 py::dict evaluate(const HostModel &model, py::object device, const Options &o, size_t natoms, F &&compute)
 {
   Result r;
-  with_device(device, [&](Device &dev) {
+  if (py::isinstance<NativeDevice>(device)) {
+    NativeDevice &nd = device.cast<NativeDevice &>();
+    Device &dev = nd.get();
     py::gil_scoped_release nogil;
-    Core core(model, dev, o);
+    Core core(model, dev, o, std::move(nd.buffers));
+    try {
+      compute(core, r);
+    } catch (...) {
+      nd.buffers = core.release();
+      throw;
+    }
+    nd.buffers = core.release();
+  } else {
+    PyDevice adapter(device);
+    py::gil_scoped_release nogil;
+    Core core(model, adapter, o);
     compute(core, r);
-    return 0;
-  });
+  }
   return result_dict(std::move(r), natoms);
 }
 

@@ -99,6 +99,44 @@ Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x,
   return f;
 }
 
+/* Each candidate written, the count advanced when it is kept: no branch per candidate. */
+size_t images_portable(size_t n, const double *px, const double *py, const double *pz, const double *sx,
+                       const double *sy, const double *sz, const int64_t *j, const int64_t *home, const double *pi,
+                       double rc2, int64_t centre, int64_t *oj, double *ox, double *oy, double *oz)
+{
+  size_t m = 0;
+  for (size_t q = 0; q < n; q++) {
+    const double vx = (px[q] - pi[0]) + sx[q], vy = (py[q] - pi[1]) + sy[q], vz = (pz[q] - pi[2]) + sz[q];
+    oj[m] = j[q], ox[m] = vx, oy[m] = vy, oz[m] = vz;
+    m += size_t(((vx * vx + vy * vy) + vz * vz < rc2) & (home[q] != centre));
+  }
+  return m;
+}
+
+/* w += sum over one centre's n records of r_ij (x) dE/dr_ij.  The fields go to int32 arrays first
+ * (|d| <= 2^17, |g| <= 2^19), so that the products are widening int32 x int32 -> int64 ones, which the
+ * compiler vectorizes (simd.h); each is below 2^37, their sum over n < 2^10 records (the COUNT
+ * field) far inside int64. */
+DPFPGA_VECTOR_CLONES void virial_portable(size_t n, const uint64_t *in, const uint64_t *out, int64_t *w9)
+{
+  constexpr size_t MAX = size_t(1) << wire::COUNT_BITS;
+  int32_t d[3][MAX], g[3][MAX];
+  for (size_t q = 0; q < n; q++) {
+    d[0][q] = int32_t(rec::DX.get_signed(in[q]));
+    d[1][q] = int32_t(rec::DY.get_signed(in[q]));
+    d[2][q] = int32_t(rec::DZ.get_signed(in[q]));
+    g[0][q] = int32_t(wire::output_record::DEDX.get_signed(out[q]));
+    g[1][q] = int32_t(wire::output_record::DEDY.get_signed(out[q]));
+    g[2][q] = int32_t(wire::output_record::DEDZ.get_signed(out[q]));
+  }
+  for (int x = 0; x < 3; x++)
+    for (int y = 0; y < 3; y++) {
+      int64_t s = 0;
+      for (size_t q = 0; q < n; q++) s += int64_t(d[x][q]) * int64_t(g[y][q]);
+      w9[3 * x + y] += s;
+    }
+}
+
 /* Plain int64 arithmetic, three components per atom. */
 void scatter_forces_portable(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr, int64_t *forces)
 {
@@ -117,26 +155,75 @@ void scatter_forces_portable(int64_t centre, size_t n, const uint64_t *out, cons
 #ifdef DPFPGA_HAVE_AVX512_BUILD
 #define DPFPGA_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl")))
 
+/* The words of 8 pairs (r_ij: vx, vy, vz; |r_ij|^2: r2; types t), encode_one's arithmetic for the lanes
+ * of `mask`: q = floor(v * scale + 0.5), clamped first where a kept pair may leave the format
+ * (encode_one's clamp: max(y, lo) is y > lo ? y : lo, lo for a NaN; min(a, top) is a < top ? a : top).
+ * CHECK_RANGE false: every pair inside rcut fits the coord format (Consts::range_fits), so the clamp and
+ * its test, which would change nothing for a kept lane, are left out. */
+struct Encoder8 {
+  __m512d scale, half, lo, top, x_min, r2_near;
+  __m512i coord, kind;
+
+  DPFPGA_AVX512 explicit Encoder8(const Consts &c)
+      : scale(_mm512_set1_pd(c.scale)), half(_mm512_set1_pd(0.5)), lo(_mm512_set1_pd(c.lo)),
+        top(_mm512_set1_pd(c.top)), x_min(_mm512_set1_pd(c.x_min)), r2_near(_mm512_set1_pd(c.r2_near)),
+        coord(_mm512_set1_epi64(int64_t(rec::DX.mask()))), kind(_mm512_set1_epi64(int64_t(rec::KIND_BITS)))
+  {
+    static_assert(rec::DX.bits == rec::DY.bits && rec::DX.bits == rec::DZ.bits && rec::DX.shift == 0,
+                  "one coord format, x in the low bits");
+  }
+
+  template <bool CHECK_RANGE>
+  DPFPGA_AVX512 __m512i words(__m512d vx, __m512d vy, __m512d vz, __m512d r2, __m512i t, __mmask8 mask,
+                              unsigned &bad, size_t &close) const
+  {
+    __m512d qx = _mm512_add_pd(_mm512_mul_pd(vx, scale), half), qy = _mm512_add_pd(_mm512_mul_pd(vy, scale), half);
+    __m512d qz = _mm512_add_pd(_mm512_mul_pd(vz, scale), half);
+    __mmask8 out_of_range = 0;
+    if (CHECK_RANGE) {
+      const __m512d cx = _mm512_min_pd(_mm512_max_pd(qx, lo), top), cy = _mm512_min_pd(_mm512_max_pd(qy, lo), top);
+      const __m512d cz = _mm512_min_pd(_mm512_max_pd(qz, lo), top);
+      out_of_range = _mm512_mask_cmp_pd_mask(mask, cx, qx, _CMP_NEQ_UQ) |
+                     _mm512_mask_cmp_pd_mask(mask, cy, qy, _CMP_NEQ_UQ) |
+                     _mm512_mask_cmp_pd_mask(mask, cz, qz, _CMP_NEQ_UQ);
+      qx = cx, qy = cy, qz = cz;
+    }
+    constexpr int FLOOR = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    qx = _mm512_roundscale_pd(qx, FLOOR), qy = _mm512_roundscale_pd(qy, FLOOR), qz = _mm512_roundscale_pd(qz, FLOOR);
+    bad |= out_of_range;
+    // u only where r2 says it may be below x_min (Consts::r2_near): rarely, a branch that predicts well.
+    if (const __mmask8 near = _mm512_mask_cmp_pd_mask(mask & ~out_of_range, r2, r2_near, _CMP_LT_OQ)) {
+      const __m512d u = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(qx, qx), _mm512_mul_pd(qy, qy)), _mm512_mul_pd(qz, qz));
+      close += size_t(__builtin_popcount(_mm512_mask_cmp_pd_mask(near, u, x_min, _CMP_LT_OQ)));
+    }
+    __m512i word = _mm512_or_si512(kind, _mm512_slli_epi64(t, rec::TYPE.shift));
+    word = _mm512_or_si512(word, _mm512_and_si512(_mm512_cvttpd_epi64(qx), coord));
+    word = _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qy), coord), rec::DY.shift));
+    return _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qz), coord), rec::DZ.shift));
+  }
+};
+
+/* The types of 8 atoms, by scalar loads (a gather measured slower). */
+DPFPGA_AVX512 inline __m512i types8(const int32_t *types, const int64_t *j)
+{
+  return _mm512_cvtepu32_epi64(_mm256_setr_epi32(types[j[0]], types[j[1]], types[j[2]], types[j[3]], types[j[4]],
+                                                 types[j[5]], types[j[6]], types[j[7]]));
+}
+
 /* 8 candidates per step.  Each candidate's x, y, z come in one 256-bit load; pairs of those make
  * 512-bit vectors, transposed into x, y and z by two unpacks and a permute each (faster than three
  * gathers).  The kept lanes are packed in a register and stored whole (the slack takes the rest; a
- * compress into memory is slow on some CPUs).  CHECK_RANGE false: every pair inside rcut fits the coord
- * format (Consts::range_fits), so the clamp and its test, which would change nothing for a kept lane,
- * are left out. */
+ * compress into memory is slow on some CPUs). */
 template <bool CHECK_RANGE>
 DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2,
                                   const Consts &c, uint64_t *out, int64_t *nbr)
 {
   const __m512d xi = _mm512_set1_pd(x[3 * i]), yi = _mm512_set1_pd(x[3 * i + 1]), zi = _mm512_set1_pd(x[3 * i + 2]);
-  const __m512d r2max = _mm512_set1_pd(rc2), scale = _mm512_set1_pd(c.scale), half = _mm512_set1_pd(0.5);
-  const __m512d lo = _mm512_set1_pd(c.lo), top = _mm512_set1_pd(c.top), x_min = _mm512_set1_pd(c.x_min);
-  const __m512d r2_near = _mm512_set1_pd(c.r2_near);
-  const __m512i coord = _mm512_set1_epi64(int64_t(rec::DX.mask())), centre = _mm512_set1_epi64(i);
-  const __m512i kind = _mm512_set1_epi64(int64_t(rec::KIND_BITS));
+  const __m512d r2max = _mm512_set1_pd(rc2);
+  const __m512i centre = _mm512_set1_epi64(i);
+  const Encoder8 enc(c);
   // Lanes of (a0 b0 | a2 b2 | a4 b4 | a6 b6) and (c.. d..) that make x0..x7 (and z0..z7 from the odd ones).
   const __m512i pick_x = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), pick_z = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  static_assert(rec::DX.bits == rec::DY.bits && rec::DX.bits == rec::DZ.bits && rec::DX.shift == 0,
-                "one coord format, x in the low bits");
   size_t m = 0, close = 0;
   unsigned bad = 0, self = 0;
   for (size_t k = 0; k < n; k += 8) {
@@ -158,40 +245,60 @@ DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, cons
     const __m512d vz = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_z, xz23), zi);
     const __m512d r2 = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(vx, vx), _mm512_mul_pd(vy, vy)), _mm512_mul_pd(vz, vz));
     const __mmask8 inside = _mm512_mask_cmp_pd_mask(live, r2, r2max, _CMP_LT_OQ);
-    // q = floor(v * scale + 0.5), clamped first where a kept pair may leave the format (encode_one's
-    // clamp: max(y, lo) is y > lo ? y : lo, lo for a NaN; min(a, top) is a < top ? a : top).
-    __m512d qx = _mm512_add_pd(_mm512_mul_pd(vx, scale), half), qy = _mm512_add_pd(_mm512_mul_pd(vy, scale), half);
-    __m512d qz = _mm512_add_pd(_mm512_mul_pd(vz, scale), half);
-    __mmask8 out_of_range = 0;
-    if (CHECK_RANGE) {
-      const __m512d cx = _mm512_min_pd(_mm512_max_pd(qx, lo), top), cy = _mm512_min_pd(_mm512_max_pd(qy, lo), top);
-      const __m512d cz = _mm512_min_pd(_mm512_max_pd(qz, lo), top);
-      out_of_range = _mm512_mask_cmp_pd_mask(inside, cx, qx, _CMP_NEQ_UQ) |
-                     _mm512_mask_cmp_pd_mask(inside, cy, qy, _CMP_NEQ_UQ) |
-                     _mm512_mask_cmp_pd_mask(inside, cz, qz, _CMP_NEQ_UQ);
-      qx = cx, qy = cy, qz = cz;
-    }
-    constexpr int FLOOR = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
-    qx = _mm512_roundscale_pd(qx, FLOOR), qy = _mm512_roundscale_pd(qy, FLOOR), qz = _mm512_roundscale_pd(qz, FLOOR);
-    bad |= out_of_range;
-    // u only where r2 says it may be below x_min (Consts::r2_near): rarely, a branch that predicts well.
-    if (const __mmask8 near = _mm512_mask_cmp_pd_mask(inside & ~out_of_range, r2, r2_near, _CMP_LT_OQ)) {
-      const __m512d u = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(qx, qx), _mm512_mul_pd(qy, qy)), _mm512_mul_pd(qz, qz));
-      close += size_t(__builtin_popcount(_mm512_mask_cmp_pd_mask(near, u, x_min, _CMP_LT_OQ)));
-    }
-    // The types by scalar loads (a gather measured slower).
-    const __m512i t = _mm512_cvtepu32_epi64(_mm256_setr_epi32(c.types[jl[0]], c.types[jl[1]], c.types[jl[2]],
-                                                              c.types[jl[3]], c.types[jl[4]], c.types[jl[5]],
-                                                              c.types[jl[6]], c.types[jl[7]]));
-    __m512i word = _mm512_or_si512(kind, _mm512_slli_epi64(t, rec::TYPE.shift));
-    word = _mm512_or_si512(word, _mm512_and_si512(_mm512_cvttpd_epi64(qx), coord));
-    word = _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qy), coord), rec::DY.shift));
-    word = _mm512_or_si512(word, _mm512_slli_epi64(_mm512_and_si512(_mm512_cvttpd_epi64(qz), coord), rec::DZ.shift));
+    const __m512i word = enc.words<CHECK_RANGE>(vx, vy, vz, r2, types8(c.types, jl), inside, bad, close);
     _mm512_storeu_si512(out + m, _mm512_maskz_compress_epi64(inside, word));
     _mm512_storeu_si512(nbr + m, _mm512_maskz_compress_epi64(inside, j));
     m += size_t(__builtin_popcount(inside));
   }
   return Found{m, close, bad != 0, self != 0};
+}
+
+/* n pairs kept already (the cell list's), 8 per step. */
+template <bool CHECK_RANGE>
+DPFPGA_AVX512 Found given_avx512(size_t n, const double *dx, const double *dy, const double *dz, const int64_t *j,
+                                 const Consts &c, uint64_t *out)
+{
+  const Encoder8 enc(c);
+  size_t close = 0;
+  unsigned bad = 0;
+  for (size_t k = 0; k < n; k += 8) {
+    const size_t left = n - k;
+    const __mmask8 live = left >= 8 ? __mmask8(0xff) : __mmask8((1u << left) - 1);
+    int64_t jl[8];  // lanes past the end take the first pair's atom, masked off
+    for (size_t l = 0; l < 8; l++) jl[l] = j[l < left ? k + l : 0];
+    const __m512d vx = _mm512_maskz_loadu_pd(live, dx + k), vy = _mm512_maskz_loadu_pd(live, dy + k);
+    const __m512d vz = _mm512_maskz_loadu_pd(live, dz + k);
+    const __m512d r2 = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(vx, vx), _mm512_mul_pd(vy, vy)), _mm512_mul_pd(vz, vz));
+    _mm512_mask_storeu_epi64(out + k, live, enc.words<CHECK_RANGE>(vx, vy, vz, r2, types8(c.types, jl), live, bad, close));
+  }
+  return Found{n, close, bad != 0, false};
+}
+
+/* 8 candidates per step, contiguous loads, the kept lanes packed in registers and stored whole. */
+DPFPGA_AVX512 size_t images_avx512(size_t n, const double *px, const double *py, const double *pz, const double *sx,
+                                   const double *sy, const double *sz, const int64_t *j, const int64_t *home,
+                                   const double *pi, double rc2, int64_t centre, int64_t *oj, double *ox, double *oy,
+                                   double *oz)
+{
+  const __m512d xi = _mm512_set1_pd(pi[0]), yi = _mm512_set1_pd(pi[1]), zi = _mm512_set1_pd(pi[2]);
+  const __m512d r2max = _mm512_set1_pd(rc2);
+  const __m512i me = _mm512_set1_epi64(centre);
+  size_t m = 0;
+  for (size_t q = 0; q < n; q += 8) {
+    const __mmask8 live = n - q >= 8 ? __mmask8(0xff) : __mmask8((1u << (n - q)) - 1);
+    const __m512d vx = _mm512_add_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(live, px + q), xi), _mm512_maskz_loadu_pd(live, sx + q));
+    const __m512d vy = _mm512_add_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(live, py + q), yi), _mm512_maskz_loadu_pd(live, sy + q));
+    const __m512d vz = _mm512_add_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(live, pz + q), zi), _mm512_maskz_loadu_pd(live, sz + q));
+    const __m512d r2 = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(vx, vx), _mm512_mul_pd(vy, vy)), _mm512_mul_pd(vz, vz));
+    const __mmask8 keep = _mm512_mask_cmp_pd_mask(live, r2, r2max, _CMP_LT_OQ) &
+                          _mm512_mask_cmpneq_epi64_mask(live, _mm512_maskz_loadu_epi64(live, home + q), me);
+    _mm512_storeu_si512(oj + m, _mm512_maskz_compress_epi64(keep, _mm512_maskz_loadu_epi64(live, j + q)));
+    _mm512_storeu_pd(ox + m, _mm512_maskz_compress_pd(keep, vx));
+    _mm512_storeu_pd(oy + m, _mm512_maskz_compress_pd(keep, vy));
+    _mm512_storeu_pd(oz + m, _mm512_maskz_compress_pd(keep, vz));
+    m += size_t(__builtin_popcount(keep));
+  }
+  return m;
 }
 
 /* One 256-bit vector per atom (x, y, z, pad): a record's three fields sign-extended by one shift left
@@ -213,6 +320,38 @@ DPFPGA_AVX512 void scatter_forces_avx512(int64_t centre, size_t n, const uint64_
   }
   __m256i *f = reinterpret_cast<__m256i *>(forces + 4 * centre);
   _mm256_storeu_si256(f, _mm256_add_epi64(_mm256_loadu_si256(f), fi));
+}
+
+/* scatter_forces_avx512 and the virial: r_ij sign-extended as dE/dr_ij is, and each row x of the 3 x 3
+ * sum gains r_x * dE/dr_ij (both within int32: a 32 x 32 -> 64-bit signed product, exact). */
+DPFPGA_AVX512 void scatter_forces_virial_avx512(int64_t centre, size_t n, const uint64_t *out, const uint64_t *in,
+                                                const int64_t *nbr, int64_t *forces, int64_t *w9)
+{
+  namespace o = wire::output_record;
+  constexpr int B = int(o::DEDX.bits), C = int(rec::DX.bits);
+  static_assert(o::DEDX.bits == o::DEDY.bits && o::DEDX.bits == o::DEDZ.bits, "one force format");
+  static_assert(B <= 32 && C <= 32, "r_ij and dE/dr_ij within int32");
+  const __m256i up = _mm256_setr_epi64x(64 - B - o::DEDX.shift, 64 - B - o::DEDY.shift, 64 - B - o::DEDZ.shift, 64);
+  const __m256i up_r = _mm256_setr_epi64x(64 - C - rec::DX.shift, 64 - C - rec::DY.shift, 64 - C - rec::DZ.shift, 64);
+  __m256i fi = _mm256_setzero_si256(), wx = fi, wy = fi, wz = fi;
+  for (size_t q = 0; q < n; q++) {
+    const __m256i g = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(out[q])), up), 64 - B);
+    const __m256i r = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(in[q])), up_r), 64 - C);
+    fi = _mm256_add_epi64(fi, g);
+    __m256i *fj = reinterpret_cast<__m256i *>(forces + 4 * nbr[q]);
+    _mm256_storeu_si256(fj, _mm256_sub_epi64(_mm256_loadu_si256(fj), g));
+    wx = _mm256_add_epi64(wx, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x00), g));
+    wy = _mm256_add_epi64(wy, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x55), g));
+    wz = _mm256_add_epi64(wz, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0xaa), g));
+  }
+  __m256i *f = reinterpret_cast<__m256i *>(forces + 4 * centre);
+  _mm256_storeu_si256(f, _mm256_add_epi64(_mm256_loadu_si256(f), fi));
+  alignas(32) int64_t row[3][4];
+  _mm256_store_si256(reinterpret_cast<__m256i *>(row[0]), wx);
+  _mm256_store_si256(reinterpret_cast<__m256i *>(row[1]), wy);
+  _mm256_store_si256(reinterpret_cast<__m256i *>(row[2]), wz);
+  for (int x = 0; x < 3; x++)
+    for (int y = 0; y < 3; y++) w9[3 * x + y] += row[x][y];
 }
 
 bool cpu_has_avx512()
@@ -261,6 +400,16 @@ Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double r
   return listed_portable(i, cand, n, x, rc2, c, out, nbr);
 }
 
+size_t images(size_t n, const double *px, const double *py, const double *pz, const double *sx, const double *sy,
+              const double *sz, const int64_t *j, const int64_t *home, const double *pi, double rc2, int64_t centre,
+              int64_t *oj, double *ox, double *oy, double *oz)
+{
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (vector()) return images_avx512(n, px, py, pz, sx, sy, sz, j, home, pi, rc2, centre, oj, ox, oy, oz);
+#endif
+  return images_portable(n, px, py, pz, sx, sy, sz, j, home, pi, rc2, centre, oj, ox, oy, oz);
+}
+
 void scatter_forces(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr, int64_t *forces,
                     size_t stride)
 {
@@ -270,15 +419,38 @@ void scatter_forces(int64_t centre, size_t n, const uint64_t *out, const int64_t
   scatter_forces_portable(centre, n, out, nbr, forces);
 }
 
+void scatter_forces_virial(int64_t centre, size_t n, const uint64_t *out, const uint64_t *in, const int64_t *nbr,
+                           int64_t *forces, size_t stride, int64_t *w9)
+{
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (stride == 4) return scatter_forces_virial_avx512(centre, n, out, in, nbr, forces, w9);
+#endif
+  scatter_forces_portable(centre, n, out, nbr, forces);
+  virial_portable(n, in, out, w9);
+}
+
 size_t force_stride() { return vector() ? 4 : 3; }
 
-Found given(size_t n, const double *dx, const double *dy, const double *dz, const int32_t *type, const Consts &c,
+Found given(size_t n, const double *dx, const double *dy, const double *dz, const int64_t *j, const Consts &c,
             uint64_t *out)
 {
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (vector())
+    return c.range_fits ? given_avx512<false>(n, dx, dy, dz, j, c, out) : given_avx512<true>(n, dx, dy, dz, j, c, out);
+#endif
+  // The types in blocks, then the vectorized map.
+  constexpr size_t BLOCK = 64;
+  int32_t type[BLOCK];
   Found f;
-  int bad = 0;
-  given_map(n, dx, dy, dz, type, c, out, bad, f.close);
-  f.kept = n, f.bad = bad != 0;
+  f.kept = n;
+  for (size_t k0 = 0; k0 < n; k0 += BLOCK) {
+    const size_t m = std::min(n - k0, BLOCK);
+    for (size_t k = 0; k < m; k++) type[k] = c.types[j[k0 + k]];
+    int bad = 0;
+    size_t close = 0;
+    given_map(m, dx + k0, dy + k0, dz + k0, type, c, out + k0, bad, close);
+    f.close += close, f.bad |= bad != 0;
+  }
   return f;
 }
 

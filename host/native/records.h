@@ -61,8 +61,17 @@ constexpr size_t SLACK = 8;
 Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
              int64_t *nbr);
 
-/* n pairs already kept (structure of arrays: r_ij, the neighbours' types): their words to `out`. */
-Found given(size_t n, const double *dx, const double *dy, const double *dz, const int32_t *type, const Consts &c,
+/* A cell list's candidates for one centre at pi (structure of arrays: positions p, their image's shift
+ * s in the caller's cell, atom index j; home = j where the image is unshifted, else -1): r = (p - pi) + s,
+ * the Python path's vector, kept when (x*x + y*y) + z*z < rc2, except the centre's own unshifted image.
+ * The kept pairs go to oj, ox, oy, oz (each with room for n + SLACK), in candidate order.  Returns how
+ * many. */
+size_t images(size_t n, const double *px, const double *py, const double *pz, const double *sx, const double *sy,
+              const double *sz, const int64_t *j, const int64_t *home, const double *pi, double rc2, int64_t centre,
+              int64_t *oj, double *ox, double *oy, double *oz);
+
+/* n pairs already kept (structure of arrays: r_ij, the neighbours' indices): their words to `out`. */
+Found given(size_t n, const double *dx, const double *dy, const double *dz, const int64_t *j, const Consts &c,
             uint64_t *out);
 
 /* How many of n record words carry neighbour type t. */
@@ -74,6 +83,10 @@ size_t count_type(const uint64_t *words, size_t n, unsigned t);
  * for the vector build, else 3. */
 void scatter_forces(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr, int64_t *forces,
                     size_t stride);
+/* The same, and w9 (row-major 3 x 3) += sum of r_ij (x) dE/dr_ij over the records, r_ij read from their
+ * input words `in` (coord format): each product below 2^37, their sum over n < 2^10 records inside int64. */
+void scatter_forces_virial(int64_t centre, size_t n, const uint64_t *out, const uint64_t *in, const int64_t *nbr,
+                           int64_t *forces, size_t stride, int64_t *w9);
 size_t force_stride();
 
 /* Which build the kernels run: "avx512" where the CPU has it and it is not switched off, else

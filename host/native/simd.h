@@ -6,7 +6,7 @@
 #define DPFPGA_SIMD_H
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
-#define DPFPGA_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define DPFPGA_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define DPFPGA_VECTOR_CLONES
 #endif

@@ -178,14 +178,28 @@ class Core {
   struct Chunk;   // a chunk's centres and records (core.cpp)
   class Source;   // where chunks come from: a neighbour list (core.cpp) or the cell list (cells.cpp)
 
+  /* The memory a Core's evaluations grow into (chunks, device words, forces), kept between them.  A
+   * caller that makes a Core per evaluation (the Python binding) hands it from one to the next, so that
+   * an evaluation does not fault in and zero fresh pages. */
+  struct Buffers {
+    std::vector<Chunk> pool;      // chunks in flight and their records
+    std::vector<uint64_t> spare;  // a words buffer
+    std::vector<int64_t> forces;  // the fold's forces, stride_ per atom (the record kernels' layout)
+    Buffers();
+    ~Buffers();
+    Buffers(Buffers &&) noexcept;
+    Buffers &operator=(Buffers &&) noexcept;
+  };
+  /* A Core that takes over an earlier one's buffers (release()). */
+  Core(const HostModel &model, Device &device, const Options &options, Buffers &&buffers);
+  Buffers release() { return std::move(buf_); }
+
  private:
   const HostModel &m_;
   Device &dev_;
   Options opt_;
   const int32_t *types_ = nullptr;  // of the evaluation under way
-  std::vector<Chunk> pool_;         // chunks' buffers, kept between evaluations
-  std::vector<uint64_t> spare_;     // a words buffer, kept between evaluations
-  std::vector<int64_t> forces_;     // the fold's forces, stride_ per atom (the record kernels' layout)
+  Buffers buf_;
   size_t stride_ = 3;
   bool list_checked_ = false;       // the previous compute_neighbors checked its list (Domain::list_unchanged)
   size_t list_nall_ = 0;
