@@ -6,7 +6,9 @@ device (everything but the pipeline's arithmetic), per evaluation.
 Structures: rock-salt GeTe (a = 6.0 Å, 0.15 Å RMS displacements), the bundled GeTe model (rcut 7 Å,
 ~60 neighbours per atom).  For each size and path: seconds per atom of one evaluation (energy, forces,
 stress) through host.ase.Calculator(device="zero"), the median of --repeat runs after one warm-up, the
-core's own split (neighbours + encode, device, fold), and the ratio Python / native.  Also the MD-code
+core's own split (neighbours + encode, device, fold), and the ratio Python / native; where the CPU has
+AVX-512, the native path again with the portable build of the record kernels (host/native/records.h),
+in the same run.  Also the MD-code
 path (Evaluator.compute_neighbors: given neighbour list, as LAMMPS gives it).  Pin it to one core
 (taskset -c 0) for one-core figures.  Writes JSON (default build/benchmarks/host_native.json).
 """
@@ -66,7 +68,8 @@ def main(argv=None):
         sys.exit(f"the native core is not available: {native.why_not()}")
     qm = modelfile.load(args.model)
     cores = sorted(os.sched_getaffinity(0))
-    print(f"model {Path(args.model).name}, CPU cores available to this process: {cores}")
+    kernels = native.record_kernels()
+    print(f"model {Path(args.model).name}, CPU cores available to this process: {cores}; record kernels: {kernels}")
     rows = []
     for n in args.sizes:
         atoms = gete_box(n)
@@ -82,6 +85,15 @@ def main(argv=None):
             calc.close()
         assert (results["python"].forces_int == results["native"].forces_int).all()
         row["ase_ratio_python_over_native"] = row["ase_python_s_per_atom"] / row["ase_native_s_per_atom"]
+        if kernels == "avx512":  # the portable build of the record kernels, in the same run: same bits
+            native.record_kernels(False)
+            calc = Calculator(model=args.model, device="zero", native=True)
+            ase_step(atoms, calc)
+            res, t = timed_median(lambda: ase_step(atoms, calc), args.repeat)
+            calc.close()
+            native.record_kernels(True)
+            assert (res.forces_int == results["native"].forces_int).all()
+            row["ase_native_portable_s_per_atom"] = t / len(atoms)
         # The MD-code path: a given full neighbour list of the same structure (no ghosts: periodic
         # images folded into the index, as a one-rank MD code's ghosts would be).
         e = edges(atoms.positions, atoms.cell.array, True, qm.config.rcut)
@@ -107,7 +119,11 @@ def main(argv=None):
               f"{row['md_python_s_per_atom']:.3g}, native {row['md_native_s_per_atom']:.3g} s/atom "
               f"(x{row['md_ratio_python_over_native']:.0f})")
         print(f"         native split (s): ASE {row['ase_native_split_s']}, given list {row['md_native_split_s']}")
-    write_json({"model": args.model, "cores": cores, "repeat": args.repeat, "rows": rows}, args.json)
+        if "ase_native_portable_s_per_atom" in row:
+            print(f"         ASE + zero, native with the portable record kernels: "
+                  f"{row['ase_native_portable_s_per_atom']:.3g} s/atom")
+    write_json({"model": args.model, "cores": cores, "repeat": args.repeat, "record_kernels": kernels, "rows": rows},
+               args.json)
 
 
 if __name__ == "__main__":

@@ -407,6 +407,11 @@ def main(argv=None):
               "warmup_steps": args.warmup, "service": args.service, "cpus": args.cpus,
               "zero_full_list": args.zero_full, "workdir": str(folder), "sizes": {}}
     result["load_average_start"] = os.getloadavg()
+    try:  # the plugin's core runs the build of the record kernels this CPU allows, as the extension does
+        from host import native
+        result["record_kernels"] = native.record_kernels() if native.available() else None
+    except Exception as e:  # the figures stand without it
+        result["record_kernels"] = f"unknown ({e})"
     runs = [(n, c) for n in args.sizes for c in args.cases]
     total_runs = args.repeat * sum(1 + (uses_service(c) and args.service == "warm") for _, c in runs)
     print(f"{len(args.sizes)} size(s) x {len(args.cases)} case(s): {total_runs} lmp runs with {args.np} MPI rank(s), "
