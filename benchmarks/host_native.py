@@ -1,5 +1,7 @@
 """The native host core against the Python path, measured in one run: ASE calculator with the zero
-device (everything but the pipeline's arithmetic), per evaluation.
+device (everything but the pipeline's arithmetic), per evaluation.  The native core keeps its pairs (searched to
+rcut + skin) between evaluations while no atom has moved skin/2: the repeated evaluations reuse them;
+measured also with every evaluation searching (atoms moved 0.6 Å each time) and in an MD run.
 
     taskset -c 0 python benchmarks/host_native.py [--sizes 4096 32768] [--repeat 5] [--json OUT.json]
 
@@ -57,11 +59,35 @@ def ase_step(atoms, calc):
     return calc.last_result
 
 
+def md_run(atoms, calc, steps: int) -> dict:
+    """`steps` of velocity Verlet (2 fs, 300 K) with the zero device (no forces: atoms fly at thermal
+    speeds, as fast as in a real run; pairs below r_min allowed): seconds per step per atom (the
+    integrator's own Python included), and how often the pairs were searched."""
+    import time
+
+    from ase import units
+    from ase.md.velocitydistribution import thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+    thermalize_momenta(atoms, 300, rng=np.random.default_rng(1))
+    atoms.calc = calc
+    dyn = VelocityVerlet(atoms, timestep=2 * units.fs)
+    lists = []
+    dyn.attach(lambda: lists.append(calc.last_result.pair_list), interval=1)
+    dyn.run(1)  # its first evaluation searches: not timed
+    lists.clear()
+    t = time.perf_counter()
+    dyn.run(steps)
+    dt = time.perf_counter() - t
+    return {"steps": steps, "s_per_step_per_atom": dt / steps / len(atoms),
+            "searches": lists.count("built"), "reuses": lists.count("reused")}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(EXAMPLE_MODEL))
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 32768])
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--md-steps", type=int, default=40, help="velocity Verlet steps of the MD case")
     p.add_argument("--json", default=str(REPO / "build" / "benchmarks" / "host_native.json"))
     args = p.parse_args(argv)
     if not native.available():
@@ -85,6 +111,24 @@ def main(argv=None):
             calc.close()
         assert (results["python"].forces_int == results["native"].forces_int).all()
         row["ase_ratio_python_over_native"] = row["ase_python_s_per_atom"] / row["ase_native_s_per_atom"]
+        row["ase_native_pair_list"] = results["native"].pair_list
+        # The native core's other cases: every evaluation searching its pairs afresh (the atoms moved by
+        # more than skin/2 each time), and an MD run (its list searched again when needed).
+        calc = Calculator(model=args.model, device="zero", native=True)
+        flip = [0.0]
+
+        def moved_step():
+            flip[0] = 0.6 - flip[0]
+            atoms.positions[:, 0] += flip[0] - (0.6 - flip[0])
+            return ase_step(atoms, calc)
+        res, t = timed_median(moved_step, args.repeat)
+        assert res.pair_list == "built", res.pair_list
+        row["ase_native_search_s_per_atom"] = t / len(atoms)
+        calc.close()
+        # (without forces atoms meet below r_min, as in lammps_loop.py's zero-device runs: allowed)
+        calc = Calculator(model=args.model, device="zero", native=True, allow_below_rmin=True)
+        row["ase_md"] = md_run(atoms.copy(), calc, args.md_steps)
+        calc.close()
         if kernels == "avx512":  # the portable build of the record kernels, in the same run: same bits
             native.record_kernels(False)
             calc = Calculator(model=args.model, device="zero", native=True)
@@ -119,6 +163,11 @@ def main(argv=None):
               f"{row['md_python_s_per_atom']:.3g}, native {row['md_native_s_per_atom']:.3g} s/atom "
               f"(x{row['md_ratio_python_over_native']:.0f})")
         print(f"         native split (s): ASE {row['ase_native_split_s']}, given list {row['md_native_split_s']}")
+        md = row["ase_md"]
+        print(f"         ASE + zero, native: {row['ase_native_s_per_atom']:.3g} s/atom with its pair list kept "
+              f"({row['ase_native_pair_list']}), {row['ase_native_search_s_per_atom']:.3g} searching every time; "
+              f"MD (velocity Verlet, {md['steps']} steps): {md['s_per_step_per_atom']:.3g} s/step/atom, "
+              f"{md['searches']} search(es), {md['reuses']} reuse(s)")
         if "ase_native_portable_s_per_atom" in row:
             print(f"         ASE + zero, native with the portable record kernels: "
                   f"{row['ase_native_portable_s_per_atom']:.3g} s/atom")

@@ -59,6 +59,9 @@ class Result:
     flags: np.ndarray  # (N,)
     timings: dict = field(default_factory=dict)
     below_rmin_records: int = 0  # neighbour records below r_min (0 unless allow_below_rmin)
+    # The native core's periodic search: "searched" (this evaluation), "built" (a pair list with a skin,
+    # kept for the next ones) or "reused" (the list of an earlier one); "" for the Python path.
+    pair_list: str = ""
 
 
 class Evaluator:

@@ -395,7 +395,7 @@ def _result(ev, d: dict, atomic_virial: bool):
         atomic_energies=e_atom * 2.0 ** -F["E"].frac,
         atomic_virial=d["s_atom"] * (-0.5 * scale_v) if atomic_virial else None,
         energy_int=int(d["energy"]), forces_int=forces, virial_int=virial, flags=d["flags"],
-        timings=dict(d["timings"]), below_rmin_records=int(d["below_rmin"]))
+        timings=dict(d["timings"]), below_rmin_records=int(d["below_rmin"]), pair_list=d.get("pair_list", ""))
 
 
 def _options(ev) -> dict:

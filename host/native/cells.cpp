@@ -16,7 +16,9 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <unordered_map>
 
 namespace dpfpga {
 namespace {
@@ -29,6 +31,11 @@ constexpr int SPLIT = 1;
 /* The search radius's margin: candidates a hair beyond rcut go to the final test. */
 constexpr double SEARCH_MARGIN = 1e-6;
 
+double seconds()
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 void invert3(const double *m, double *inv)
 {
   const double a = m[0], b = m[1], c = m[2], d = m[3], e = m[4], f = m[5], g = m[6], h = m[7], i = m[8];
@@ -39,13 +46,33 @@ void invert3(const double *m, double *inv)
   inv[6] = C / det, inv[7] = -(a * h - b * g) / det, inv[8] = (a * e - b * d) / det;
 }
 
+/* More neighbours than any atom may have (sum(sel)): refused in check_sel's words (the Python path's),
+ * for the first type above its sel, counting the chunk's earlier centres that exceed sel too. */
+[[noreturn]] void too_many(const HostModel &m, const int32_t *types, size_t i, const int64_t *j, size_t n,
+                           const Core::Chunk &c)
+{
+  const size_t nt = size_t(m.ntypes);
+  std::vector<int> count(nt, 0);
+  for (size_t e = 0; e < n; e++) count[size_t(types[j[e]])]++;
+  size_t bad_t = 0;
+  while (bad_t + 1 < nt && count[bad_t] <= m.sel[bad_t]) bad_t++;
+  const size_t n_bad = 1 + c.problems.sel_atoms;  // this centre and the chunk's earlier ones above sel
+  throw Error(ErrorKind::NeighborOverflow,
+              "atom " + std::to_string(i) + " has " + std::to_string(count[bad_t]) + " neighbours of type " +
+                  m.type_map[bad_t] + " inside rcut, more than sel[" + std::to_string(bad_t) + "]=" +
+                  std::to_string(m.sel[bad_t]) + " (" + std::to_string(n_bad) +
+                  " atom(s) affected); the hardware holds at most sel neighbours per type and never "
+                  "truncates: increase sel and re-export the model");
+}
+
 class CellSource : public Core::Source {
  public:
-  CellSource(const Structure &s, const HostModel &m, size_t chunk_atoms)
-      : s_(s), m_(m), rc2_(m.rcut * m.rcut), chunk_(chunk_atoms), max_nb_(m.sum_sel())
+  /* The pairs within `radius`: rcut (chunks for the device), or rcut + skin (collect: a pair list). */
+  CellSource(const Structure &s, const HostModel &m, size_t chunk_atoms, double radius)
+      : s_(s), m_(m), rc2_(radius * radius), chunk_(chunk_atoms), max_nb_(m.sum_sel())
   {
     const size_t n = s.natoms;
-    const double rs = m.rcut * (1 + SEARCH_MARGIN);
+    const double rs = radius * (1 + SEARCH_MARGIN);
     double inv[9];
     invert3(s.basis, inv);
     double delta[3], lo[3], span[3];
@@ -140,6 +167,38 @@ class CellSource : public Core::Source {
     return true;
   }
 
+  /* Every centre's pairs within the radius into pc (its order, start, image, shifts); false, pc left
+   * invalid, when a centre has more than `cap` (a pile of atoms: the direct search refuses it) or all
+   * of them more than `max_pairs`. */
+  bool collect(Core::PairCache &pc, size_t cap, size_t max_pairs)
+  {
+    const size_t n = s_.natoms;
+    tags_ = true;
+    image_of_.clear();
+    pc.valid = false;
+    pc.shifts.clear();
+    pc.order.assign(order_.begin(), order_.end());
+    pc.start.assign(1, 0);
+    pc.image.clear();
+    shifts_ = &pc.shifts;
+    for (size_t k = 0; k < n; k++) {
+      const size_t i = size_t(order_[k]);
+      const int64_t *wrap_i = &sw_[3 * k];
+      if (cell_of_[i] != hood_cell_ || !std::equal(wrap_i, wrap_i + 3, hood_wrap_)) build_hood(cell_of_[i], wrap_i);
+      const Hood &h = hood_;
+      p_.room(h.n + records::SLACK);
+      const size_t m = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(),
+                                       h.sz.data(), h.tag.data(), h.home.data(), &s_.positions[3 * i], rc2_,
+                                       int64_t(i), p_.j.data(), p_.x.data(), p_.y.data(), p_.z.data());
+      if (m > cap || pc.image.size() + m > max_pairs || pc.shifts.size() / 4 >= (size_t(1) << (64 - 1 - records::IMAGE_SHIFT)))
+        return false;
+      pc.image.insert(pc.image.end(), p_.j.begin(), p_.j.begin() + ptrdiff_t(m));
+      pc.start.push_back(pc.image.size());
+    }
+    pc.valid = true;
+    return true;
+  }
+
  private:
   const Structure &s_;
   const HostModel &m_;
@@ -172,9 +231,12 @@ class CellSource : public Core::Source {
    * its image is unshifted (B = 0), else -1 (a centre never pairs with its own unshifted image). */
   struct Hood {
     std::vector<double> px, py, pz, sx, sy, sz;
-    std::vector<int64_t> j, home;
+    std::vector<int64_t> j, home, tag;  // tag (collect): the atom and its image's row (records::IMAGE_SHIFT)
     size_t n = 0;
   } hood_;
+  bool tags_ = false;
+  std::vector<double> *shifts_ = nullptr;           // collect's table of shifts
+  std::unordered_map<uint64_t, uint32_t> image_of_;  // its rows, by T
   int64_t hood_cell_ = -1, hood_wrap_[3] = {};
   Pairs p_;  // one centre's pairs inside rcut
 
@@ -200,6 +262,20 @@ class CellSource : public Core::Source {
     }
   }
 
+  /* collect's row of shifts for image T (caller's cell), added when new. */
+  uint32_t image_row(const int64_t *T, const double *sh)
+  {
+    // |T| < 2^20 per axis for any structure a cell list can hold: packed into one key.
+    const uint64_t key = (uint64_t(T[0] + (1 << 20)) << 42) | (uint64_t(T[1] + (1 << 20)) << 21) |
+                         uint64_t(T[2] + (1 << 20));
+    auto it = image_of_.find(key);
+    if (it != image_of_.end()) return it->second;
+    const uint32_t row = uint32_t(image_of_.size());
+    image_of_.emplace(key, row);
+    shifts_->insert(shifts_->end(), {sh[0], sh[1], sh[2], 0.0});
+    return row;
+  }
+
   /* The neighbourhood of the centres in cell `cid` whose wrap is wrap_i.  An atom q of a visited cell
    * is seen through the image B = S - wrap_q + wrap_i (search basis), T = B op in the caller's cell,
    * its shift (T0 c0 + T1 c1) + T2 c2 the Python path's way: one per run of atoms of one wrap. */
@@ -214,7 +290,7 @@ class CellSource : public Core::Source {
     for (const Visit &vis : visits_) n += cell_start_[vis.cell + 1] - cell_start_[vis.cell];
     for (auto *v : {&h.px, &h.py, &h.pz, &h.sx, &h.sy, &h.sz})
       if (v->size() < n) v->resize(n);
-    if (h.j.size() < n) h.j.resize(n), h.home.resize(n);
+    if (h.j.size() < n) h.j.resize(n), h.home.resize(n), h.tag.resize(n);
     h.n = n;
     size_t e = 0;
     for (const Visit &vis : visits_)
@@ -228,11 +304,12 @@ class CellSource : public Core::Source {
         for (int a = 0; a < 3; a++)
           sh[a] = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
         const bool home = (B[0] | B[1] | B[2]) == 0;
+        const int64_t row = tags_ ? int64_t(image_row(T, sh)) << records::IMAGE_SHIFT : 0;
         // Short runs (a cell's atoms): plain loops, no library call per run.
         for (size_t q = q0; q < q1; q++, e++) {
           h.px[e] = cx_[q], h.py[e] = cy_[q], h.pz[e] = cz_[q];
           h.sx[e] = sh[0], h.sy[e] = sh[1], h.sz[e] = sh[2];
-          h.j[e] = order_[q], h.home[e] = home ? order_[q] : -1;
+          h.j[e] = order_[q], h.home[e] = home ? order_[q] : -1, h.tag[e] = row | order_[q];
         }
       }
   }
@@ -249,37 +326,117 @@ class CellSource : public Core::Source {
     p_.n = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(), h.sz.data(),
                            h.j.data(), h.home.data(), &s_.positions[3 * i], rc2_, int64_t(i), p_.j.data(),
                            p_.x.data(), p_.y.data(), p_.z.data());
-    if (p_.n > size_t(max_nb_)) too_many(i, c);
+    if (p_.n > size_t(max_nb_)) too_many(m_, s_.types, i, p_.j.data(), p_.n, c);
     c.add_centre(int64_t(i), p_);
   }
 
-  /* More neighbours than any atom may have (sum(sel)): refused in check_sel's words (the Python path's),
-   * for the first type above its sel, counting the chunk's earlier centres that exceed sel too. */
-  [[noreturn]] void too_many(size_t i, const Core::Chunk &c)
-  {
-    const size_t nt = size_t(m_.ntypes);
-    std::vector<int> count(nt, 0);
-    for (size_t e = 0; e < p_.n; e++) count[size_t(s_.types[p_.j[e]])]++;
-    size_t bad_t = 0;
-    while (bad_t + 1 < nt && count[bad_t] <= m_.sel[bad_t]) bad_t++;
-    const size_t n_bad = 1 + c.problems.sel_atoms;  // this centre and the chunk's earlier ones above sel
-    throw Error(ErrorKind::NeighborOverflow,
-                "atom " + std::to_string(i) + " has " + std::to_string(count[bad_t]) + " neighbours of type " +
-                    m_.type_map[bad_t] + " inside rcut, more than sel[" + std::to_string(bad_t) + "]=" +
-                    std::to_string(m_.sel[bad_t]) + " (" + std::to_string(n_bad) +
-                    " atom(s) affected); the hardware holds at most sel neighbours per type and never "
-                    "truncates: increase sel and re-export the model");
-  }
 };
+
+/* The pairs of a PairCache: each centre's candidates tested and encoded in one pass (records::listed
+ * with images), as an MD code's neighbour list is. */
+class CachedSource : public Core::Source {
+ public:
+  CachedSource(const Structure &s, const Core::PairCache &pc, const HostModel &m, size_t chunk_atoms)
+      : s_(s), pc_(pc), m_(m), rc2_(m.rcut * m.rcut), chunk_(chunk_atoms)
+  {
+  }
+
+  bool next(Core::Chunk &c) override
+  {
+    const size_t n = s_.natoms;
+    if (done_ >= n) return false;
+    const size_t hi = std::min(n, done_ + chunk_);
+    const double *x = s_.positions;
+    for (size_t k = done_; k < hi; k++) {
+      const int64_t i = pc_.order[k];
+      const size_t k0 = pc_.start[k], n_cand = pc_.start[k + 1] - k0;
+      uint64_t *out = c.slots(n_cand);
+      const records::Found f =
+          records::listed(i, &pc_.image[k0], n_cand, x, rc2_, c.enc->rc, out, c.nbr_slots(), pc_.shifts.data());
+      if (f.kept > size_t(m_.sum_sel())) too_many(m_, s_.types, size_t(i), c.nbr_slots(), f.kept, c);
+      if (!c.end_centre(i, f)) continue;
+      // Something to name: the kept pairs' r_ij again, as the kernel computed them.
+      p_.room(n_cand);
+      p_.n = 0;
+      for (size_t e = k0; e < k0 + n_cand; e++) {
+        const int64_t j = pc_.image[e] & records::ATOM_MASK;
+        const double *sh = &pc_.shifts[4 * (uint64_t(pc_.image[e]) >> records::IMAGE_SHIFT)];
+        const double vx = (x[3 * j] - x[3 * i]) + sh[0], vy = (x[3 * j + 1] - x[3 * i + 1]) + sh[1],
+                     vz = (x[3 * j + 2] - x[3 * i + 2]) + sh[2];
+        if (!((vx * vx + vy * vy) + vz * vz < rc2_)) continue;
+        p_.j[p_.n] = j, p_.x[p_.n] = vx, p_.y[p_.n] = vy, p_.z[p_.n] = vz;
+        p_.n++;
+      }
+      c.note_last_centre(p_);
+    }
+    done_ = hi;
+    return true;
+  }
+
+ private:
+  const Structure &s_;
+  const Core::PairCache &pc_;
+  const HostModel &m_;
+  double rc2_;
+  size_t chunk_, done_ = 0;
+  Pairs p_;
+};
+
+/* Whether pc holds every pair within rcut of s: the same atoms, cell and periodicity, and no atom
+ * farther than skin/2 from where it was at the search (less a margin for the rounding of r_ij). */
+bool still_holds(const Core::PairCache &pc, const Structure &s, double rcut, double skin)
+{
+  if (!pc.valid || pc.natoms != s.natoms || pc.rcut != rcut || pc.skin != skin ||
+      !std::equal(pc.cell, pc.cell + 9, s.cell) || !std::equal(pc.pbc, pc.pbc + 3, s.pbc))
+    return false;
+  const double half = 0.5 * skin - 1e-9, h2 = half * half;
+  bool moved = false;
+  for (size_t a = 0; a < s.natoms; a++) {
+    const double dx = s.positions[3 * a] - pc.x0[3 * a], dy = s.positions[3 * a + 1] - pc.x0[3 * a + 1];
+    const double dz = s.positions[3 * a + 2] - pc.x0[3 * a + 2];
+    moved |= !((dx * dx + dy * dy) + dz * dz < h2);  // a NaN moved too
+  }
+  return !moved;
+}
 
 }  // namespace
 
 void Core::compute_periodic(const Structure &s, Result &r)
 {
   check_types(s.types, s.natoms);
-  CellSource src(s, m_, opt_.chunk_atoms);
   types_ = s.types;
+  if (opt_.skin > 0) {
+    if (!buf_.pairs) buf_.pairs = std::make_unique<PairCache>();
+    PairCache &pc = *buf_.pairs;
+    int how = 2;
+    double t_search = 0;
+    const bool same_box = pc.natoms == s.natoms && std::equal(pc.cell, pc.cell + 9, s.cell) &&
+                          std::equal(pc.pbc, pc.pbc + 3, s.pbc);
+    if (!still_holds(pc, s, m_.rcut, opt_.skin) && !(pc.too_big && same_box)) {
+      const double t0 = seconds();
+      how = 1;
+      CellSource search(s, m_, opt_.chunk_atoms, m_.rcut + opt_.skin);
+      // A centre with far more pairs than sel allows is refused below by the direct search.
+      const bool kept = search.collect(pc, 4 * size_t(m_.sum_sel()) + 64, opt_.pair_list_bytes / sizeof(int64_t));
+      pc.natoms = s.natoms, pc.rcut = m_.rcut, pc.skin = opt_.skin, pc.too_big = !kept;
+      std::copy(s.cell, s.cell + 9, pc.cell);
+      std::copy(s.pbc, s.pbc + 3, pc.pbc);
+      if (kept) pc.x0.assign(s.positions, s.positions + 3 * s.natoms);
+      else pc.image = {}, pc.order = {}, pc.start = {}, pc.x0 = {};  // the memory back
+      t_search = seconds() - t0;
+    }
+    if (pc.valid) {
+      CachedSource src(s, pc, m_, opt_.chunk_atoms);
+      run(src, s.natoms, s.natoms, nullptr, r);
+      r.pair_list = how;
+      r.timings.neighbors_encode += t_search;
+      r.timings.total += t_search;
+      return;
+    }
+  }
+  CellSource src(s, m_, opt_.chunk_atoms, m_.rcut);
   run(src, s.natoms, s.natoms, nullptr, r);
+  r.pair_list = 3;
 }
 
 }  // namespace dpfpga

@@ -89,6 +89,22 @@ struct Core::Chunk {
   void add_centre(int64_t i, const Pairs &p);
 };
 
+/* A structure's pairs within rcut + skin (cells.cpp), kept between evaluations while no atom has moved
+ * skin/2 from x0: every pair then within rcut is among them.  Centres in the cell list's order, each
+ * pair an atom and an image whose shift (caller's cell) is a row of `shifts`: 8 bytes a pair. */
+struct Core::PairCache {
+  bool valid = false;
+  bool too_big = false;          // the last search of this natoms and cell went past Options::pair_list_bytes
+  size_t natoms = 0;
+  double cell[9] = {}, rcut = 0, skin = 0;
+  bool pbc[3] = {false, false, false};
+  std::vector<double> x0;        // positions at the search
+  std::vector<int64_t> order;    // centres
+  std::vector<size_t> start;     // pairs of centre order[k]: start[k] .. start[k + 1] - 1
+  std::vector<int64_t> image;    // the pair's atom and its image's row of shifts (records::IMAGE_SHIFT)
+  std::vector<double> shifts;    // 4 per row: x, y, z (Å), 0
+};
+
 /* Where chunks come from: an MD code's neighbour list (core.cpp) or the cell list (cells.cpp). */
 class Core::Source {
  public:

@@ -498,6 +498,7 @@ void Core::run(Source &src, size_t ncentres, size_t natoms, const int64_t *ids, 
   r.flags.assign(ncentres, 0);
   r.s_atom.assign(opt_.atomic_virial ? 9 * natoms : 0, 0);
   r.below_rmin = 0;
+  r.pair_list = 0;
   r.timings = Timings{};
 
   // Chunks in flight keep their records (the fold needs d and the neighbour indices): a pool of

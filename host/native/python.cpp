@@ -130,6 +130,7 @@ py::dict result_dict(Result &&r, size_t natoms)
   d["flags"] = to_array(std::move(r.flags), {nc});
   if (!r.s_atom.empty()) d["s_atom"] = to_array(std::move(r.s_atom), {py::ssize_t(natoms), 3, 3});
   d["below_rmin"] = r.below_rmin;
+  d["pair_list"] = r.pair_list == 1 ? "built" : r.pair_list == 2 ? "reused" : r.pair_list == 3 ? "searched" : "";
   py::dict t;
   t["neighbors_encode"] = r.timings.neighbors_encode;
   t["device_wait"] = r.timings.device_wait;
@@ -235,7 +236,9 @@ PYBIND11_MODULE(_dpfpga_native, m)
           c.node_rank = node_rank;
           c.stall_cycles = stall_cycles;
           py::gil_scoped_release nogil;
-          return NativeDevice{open_device(spec, model, c)};
+          NativeDevice d;
+          d.dev = open_device(spec, model, c);
+          return d;
         },
         py::arg("spec"), py::arg("model"), py::arg("lanes") = 1, py::arg("timeout") = 60.0, py::arg("node_rank") = 0,
         py::arg("stall_cycles") = 5000000L, py::arg("threads") = 0);
@@ -282,7 +285,7 @@ PYBIND11_MODULE(_dpfpga_native, m)
         [](const HostModel &model, py::object device, carray<double> positions, carray<int32_t> types,
            carray<double> cell, carray<double> basis, carray<int64_t> op, carray<double> origin,
            std::vector<bool> pbc, size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial,
-           double timeout, py::object progress) {
+           double timeout, py::object progress, double skin, size_t pair_list_bytes) {
           Structure s;
           s.natoms = size_t(types.size());
           if (size_t(positions.size()) != 3 * s.natoms || cell.size() != 9 || basis.size() != 9 || op.size() != 9 ||
@@ -295,11 +298,14 @@ PYBIND11_MODULE(_dpfpga_native, m)
           std::memcpy(s.op, op.data(), sizeof s.op);
           std::memcpy(s.origin, origin.data(), sizeof s.origin);
           for (int a = 0; a < 3; a++) s.pbc[a] = pbc[size_t(a)];
-          const Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
+          Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);
+          o.skin = skin;
+          o.pair_list_bytes = pair_list_bytes;
           return evaluate(model, device, o, s.natoms, [&](Core &core, Result &r) { core.compute_periodic(s, r); });
         },
         py::arg("model"), py::arg("device"), py::arg("positions"), py::arg("types"), py::arg("cell"), py::arg("basis"),
         py::arg("op"), py::arg("origin"), py::arg("pbc"), py::arg("chunk_atoms") = 4096, py::arg("strict") = true,
         py::arg("allow_below_rmin") = false, py::arg("atomic_virial") = false, py::arg("timeout") = 600.0,
-        py::arg("progress") = py::none());
+        py::arg("progress") = py::none(), py::arg("skin") = Options{}.skin,
+        py::arg("pair_list_bytes") = Options{}.pair_list_bytes);
 }

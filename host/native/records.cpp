@@ -73,7 +73,7 @@ DPFPGA_VECTOR_CLONES void given_map(size_t n, const double *dx, const double *dy
  * predict (each is written, and the count advances when it is inside), then the kept ones encoded by
  * the vectorized map. */
 Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c,
-                      uint64_t *out, int64_t *nbr)
+                      uint64_t *out, int64_t *nbr, const double *shifts)
 {
   constexpr size_t BLOCK = 64;
   double bx[BLOCK], by[BLOCK], bz[BLOCK];
@@ -85,10 +85,15 @@ Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x,
     size_t m = 0;
     bool self = false;
     for (size_t k = k0; k < k1; k++) {
-      const int64_t j = cand[k];
-      const double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
+      const int64_t j = shifts ? cand[k] & ATOM_MASK : cand[k];
+      double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
+      if (shifts) {
+        const double *sh = shifts + 4 * (uint64_t(cand[k]) >> IMAGE_SHIFT);
+        vx = vx + sh[0], vy = vy + sh[1], vz = vz + sh[2];
+      } else {
+        self |= j == i;
+      }
       nbr[f.kept + m] = j, bx[m] = vx, by[m] = vy, bz[m] = vz, bt[m] = c.types[j];
-      self |= j == i;
       m += (vx * vx + vy * vy) + vz * vz < rc2;
     }
     int bad = 0;
@@ -214,9 +219,9 @@ DPFPGA_AVX512 inline __m512i types8(const int32_t *types, const int64_t *j)
  * 512-bit vectors, transposed into x, y and z by two unpacks and a permute each (faster than three
  * gathers).  The kept lanes are packed in a register and stored whole (the slack takes the rest; a
  * compress into memory is slow on some CPUs). */
-template <bool CHECK_RANGE>
+template <bool CHECK_RANGE, bool SHIFTED>
 DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2,
-                                  const Consts &c, uint64_t *out, int64_t *nbr)
+                                  const Consts &c, uint64_t *out, int64_t *nbr, const double *shifts)
 {
   const __m512d xi = _mm512_set1_pd(x[3 * i]), yi = _mm512_set1_pd(x[3 * i + 1]), zi = _mm512_set1_pd(x[3 * i + 2]);
   const __m512d r2max = _mm512_set1_pd(rc2);
@@ -230,9 +235,10 @@ DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, cons
     const size_t left = n - k;
     const __mmask8 live = left >= 8 ? __mmask8(0xff) : __mmask8((1u << left) - 1);
     int64_t jl[8];  // lanes past the end take the centre itself (a valid index), masked off
-    for (size_t l = 0; l < 8; l++) jl[l] = l < left ? cand[k + l] : i;
-    const __m512i j = _mm512_maskz_loadu_epi64(live, cand + k);
-    self |= _mm512_mask_cmpeq_epi64_mask(live, j, centre);
+    for (size_t l = 0; l < 8; l++) jl[l] = l < left ? (SHIFTED ? cand[k + l] & ATOM_MASK : cand[k + l]) : i;
+    __m512i j = _mm512_maskz_loadu_epi64(live, cand + k);
+    if (SHIFTED) j = _mm512_and_si512(j, _mm512_set1_epi64(ATOM_MASK));
+    if (!SHIFTED) self |= _mm512_mask_cmpeq_epi64_mask(live, j, centre);
     // x y z of each (the fourth lane masked off: the last atom's z may end the array): lanes (l, l + 4).
     __m512d p[4];
     for (int l = 0; l < 4; l++)
@@ -240,9 +246,23 @@ DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, cons
                                 _mm256_maskz_loadu_pd(7, x + 3 * jl[l + 4]), 1);
     const __m512d xz01 = _mm512_unpacklo_pd(p[0], p[1]), y01 = _mm512_unpackhi_pd(p[0], p[1]);
     const __m512d xz23 = _mm512_unpacklo_pd(p[2], p[3]), y23 = _mm512_unpackhi_pd(p[2], p[3]);
-    const __m512d vx = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_x, xz23), xi);
-    const __m512d vy = _mm512_sub_pd(_mm512_permutex2var_pd(y01, pick_x, y23), yi);
-    const __m512d vz = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_z, xz23), zi);
+    __m512d vx = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_x, xz23), xi);
+    __m512d vy = _mm512_sub_pd(_mm512_permutex2var_pd(y01, pick_x, y23), yi);
+    __m512d vz = _mm512_sub_pd(_mm512_permutex2var_pd(xz01, pick_z, xz23), zi);
+    if (SHIFTED) {  // each image's shift row, transposed the same way; lanes past the end take row 0
+      __m512d s[4];
+      for (int l = 0; l < 4; l++) {
+        const uint64_t a = size_t(l) < left ? uint64_t(cand[k + l]) >> IMAGE_SHIFT : 0;
+        const uint64_t b = size_t(l + 4) < left ? uint64_t(cand[k + l + 4]) >> IMAGE_SHIFT : 0;
+        s[l] = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_loadu_pd(shifts + 4 * a)),
+                                  _mm256_loadu_pd(shifts + 4 * b), 1);
+      }
+      const __m512d sxz01 = _mm512_unpacklo_pd(s[0], s[1]), sy01 = _mm512_unpackhi_pd(s[0], s[1]);
+      const __m512d sxz23 = _mm512_unpacklo_pd(s[2], s[3]), sy23 = _mm512_unpackhi_pd(s[2], s[3]);
+      vx = _mm512_add_pd(vx, _mm512_permutex2var_pd(sxz01, pick_x, sxz23));
+      vy = _mm512_add_pd(vy, _mm512_permutex2var_pd(sy01, pick_x, sy23));
+      vz = _mm512_add_pd(vz, _mm512_permutex2var_pd(sxz01, pick_z, sxz23));
+    }
     const __m512d r2 = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(vx, vx), _mm512_mul_pd(vy, vy)), _mm512_mul_pd(vz, vz));
     const __mmask8 inside = _mm512_mask_cmp_pd_mask(live, r2, r2max, _CMP_LT_OQ);
     const __m512i word = enc.words<CHECK_RANGE>(vx, vy, vz, r2, types8(c.types, jl), inside, bad, close);
@@ -390,14 +410,18 @@ bool fits_coord_format(double rcut, const Consts &c)
 }
 
 Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
-             int64_t *nbr)
+             int64_t *nbr, const double *shifts)
 {
 #ifdef DPFPGA_HAVE_AVX512_BUILD
-  if (vector())
-    return c.range_fits ? listed_avx512<false>(i, cand, n, x, rc2, c, out, nbr)
-                        : listed_avx512<true>(i, cand, n, x, rc2, c, out, nbr);
+  if (vector()) {
+    if (shifts)
+      return c.range_fits ? listed_avx512<false, true>(i, cand, n, x, rc2, c, out, nbr, shifts)
+                          : listed_avx512<true, true>(i, cand, n, x, rc2, c, out, nbr, shifts);
+    return c.range_fits ? listed_avx512<false, false>(i, cand, n, x, rc2, c, out, nbr, nullptr)
+                        : listed_avx512<true, false>(i, cand, n, x, rc2, c, out, nbr, nullptr);
+  }
 #endif
-  return listed_portable(i, cand, n, x, rc2, c, out, nbr);
+  return listed_portable(i, cand, n, x, rc2, c, out, nbr, shifts);
 }
 
 size_t images(size_t n, const double *px, const double *py, const double *pz, const double *sx, const double *sy,

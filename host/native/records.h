@@ -55,11 +55,18 @@ struct Found {
 /* The kernels may write this many words (and neighbour indices) past what they keep: room to leave. */
 constexpr size_t SLACK = 8;
 
+/* An image of an atom in one int64 (the cell list's pairs kept between evaluations): the atom in the
+ * low IMAGE_SHIFT bits, the row of its shift in a table above them. */
+constexpr unsigned IMAGE_SHIFT = 40;
+constexpr int64_t ATOM_MASK = (int64_t(1) << IMAGE_SHIFT) - 1;
+
 /* A neighbour list's candidates of centre i (positions x, nall * 3): those with
  * (dx*dx + dy*dy) + dz*dz < rc2, d = x_j - x_i, kept in list order: their words to `out`, their indices
- * to `nbr` (each with room for n + SLACK). */
+ * to `nbr` (each with room for n + SLACK).  With `shifts` (4 doubles per row: x, y, z, 0), each
+ * candidate is an image (IMAGE_SHIFT) and d = (x_j - x_i) + its row's shift, and the centre's own images
+ * are no fault. */
 Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
-             int64_t *nbr);
+             int64_t *nbr, const double *shifts = nullptr);
 
 /* A cell list's candidates for one centre at pi (structure of arrays: positions p, their image's shift
  * s in the caller's cell, atom index j; home = j where the image is unshifted, else -1): r = (p - pi) + s,

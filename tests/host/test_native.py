@@ -404,3 +404,90 @@ def test_a_refused_structure_leaves_the_device_in_step(qm, nat):
     with open_device("reference", qm) as dev:
         fresh = Evaluator(qm, dev, native=nat, chunk_atoms=5).compute_neighbors(x, t, nlocal, numneigh, neighbors)
     assert_same(after, fresh)
+
+
+def periodic_raw(qm, dev, pos, cell, types, skin, **options):
+    """The core's own periodic evaluation with a given skin: its integers and how it found the pairs."""
+    from host.neighbors import frame
+    f = frame(pos, cell, True, qm.config.rcut, sum(qm.config.sel))
+    return native.module().evaluate_periodic(
+        native.model_of(qm), dev.handle, f.pos, np.asarray(types, dtype=np.int32), np.ascontiguousarray(f.cell),
+        np.ascontiguousarray(f.basis), np.ascontiguousarray(f.op, dtype=np.int64), np.ascontiguousarray(f.origin),
+        [True] * 3, skin=skin, **options)
+
+
+@pytest.fixture(scope="module")
+def cpu_device(qm):
+    """The cpu device (the reference's bits, in C++): both paths drive it, and its answers depend on
+    every record, so a pair missed or added shows."""
+    with native.open_device("cpu", qm, threads=1) as dev:
+        yield dev
+
+
+@pytest.mark.parametrize("kind", ["random", "small-cell", "skewed"])
+def test_pair_list_kept_between_evaluations_gives_the_python_paths_integers(qm, cpu_device, kind):
+    """An MD run through ASE: the core searches pairs to rcut + skin (1 Å) once and reuses them while no
+    atom has moved skin/2 from where it was then, and searches again when one has or the cell changed;
+    every step gives the Python path's integers."""
+    pos, cell, _, types = structure(kind, qm, 3)
+    rng = np.random.default_rng(7)
+    ev = {nat: Evaluator(qm, cpu_device, native=nat, allow_below_rmin=True) for nat in (False, True)}
+    ev[True].compute(pos + 50.0, cell, True, types)  # whatever an earlier test left: searched again here
+    searched_at = None
+    for move in (0.0, 0.2, 0.2, 0.6, 0.1, 0.3):
+        step = rng.normal(size=pos.shape)
+        step *= move / np.linalg.norm(step, axis=1, keepdims=True)
+        step[0] = [move, 0, 0]  # atom 0 runs straight: 0.2 + 0.2 stays within 0.5 Å, + 0.6 does not
+        pos = pos + step
+        a, b = (ev[nat].compute(pos, cell, True, types, atomic_virial=True) for nat in (False, True))
+        assert_same(a, b)
+        far = np.inf if searched_at is None else np.linalg.norm(pos - searched_at, axis=1).max()
+        assert b.pair_list == ("reused" if far < 0.5 - 1e-9 else "built"), (move, far)
+        if b.pair_list == "built":
+            searched_at = pos.copy()
+    # the same positions in a strained cell: searched again
+    c = ev[True].compute(pos, cell * 1.001, True, types)
+    assert c.pair_list == "built"
+    assert_same(ev[False].compute(pos, cell * 1.001, True, types), c)
+
+
+def test_pairs_entering_rcut_from_the_skin_are_found(qm, cpu_device):
+    """Two atoms just beyond rcut at the search, then within it: the reused list must hold the pair."""
+    rcut = qm.config.rcut
+    cell = np.eye(3) * 30.0
+    pos = np.array([[5.0, 5.0, 5.0], [5.0 + rcut + 0.3, 5.0, 5.0], [20.0, 20.0, 20.0]])
+    types = np.array([0, qm.config.ntypes - 1, 0])
+    ev = Evaluator(qm, cpu_device, native=True)
+    ev.compute(pos + 10.0, cell, True, types)  # whatever an earlier test left: searched again here
+    first = ev.compute(pos, cell, True, types)
+    assert first.pair_list == "built" and not first.forces_int.any()
+    moved = pos + [[0.45, 0, 0], [-0.45, 0, 0], [0, 0, 0]]  # now rcut - 0.6 apart, each moved 0.45 Å
+    b = ev.compute(moved, cell, True, types)
+    assert b.pair_list == "reused"
+    assert b.atomic_energies[0] != first.atomic_energies[0]  # the pair is there (its force rounds to 0)
+    assert_same(Evaluator(qm, cpu_device, native=False).compute(moved, cell, True, types), b)
+
+
+def test_skin_zero_searches_every_time_with_the_same_bits(qm, cpu_device):
+    pos, cell, _, types = structure("triclinic", qm, 5)
+    raw = [periodic_raw(qm, cpu_device, pos, cell, types, skin) for skin in (0.0, 1.0, 1.0, 2.5)]
+    assert [r["pair_list"] for r in raw] == ["searched", "built", "reused", "built"]
+    for r in raw[1:]:
+        assert r["energy"] == raw[0]["energy"] and (r["forces"] == raw[0]["forces"]).all()
+        assert r["virial"] == raw[0]["virial"]
+    assert raw[0]["forces"].any()
+
+
+def test_a_pair_list_past_its_memory_bound_is_not_kept(qm, cpu_device):
+    """Options::pair_list_bytes: a structure whose pairs need more is searched every evaluation (tried
+    once per box), with the same bits."""
+    pos, cell, _, types = structure("random", qm, 6)
+    assert periodic_raw(qm, cpu_device, pos, cell, types, 1.0)["pair_list"] == "built"
+    moved = pos + [0.6, 0, 0]  # beyond skin/2: searched again, now under a bound it does not fit
+    raw = [periodic_raw(qm, cpu_device, moved, cell, types, 1.0, pair_list_bytes=4096) for _ in range(2)]
+    raw.append(periodic_raw(qm, cpu_device, moved, cell, types, 0.0))
+    assert [r["pair_list"] for r in raw] == ["searched"] * 3
+    for r in raw[:2]:
+        assert r["energy"] == raw[2]["energy"] and (r["forces"] == raw[2]["forces"]).all()
+    assert periodic_raw(qm, cpu_device, moved + 0.6, cell, types, 1.0)["pair_list"] == "searched"  # same box
+    assert periodic_raw(qm, cpu_device, moved, cell * 1.01, types, 1.0)["pair_list"] == "built"  # a new one

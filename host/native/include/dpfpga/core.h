@@ -115,6 +115,14 @@ struct Options {
   bool virial = true;             // fill Result::virial (an MD step that needs no pressure skips the pair sum)
   bool atomic_virial = false;     // fill Result::s_atom
   double timeout = 600.0;         // s, per chunk
+  /* Å.  compute_periodic searches pairs this far beyond rcut and keeps them for the evaluations to come
+   * while no atom has moved skin/2 from where it was then (an MD run through ASE: a search every few
+   * dozen steps, not every step); every pair within rcut is among them, and the test on r_ij decides
+   * as before: the same bits.  0: a search every evaluation. */
+  double skin = 1.0;
+  /* The kept pairs' memory (8 bytes a pair: ~0.7 kB per atom of GeTe at skin 1 Å) at most; a structure
+   * that needs more is searched every evaluation (bounded memory, as the Python path). */
+  size_t pair_list_bytes = size_t(256) << 20;
   /* Called after each chunk's fold with the number of its centres (a progress bar); may be empty. */
   std::function<void(size_t)> on_chunk;
 };
@@ -161,6 +169,7 @@ struct Result {
   std::vector<int64_t> flags;          // ncentres
   std::vector<int64_t> s_atom;         // natoms * 9 (Options::atomic_virial)
   uint64_t below_rmin = 0;             // records below r_min evaluated (allow_below_rmin)
+  int pair_list = 0;                   // compute_periodic: 1 pair list built, 2 reused, 3 searched afresh
   Timings timings;
 };
 
@@ -175,7 +184,8 @@ class Core {
   /* The options of the evaluations to come (an MD code asks for the virial on some steps only). */
   Options &options() { return opt_; }
 
-  struct Chunk;   // a chunk's centres and records (core.cpp)
+  struct Chunk;      // a chunk's centres and records (core.cpp)
+  struct PairCache;  // a structure's pairs within rcut + skin, kept between evaluations (cells.cpp)
   class Source;   // where chunks come from: a neighbour list (core.cpp) or the cell list (cells.cpp)
 
   /* The memory a Core's evaluations grow into (chunks, device words, forces), kept between them.  A
@@ -185,6 +195,7 @@ class Core {
     std::vector<Chunk> pool;      // chunks in flight and their records
     std::vector<uint64_t> spare;  // a words buffer
     std::vector<int64_t> forces;  // the fold's forces, stride_ per atom (the record kernels' layout)
+    std::unique_ptr<PairCache> pairs;  // Options::skin
     Buffers();
     ~Buffers();
     Buffers(Buffers &&) noexcept;
