@@ -588,10 +588,10 @@ void PairNVNMD::build_domain(dpfpga::Domain &d)
       total += size_t(numneigh[ilist[ii]]);
       in_order = in_order && ilist[ii] == ii;
     }
-    std::vector<int64_t> &out = in_order ? neighbors_ : staging_;
+    std::vector<int32_t> &out = in_order ? neighbors_ : staging_;
     if (out.size() < total) out.resize(total);
     numneigh_.assign(size_t(nlocal), 0);
-    int64_t *o = out.data();
+    int32_t *o = out.data();
     for (int ii = 0; ii < inum; ii++) {
       const int i = ilist[ii], *jl = firstneigh[i], n = numneigh[i];
       for (int k = 0; k < n; k++) o[k] = jl[k] & NEIGHMASK;  // the mask: special-bond bits
@@ -607,7 +607,7 @@ void PairNVNMD::build_domain(dpfpga::Domain &d)
         s += size_t(numneigh[ilist[ii]]);
       }
       if (neighbors_.size() < total) neighbors_.resize(total);
-      int64_t *to = neighbors_.data();
+      int32_t *to = neighbors_.data();
       for (int i = 0; i < nlocal; i++) to = std::copy_n(staging_.data() + segment[i], numneigh_[i], to);
     }
   }
@@ -616,7 +616,7 @@ void PairNVNMD::build_domain(dpfpga::Domain &d)
   d.x = nall ? &atom->x[0][0] : nullptr;
   d.types = model_types_.data();
   d.numneigh = numneigh_.data();
-  d.neighbors = neighbors_.data();
+  d.neighbors32 = neighbors_.data();
   d.ids = ids_.data();
 }
 

@@ -105,8 +105,9 @@ class PairNVNMD : public Pair {
   std::unique_ptr<dpfpga::Core> core_;
   dpfpga::Result result_;
   std::vector<int32_t> model_types_;                  // nall
-  std::vector<int64_t> ids_, numneigh_, neighbors_;   // nall; nlocal; CSR (reused between steps)
-  std::vector<int64_t> staging_;                      // neighbours in ilist order, when that is not 0, 1, ...
+  std::vector<int64_t> ids_, numneigh_;               // nall; nlocal
+  std::vector<int32_t> neighbors_;                    // CSR, LAMMPS's own ints (reused between steps)
+  std::vector<int32_t> staging_;                      // neighbours in ilist order, when that is not 0, 1, ...
   int csr_shape_[3] = {-1, -1, -1};                   // nlocal, nall, inum of the list the CSR was made of
   long csr_reused_ = 0;                               // evaluations that reused it (no reneighbouring)
 

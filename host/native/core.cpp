@@ -256,7 +256,10 @@ class GivenSource : public Core::Source {
       // Candidates (a skin's worth more than the pairs) tested and encoded in one pass, in place.
       uint64_t *out = c.slots(n_cand);
       const records::Found f =
-          records::listed(int64_t(i), d_.neighbors + start_[i], n_cand, x, rc2_, c.enc->rc, out, c.nbr_slots());
+          d_.neighbors ? records::listed(int64_t(i), d_.neighbors + start_[i], n_cand, x, rc2_, c.enc->rc, out,
+                                         c.nbr_slots())
+                       : records::listed(int64_t(i), d_.neighbors32 + start_[i], n_cand, x, rc2_, c.enc->rc, out,
+                                         c.nbr_slots());
       if (f.self) throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + " is listed as its own neighbour");
       if (!c.end_centre(int64_t(i), f)) continue;
       // Something to name: the kept pairs' r_ij again, as the kernel computed them.
@@ -473,11 +476,17 @@ void Core::compute_neighbors(const Domain &d, Result &r)
         throw Error(ErrorKind::Structure, "atom " + std::to_string(i) + ": negative neighbour count");
       total += size_t(d.numneigh[i]);
     }
-    for (size_t k = 0; k < total; k++) bad |= uint64_t(d.neighbors[k]) >= uint64_t(d.nall);  // negative: huge
+    if (!d.neighbors == !d.neighbors32)
+      throw Error(ErrorKind::Structure, "a neighbour list needs its entries as int64 or as int32 (one of them)");
+    auto entry = [&d](size_t k) { return d.neighbors ? d.neighbors[k] : int64_t(d.neighbors32[k]); };
+    if (d.neighbors)
+      for (size_t k = 0; k < total; k++) bad |= uint64_t(d.neighbors[k]) >= uint64_t(d.nall);  // negative: huge
+    else
+      for (size_t k = 0; k < total; k++) bad |= uint64_t(int64_t(d.neighbors32[k])) >= uint64_t(d.nall);
     for (size_t k = 0; bad && k < total; k++)
-      if (d.neighbors[k] < 0 || size_t(d.neighbors[k]) >= d.nall)
+      if (entry(k) < 0 || size_t(entry(k)) >= d.nall)
         throw Error(ErrorKind::Structure, "neighbour list entry " + std::to_string(k) + " = " +
-                                              std::to_string(d.neighbors[k]) + " is not an atom index (0 .. " +
+                                              std::to_string(entry(k)) + " is not an atom index (0 .. " +
                                               std::to_string(int64_t(d.nall) - 1) + ")");
   }
   list_checked_ = true, list_nall_ = d.nall;

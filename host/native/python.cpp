@@ -254,7 +254,7 @@ PYBIND11_MODULE(_dpfpga_native, m)
 
   m.def("evaluate_neighbors",
         [](const HostModel &model, py::object device, carray<double> x, carray<int32_t> types, size_t nlocal,
-           carray<int64_t> numneigh, carray<int64_t> neighbors, std::optional<carray<int64_t>> ids,
+           carray<int64_t> numneigh, py::array neighbor_array, std::optional<carray<int64_t>> ids,
            size_t chunk_atoms, bool strict, bool allow_below_rmin, bool atomic_virial, double timeout,
            py::object progress) {
           Domain d;
@@ -265,12 +265,23 @@ PYBIND11_MODULE(_dpfpga_native, m)
           d.x = x.data();
           d.types = types.data();
           d.numneigh = numneigh.data();
-          d.neighbors = neighbors.data();
+          // int32 entries (an MD code's own) are read as they are; any other integers as int64.
+          carray<int32_t> neighbors32;
+          carray<int64_t> neighbors64;
+          size_t entries;
+          if (neighbor_array.dtype().is(py::dtype::of<int32_t>())) {
+            neighbors32 = carray<int32_t>::ensure(neighbor_array);
+            d.neighbors32 = neighbors32.data(), entries = size_t(neighbors32.size());
+          } else {
+            neighbors64 = carray<int64_t>::ensure(neighbor_array);
+            if (!neighbors64) throw Error(ErrorKind::Structure, "neighbour list entries must be integers");
+            d.neighbors = neighbors64.data(), entries = size_t(neighbors64.size());
+          }
           int64_t total = 0;
           for (size_t i = 0; i < nlocal; i++) total += d.numneigh[i];
-          if (total != int64_t(neighbors.size()))
+          if (total != int64_t(entries))
             throw Error(ErrorKind::Structure, "neighbour counts sum to " + std::to_string(total) +
-                                                  ", the list holds " + std::to_string(neighbors.size()) + " entries");
+                                                  ", the list holds " + std::to_string(entries) + " entries");
           if (ids && size_t(ids->size()) != d.nall) throw Error(ErrorKind::Structure, "one id per atom expected");
           d.ids = ids ? ids->data() : nullptr;
           const Options o = options_from(chunk_atoms, strict, allow_below_rmin, atomic_virial, timeout, progress);

@@ -72,7 +72,8 @@ DPFPGA_VECTOR_CLONES void given_map(size_t n, const double *dx, const double *dy
 /* In blocks: the candidates inside rcut kept without a branch per candidate, whose outcome a CPU cannot
  * predict (each is written, and the count advances when it is inside), then the kept ones encoded by
  * the vectorized map. */
-Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c,
+template <typename Index>
+Found listed_portable(int64_t i, const Index *cand, size_t n, const double *x, double rc2, const Consts &c,
                       uint64_t *out, int64_t *nbr, const double *shifts)
 {
   constexpr size_t BLOCK = 64;
@@ -85,10 +86,10 @@ Found listed_portable(int64_t i, const int64_t *cand, size_t n, const double *x,
     size_t m = 0;
     bool self = false;
     for (size_t k = k0; k < k1; k++) {
-      const int64_t j = shifts ? cand[k] & ATOM_MASK : cand[k];
+      const int64_t j = shifts ? int64_t(cand[k]) & ATOM_MASK : int64_t(cand[k]);
       double vx = x[3 * j] - xi, vy = x[3 * j + 1] - yi, vz = x[3 * j + 2] - zi;
       if (shifts) {
-        const double *sh = shifts + 4 * (uint64_t(cand[k]) >> IMAGE_SHIFT);
+        const double *sh = shifts + 4 * (uint64_t(int64_t(cand[k])) >> IMAGE_SHIFT);
         vx = vx + sh[0], vy = vy + sh[1], vz = vz + sh[2];
       } else {
         self |= j == i;
@@ -219,10 +220,11 @@ DPFPGA_AVX512 inline __m512i types8(const int32_t *types, const int64_t *j)
  * 512-bit vectors, transposed into x, y and z by two unpacks and a permute each (faster than three
  * gathers).  The kept lanes are packed in a register and stored whole (the slack takes the rest; a
  * compress into memory is slow on some CPUs). */
-template <bool CHECK_RANGE, bool SHIFTED>
-DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2,
+template <bool CHECK_RANGE, bool SHIFTED, typename Index>
+DPFPGA_AVX512 Found listed_avx512(int64_t i, const Index *cand, size_t n, const double *x, double rc2,
                                   const Consts &c, uint64_t *out, int64_t *nbr, const double *shifts)
 {
+  static_assert(!SHIFTED || sizeof(Index) == 8, "images are int64");
   const __m512d xi = _mm512_set1_pd(x[3 * i]), yi = _mm512_set1_pd(x[3 * i + 1]), zi = _mm512_set1_pd(x[3 * i + 2]);
   const __m512d r2max = _mm512_set1_pd(rc2);
   const __m512i centre = _mm512_set1_epi64(i);
@@ -235,8 +237,13 @@ DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, cons
     const size_t left = n - k;
     const __mmask8 live = left >= 8 ? __mmask8(0xff) : __mmask8((1u << left) - 1);
     int64_t jl[8];  // lanes past the end take the centre itself (a valid index), masked off
-    for (size_t l = 0; l < 8; l++) jl[l] = l < left ? (SHIFTED ? cand[k + l] & ATOM_MASK : cand[k + l]) : i;
-    __m512i j = _mm512_maskz_loadu_epi64(live, cand + k);
+    for (size_t l = 0; l < 8; l++)
+      jl[l] = l < left ? (SHIFTED ? int64_t(cand[k + l]) & ATOM_MASK : int64_t(cand[k + l])) : i;
+    __m512i j;
+    if (sizeof(Index) == 8)
+      j = _mm512_maskz_loadu_epi64(live, cand + k);
+    else
+      j = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(live, cand + k));
     if (SHIFTED) j = _mm512_and_si512(j, _mm512_set1_epi64(ATOM_MASK));
     if (!SHIFTED) self |= _mm512_mask_cmpeq_epi64_mask(live, j, centre);
     // x y z of each (the fourth lane masked off: the last atom's z may end the array): lanes (l, l + 4).
@@ -252,8 +259,8 @@ DPFPGA_AVX512 Found listed_avx512(int64_t i, const int64_t *cand, size_t n, cons
     if (SHIFTED) {  // each image's shift row, transposed the same way; lanes past the end take row 0
       __m512d s[4];
       for (int l = 0; l < 4; l++) {
-        const uint64_t a = size_t(l) < left ? uint64_t(cand[k + l]) >> IMAGE_SHIFT : 0;
-        const uint64_t b = size_t(l + 4) < left ? uint64_t(cand[k + l + 4]) >> IMAGE_SHIFT : 0;
+        const uint64_t a = size_t(l) < left ? uint64_t(int64_t(cand[k + l])) >> IMAGE_SHIFT : 0;
+        const uint64_t b = size_t(l + 4) < left ? uint64_t(int64_t(cand[k + l + 4])) >> IMAGE_SHIFT : 0;
         s[l] = _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_loadu_pd(shifts + 4 * a)),
                                   _mm256_loadu_pd(shifts + 4 * b), 1);
       }
@@ -422,6 +429,17 @@ Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double r
   }
 #endif
   return listed_portable(i, cand, n, x, rc2, c, out, nbr, shifts);
+}
+
+Found listed(int64_t i, const int32_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
+             int64_t *nbr)
+{
+#ifdef DPFPGA_HAVE_AVX512_BUILD
+  if (vector())
+    return c.range_fits ? listed_avx512<false, false>(i, cand, n, x, rc2, c, out, nbr, nullptr)
+                        : listed_avx512<true, false>(i, cand, n, x, rc2, c, out, nbr, nullptr);
+#endif
+  return listed_portable(i, cand, n, x, rc2, c, out, nbr, nullptr);
 }
 
 size_t images(size_t n, const double *px, const double *py, const double *pz, const double *sx, const double *sy,

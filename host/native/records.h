@@ -67,6 +67,9 @@ constexpr int64_t ATOM_MASK = (int64_t(1) << IMAGE_SHIFT) - 1;
  * are no fault. */
 Found listed(int64_t i, const int64_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
              int64_t *nbr, const double *shifts = nullptr);
+/* The same for an MD code's own int indices (half the bytes to read). */
+Found listed(int64_t i, const int32_t *cand, size_t n, const double *x, double rc2, const Consts &c, uint64_t *out,
+             int64_t *nbr);
 
 /* A cell list's candidates for one centre at pi (structure of arrays: positions p, their image's shift
  * s in the caller's cell, atom index j; home = j where the image is unshifted, else -1): r = (p - pi) + s,

@@ -491,3 +491,21 @@ def test_a_pair_list_past_its_memory_bound_is_not_kept(qm, cpu_device):
         assert r["energy"] == raw[2]["energy"] and (r["forces"] == raw[2]["forces"]).all()
     assert periodic_raw(qm, cpu_device, moved + 0.6, cell, types, 1.0)["pair_list"] == "searched"  # same box
     assert periodic_raw(qm, cpu_device, moved, cell * 1.01, types, 1.0)["pair_list"] == "built"  # a new one
+
+
+def test_int32_neighbour_indices_read_as_they_are(qm, cpu_device):
+    """An MD code's own int indices (LAMMPS's) give the bits of the same list in int64, errors included."""
+    pos, cell, types = random_structure(natoms=64, box=12.5, ntypes=qm.config.ntypes, dmin=2.3, seed=9)
+    x, t, nlocal, numneigh, neighbors = domain(pos, cell, types, qm.config.rcut)
+    call = native.module().evaluate_neighbors
+    args = (native.model_of(qm), cpu_device.handle, x, t.astype(np.int32), nlocal, numneigh.astype(np.int64))
+    a, b = (call(*args, neighbors.astype(dtype), atomic_virial=True) for dtype in (np.int64, np.int32))
+    assert a["forces"].any()
+    for key in ("energy", "virial", "below_rmin"):
+        assert a[key] == b[key]
+    for key in ("forces", "e_atom", "flags", "s_atom"):
+        assert (a[key] == b[key]).all()
+    bad = neighbors.astype(np.int32)
+    bad[5] = len(x)
+    with pytest.raises(RuntimeError, match="neighbour list entry 5 = "):
+        call(*args, bad)

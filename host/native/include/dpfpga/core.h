@@ -135,6 +135,7 @@ struct Domain {
   const int32_t *types = nullptr;     // nall, model types
   const int64_t *numneigh = nullptr;  // nlocal
   const int64_t *neighbors = nullptr; // sum(numneigh), indices into x
+  const int32_t *neighbors32 = nullptr;  // or these (an MD code's own int indices: half the bytes to read)
   const int64_t *ids = nullptr;       // nall names for messages (LAMMPS atom ids); null: the index
   /* numneigh and neighbors hold what they held at this Core's previous compute_neighbors (an MD code
    * between two list builds): the core checked every entry then and does not again. */
