@@ -1,4 +1,4 @@
-/* The per-candidate kernels (records.h): the portable build first, the specification, then the
+/* The per-pair kernels (records.h): the portable build first, the specification, then the
  * AVX-512 build, then the choice between them. */
 #include "records.h"
 
@@ -54,7 +54,7 @@ inline uint64_t encode_one(double vx, double vy, double vz, int32_t type, const 
          rec::DY.put(uint64_t(int64_t(int32_t(fy)))) | rec::DZ.put(uint64_t(int64_t(int32_t(fz))));
 }
 
-/* A map over structure of arrays, which the compiler vectorizes (simd.h: cloned for AVX2). */
+/* A map over structure of arrays, which the compiler vectorizes (simd.h: cloned for AVX-512 and AVX2). */
 DPFPGA_VECTOR_CLONES void given_map(size_t n, const double *dx, const double *dy, const double *dz,
                                     const int32_t *type, const Consts &c, uint64_t *out, int &any_bad, size_t &close)
 {

@@ -27,13 +27,13 @@ namespace records {
 
 /* What the kernels need of the model and the evaluation. */
 struct Consts {
-  double scale = 1.0;       // 2^coord_frac
-  double lo = 0.0, hi = 0.0;   // floor(v * scale + 0.5) in [lo, hi) <=> inside the coord format
-  double top = 0.0;            // the largest double below hi: the clamp's upper end
-  double x_min = 0.0;       // u below this: below r_min
+  double scale = 1.0;              // 2^coord_frac
+  double lo = 0.0, hi = 0.0;       // floor(v * scale + 0.5) in [lo, hi) <=> inside the coord format
+  double top = 0.0;                // the largest double below hi: the clamp's upper end
+  double x_min = 0.0;              // u below this: below r_min
   const int32_t *types = nullptr;  // every atom's model type
-  bool range_fits = false;  // every pair inside rcut fits the coord format (fits_coord_format)
-  double r2_near = INFINITY;  // |r_ij|^2 (Å^2) at and above which u cannot be below x_min (near_bound)
+  bool range_fits = false;         // every pair inside rcut fits the coord format (fits_coord_format)
+  double r2_near = INFINITY;       // |r_ij|^2 (Å^2) from which u cannot be below x_min (near_bound)
 };
 
 /* A bound on |r_ij|^2 (Å^2) at and above which a pair's u is surely at or above x_min: the kernels
@@ -72,10 +72,10 @@ Found listed(int64_t i, const int32_t *cand, size_t n, const double *x, double r
              int64_t *nbr);
 
 /* A cell list's candidates for one centre at pi (structure of arrays: positions p, their image's shift
- * s in the caller's cell, atom index j; home = j where the image is unshifted, else -1): r = (p - pi) + s,
- * the Python path's vector, kept when (x*x + y*y) + z*z < rc2, except the centre's own unshifted image.
- * The kept pairs go to oj, ox, oy, oz (each with room for n + SLACK), in candidate order.  Returns how
- * many. */
+ * s in the caller's cell, j: the atom's index or any int64 the caller wants back per pair; home = the
+ * atom's index where the image is unshifted, else -1): r = (p - pi) + s, the Python path's vector, kept
+ * when (x*x + y*y) + z*z < rc2, except the centre's own unshifted image.  The kept pairs go to oj, ox,
+ * oy, oz (each with room for n + SLACK), in candidate order.  Returns how many. */
 size_t images(size_t n, const double *px, const double *py, const double *pz, const double *sx, const double *sy,
               const double *sz, const int64_t *j, const int64_t *home, const double *pi, double rc2, int64_t centre,
               int64_t *oj, double *ox, double *oy, double *oz);

@@ -1,7 +1,8 @@
-/* Vector clones of the core's per-record loops: on x86-64 the compiler emits each marked function twice,
- * for AVX2 and for the baseline, and the loader picks one by the CPU (an ifunc); elsewhere the mark is
- * empty and the baseline alone is built.  Both clones compute the same bits: the marked loops use only
- * exact integer arithmetic and IEEE operations in a fixed order (no reassociation, no contraction). */
+/* Vector clones of the core's per-record loops: on x86-64 the compiler emits each marked function three
+ * times, for AVX-512 (x86-64-v4), AVX2 and the baseline, and the loader picks one by the CPU (an ifunc);
+ * elsewhere the mark is empty and the baseline alone is built.  All clones compute the same bits: the
+ * marked loops use only exact integer arithmetic and IEEE operations in a fixed order (no
+ * reassociation, no contraction). */
 #ifndef DPFPGA_SIMD_H
 #define DPFPGA_SIMD_H
 
