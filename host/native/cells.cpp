@@ -351,8 +351,8 @@ class CachedSource : public Core::Source {
       const int64_t i = pc_.order[k];
       const size_t k0 = pc_.start[k], n_cand = pc_.start[k + 1] - k0;
       uint64_t *out = c.slots(n_cand);
-      const records::Found f =
-          records::listed(i, &pc_.image[k0], n_cand, x, rc2_, c.enc->rc, out, c.nbr_slots(), pc_.shifts.data());
+      const records::Found f = records::listed(i, pc_.image.data() + k0, n_cand, x, rc2_, c.enc->rc, out,
+                                               c.nbr_slots(), pc_.shifts.data());
       if (f.kept > size_t(m_.sum_sel())) too_many(m_, s_.types, size_t(i), c.nbr_slots(), f.kept, c);
       if (!c.end_centre(i, f)) continue;
       // Something to name: the kept pairs' r_ij again, as the kernel computed them.
