@@ -9,7 +9,11 @@
  * with S the image's shift in the caller's cell (rows c0, c1, c2).  Each pair (i, j, S) within rcut
  * is unique, so both paths find the same set and give it the same bits.  Structure-level checks (finite
  * positions and cell, atoms inside a non-periodic box, degenerate lattices) and the search basis come
- * from Python (host/native.py), where the Python path makes them: the same errors, once. */
+ * from Python (host/native.py), where the Python path makes them: the same errors, once.
+ *
+ * With Options::skin the search goes to rcut + skin and its pairs (PairCache, chunk.h) serve the next
+ * evaluations while no atom has moved skin/2: CachedSource tests them as a neighbour list is tested,
+ * on the same vectors. */
 #include "dpfpga/core.h"
 
 #include "chunk.h"
@@ -24,9 +28,9 @@ namespace dpfpga {
 namespace {
 
 /* Cells are at least rcut / SPLIT wide.  SPLIT = 1 (27 cells around a centre) measured faster than 2
- * (125 half-width cells, fewer candidates): the cells' visit list is built once per cell, and with
+ * (125 half-width cells, fewer candidates): a neighbourhood is built once per cell (and wrap), and with
  * ~13 atoms per cell instead of ~2 it is shared by more centres; the extra candidates are tested
- * without a branch. */
+ * without a branch, 8 at a time. */
 constexpr int SPLIT = 1;
 /* The search radius's margin: candidates a hair beyond rcut go to the final test. */
 constexpr double SEARCH_MARGIN = 1e-6;
@@ -190,7 +194,8 @@ class CellSource : public Core::Source {
       const size_t m = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(),
                                        h.sz.data(), h.tag.data(), h.home.data(), &s_.positions[3 * i], rc2_,
                                        int64_t(i), p_.j.data(), p_.x.data(), p_.y.data(), p_.z.data());
-      if (m > cap || pc.image.size() + m > max_pairs || pc.shifts.size() / 4 >= (size_t(1) << (64 - 1 - records::IMAGE_SHIFT)))
+      const size_t rows = pc.shifts.size() / 4;  // images a tag holds: below 2^(63 - IMAGE_SHIFT)
+      if (m > cap || pc.image.size() + m > max_pairs || rows >= (size_t(1) << (63 - records::IMAGE_SHIFT)))
         return false;
       pc.image.insert(pc.image.end(), p_.j.begin(), p_.j.begin() + ptrdiff_t(m));
       pc.start.push_back(pc.image.size());
@@ -304,7 +309,7 @@ class CellSource : public Core::Source {
         for (int a = 0; a < 3; a++)
           sh[a] = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
         const bool home = (B[0] | B[1] | B[2]) == 0;
-        const int64_t row = tags_ ? int64_t(image_row(T, sh)) << records::IMAGE_SHIFT : 0;
+        const int64_t row = tags_ ? int64_t(uint64_t(image_row(T, sh)) << records::IMAGE_SHIFT) : 0;
         // Short runs (a cell's atoms): plain loops, no library call per run.
         for (size_t q = q0; q < q1; q++, e++) {
           h.px[e] = cx_[q], h.py[e] = cy_[q], h.pz[e] = cz_[q];
