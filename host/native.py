@@ -164,9 +164,10 @@ def available() -> bool:
 
 
 def record_kernels(vector: bool | None = None) -> str:
-    """Which build of the core's per-record kernels runs in this process: "avx512" (8 candidates per
-    step, on CPUs with AVX-512 F and DQ) or "portable".  `vector=False` switches to the portable build,
-    `True` back (tests compare the two: the same bits); the build that ran before is returned."""
+    """Which build of the core's per-pair kernels (host/native/records.h) runs in this process:
+    "avx512" (8 pairs per step, on CPUs with AVX-512 F, DQ and VL) or "portable".  `vector=False`
+    switches to the portable build, `True` back (tests compare the two: the same bits); the build that
+    ran before is returned.  The LAMMPS plugin's core runs the build its CPU allows."""
     return module().record_kernels(vector)
 
 
