@@ -115,11 +115,11 @@ def main(argv=None):
         # The native core's other cases: every evaluation searching its pairs afresh (the atoms moved by
         # more than skin/2 each time), and an MD run (its list searched again when needed).
         calc = Calculator(model=args.model, device="zero", native=True)
-        flip = [0.0]
+        sign = [1.0]
 
-        def moved_step():
-            flip[0] = 0.6 - flip[0]
-            atoms.positions[:, 0] += flip[0] - (0.6 - flip[0])
+        def moved_step():  # every atom 0.6 Å from where the last search saw it, back and forth
+            atoms.positions[:, 0] += 0.6 * sign[0]
+            sign[0] = -sign[0]
             return ase_step(atoms, calc)
         res, t = timed_median(moved_step, args.repeat)
         assert res.pair_list == "built", res.pair_list

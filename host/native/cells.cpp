@@ -20,7 +20,6 @@
 #include "simd.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <unordered_map>
 
@@ -34,11 +33,6 @@ namespace {
 constexpr int SPLIT = 1;
 /* The search radius's margin: candidates a hair beyond rcut go to the final test. */
 constexpr double SEARCH_MARGIN = 1e-6;
-
-double seconds()
-{
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 void invert3(const double *m, double *inv)
 {
@@ -177,23 +171,15 @@ class CellSource : public Core::Source {
   bool collect(Core::PairCache &pc, size_t cap, size_t max_pairs)
   {
     const size_t n = s_.natoms;
-    tags_ = true;
+    shifts_ = &pc.shifts;  // tags from here on (build_hood)
     image_of_.clear();
     pc.valid = false;
     pc.shifts.clear();
     pc.order.assign(order_.begin(), order_.end());
     pc.start.assign(1, 0);
     pc.image.clear();
-    shifts_ = &pc.shifts;
     for (size_t k = 0; k < n; k++) {
-      const size_t i = size_t(order_[k]);
-      const int64_t *wrap_i = &sw_[3 * k];
-      if (cell_of_[i] != hood_cell_ || !std::equal(wrap_i, wrap_i + 3, hood_wrap_)) build_hood(cell_of_[i], wrap_i);
-      const Hood &h = hood_;
-      p_.room(h.n + records::SLACK);
-      const size_t m = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(),
-                                       h.sz.data(), h.tag.data(), h.home.data(), &s_.positions[3 * i], rc2_,
-                                       int64_t(i), p_.j.data(), p_.x.data(), p_.y.data(), p_.z.data());
+      const size_t m = pairs_of(k);  // p_.j: tags
       const size_t rows = pc.shifts.size() / 4;  // images a tag holds: below 2^(63 - IMAGE_SHIFT)
       if (m > cap || pc.image.size() + m > max_pairs || rows >= (size_t(1) << (63 - records::IMAGE_SHIFT)))
         return false;
@@ -232,15 +218,15 @@ class CellSource : public Core::Source {
 
   /* The neighbourhood of a group of centres (one cell, one wrap): every atom of the visited cells with
    * its image's shift in the caller's cell, structure of arrays, which records::images() tests for
-   * each centre of the group (one long run, not a short one per cell).  `home`: the atom's index where
-   * its image is unshifted (B = 0), else -1 (a centre never pairs with its own unshifted image). */
+   * each centre of the group (one long run, not a short one per cell).  `j`: the atom, and for collect
+   * its image's row of shifts above it (records::IMAGE_SHIFT); `home`: the atom where its image is
+   * unshifted (B = 0), else -1 (a centre never pairs with its own unshifted image). */
   struct Hood {
     std::vector<double> px, py, pz, sx, sy, sz;
-    std::vector<int64_t> j, home, tag;  // tag (collect): the atom and its image's row (records::IMAGE_SHIFT)
+    std::vector<int64_t> j, home;
     size_t n = 0;
   } hood_;
-  bool tags_ = false;
-  std::vector<double> *shifts_ = nullptr;           // collect's table of shifts
+  std::vector<double> *shifts_ = nullptr;           // collect's table of shifts (tags in Hood::j)
   std::unordered_map<uint64_t, uint32_t> image_of_;  // its rows, by T
   int64_t hood_cell_ = -1, hood_wrap_[3] = {};
   Pairs p_;  // one centre's pairs inside rcut
@@ -295,7 +281,7 @@ class CellSource : public Core::Source {
     for (const Visit &vis : visits_) n += cell_start_[vis.cell + 1] - cell_start_[vis.cell];
     for (auto *v : {&h.px, &h.py, &h.pz, &h.sx, &h.sy, &h.sz})
       if (v->size() < n) v->resize(n);
-    if (h.j.size() < n) h.j.resize(n), h.home.resize(n), h.tag.resize(n);
+    if (h.j.size() < n) h.j.resize(n), h.home.resize(n);
     h.n = n;
     size_t e = 0;
     for (const Visit &vis : visits_)
@@ -309,19 +295,20 @@ class CellSource : public Core::Source {
         for (int a = 0; a < 3; a++)
           sh[a] = (double(T[0]) * s.cell[a] + double(T[1]) * s.cell[3 + a]) + double(T[2]) * s.cell[6 + a];
         const bool home = (B[0] | B[1] | B[2]) == 0;
-        const int64_t row = tags_ ? int64_t(uint64_t(image_row(T, sh)) << records::IMAGE_SHIFT) : 0;
+        const int64_t row = shifts_ ? int64_t(uint64_t(image_row(T, sh)) << records::IMAGE_SHIFT) : 0;
         // Short runs (a cell's atoms): plain loops, no library call per run.
         for (size_t q = q0; q < q1; q++, e++) {
           h.px[e] = cx_[q], h.py[e] = cy_[q], h.pz[e] = cz_[q];
           h.sx[e] = sh[0], h.sy[e] = sh[1], h.sz[e] = sh[2];
-          h.j[e] = order_[q], h.home[e] = home ? order_[q] : -1, h.tag[e] = row | order_[q];
+          h.j[e] = row | order_[q], h.home[e] = home ? order_[q] : -1;
         }
       }
   }
 
-  /* Every image of every atom within rcut of the centre at sorted position k: its neighbourhood tested
-   * with r_ij = (x_j - x_i) + shift, the Python path's vectors, and the decisive |r_ij|^2 < rcut^2. */
-  void centre(size_t k, Core::Chunk &c)
+  /* Every image of every atom within the radius of the centre at sorted position k, into p_ (and how
+   * many): its neighbourhood tested with r_ij = (x_j - x_i) + shift, the Python path's vectors, and the
+   * decisive |r_ij|^2 < radius^2. */
+  size_t pairs_of(size_t k)
   {
     const size_t i = size_t(order_[k]);
     const int64_t *wrap_i = &sw_[3 * k];
@@ -331,7 +318,14 @@ class CellSource : public Core::Source {
     p_.n = records::images(h.n, h.px.data(), h.py.data(), h.pz.data(), h.sx.data(), h.sy.data(), h.sz.data(),
                            h.j.data(), h.home.data(), &s_.positions[3 * i], rc2_, int64_t(i), p_.j.data(),
                            p_.x.data(), p_.y.data(), p_.z.data());
-    if (p_.n > size_t(max_nb_)) too_many(m_, s_.types, i, p_.j.data(), p_.n, c);
+    return p_.n;
+  }
+
+  /* The centre at sorted position k and its pairs within rcut, into the chunk. */
+  void centre(size_t k, Core::Chunk &c)
+  {
+    const size_t i = size_t(order_[k]);
+    if (pairs_of(k) > size_t(max_nb_)) too_many(m_, s_.types, i, p_.j.data(), p_.n, c);
     c.add_centre(int64_t(i), p_);
   }
 
@@ -387,13 +381,18 @@ class CachedSource : public Core::Source {
   Pairs p_;
 };
 
-/* Whether pc holds every pair within rcut of s: the same atoms, cell and periodicity, and no atom
- * farther than skin/2 from where it was at the search (less a margin for the rounding of r_ij). */
+/* Whether pc's search was of s's atoms, cell and periodicity, to the same rcut + skin. */
+bool same_search(const Core::PairCache &pc, const Structure &s, double rcut, double skin)
+{
+  return pc.natoms == s.natoms && pc.rcut == rcut && pc.skin == skin && std::equal(pc.cell, pc.cell + 9, s.cell) &&
+         std::equal(pc.pbc, pc.pbc + 3, s.pbc);
+}
+
+/* Whether pc holds every pair within rcut of s: the same search, and no atom farther than skin/2 from
+ * where it was then (less a margin for the rounding of r_ij). */
 bool still_holds(const Core::PairCache &pc, const Structure &s, double rcut, double skin)
 {
-  if (!pc.valid || pc.natoms != s.natoms || pc.rcut != rcut || pc.skin != skin ||
-      !std::equal(pc.cell, pc.cell + 9, s.cell) || !std::equal(pc.pbc, pc.pbc + 3, s.pbc))
-    return false;
+  if (!pc.valid || !same_search(pc, s, rcut, skin)) return false;
   const double half = 0.5 * skin - 1e-9, h2 = half * half;
   bool moved = false;
   for (size_t a = 0; a < s.natoms; a++) {
@@ -415,9 +414,7 @@ void Core::compute_periodic(const Structure &s, Result &r)
     PairCache &pc = *buf_.pairs;
     int how = 2;
     double t_search = 0;
-    const bool same_box = pc.natoms == s.natoms && std::equal(pc.cell, pc.cell + 9, s.cell) &&
-                          std::equal(pc.pbc, pc.pbc + 3, s.pbc);
-    if (!still_holds(pc, s, m_.rcut, opt_.skin) && !(pc.too_big && same_box)) {
+    if (!still_holds(pc, s, m_.rcut, opt_.skin) && !(pc.too_big && same_search(pc, s, m_.rcut, opt_.skin))) {
       const double t0 = seconds();
       how = 1;
       CellSource search(s, m_, opt_.chunk_atoms, m_.rcut + opt_.skin);

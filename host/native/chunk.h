@@ -14,11 +14,18 @@
 #include "dpfpga/core.h"
 #include "records.h"
 
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 namespace dpfpga {
+
+/* Seconds on a steady clock: the timings of Result::timings. */
+inline double seconds()
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 /* What a chunk's centres need of the model and the evaluation. */
 struct Encoding {
@@ -94,7 +101,8 @@ struct Core::Chunk {
  * pair an atom and an image whose shift (caller's cell) is a row of `shifts`: 8 bytes a pair. */
 struct Core::PairCache {
   bool valid = false;
-  bool too_big = false;          // the last search of this natoms and cell went past Options::pair_list_bytes
+  bool too_big = false;          // the last search (same_search) went past Options::pair_list_bytes or a
+                                 // centre's bound on pairs: not tried again for that box
   size_t natoms = 0;
   double cell[9] = {}, rcut = 0, skin = 0;
   bool pbc[3] = {false, false, false};

@@ -10,7 +10,6 @@
 #include "pipeline.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <deque>
@@ -126,11 +125,6 @@ std::string describe_flags(uint32_t flags)
   for (const auto &f : w::flags::TEXT)
     if (flags & f.mask) s += (s.empty() ? "" : ", ") + std::string(f.text);
   return s.empty() ? "none" : s;
-}
-
-double seconds()
-{
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 int64_t name_of(const int64_t *ids, int64_t index) { return ids ? ids[index] : index; }

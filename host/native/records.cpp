@@ -330,29 +330,12 @@ DPFPGA_AVX512 size_t images_avx512(size_t n, const double *px, const double *py,
 
 /* One 256-bit vector per atom (x, y, z, pad): a record's three fields sign-extended by one shift left
  * (the pad lane's shift of 64 makes it 0) and one arithmetic shift right, subtracted from its
- * neighbour's vector in one load and one store. */
-DPFPGA_AVX512 void scatter_forces_avx512(int64_t centre, size_t n, const uint64_t *out, const int64_t *nbr,
-                                         int64_t *forces)
-{
-  namespace o = wire::output_record;
-  static_assert(o::DEDX.bits == o::DEDY.bits && o::DEDX.bits == o::DEDZ.bits, "one force format");
-  constexpr int B = int(o::DEDX.bits);
-  const __m256i up = _mm256_setr_epi64x(64 - B - o::DEDX.shift, 64 - B - o::DEDY.shift, 64 - B - o::DEDZ.shift, 64);
-  __m256i fi = _mm256_setzero_si256();
-  for (size_t q = 0; q < n; q++) {
-    const __m256i g = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(out[q])), up), 64 - B);
-    fi = _mm256_add_epi64(fi, g);
-    __m256i *fj = reinterpret_cast<__m256i *>(forces + 4 * nbr[q]);
-    _mm256_storeu_si256(fj, _mm256_sub_epi64(_mm256_loadu_si256(fj), g));
-  }
-  __m256i *f = reinterpret_cast<__m256i *>(forces + 4 * centre);
-  _mm256_storeu_si256(f, _mm256_add_epi64(_mm256_loadu_si256(f), fi));
-}
-
-/* scatter_forces_avx512 and the virial: r_ij sign-extended as dE/dr_ij is, and each row x of the 3 x 3
- * sum gains r_x * dE/dr_ij (both within int32: a 32 x 32 -> 64-bit signed product, exact). */
-DPFPGA_AVX512 void scatter_forces_virial_avx512(int64_t centre, size_t n, const uint64_t *out, const uint64_t *in,
-                                                const int64_t *nbr, int64_t *forces, int64_t *w9)
+ * neighbour's vector in one load and one store.  VIRIAL: r_ij, from the input words `in`, sign-extended
+ * the same way, and each row x of w9 gains r_x * dE/dr_ij (both within int32: a 32 x 32 -> 64-bit
+ * signed product, exact). */
+template <bool VIRIAL>
+DPFPGA_AVX512 void scatter_forces_avx512(int64_t centre, size_t n, const uint64_t *out, const uint64_t *in,
+                                         const int64_t *nbr, int64_t *forces, int64_t *w9)
 {
   namespace o = wire::output_record;
   constexpr int B = int(o::DEDX.bits), C = int(rec::DX.bits);
@@ -363,22 +346,26 @@ DPFPGA_AVX512 void scatter_forces_virial_avx512(int64_t centre, size_t n, const 
   __m256i fi = _mm256_setzero_si256(), wx = fi, wy = fi, wz = fi;
   for (size_t q = 0; q < n; q++) {
     const __m256i g = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(out[q])), up), 64 - B);
-    const __m256i r = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(in[q])), up_r), 64 - C);
     fi = _mm256_add_epi64(fi, g);
     __m256i *fj = reinterpret_cast<__m256i *>(forces + 4 * nbr[q]);
     _mm256_storeu_si256(fj, _mm256_sub_epi64(_mm256_loadu_si256(fj), g));
-    wx = _mm256_add_epi64(wx, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x00), g));
-    wy = _mm256_add_epi64(wy, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x55), g));
-    wz = _mm256_add_epi64(wz, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0xaa), g));
+    if (VIRIAL) {
+      const __m256i r = _mm256_srai_epi64(_mm256_sllv_epi64(_mm256_set1_epi64x(int64_t(in[q])), up_r), 64 - C);
+      wx = _mm256_add_epi64(wx, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x00), g));
+      wy = _mm256_add_epi64(wy, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0x55), g));
+      wz = _mm256_add_epi64(wz, _mm256_mul_epi32(_mm256_permute4x64_epi64(r, 0xaa), g));
+    }
   }
   __m256i *f = reinterpret_cast<__m256i *>(forces + 4 * centre);
   _mm256_storeu_si256(f, _mm256_add_epi64(_mm256_loadu_si256(f), fi));
-  alignas(32) int64_t row[3][4];
-  _mm256_store_si256(reinterpret_cast<__m256i *>(row[0]), wx);
-  _mm256_store_si256(reinterpret_cast<__m256i *>(row[1]), wy);
-  _mm256_store_si256(reinterpret_cast<__m256i *>(row[2]), wz);
-  for (int x = 0; x < 3; x++)
-    for (int y = 0; y < 3; y++) w9[3 * x + y] += row[x][y];
+  if (VIRIAL) {
+    alignas(32) int64_t row[3][4];
+    _mm256_store_si256(reinterpret_cast<__m256i *>(row[0]), wx);
+    _mm256_store_si256(reinterpret_cast<__m256i *>(row[1]), wy);
+    _mm256_store_si256(reinterpret_cast<__m256i *>(row[2]), wz);
+    for (int x = 0; x < 3; x++)
+      for (int y = 0; y < 3; y++) w9[3 * x + y] += row[x][y];
+  }
 }
 
 bool cpu_has_avx512()
@@ -456,7 +443,7 @@ void scatter_forces(int64_t centre, size_t n, const uint64_t *out, const int64_t
                     size_t stride)
 {
 #ifdef DPFPGA_HAVE_AVX512_BUILD
-  if (stride == 4) return scatter_forces_avx512(centre, n, out, nbr, forces);
+  if (stride == 4) return scatter_forces_avx512<false>(centre, n, out, nullptr, nbr, forces, nullptr);
 #endif
   scatter_forces_portable(centre, n, out, nbr, forces);
 }
@@ -465,7 +452,7 @@ void scatter_forces_virial(int64_t centre, size_t n, const uint64_t *out, const 
                            int64_t *forces, size_t stride, int64_t *w9)
 {
 #ifdef DPFPGA_HAVE_AVX512_BUILD
-  if (stride == 4) return scatter_forces_virial_avx512(centre, n, out, in, nbr, forces, w9);
+  if (stride == 4) return scatter_forces_avx512<true>(centre, n, out, in, nbr, forces, w9);
 #endif
   scatter_forces_portable(centre, n, out, nbr, forces);
   virial_portable(n, in, out, w9);
